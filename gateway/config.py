@@ -1,0 +1,236 @@
+"""Settings: a TOML file, every key overridable by ``FLIPTURN_GATEWAY_<SECTION>__<KEY>``.
+
+Loaded once into a frozen object and passed down; nothing reads the environment afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.errors import ConfigError
+
+__all__ = [
+    "ENV_CONFIG",
+    "SYSTEM_CONFIG",
+    "ApiSettings",
+    "ChargersSettings",
+    "FlipturnSettings",
+    "OfflineSettings",
+    "PortMapping",
+    "Settings",
+    "StoreSettings",
+    "UpstreamSettings",
+    "load_settings",
+    "redacted",
+    "resolve_config_path",
+]
+
+ENV_PREFIX = "FLIPTURN_GATEWAY_"
+ENV_CONFIG = "FLIPTURN_GATEWAY_CONFIG"
+SYSTEM_CONFIG = Path("/etc/flipturn-gateway/config.toml")
+
+Port = int  # validated per field: 0 (ephemeral, for tests) to 65535
+
+
+def _check_port(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 and 65535")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChargersSettings(_Section):
+    host: str = "0.0.0.0"
+    port: Port = 9000
+    path_prefix: str = "/ocpp"
+    auth: Literal["none", "basic"] = "none"
+    allow_unknown: bool = True
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_message_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    passwords: dict[str, SecretStr] = Field(default_factory=dict)
+
+    _port = field_validator("port")(_check_port)
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = "/" + value.strip("/")
+        return "" if value == "/" else value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ChargersSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            missing = "tls_key" if self.tls_cert else "tls_cert"
+            raise ValueError(f"{missing} must be set together with the other (tls_cert, tls_key)")
+        return self
+
+
+class UpstreamSettings(_Section):
+    url: str = ""
+    call_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    pass_authorization: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss:// (or be empty for standalone mode)")
+        return value
+
+
+class FlipturnSettings(_Section):
+    api_url: str = "https://api.getflipturn.com"
+    api_key: SecretStr = SecretStr("")
+    sync_interval_s: float = Field(default=300.0, ge=10)
+
+    @field_validator("api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+
+class OfflineSettings(_Section):
+    unknown_tags: Literal["reject", "accept"] = "reject"
+    heartbeat_interval_s: int = Field(default=300, ge=1, le=86400)
+
+
+class StoreSettings(_Section):
+    path: str = "gateway.db"
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    token: SecretStr = SecretStr("")
+
+    _port = field_validator("port")(_check_port)
+
+
+class PortMapping(_Section):
+    id: int
+    charger: str = Field(min_length=1, max_length=48)
+    connector: int = Field(ge=0)
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    chargers: ChargersSettings = ChargersSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    flipturn: FlipturnSettings = FlipturnSettings()
+    offline: OfflineSettings = OfflineSettings()
+    store: StoreSettings = StoreSettings()
+    api: ApiSettings = ApiSettings()
+    ports: tuple[PortMapping, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_ports(self) -> Settings:
+        seen: set[int] = set()
+        for mapping in self.ports:
+            if mapping.id in seen:
+                raise ValueError(f"ports: portId {mapping.id} is listed twice")
+            seen.add(mapping.id)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file; the file (passed as init kwargs) beats the defaults.
+        return (env_settings, init_settings)
+
+    @property
+    def standalone(self) -> bool:
+        return not self.upstream.url
+
+
+def resolve_config_path(cli_path: str | None) -> Path | None:
+    """``--config``, else ``$FLIPTURN_GATEWAY_CONFIG``, else the system file if it exists."""
+    if cli_path:
+        return Path(cli_path)
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return Path(env)
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(config)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read ``path`` (or only defaults and environment when ``None``); raise ConfigError naming the key."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, every secret replaced by ``"***"`` (or ``""`` if unset)."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return "***" if value.get_secret_value() else ""
+        if isinstance(value, BaseModel):
+            return {k: walk(getattr(value, k)) for k in type(value).model_fields}
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v) for v in value]
+        return value
+
+    result: dict[str, Any] = walk(settings)
+    return result

@@ -1,0 +1,83 @@
+"""The gateway's exceptions, rooted at one class.
+
+::
+
+    GatewayError
+    ├── ConfigError                 invalid configuration (CLI exit 2)
+    ├── FrameError                  an OCPP-J frame that cannot be accepted (→ CALLERROR)
+    ├── StoreError                  SQLite store unusable
+    ├── CloudUnavailable            the cloud CSMS cannot be reached / did not answer
+    ├── SyncError                   Flipturn REST API sync failed
+    │   └── SyncAuthError           401/403: the api_key is wrong; no retry until the next interval
+    └── ChargerCallError            a gateway-originated CALL to a charger failed
+        ├── ChargerNotConnected
+        └── ChargerTimeout
+
+Third-party exceptions are translated only in the adapter that calls the library
+(``raise CloudUnavailable(...) from exc``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChargerCallError",
+    "ChargerNotConnected",
+    "ChargerTimeout",
+    "CloudUnavailable",
+    "ConfigError",
+    "FrameError",
+    "GatewayError",
+    "StoreError",
+    "SyncAuthError",
+    "SyncError",
+]
+
+
+class GatewayError(Exception):
+    """Root of every exception the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """The configuration is invalid; the message names the key."""
+
+
+class FrameError(GatewayError):
+    """An OCPP-J frame that cannot be accepted.
+
+    ``code`` is the OCPP-J error code (2.0.1 spelling; see ``frames.error_code_for``), ``message_id``
+    the id to answer with (``"-1"`` when it could not be read, OCPP-J 1.6 §4.2.3 errata).
+    """
+
+    def __init__(self, code: str, description: str, message_id: str = "-1") -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+        self.message_id = message_id
+
+
+class StoreError(GatewayError):
+    """The SQLite store cannot be used."""
+
+
+class CloudUnavailable(GatewayError):
+    """The cloud CSMS is unreachable or did not answer in time."""
+
+
+class SyncError(GatewayError):
+    """A sync from the Flipturn REST API failed; the cache was left untouched."""
+
+
+class SyncAuthError(SyncError):
+    """The Flipturn API refused the api_key (401/403)."""
+
+
+class ChargerCallError(GatewayError):
+    """A CALL the gateway itself sent to a charger failed."""
+
+
+class ChargerNotConnected(ChargerCallError):
+    """The charger is not connected to the gateway."""
+
+
+class ChargerTimeout(ChargerCallError):
+    """The charger did not answer in time."""

@@ -1,0 +1,145 @@
+"""OCPP-J frames as small immutable values, with a cheap parse and serialize.
+
+No I/O here. ``parse`` does the check every relayed frame gets (a JSON array of the right shape,
+a readable message id); full schema validation is done only for what the gateway acts on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from gateway.errors import FrameError
+
+try:  # orjson is ~3x faster on the relay path; the stdlib is the fallback where no wheel exists.
+    import orjson
+
+    def _loads(text: str | bytes) -> Any:
+        return orjson.loads(text)
+
+    def _dumps(value: Any) -> str:
+        return orjson.dumps(value).decode()
+
+except ImportError:  # pragma: no cover - exercised on machines without the wheel
+    _loads = json.loads
+
+    def _dumps(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+__all__ = [
+    "CALL",
+    "CALLERROR",
+    "CALLRESULT",
+    "Call",
+    "CallError",
+    "CallResult",
+    "Frame",
+    "OcppVersion",
+    "dumps",
+    "error_code_for",
+    "loads",
+    "parse",
+]
+
+OcppVersion = Literal["1.6", "2.0.1"]
+
+CALL: Final = 2
+CALLRESULT: Final = 3
+CALLERROR: Final = 4
+CALLRESULTERROR: Final = 5  # OCPP 2.1
+SEND: Final = 6  # OCPP 2.1
+
+MAX_ID_LENGTH: Final = 36  # OCPP-J: message id is a string of at most 36 characters
+
+loads = _loads
+dumps = _dumps
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    message_id: str
+    action: str
+    payload: dict[str, Any]
+
+    def serialize(self) -> str:
+        return _dumps([CALL, self.message_id, self.action, self.payload])
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    message_id: str
+    payload: dict[str, Any]
+
+    def serialize(self) -> str:
+        return _dumps([CALLRESULT, self.message_id, self.payload])
+
+
+@dataclass(frozen=True, slots=True)
+class CallError:
+    message_id: str
+    code: str
+    description: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def serialize(self) -> str:
+        return _dumps([CALLERROR, self.message_id, self.code, self.description, self.details])
+
+
+Frame = Call | CallResult | CallError
+
+# 1.6 spells two codes differently (OCPP-J 1.6 §4.2.3, sic); 2.0.1 has one code 1.6 lacks.
+_V16_SPELLING: Final = {
+    "FormatViolation": "FormationViolation",
+    "OccurrenceConstraintViolation": "OccurenceConstraintViolation",
+    "MessageTypeNotSupported": "NotSupported",
+    "RpcFrameworkError": "GenericError",
+}
+
+
+def error_code_for(version: OcppVersion, code: str) -> str:
+    """The error code as ``version`` spells it (codes are given in their 2.0.1 spelling)."""
+    return _V16_SPELLING.get(code, code) if version == "1.6" else code
+
+
+def _message_id(raw: list[Any]) -> str:
+    if len(raw) < 2 or not isinstance(raw[1], str):
+        raise FrameError("FormatViolation", "message id missing or not a string")
+    mid: str = raw[1]
+    if not mid or len(mid) > MAX_ID_LENGTH:
+        raise FrameError("FormatViolation", f"message id must be 1 to {MAX_ID_LENGTH} characters")
+    return mid
+
+
+def parse(text: str | bytes) -> Frame:
+    """Parse one OCPP-J message; raise :class:`FrameError` carrying the id to answer with."""
+    try:
+        raw = _loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FrameError("FormatViolation", "message is not valid JSON") from exc
+    if not isinstance(raw, list) or not raw:
+        raise FrameError("FormatViolation", "message is not a JSON array")
+    kind = raw[0]
+    mid = _message_id(raw)
+    if kind == CALL:
+        if len(raw) != 4:
+            raise FrameError("FormatViolation", "CALL must have 4 elements", mid)
+        action, payload = raw[2], raw[3]
+        if not isinstance(action, str) or not action:
+            raise FrameError("FormatViolation", "CALL action must be a non-empty string", mid)
+        if not isinstance(payload, dict):
+            raise FrameError("FormatViolation", "CALL payload must be a JSON object", mid)
+        return Call(mid, action, payload)
+    if kind == CALLRESULT:
+        if len(raw) != 3 or not isinstance(raw[2], dict):
+            raise FrameError("FormatViolation", "CALLRESULT must be [3, id, {payload}]", mid)
+        return CallResult(mid, raw[2])
+    if kind == CALLERROR:
+        if len(raw) != 5 or not isinstance(raw[2], str) or not isinstance(raw[3], str):
+            raise FrameError("FormatViolation", "CALLERROR must be [4, id, code, text, {}]", mid)
+        details = raw[4] if isinstance(raw[4], dict) else {}
+        return CallError(mid, raw[2], raw[3], details)
+    if isinstance(kind, int) and not isinstance(kind, bool):
+        raise FrameError("MessageTypeNotSupported", f"message type {kind} is not supported", mid)
+    raise FrameError("FormatViolation", "message type must be an integer", mid)
