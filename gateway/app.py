@@ -39,6 +39,14 @@ class Gateway:
         self.api_port = 0
 
     async def start(self) -> None:
+        """Open everything; on failure, close what was already opened and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         settings = self.settings
         self.store = store = await Store.open(settings.store.path)
         self.hub = hub = Hub(
