@@ -13,6 +13,7 @@ from gateway.api import ApiContext, ApiServer, build_api
 from gateway.config import Settings
 from gateway.hub import Hub
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
+from gateway.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
 from gateway.server import start_charger_server
 from gateway.store import Store
 from gateway.upstream import UpstreamOpener
@@ -104,9 +105,20 @@ class Gateway:
             await self.store.close()
         log.info("stopped")
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, notifier: Notifier | None = None) -> None:
+        """Serve until ``stop`` is set, telling systemd (if it listens) when ready and alive."""
+        notifier = notifier or Notifier(None)
         await self.start()
+        watchdog: asyncio.Task[None] | None = None
+        interval = watchdog_interval_s()
+        if interval is not None and self.store is not None:
+            watchdog = asyncio.create_task(watchdog_loop(notifier, interval, self.store.healthy))
+        notifier.ready(f"serving chargers on port {self.charger_port}")
         try:
             await stop.wait()
         finally:
+            notifier.stopping("stopping")
+            if watchdog is not None:
+                watchdog.cancel()
             await self.stop()
+            notifier.close()

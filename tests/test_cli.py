@@ -124,3 +124,41 @@ async def test_run_fails_cleanly_when_port_taken(tmp_path: Path) -> None:
         result = run_cli("--config", str(config), "run")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "cannot start" in result.stderr
+
+
+async def test_run_notifies_systemd_ready_watchdog_and_stopping(tmp_path: Path) -> None:
+    import asyncio
+    import os
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(sock_path))
+    listener.setblocking(False)
+    config = write_config(
+        tmp_path / "c.toml",
+        f'[chargers]\nhost = "127.0.0.1"\nport = 0\n[api]\nport = 0\n'
+        f'[store]\npath = "{tmp_path / "gw.db"}"\n',
+    )
+    env = {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
+    gateway = await GatewayProcess(config, env=env).start()
+    loop = asyncio.get_running_loop()
+    messages: list[str] = []
+
+    async def receive_until(field: str) -> None:
+        while not any(field in m for m in messages):
+            data = await asyncio.wait_for(loop.sock_recv(listener, 4096), 10)
+            messages.append(data.decode())
+
+    try:
+        await receive_until("READY=1")
+        await receive_until("WATCHDOG=1")
+        gateway.signal(signal.SIGTERM)
+        await receive_until("STOPPING=1")
+        assert await gateway.wait() == 0
+    finally:
+        listener.close()
+        os.unlink(sock_path)
+    ready = next(i for i, m in enumerate(messages) if "READY=1" in m)
+    stopping = next(i for i, m in enumerate(messages) if "STOPPING=1" in m)
+    assert ready < stopping

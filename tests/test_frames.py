@@ -322,3 +322,11 @@ def test_round_trip(frame: Frame) -> None:
     assert parsed == frame
     assert parsed.serialize() == text
     assert parse(text.encode()) == frame
+
+
+@pytest.mark.parametrize("kind", ["2.0", "true", '"2"'])
+def test_message_type_must_be_an_integer_not_a_lookalike(kind: str) -> None:
+    with pytest.raises(FrameError) as info:
+        parse(f'[{kind}, "abc", "Heartbeat", {{}}]')
+    assert info.value.code == "FormatViolation"
+    assert info.value.message_id == "abc"
