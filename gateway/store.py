@@ -190,6 +190,9 @@ class Store:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        try:
             db.row_factory = sqlite3.Row
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
@@ -198,6 +201,7 @@ class Store:
             store = cls(db, path)
             await store._migrate()
         except (sqlite3.Error, OSError) as exc:
+            await db.close()
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         return store
 
@@ -261,24 +265,34 @@ class Store:
         while self._waiting:
             batches, self._waiting = self._waiting, []
             try:
-                async with self.transaction() as db:
-                    for batch in batches:
-                        await db.execute("SAVEPOINT batch")
-                        try:
-                            for sql, params in batch.statements:
-                                await db.execute(sql, params)
-                        except sqlite3.Error as exc:
-                            await db.execute("ROLLBACK TO batch")
-                            batch.done.set_exception(StoreError(str(exc)))
-                        await db.execute("RELEASE batch")
-            except (sqlite3.Error, ValueError) as exc:
+                await self._commit([st for batch in batches for st in batch.statements])
+            except (sqlite3.Error, ValueError):
+                # One batch spoilt the group: commit each alone so only it fails.
                 for batch in batches:
-                    if not batch.done.done():
-                        batch.done.set_exception(StoreError(f"commit failed: {exc}"))
+                    try:
+                        await self._commit(batch.statements)
+                    except (sqlite3.Error, ValueError) as exc:
+                        batch.done.set_exception(StoreError(f"write failed: {exc}"))
+                    else:
+                        batch.done.set_result(None)
                 continue
             for batch in batches:
-                if not batch.done.done():
-                    batch.done.set_result(None)
+                batch.done.set_result(None)
+
+    async def _commit(self, statements: list[Statement]) -> None:
+        """One transaction; runs of the same SQL go to the database thread as one executemany."""
+        async with self.transaction() as db:
+            start = 0
+            while start < len(statements):
+                sql = statements[start][0]
+                end = start + 1
+                while end < len(statements) and statements[end][0] == sql:
+                    end += 1
+                if end - start == 1:
+                    await db.execute(sql, statements[start][1])
+                else:
+                    await db.executemany(sql, [params for _, params in statements[start:end]])
+                start = end
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Rows of one read query."""
