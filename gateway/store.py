@@ -270,6 +270,7 @@ class Store:
     # the write lock is held for milliseconds whatever the list size. A failed sync drops its stage.
 
     _tag_reader: sqlite3.Connection | None = None
+    _tag_reader_closed = False
     _SYNC_NAME = "flipturn"
     _STAGE_PREFIX = "sync_stage_"
     _SYNCED_TABLES = ("access_ids", "vehicles")
@@ -281,7 +282,7 @@ class Store:
         read itself. WAL readers never wait for the writer, and the short busy timeout bounds the
         rare wait (WAL recovery) before falling back to the shared connection.
         """
-        if self._tag_reader is None and self.path != ":memory:":
+        if self._tag_reader is None and self.path != ":memory:" and not self._tag_reader_closed:
             uri = Path(self.path).resolve().as_uri() + "?mode=ro"
             reader = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
             reader.execute("PRAGMA busy_timeout=100")
@@ -289,6 +290,7 @@ class Store:
         return self._tag_reader
 
     def _close_reader(self) -> None:
+        self._tag_reader_closed = True
         if self._tag_reader is not None:
             self._tag_reader.close()
             self._tag_reader = None
@@ -312,8 +314,11 @@ class Store:
             synced = reader.execute(synced_sql, (key,)).fetchone()
             learned = reader.execute(learned_sql, (key,)).fetchone() if synced is None else None
         except sqlite3.Error:
-            synced = await self.fetchone(synced_sql, (key,))
-            learned = await self.fetchone(learned_sql, (key,)) if synced is None else None
+            try:
+                synced = await self.fetchone(synced_sql, (key,))
+                learned = await self.fetchone(learned_sql, (key,)) if synced is None else None
+            except (sqlite3.Error, ValueError) as exc:
+                raise StoreError(f"tag lookup failed: {exc}") from exc
         return (
             SyncedTag(*synced) if synced is not None else None,
             LearnedTag(*learned) if learned is not None else None,
