@@ -26,14 +26,14 @@ class CacheMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.authorizations = Counter(
-            "flipturn_gateway_local_authorizations",
+            "flipturn_local_authorizations",
             "Authorizations the gateway answered itself, by status and by source"
             " (synced, learned, policy)",
             ["status", "source"],
             registry=registry,
         )
         self.learned = Counter(
-            "flipturn_gateway_learned_tags",
+            "flipturn_learned_tags",
             "idTagInfo / idTokenInfo answers of the cloud written to the learned cache",
             registry=registry,
         )
@@ -71,6 +71,11 @@ class TagCache:
                 status=decision.status, source=decision.source
             ).inc()
         return decision
+
+    async def auth_info(self, version: str, id_tag: str, now: datetime) -> dict[str, Any]:
+        """The offline idTagInfo (1.6) or idTokenInfo (2.0.1) for ``id_tag`` (``session.Authorizer``)."""
+        decision = await self.authorize(id_tag, now)
+        return id_tag_info(decision) if version == "1.6" else id_token_info(decision)
 
     async def learn_from(
         self,
