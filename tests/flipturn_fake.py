@@ -7,8 +7,12 @@ statuses (``fail``), to test retries, rate limits and partial syncs.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -102,3 +106,35 @@ class FakeFlipturn:
                 },
             },
         )
+
+
+@contextlib.contextmanager
+def serving(fake: FakeFlipturn) -> Iterator[str]:
+    """Serve ``fake`` over real HTTP on 127.0.0.1 (a free port); yields its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            request = httpx.Request(
+                "GET", f"http://127.0.0.1{self.path}", headers=dict(self.headers.items())
+            )
+            response = fake.handle(request)
+            body = response.content
+            self.send_response(response.status_code)
+            for name, value in response.headers.items():
+                if name.lower() not in ("content-length", "transfer-encoding"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
