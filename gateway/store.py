@@ -306,6 +306,7 @@ class Store:
     _SYNC_NAME = "flipturn"
     _STAGE_PREFIX = "sync_stage_"
     _SYNCED_TABLES = ("access_ids", "vehicles")
+    _DROP_CHUNK_ROWS = 2000
 
     def _reader(self) -> sqlite3.Connection | None:
         """A read-only connection for tag point lookups, used on the event loop thread.
@@ -435,8 +436,20 @@ class Store:
             (len(stage) + 1, f"{stage}_"),
         )
         for row in rows:
+            await self._drop_gradually(row[0])
+
+    async def _drop_gradually(self, table: str) -> None:
+        # Dropping a 100k-row table in one statement holds the write lock for as long as it takes
+        # to free every page; emptying it in chunks first keeps each transaction short.
+        while True:
             async with self.transaction() as db:
-                await db.execute(f'DROP TABLE IF EXISTS "{row[0]}"')
+                cursor = await db.execute(
+                    f'DELETE FROM "{table}" WHERE rowid IN'
+                    f' (SELECT rowid FROM "{table}" LIMIT {self._DROP_CHUNK_ROWS})'
+                )
+                if cursor.rowcount < self._DROP_CHUNK_ROWS:
+                    await db.execute(f'DROP TABLE "{table}"')
+                    return
 
     async def drop_stale_sync_stages(self, now_s: float, max_age_s: float) -> int:
         """Drop stages left behind by a crashed sync; returns how many were dropped."""

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 
-STAGE_CHUNK_ROWS: Final = 2000  # rows per staging transaction: short write-lock holds, few fsyncs
+STAGE_CHUNK_ROWS: Final = 1000  # rows per staging transaction: short write-lock holds, few fsyncs
 STALE_STAGE_AGE_S: Final = 3600.0
 MAX_LOGGED_REJECTIONS: Final = 100  # per list and sync; the rest are counted in one summary line
 
