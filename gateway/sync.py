@@ -424,9 +424,14 @@ class SyncService:
         if not last:
             return 0.0
         try:
-            age = (datetime.now(UTC) - datetime.fromisoformat(last)).total_seconds()
+            when = datetime.fromisoformat(last)
         except ValueError:
             return 0.0
+        if self._metrics is not None and row is not None:  # the gauges show the persisted state
+            self._metrics.last_success.set(when.timestamp())
+            self._metrics.access_ids.set(row["access_ids"])
+            self._metrics.vehicles.set(row["vehicles"])
+        age = (datetime.now(UTC) - when).total_seconds()
         return min(self._interval_s, max(0.0, self._interval_s - age))
 
     async def run(self) -> None:

@@ -396,8 +396,22 @@ async def test_loop_waits_out_retry_after(store: Store) -> None:
 
 
 async def test_loop_after_restart_waits_for_the_rest_of_the_interval(store: Store) -> None:
-    async with client_for(FakeFlipturn(fleet(1))) as client:
+    async with client_for(FakeFlipturn(fleet(2))) as client:
         await sync_once(store, client)
+    registry = CollectorRegistry()
+    service = SyncService(
+        store,
+        client_for(FakeFlipturn(fleet(1))),
+        interval_s=300,
+        metrics=SyncMetrics(registry),
+        sleep=LoopSleeps(0),
+    )
+    with pytest.raises(StopLoop):
+        await service.run()
+    await service.aclose()
+    # no sync ran (the first sleep ended the loop), yet the gauges show the persisted state
+    assert registry.get_sample_value("flipturn_sync_access_ids") == 2
+    assert (registry.get_sample_value("flipturn_sync_last_success_timestamp_seconds") or 0) > 1.7e9
     delays = await run_loop(store, FakeFlipturn(fleet(1)), limit=0)
     assert 290 <= delays[0] <= 300
 
