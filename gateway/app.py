@@ -17,6 +17,7 @@ from gateway.cache_api import cache_routes
 from gateway.config import Settings
 from gateway.hub import Hub
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
+from gateway.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
 from gateway.server import start_charger_server
 from gateway.store import Store
 from gateway.sync import FlipturnClient, SyncMetrics, SyncService, sync_status
@@ -30,8 +31,9 @@ log = logging.getLogger(__name__)
 class Gateway:
     """One running gateway. ``await start()``, then ``await stop()``; or ``await run(stop_event)``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, reconnect_max_s: float = 60.0) -> None:
         self.settings = settings
+        self.reconnect_max_s = reconnect_max_s
         self.stats = RelayStats()
         self.registry = new_registry()
         self.store: Store | None = None
@@ -46,6 +48,14 @@ class Gateway:
         self.api_port = 0
 
     async def start(self) -> None:
+        """Open everything; on failure, close what was already opened and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         settings = self.settings
         self.store = store = await Store.open(settings.store.path)
         self.tag_cache = TagCache(
@@ -62,6 +72,7 @@ class Gateway:
             ),
             stats=self.stats,
             authorizer=self.tag_cache,
+            reconnect_max_s=self.reconnect_max_s,
         )
         self.registry.register(
             GatewayCollector(
@@ -130,9 +141,20 @@ class Gateway:
             await self.store.close()
         log.info("stopped")
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, notifier: Notifier | None = None) -> None:
+        """Serve until ``stop`` is set, telling systemd (if it listens) when ready and alive."""
+        notifier = notifier or Notifier(None)
         await self.start()
+        watchdog: asyncio.Task[None] | None = None
+        interval = watchdog_interval_s()
+        if interval is not None and self.store is not None:
+            watchdog = asyncio.create_task(watchdog_loop(notifier, interval, self.store.healthy))
+        notifier.ready(f"serving chargers on port {self.charger_port}")
         try:
             await stop.wait()
         finally:
+            notifier.stopping("stopping")
+            if watchdog is not None:
+                watchdog.cancel()
             await self.stop()
+            notifier.close()

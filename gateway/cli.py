@@ -45,6 +45,7 @@ def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.app import Gateway
+    from gateway.sdnotify import Notifier
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -53,7 +54,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         gateway = Gateway(settings)
         try:
-            await gateway.run(stop)
+            await gateway.run(stop, Notifier.from_env())
         except GatewayError as exc:
             log.error("%s", exc)
             return EXIT_FAILURE

@@ -52,6 +52,7 @@ class FakeCloud:
     paths: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     port: int = 0
+    delay_s: float = 0.0  # how long the cloud takes to answer each CALL
     server: Server | None = None
     _answers: dict[str, asyncio.Future[list[Any]]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -67,8 +68,14 @@ class FakeCloud:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ocpp"
 
+    async def restart(self) -> None:
+        """Bring the cloud back on the same port."""
+        await self.start()
+
     async def stop(self) -> None:
-        """Take the cloud down: drop every connection abruptly and stop listening."""
+        """Take the cloud down: drop every connection abruptly, stop listening, forget records."""
+        self.received.clear()
+        self.raw.clear()
         if self.server is not None:
             for ws in list(self.connections.values()):
                 ws.transport.abort()
@@ -92,6 +99,8 @@ class FakeCloud:
                     answer = self.responder(charger_id, frame[2], frame[3])
                     if answer is None:
                         continue
+                    if self.delay_s:
+                        await asyncio.sleep(self.delay_s)
                     if isinstance(answer, tuple):
                         await ws.send(json.dumps([4, frame[1], answer[1], "refused", {}]))
                     else:
@@ -211,7 +220,7 @@ async def charger(
 
 @contextlib.asynccontextmanager
 async def running_gateway(settings: Settings) -> AsyncIterator[Gateway]:
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, reconnect_max_s=0.3)
     await gateway.start()
     try:
         yield gateway
