@@ -10,7 +10,9 @@ gateway's own ``FlipturnClient`` and ``sync_once`` against a fresh SQLite file a
   the sync runs: the write lock must never be held long;
 * ``TagCache.authorize`` latency over the 100k-tag cache.
 
-Run: ``python -m bench.bench_sync [--access-ids N] [--vehicles N] [--page-size N]``.
+Run: ``python -m bench.bench_sync [--access-ids N] [--vehicles N] [--page-size N]`` (or
+``make bench BENCH_ARGS=...`` / ``python -m bench.run_all --suites sync``). Prints the figures as JSON
+and writes them to ``bench/results/sync-latest.json``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from bench.machine import describe_machine
 from gateway.cache import TagCache
 from gateway.store import Store
 from gateway.sync import FlipturnClient, SyncResult, sync_once
@@ -124,6 +127,10 @@ def serve(access_ids: int, vehicles: int, page_size: int) -> None:
     sys.stdin.read()
 
 
+BENCH_SUITE = "sync"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -207,16 +214,16 @@ def _forward(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--access-ids", type=int, default=100_000)
     parser.add_argument("--vehicles", type=int, default=10_000)
     parser.add_argument("--page-size", type=int, default=100)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.serve:
         serve(args.access_ids, args.vehicles, args.page_size)
-        return
+        return 0
     try:
         import uvloop
 
@@ -233,12 +240,17 @@ def main() -> None:
         assert child.stdout is not None
         url = f"http://127.0.0.1:{int(child.stdout.readline())}"
         with runner:
-            print(json.dumps(runner.run(run(args, url)), indent=2))
+            report = {"machine": describe_machine(), **runner.run(run(args, url))}
+        text = json.dumps(report, indent=2)
+        print(text)
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / "sync-latest.json").write_text(text)
     finally:
         assert child.stdin is not None
         child.stdin.close()
         child.wait(timeout=10)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
