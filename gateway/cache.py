@@ -37,6 +37,17 @@ class CacheMetrics:
             "idTagInfo / idTokenInfo answers of the cloud written to the learned cache",
             registry=registry,
         )
+        self._children: dict[tuple[str, str], Any] = {}
+
+    def count(self, decision: Decision) -> None:
+        """Count one local answer (label children cached: this is on the Authorize path)."""
+        key = (decision.status, decision.source)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.authorizations.labels(
+                status=decision.status, source=decision.source
+            )
+        child.inc()
 
 
 def _timestamp(now: datetime) -> str:
@@ -67,9 +78,7 @@ class TagCache:
             synced, learned = None, None
         decision = decide(synced, learned, unknown_tags=self._unknown_tags, now=now)
         if self._metrics is not None:
-            self._metrics.authorizations.labels(
-                status=decision.status, source=decision.source
-            ).inc()
+            self._metrics.count(decision)
         return decision
 
     async def auth_info(self, version: str, id_tag: str, now: datetime) -> dict[str, Any]:

@@ -328,34 +328,35 @@ class Store:
             self._tag_reader.close()
             self._tag_reader = None
 
+    # One statement for both tables: the synced row (kind 0) and the learned row (kind 1).
+    _LOOKUP_TAG_SQL = (
+        "SELECT 0, id, ocpp_id_tag, authorization_status, revoked_at, NULL FROM access_ids"
+        " WHERE tag_key = ?1 UNION ALL"
+        " SELECT 1, id_tag, status, expiry_date, parent_id_tag, learned_at FROM learned_tags"
+        " WHERE tag_key = ?1"
+    )
+
     async def lookup_tag(self, key: str) -> tuple[SyncedTag | None, LearnedTag | None]:
-        """The synced access id for a normalised tag key, else its learned entry (if any)."""
-        synced_sql = (
-            "SELECT id, ocpp_id_tag, authorization_status, revoked_at FROM access_ids"
-            " WHERE tag_key = ?"
-        )
-        learned_sql = (
-            "SELECT id_tag, status, expiry_date, parent_id_tag, learned_at FROM learned_tags"
-            " WHERE tag_key = ?"
-        )
-        synced: Any
-        learned: Any
+        """The synced access id and the learned entry for a normalised tag key."""
+        rows: list[Any]
         try:
             reader = self._reader()
             if reader is None:
                 raise sqlite3.OperationalError("no separate reader for an in-memory store")
-            synced = reader.execute(synced_sql, (key,)).fetchone()
-            learned = reader.execute(learned_sql, (key,)).fetchone() if synced is None else None
+            rows = reader.execute(self._LOOKUP_TAG_SQL, (key,)).fetchall()
         except sqlite3.Error:
             try:
-                synced = await self.fetchone(synced_sql, (key,))
-                learned = await self.fetchone(learned_sql, (key,)) if synced is None else None
+                rows = await self.fetchall(self._LOOKUP_TAG_SQL, (key,))
             except (sqlite3.Error, ValueError) as exc:
                 raise StoreError(f"tag lookup failed: {exc}") from exc
-        return (
-            SyncedTag(*synced) if synced is not None else None,
-            LearnedTag(*learned) if learned is not None else None,
-        )
+        synced: SyncedTag | None = None
+        learned: LearnedTag | None = None
+        for row in rows:
+            if row[0] == 0:
+                synced = SyncedTag(*row[1:5])
+            else:
+                learned = LearnedTag(*row[1:6])
+        return synced, learned
 
     async def find_access_id(self, key: str) -> sqlite3.Row | None:
         """The full synced access id row for a normalised tag key."""
