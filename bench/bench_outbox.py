@@ -36,6 +36,7 @@ from bench.loadgen import meter_values
 from bench.machine import describe_machine
 from bench.procfs import cpu_seconds, memory
 
+_DRAINS: set[asyncio.Task[None]] = set()
 LISTENING = re.compile(r"listening for chargers on ws://[^:]+:(\d+)")
 
 
@@ -84,7 +85,7 @@ async def _start_gateway(config: Path) -> tuple[asyncio.subprocess.Process, int,
         match = LISTENING.search(line)
         if match:
             break
-    asyncio.create_task(_drain(proc))
+    _DRAINS.add(asyncio.create_task(_drain(proc)))
     return proc, int(match[1]), time.perf_counter() - started
 
 
@@ -138,7 +139,7 @@ async def run(chargers: int, per_charger: int) -> dict[str, Any]:
         enqueue_cpu = cpu_seconds(proc.pid) - cpu0
         enqueue_mem = memory(proc.pid)
         await _stop(proc)
-        db_bytes = sum(f.stat().st_size for f in tmp.glob("gateway.db*"))
+        db_bytes = sum(os.path.getsize(f) for f in map(str, tmp.glob("gateway.db*")))  # noqa: ASYNC240
 
         # Phase 2: cloud up, restart on the same store, measure the drain.
         server, stats = await start_fake_cloud("127.0.0.1", cloud_port)

@@ -172,6 +172,15 @@ class _Batch:
     statements: list[Statement]
     done: asyncio.Future[None]
 
+    def settle(self, error: Exception | None) -> None:
+        """Wake the writer (unless it stopped waiting, e.g. cancelled at shutdown)."""
+        if self.done.done():
+            return
+        if error is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(error)
+
 
 class Store:
     """Named operations over the gateway's SQLite file. Open with :meth:`open`."""
@@ -276,12 +285,12 @@ class Store:
                     try:
                         await self._commit(batch.statements)
                     except (sqlite3.Error, ValueError) as exc:
-                        batch.done.set_exception(StoreError(f"write failed: {exc}"))
+                        batch.settle(StoreError(f"write failed: {exc}"))
                     else:
-                        batch.done.set_result(None)
+                        batch.settle(None)
                 continue
             for batch in batches:
-                batch.done.set_result(None)
+                batch.settle(None)
 
     async def _commit(self, statements: list[Statement]) -> None:
         """One transaction; runs of the same SQL go to the database thread as one executemany."""
