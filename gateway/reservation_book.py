@@ -46,7 +46,7 @@ from gateway.reservations import (
 )
 from gateway.store import Store
 
-__all__ = ["NO_ANSWER", "ReservationBook", "ReservationMetrics"]
+__all__ = ["BAD_ANSWER", "NO_ANSWER", "ReservationBook", "ReservationMetrics"]
 
 log = logging.getLogger(__name__)
 

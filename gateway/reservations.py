@@ -58,6 +58,7 @@ __all__ = [
     "parse_time",
     "refusal_status",
     "reservation_from_row",
+    "reservation_json",
     "reserve_now_payload",
     "reserve_status",
     "resolve_port",
@@ -370,6 +371,29 @@ def reservation_from_row(row: RowLike) -> Reservation:
         created_at=parse_time(row["created_at"]),
         updated_at=parse_time(row["updated_at"]),
     )
+
+
+def reservation_json(reservation: Reservation, ports: Iterable[PortMapping]) -> dict[str, Any]:
+    """One reservation as ``GET /api/ocpp/reservations`` shows it (Flipturn's field names)."""
+    connector = reservation.connector_id or 0
+    port_id = next(
+        (p.id for p in ports if p.charger == reservation.charger_id and p.connector == connector),
+        None,
+    )
+    return {
+        "reservationId": reservation.reservation_id,
+        "portId": port_id,
+        "chargerId": reservation.charger_id,
+        "connectorId": reservation.connector_id,
+        "idTag": reservation.id_tag,
+        "parentIdTag": reservation.parent_id_tag,
+        "expiryDate": format_time(reservation.expiry),
+        "source": reservation.source,
+        "status": reservation.status,
+        "state": reservation.state,
+        "createdAt": format_time(reservation.created_at),
+        "updatedAt": format_time(reservation.updated_at),
+    }
 
 
 @dataclass(frozen=True, slots=True)
