@@ -69,6 +69,11 @@ class ChargersSettings(_Section):
 
     _port = field_validator("port")(_check_port)
 
+    def password_for(self, charger_id: str) -> str | None:
+        """The configured password of a charger (environment keys arrive lower-cased)."""
+        secret = self.passwords.get(charger_id) or self.passwords.get(charger_id.lower())
+        return secret.get_secret_value() if secret is not None else None
+
     @field_validator("path_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:

@@ -22,7 +22,9 @@ try:  # orjson is ~3x faster on the relay path; the stdlib is the fallback where
         return orjson.dumps(value).decode()
 
 except ImportError:  # pragma: no cover - exercised on machines without the wheel
-    _loads = json.loads
+
+    def _loads(text: str | bytes) -> Any:
+        return json.loads(text)
 
     def _dumps(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
