@@ -141,14 +141,17 @@ async def test_oversized_frame_closes_only_that_charger(tmp_path: Any, cloud: Fa
     settings = make_settings(
         tmp_path, chargers={"max_message_bytes": 2048}, upstream={"url": cloud.url}
     )
-    async with running_gateway(settings) as gw:
-        async with charger(gw.charger_port, "BIG") as big, charger(gw.charger_port, "OK") as ok:
-            await big.send_raw(
-                json.dumps([2, "1", "DataTransfer", {"vendorId": "x", "data": "y" * 4096}])
-            )
-            await asyncio.wait_for(big.ws.wait_closed(), 5)
-            assert big.ws.close_code == 1009
-            assert (await ok.call("Heartbeat", {}))[0] == 3
+    async with (
+        running_gateway(settings) as gw,
+        charger(gw.charger_port, "BIG") as big,
+        charger(gw.charger_port, "OK") as ok,
+    ):
+        await big.send_raw(
+            json.dumps([2, "1", "DataTransfer", {"vendorId": "x", "data": "y" * 4096}])
+        )
+        await asyncio.wait_for(big.ws.wait_closed(), 5)
+        assert big.ws.close_code == 1009
+        assert (await ok.call("Heartbeat", {}))[0] == 3
 
 
 async def test_invalid_json_gets_callerror_with_unknown_id(tmp_path: Any) -> None:
