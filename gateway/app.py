@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 class Gateway:
     """One running gateway. ``await start()``, then ``await stop()``; or ``await run(stop_event)``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, reconnect_max_s: float = 60.0) -> None:
         self.settings = settings
+        self.reconnect_max_s = reconnect_max_s
         self.stats = RelayStats()
         self.registry = new_registry()
         self.store: Store | None = None
@@ -48,6 +49,7 @@ class Gateway:
                 max_message_bytes=settings.chargers.max_message_bytes,
             ),
             stats=self.stats,
+            reconnect_max_s=self.reconnect_max_s,
         )
         self.registry.register(
             GatewayCollector(

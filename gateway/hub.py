@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -35,6 +36,28 @@ def _as_version(value: str) -> OcppVersion:
     return "1.6" if value == "1.6" else "2.0.1"
 
 
+class PolicyAuthorizer:
+    """Answers every tag by the ``offline.unknown_tags`` policy alone (no cache configured)."""
+
+    def __init__(self, unknown_tags: str) -> None:
+        self._status = "Accepted" if unknown_tags == "accept" else "Invalid"
+
+    async def auth_info(self, version: OcppVersion, id_tag: str, now: datetime) -> dict[str, Any]:
+        if version == "1.6" or self._status == "Accepted":
+            return {"status": self._status}
+        return {"status": "Unknown"}  # OCPP 2.0.1 AuthorizationStatusEnumType for an unknown token
+
+    async def learn_from(
+        self,
+        version: OcppVersion,
+        action: str,
+        request: dict[str, Any],
+        response: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        return None
+
+
 class Hub:
     """Creates, finds and closes :class:`ChargerSession` objects; owns the shared counters."""
 
@@ -52,7 +75,7 @@ class Hub:
         self.settings = settings
         self.store = store
         self.connect_upstream = connect_upstream
-        self.authorizer = authorizer
+        self.authorizer: Authorizer = authorizer or PolicyAuthorizer(settings.offline.unknown_tags)
         self.hooks: list[SessionHook] = list(hooks)
         self.stats = stats or RelayStats()
         self.reconnect_max_s = reconnect_max_s

@@ -169,7 +169,7 @@ class ChargerSession:
         self._replay_task: asyncio.Task[None] | None = None
         self._closing_upstream = False  # we, not the cloud, are closing the current link
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._backoff = Backoff(initial_s=1.0, max_s=hub.reconnect_max_s)
+        self._backoff = Backoff(initial_s=min(1.0, hub.reconnect_max_s), max_s=hub.reconnect_max_s)
 
     # --- small helpers -------------------------------------------------------------------------
 
@@ -351,9 +351,7 @@ class ChargerSession:
         """Answer a charger CALL per the offline action table, storing it first where required."""
         version = self.version
         rule = offline.rule_for(version, call.action)
-        if rule.answer is offline.Answer.NOT_SUPPORTED or (
-            rule.answer is offline.Answer.AUTHORIZE and self.hub.authorizer is None
-        ):
+        if rule.answer is offline.Answer.NOT_SUPPORTED:
             await self._send_charger(
                 self._error_text(
                     call.message_id, "NotSupported", f"{call.action} is not available offline"
@@ -400,7 +398,7 @@ class ChargerSession:
 
     async def _auth_info(self, call: Call, now: datetime) -> dict[str, Any] | None:
         tag = offline.presented_tag(self.version, call.action, call.payload)
-        if tag is None or self.hub.authorizer is None:
+        if tag is None:
             return None
         info: dict[str, Any] = await self.hub.authorizer.auth_info(self.version, tag, now)
         for hook in self.hub.hooks:
@@ -632,13 +630,12 @@ class ChargerSession:
             self._learn(pending.call, frame)
 
     def _learn(self, call: Call, result: CallResult) -> None:
-        if self.hub.authorizer is not None:
-            self._spawn(
-                self.hub.authorizer.learn_from(
-                    self.version, call.action, call.payload, result.payload, _utcnow()
-                ),
-                "learning",
-            )
+        self._spawn(
+            self.hub.authorizer.learn_from(
+                self.version, call.action, call.payload, result.payload, _utcnow()
+            ),
+            "learning",
+        )
 
     async def _cloud_call(self, call: Call, message: str | bytes) -> None:
         if self.charger is None:

@@ -67,8 +67,14 @@ class FakeCloud:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ocpp"
 
+    async def restart(self) -> None:
+        """Bring the cloud back on the same port."""
+        await self.start()
+
     async def stop(self) -> None:
-        """Take the cloud down: drop every connection abruptly and stop listening."""
+        """Take the cloud down: drop every connection abruptly, stop listening, forget records."""
+        self.received.clear()
+        self.raw.clear()
         if self.server is not None:
             for ws in list(self.connections.values()):
                 ws.transport.abort()
@@ -211,7 +217,7 @@ async def charger(
 
 @contextlib.asynccontextmanager
 async def running_gateway(settings: Settings) -> AsyncIterator[Gateway]:
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, reconnect_max_s=0.3)
     await gateway.start()
     try:
         yield gateway
