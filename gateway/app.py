@@ -13,6 +13,9 @@ from gateway.api import ApiContext, ApiServer, build_api
 from gateway.config import Settings
 from gateway.hub import Hub
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
+from gateway.reservation_api import HubLink, reservation_routes
+from gateway.reservation_book import ReservationBook
+from gateway.reservation_hook import ReservationHook
 from gateway.server import start_charger_server
 from gateway.store import Store
 from gateway.upstream import UpstreamOpener
@@ -20,6 +23,11 @@ from gateway.upstream import UpstreamOpener
 __all__ = ["Gateway"]
 
 log = logging.getLogger(__name__)
+
+
+def _tag_key(tag: str) -> str:
+    """Trim and upper-case: design.md "Tag matching" without the MAC forms (tags.normalise)."""
+    return tag.strip().upper()
 
 
 class Gateway:
@@ -31,6 +39,7 @@ class Gateway:
         self.stats = RelayStats()
         self.registry = new_registry()
         self.store: Store | None = None
+        self.reservations: ReservationBook | None = None
         self.hub: Hub | None = None
         self.charger_server: Server | None = None
         self.api: ApiServer | None = None
@@ -41,6 +50,9 @@ class Gateway:
     async def start(self) -> None:
         settings = self.settings
         self.store = store = await Store.open(settings.store.path)
+        self.reservations = reservations = ReservationBook(
+            store, registry=self.registry, normalise=_tag_key, ports=settings.ports
+        )
         self.hub = hub = Hub(
             settings,
             store,
@@ -50,6 +62,7 @@ class Gateway:
             ),
             stats=self.stats,
             reconnect_max_s=self.reconnect_max_s,
+            hooks=[ReservationHook(reservations)],
         )
         self.registry.register(
             GatewayCollector(
@@ -62,7 +75,14 @@ class Gateway:
         )
         await hub.start()
         context = ApiContext(settings=settings, hub=hub, store=store, registry=self.registry)
-        routes: list[BaseRoute] = []
+        routes: list[BaseRoute] = [
+            *reservation_routes(
+                reservations,
+                HubLink(hub),
+                settings.ports,
+                charger_timeout_s=settings.upstream.call_timeout_s,
+            )
+        ]
         self.api = ApiServer(build_api(context, routes), settings.api.host, settings.api.port)
         self.api_port = self.api.port
         self._api_task = asyncio.create_task(self.api.serve())

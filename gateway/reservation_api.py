@@ -20,8 +20,9 @@ from starlette.routing import Route
 
 from gateway.config import PortMapping
 from gateway.errors import ChargerCallError, ChargerNotConnected, ChargerTimeout
-from gateway.frames import OcppVersion
-from gateway.reservation_book import BAD_ANSWER, NO_ANSWER, ReservationBook
+from gateway.frames import CallError, OcppVersion
+from gateway.hub import Hub
+from gateway.reservation_book import BAD_ANSWER, CALL_ERROR, NO_ANSWER, ReservationBook
 from gateway.reservations import (
     BadChargerAnswer,
     InvalidReservationRequest,
@@ -38,13 +39,21 @@ from gateway.reservations import (
     resolve_port,
 )
 
-__all__ = ["ChargerLink", "reservation_routes"]
+__all__ = ["ChargerAnsweredError", "ChargerLink", "HubLink", "reservation_routes"]
 
 log = logging.getLogger(__name__)
 
 # OCPP-J: a charger without the Reservation profile answers NotImplemented / NotSupported.
 # Flipturn documents that case as status Rejected ("e.g. reservations not supported").
 _UNSUPPORTED = frozenset({"NotImplemented", "NotSupported"})
+
+
+class ChargerAnsweredError(ChargerCallError):
+    """The charger answered a gateway-originated CALL with a CALLERROR."""
+
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(f"charger answered with CALLERROR {code}: {description}".rstrip(": "))
+        self.code = code
 
 
 class ChargerLink(Protocol):
@@ -57,6 +66,28 @@ class ChargerLink(Protocol):
         self, charger_id: str, action: str, payload: dict[str, Any], *, timeout_s: float
     ) -> dict[str, Any]:
         """Send a gateway-originated CALL; the CALLRESULT payload, or ChargerCallError."""
+
+
+class HubLink:
+    """:class:`ChargerLink` over the hub's sessions (their shared outbound CALL queue)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    def ocpp_version(self, charger_id: str) -> OcppVersion | None:
+        session = self._hub.get(charger_id)
+        return session.version if session is not None and session.connected else None
+
+    async def call_charger(
+        self, charger_id: str, action: str, payload: dict[str, Any], *, timeout_s: float
+    ) -> dict[str, Any]:
+        session = self._hub.get(charger_id)
+        if session is None:
+            raise ChargerNotConnected(f"charger {charger_id} is not connected")
+        answer = await session.call_charger(action, payload, timeout_s=timeout_s)
+        if isinstance(answer, CallError):
+            raise ChargerAnsweredError(answer.code, answer.description)
+        return answer.payload
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -131,9 +162,9 @@ class _Routes:
             raise
         except ChargerNotConnected:
             raise
-        except ChargerCallError as exc:
-            if getattr(exc, "code", None) not in _UNSUPPORTED:
-                await self.book.on_api_reserve(port.charger, version, payload, NO_ANSWER)
+        except ChargerAnsweredError as exc:
+            if exc.code not in _UNSUPPORTED:
+                await self.book.on_api_reserve(port.charger, version, payload, CALL_ERROR)
                 raise
             status = "Rejected"
         await self.book.on_api_reserve(port.charger, version, payload, status)
@@ -154,9 +185,12 @@ class _Routes:
         except BadChargerAnswer:
             await self.book.on_api_cancel(port.charger, parsed.reservation_id, BAD_ANSWER)
             raise
-        except ChargerCallError as exc:
-            if getattr(exc, "code", None) not in _UNSUPPORTED:
-                await self.book.on_api_cancel(port.charger, parsed.reservation_id, NO_ANSWER)
+        except ChargerTimeout:
+            await self.book.on_api_cancel(port.charger, parsed.reservation_id, NO_ANSWER)
+            raise
+        except ChargerAnsweredError as exc:
+            if exc.code not in _UNSUPPORTED:
+                await self.book.on_api_cancel(port.charger, parsed.reservation_id, CALL_ERROR)
                 raise
             status = "Rejected"
         await self.book.on_api_cancel(port.charger, parsed.reservation_id, status)

@@ -30,6 +30,7 @@ from gateway.errors import ChargerCallError
 from gateway.frames import OcppVersion
 from gateway.reservations import (
     CLOSING_ACTIONS,
+    Refusal,
     Reservation,
     Source,
     apply_cancel,
@@ -46,12 +47,13 @@ from gateway.reservations import (
 )
 from gateway.store import Store
 
-__all__ = ["BAD_ANSWER", "NO_ANSWER", "ReservationBook", "ReservationMetrics"]
+__all__ = ["BAD_ANSWER", "CALL_ERROR", "NO_ANSWER", "ReservationBook", "ReservationMetrics"]
 
 log = logging.getLogger(__name__)
 
-NO_ANSWER = "NoAnswer"  # outcome label: the charger sent a CALLERROR or nothing in time
+NO_ANSWER = "NoAnswer"  # outcome label: the charger did not answer in time
 BAD_ANSWER = "BadAnswer"  # outcome label: the charger's payload broke the schema
+CALL_ERROR = "CallError"  # outcome label: the charger answered a CALLERROR
 
 
 def _utc_now() -> datetime:
@@ -128,10 +130,10 @@ class ReservationBook:
     ) -> Reservation | None:
         """Record a ReserveNow the cloud sent through the gateway, with the charger's answer.
 
-        ``response`` is the charger's CALLRESULT payload, or None for a CALLERROR / no answer.
+        ``response`` is the charger's CALLRESULT payload, or None for a CALLERROR.
         """
         if response is None:
-            outcome = NO_ANSWER
+            outcome = CALL_ERROR
         else:
             try:
                 outcome = reserve_status(response)
@@ -200,11 +202,11 @@ class ReservationBook:
         *,
         now: datetime | None = None,
     ) -> Reservation | None:
-        """Record a CancelReservation the cloud sent, with the charger's answer (None: none)."""
+        """Record a CancelReservation the cloud sent, with the charger's answer (None: CALLERROR)."""
         del version  # {reservationId} in both versions
         rid = request.get("reservationId")
         if response is None:
-            outcome = NO_ANSWER
+            outcome = CALL_ERROR
         else:
             try:
                 outcome = cancel_status(response)
@@ -298,6 +300,22 @@ class ReservationBook:
         ``connector_id``: 1.6 connectorId / 2.0.1 evse id of the message, None if it has none.
         ``parent_tag``: the tag's parentIdTag / groupIdToken as the cache knows it.
         """
+        refusal = await self.gate_refusal(
+            charger_id, version, connector_id, tag, parent_tag=parent_tag, now=now
+        )
+        return None if refusal is None else refusal.status
+
+    async def gate_refusal(
+        self,
+        charger_id: str,
+        version: OcppVersion,
+        connector_id: int | None,
+        tag: str,
+        *,
+        parent_tag: str | None = None,
+        now: datetime | None = None,
+    ) -> Refusal | None:
+        """Like :meth:`gate`, with the reservation that causes the refusal."""
         now = now or self._clock()
         rows = await self._store.reservations_in_state("active", charger_id)
         if not rows:
@@ -322,7 +340,7 @@ class ReservationBook:
             refusal.status,
             refusal.reservation.reservation_id,
         )
-        return refusal.status
+        return refusal
 
     # --- listing and expiry -------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ __all__ = [
     "BadChargerAnswer",
     "CancelRequest",
     "Closing",
+    "GateTarget",
     "InvalidReservationRequest",
     "Refusal",
     "Reservation",
@@ -50,13 +51,16 @@ __all__ = [
     "closing_of",
     "decide_gate",
     "format_time",
+    "gate_target",
     "is_active",
     "new_reservation",
+    "parent_of",
     "parse_cancel_request",
     "parse_reserve_call",
     "parse_reserve_request",
     "parse_time",
     "refusal_status",
+    "refused_info",
     "reservation_from_row",
     "reservation_json",
     "reserve_now_payload",
@@ -571,6 +575,53 @@ def split_expired(
 
 
 @dataclass(frozen=True, slots=True)
+class GateTarget:
+    """What a locally answered charger CALL asks to authorize: a tag, maybe on one connector."""
+
+    tag: str
+    connector_id: int | None
+
+
+def gate_target(version: OcppVersion, action: str, payload: Mapping[str, Any]) -> GateTarget | None:
+    """The tag and connector the gate must look at, or None when the CALL starts nothing.
+
+    1.6: Authorize (no connector) and StartTransaction (``connectorId``). StopTransaction only ends
+    a session. 2.0.1: Authorize (no EVSE) and TransactionEvent carrying an ``idToken``, except
+    ``Ended`` (stopping is always allowed); the EVSE is ``evse.id`` when present (E01, E03).
+    """
+    if version == "1.6":
+        tag = payload.get("idTag")
+        if not isinstance(tag, str):
+            return None
+        if action == "Authorize":
+            return GateTarget(tag, None)
+        if action == "StartTransaction":
+            return GateTarget(tag, _int(payload.get("connectorId")) or None)
+        return None
+    token = payload.get("idToken")
+    tag = token.get("idToken") if isinstance(token, Mapping) else None
+    if not isinstance(tag, str):
+        return None
+    if action == "Authorize":
+        return GateTarget(tag, None)
+    if action == "TransactionEvent" and payload.get("eventType") != "Ended":
+        evse = payload.get("evse")
+        evse_id = _int(evse.get("id")) if isinstance(evse, Mapping) else None
+        return GateTarget(tag, evse_id or None)
+    return None
+
+
+def parent_of(version: OcppVersion, auth_info: Mapping[str, Any]) -> str | None:
+    """The group of a tag as the cache answered it: 1.6 ``parentIdTag``, 2.0.1 ``groupIdToken``."""
+    if version == "1.6":
+        parent = auth_info.get("parentIdTag")
+        return parent if isinstance(parent, str) else None
+    group = auth_info.get("groupIdToken")
+    token = group.get("idToken") if isinstance(group, Mapping) else None
+    return token if isinstance(token, str) else None
+
+
+@dataclass(frozen=True, slots=True)
 class Refusal:
     """A tag the cache would accept must be refused: the connector is reserved for someone else."""
 
@@ -587,6 +638,26 @@ def refusal_status(version: OcppVersion) -> str:
     ("not allowed for charging at this moment"), which is exactly the case.
     """
     return "Invalid" if version == "1.6" else "NotAtThisTime"
+
+
+def refused_info(
+    version: OcppVersion, auth_info: Mapping[str, Any], refusal: Refusal
+) -> dict[str, Any]:
+    """The idTagInfo / idTokenInfo to answer with instead of ``auth_info``.
+
+    1.6: the status only (with the tag's ``parentIdTag``); an ``expiryDate`` would describe the
+    tag, not the refusal. 2.0.1: ``cacheExpiryDateTime`` is the reservation's expiry, so a charger
+    that caches the answer (C10) stops refusing the tag when the reservation ends.
+    """
+    if version == "1.6":
+        info: dict[str, Any] = {"status": refusal.status}
+        if isinstance(auth_info.get("parentIdTag"), str):
+            info["parentIdTag"] = auth_info["parentIdTag"]
+        return info
+    return {
+        "status": refusal.status,
+        "cacheExpiryDateTime": format_time(refusal.reservation.expiry),
+    }
 
 
 def _holds(

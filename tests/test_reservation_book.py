@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.config import PortMapping
-from gateway.reservation_book import NO_ANSWER, ReservationBook
+from gateway.reservation_book import CALL_ERROR, NO_ANSWER, ReservationBook
 from gateway.store import Store
 
 NOW = datetime(2026, 11, 21, 18, 0, tzinfo=UTC)
@@ -107,7 +107,7 @@ async def test_refused_and_unanswered_reservations_are_recorded_not_active(
     silent = await book.on_cloud_reserve("CP-1", "2.0.1", v201(2), None)
     garbled = await book.on_cloud_reserve("CP-1", "2.0.1", v201(3), {"status": "Maybe"})
     assert occupied is not None and occupied.state == "refused"
-    assert silent is not None and (silent.state, silent.status) == ("failed", NO_ANSWER)
+    assert silent is not None and (silent.state, silent.status) == ("failed", CALL_ERROR)
     assert garbled is not None and (garbled.state, garbled.status) == ("failed", "BadAnswer")
     assert await book.list_active() == []
     assert len(await store.reservations_in_state("refused")) == 1
