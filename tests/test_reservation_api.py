@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from gateway.app import Gateway
-from gateway.config import PortMapping, Settings
+from gateway.config import OfflineSettings, PortMapping, Settings
 from tests.support import Charger, FakeCloud, charger, make_settings, running_gateway, wait_for
 
 EXPIRY = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
@@ -362,3 +362,98 @@ async def test_api_token_guards_reservations(tmp_path: Any) -> None:
         )
         assert allowed.status_code == 200 and allowed.json() == {"data": []}
         await wait_for(lambda: True)
+
+
+async def reserve_via_api(
+    client: httpx.AsyncClient, cp: Charger, port_id: int, expiry: datetime
+) -> None:
+    request = asyncio.create_task(
+        client.post(
+            "/api/ocpp/reservations",
+            json=body(port_id, 5, idTag="alice", expiryDate=expiry.isoformat()),
+        )
+    )
+    await cp.answer(await next_call(cp), {"status": "Accepted"})
+    assert (await request).json() == {"status": "Accepted"}
+
+
+def start_16(tag: str, connector: int = 1) -> dict[str, Any]:
+    return {
+        "connectorId": connector,
+        "idTag": tag,
+        "meterStart": 0,
+        "timestamp": "2026-11-21T12:00:00Z",
+    }
+
+
+def started_201(tag: str, evse: int = 1) -> dict[str, Any]:
+    return {
+        "eventType": "Started",
+        "timestamp": "2026-11-21T12:00:00Z",
+        "triggerReason": "Authorized",
+        "seqNo": 0,
+        "transactionInfo": {"transactionId": f"tx-{tag}"},
+        "evse": {"id": evse, "connectorId": 1},
+        "idToken": {"idToken": tag, "type": "ISO14443"},
+    }
+
+
+async def test_offline_reserved_connector_accepts_only_the_reserved_tag_16(
+    tmp_path: Any, cloud: FakeCloud
+) -> None:
+    settings = settings_for(tmp_path, cloud, call_timeout_s=1.0).model_copy(
+        update={"offline": OfflineSettings(unknown_tags="accept")}
+    )
+    async with (
+        running_gateway(settings) as gw,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.api_port}", trust_env=False) as client,
+        charger(gw.charger_port, "CP-16", "1.6") as cp,
+    ):
+        await cloud.wait_connected("CP-16")
+        expiry = datetime.now(UTC) + timedelta(seconds=1)
+        await reserve_via_api(client, cp, 101, expiry)
+        await cloud.stop()  # the cloud goes away: the gateway answers from here on
+
+        bob = await cp.call("StartTransaction", start_16("bob"))
+        assert bob[2]["idTagInfo"] == {"status": "Invalid"}
+        alice = await cp.call("StartTransaction", start_16(" Alice "))
+        assert alice[2]["idTagInfo"]["status"] == "Accepted"
+        other_connector = await cp.call("StartTransaction", start_16("bob", connector=2))
+        assert other_connector[2]["idTagInfo"]["status"] == "Accepted"
+        # Authorize names no connector; CP-16 has a free connector 2, so it is not refused.
+        authorize = await cp.call("Authorize", {"idTag": "bob"})
+        assert authorize[2]["idTagInfo"]["status"] == "Accepted"
+
+        await asyncio.sleep(max(0.0, (expiry - datetime.now(UTC)).total_seconds()) + 0.05)
+        after = await cp.call("StartTransaction", start_16("bob"))
+        assert after[2]["idTagInfo"]["status"] == "Accepted"
+
+
+async def test_offline_reserved_evse_accepts_only_the_reserved_token_201(tmp_path: Any) -> None:
+    settings = settings_for(tmp_path, None).model_copy(
+        update={"offline": OfflineSettings(unknown_tags="accept")}
+    )
+    async with (
+        running_gateway(settings) as gw,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.api_port}", trust_env=False) as client,
+        charger(gw.charger_port, "CP-201", "2.0.1") as cp,
+    ):
+        boot = {"chargingStation": {"model": "M", "vendorName": "V"}, "reason": "PowerUp"}
+        assert (await cp.call("BootNotification", boot))[2]["status"] == "Accepted"
+        expiry = datetime.now(UTC) + timedelta(seconds=1)
+        await reserve_via_api(client, cp, 201, expiry)
+
+        # CP-201 has one known EVSE, so even an Authorize (no EVSE named) is refused for bob.
+        authorize = await cp.call("Authorize", {"idToken": {"idToken": "bob", "type": "ISO14443"}})
+        assert authorize[2]["idTokenInfo"]["status"] == "NotAtThisTime"
+        refused = await cp.call("TransactionEvent", started_201("bob"))
+        assert refused[2]["idTokenInfo"]["status"] == "NotAtThisTime"
+        assert refused[2]["idTokenInfo"]["cacheExpiryDateTime"].startswith(
+            expiry.strftime("%Y-%m-%dT%H:%M:%S")
+        )
+        alice = await cp.call("TransactionEvent", started_201("ALICE"))
+        assert alice[2]["idTokenInfo"]["status"] == "Accepted"
+
+        await asyncio.sleep(max(0.0, (expiry - datetime.now(UTC)).total_seconds()) + 0.05)
+        after = await cp.call("Authorize", {"idToken": {"idToken": "bob", "type": "ISO14443"}})
+        assert after[2]["idTokenInfo"]["status"] == "Accepted"

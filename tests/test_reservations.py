@@ -17,6 +17,7 @@ from gateway.reservations import (
     BadChargerAnswer,
     Closing,
     InvalidReservationRequest,
+    Refusal,
     Reservation,
     ReserveRequest,
     UnknownPort,
@@ -29,14 +30,18 @@ from gateway.reservations import (
     closing_of,
     decide_gate,
     format_time,
+    gate_target,
     is_active,
     new_reservation,
+    parent_of,
     parse_cancel_request,
     parse_reserve_call,
     parse_reserve_request,
     parse_time,
     refusal_status,
+    refused_info,
     reservation_from_row,
+    reservation_json,
     reserve_now_payload,
     reserve_status,
     resolve_port,
@@ -527,3 +532,56 @@ def test_gate_whole_charger_reservation() -> None:
 def test_refusal_status_per_version() -> None:
     assert refusal_status("1.6") == "Invalid"
     assert refusal_status("2.0.1") == "NotAtThisTime"
+
+
+@pytest.mark.parametrize(
+    ("version", "action", "payload", "expected"),
+    [
+        ("1.6", "Authorize", {"idTag": "A"}, ("A", None)),
+        ("1.6", "StartTransaction", {"connectorId": 2, "idTag": "A"}, ("A", 2)),
+        ("1.6", "StartTransaction", {"connectorId": 0, "idTag": "A"}, ("A", None)),
+        ("1.6", "StopTransaction", {"idTag": "A", "transactionId": 1}, None),
+        ("2.0.1", "Authorize", {"idToken": {"idToken": "A", "type": "Local"}}, ("A", None)),
+        (
+            "2.0.1",
+            "TransactionEvent",
+            {"eventType": "Started", "evse": {"id": 3}, "idToken": {"idToken": "A"}},
+            ("A", 3),
+        ),
+        (
+            "2.0.1",
+            "TransactionEvent",
+            {"eventType": "Updated", "idToken": {"idToken": "A"}},
+            ("A", None),
+        ),
+        ("2.0.1", "TransactionEvent", {"eventType": "Ended", "idToken": {"idToken": "A"}}, None),
+        ("2.0.1", "TransactionEvent", {"eventType": "Started"}, None),
+    ],
+)
+def test_gate_target(
+    version: Any, action: str, payload: dict[str, Any], expected: tuple[str, int | None] | None
+) -> None:
+    target = gate_target(version, action, payload)
+    assert (None if target is None else (target.tag, target.connector_id)) == expected
+
+
+def test_parent_of_and_refused_info() -> None:
+    assert parent_of("1.6", {"status": "Accepted", "parentIdTag": "FLEET"}) == "FLEET"
+    assert parent_of("2.0.1", {"status": "Accepted", "groupIdToken": {"idToken": "G"}}) == "G"
+    assert parent_of("2.0.1", {"status": "Accepted"}) is None
+    reservation = make(expiry=NOW + timedelta(minutes=30))
+    refusal = Refusal("Invalid", reservation)
+    info_16 = refused_info(
+        "1.6", {"status": "Accepted", "expiryDate": "x", "parentIdTag": "F"}, refusal
+    )
+    assert info_16 == {"status": "Invalid", "parentIdTag": "F"}
+    info_201 = refused_info("2.0.1", {"status": "Accepted"}, Refusal("NotAtThisTime", reservation))
+    assert info_201 == {"status": "NotAtThisTime", "cacheExpiryDateTime": "2026-11-21T18:30:00Z"}
+
+
+def test_reservation_json_names_the_port() -> None:
+    ports = [PortMapping(id=101, charger="CP-1", connector=1)]
+    shown = reservation_json(make(connector=1), ports)
+    assert shown["portId"] == 101 and shown["reservationId"] == 1 and shown["idTag"] == "ALICE"
+    assert shown["expiryDate"] == "2026-11-21T19:00:00Z" and shown["state"] == "active"
+    assert reservation_json(make(connector=None), ports)["portId"] is None
