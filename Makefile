@@ -29,8 +29,9 @@ lint: $(VENV)/.installed-test
 test: lint
 	$(BIN)/pytest -q
 
+# Benchmarks (docs/benchmarks.md): loopback only, ~10 min; e.g. BENCH_ARGS="--reps 1 --duration 5".
 bench: $(VENV)/.installed-test
-	$(BIN)/python -m bench.run_all
+	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 
@@ -10,24 +12,24 @@ from starlette.routing import BaseRoute
 from websockets.asyncio.server import Server
 
 from gateway.api import ApiContext, ApiServer, build_api
+from gateway.cache import CacheMetrics, TagCache
+from gateway.cache_api import cache_routes
 from gateway.config import Settings
 from gateway.hub import Hub
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
 from gateway.reservation_api import HubLink, reservation_routes
 from gateway.reservation_book import ReservationBook
 from gateway.reservation_hook import ReservationHook
+from gateway.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
 from gateway.server import start_charger_server
 from gateway.store import Store
+from gateway.sync import FlipturnClient, SyncMetrics, SyncService, sync_status
+from gateway.tags import normalise
 from gateway.upstream import UpstreamOpener
 
 __all__ = ["Gateway"]
 
 log = logging.getLogger(__name__)
-
-
-def _tag_key(tag: str) -> str:
-    """Trim and upper-case: design.md "Tag matching" without the MAC forms (tags.normalise)."""
-    return tag.strip().upper()
 
 
 class Gateway:
@@ -44,14 +46,30 @@ class Gateway:
         self.charger_server: Server | None = None
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
+        self.tag_cache: TagCache | None = None
+        self.sync: SyncService | None = None
+        self._sync_task: asyncio.Task[None] | None = None
         self.charger_port = 0
         self.api_port = 0
 
     async def start(self) -> None:
+        """Open everything; on failure, close what was already opened and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         settings = self.settings
         self.store = store = await Store.open(settings.store.path)
+        self.tag_cache = TagCache(
+            store,
+            unknown_tags=settings.offline.unknown_tags,
+            metrics=CacheMetrics(self.registry),
+        )
         self.reservations = reservations = ReservationBook(
-            store, registry=self.registry, normalise=_tag_key, ports=settings.ports
+            store, registry=self.registry, normalise=normalise, ports=settings.ports
         )
         self.hub = hub = Hub(
             settings,
@@ -61,6 +79,7 @@ class Gateway:
                 max_message_bytes=settings.chargers.max_message_bytes,
             ),
             stats=self.stats,
+            authorizer=self.tag_cache,
             reconnect_max_s=self.reconnect_max_s,
             hooks=[ReservationHook(reservations)],
         )
@@ -74,20 +93,37 @@ class Gateway:
             )
         )
         await hub.start()
-        context = ApiContext(settings=settings, hub=hub, store=store, registry=self.registry)
+        api_key = settings.flipturn.api_key.get_secret_value()
+        if api_key:  # design.md: api_key = "" disables sync
+            self.sync = SyncService(
+                store,
+                FlipturnClient(settings.flipturn.api_url, api_key),
+                interval_s=settings.flipturn.sync_interval_s,
+                metrics=SyncMetrics(self.registry),
+            )
+        context = ApiContext(
+            settings=settings,
+            hub=hub,
+            store=store,
+            registry=self.registry,
+            sync_status=functools.partial(sync_status, store),
+        )
         routes: list[BaseRoute] = [
+            *cache_routes(store, self.sync),
             *reservation_routes(
                 reservations,
                 HubLink(hub),
                 settings.ports,
                 charger_timeout_s=settings.upstream.call_timeout_s,
-            )
+            ),
         ]
         self.api = ApiServer(build_api(context, routes), settings.api.host, settings.api.port)
         self.api_port = self.api.port
         self._api_task = asyncio.create_task(self.api.serve())
         self.charger_server = await start_charger_server(hub, settings.chargers)
         self.charger_port = next(iter(self.charger_server.sockets)).getsockname()[1]
+        if self.sync is not None:
+            self._sync_task = asyncio.create_task(self.sync.run())
         scheme = "wss" if settings.chargers.tls_cert else "ws"
         log.info(
             "listening for chargers on %s://%s:%d%s/{chargePointId}; API on http://%s:%d; %s",
@@ -102,6 +138,12 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop accepting, close chargers and upstreams, finish pending writes, close the store."""
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+        if self.sync is not None:
+            await self.sync.aclose()
         if self.charger_server is not None:
             self.charger_server.close(close_connections=False)
         if self.hub is not None:
@@ -116,9 +158,20 @@ class Gateway:
             await self.store.close()
         log.info("stopped")
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, notifier: Notifier | None = None) -> None:
+        """Serve until ``stop`` is set, telling systemd (if it listens) when ready and alive."""
+        notifier = notifier or Notifier(None)
         await self.start()
+        watchdog: asyncio.Task[None] | None = None
+        interval = watchdog_interval_s()
+        if interval is not None and self.store is not None:
+            watchdog = asyncio.create_task(watchdog_loop(notifier, interval, self.store.healthy))
+        notifier.ready(f"serving chargers on port {self.charger_port}")
         try:
             await stop.wait()
         finally:
+            notifier.stopping("stopping")
+            if watchdog is not None:
+                watchdog.cancel()
             await self.stop()
+            notifier.close()

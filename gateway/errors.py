@@ -8,7 +8,8 @@
     ├── StoreError                  SQLite store unusable
     ├── CloudUnavailable            the cloud CSMS cannot be reached / did not answer
     ├── SyncError                   Flipturn REST API sync failed
-    │   └── SyncAuthError           401/403: the api_key is wrong; no retry until the next interval
+    │   ├── SyncAuthError           401/403: the api_key is wrong; no retry until the next interval
+    │   └── SyncRateLimited         429 with a Retry-After too long to wait inside one sync
     └── ChargerCallError            a gateway-originated CALL to a charger failed
         ├── ChargerNotConnected
         └── ChargerTimeout
@@ -30,6 +31,7 @@ __all__ = [
     "StoreError",
     "SyncAuthError",
     "SyncError",
+    "SyncRateLimited",
 ]
 
 
@@ -69,6 +71,14 @@ class SyncError(GatewayError):
 
 class SyncAuthError(SyncError):
     """The Flipturn API refused the api_key (401/403)."""
+
+
+class SyncRateLimited(SyncError):
+    """The Flipturn API asked (429) to wait ``retry_after_s`` seconds before the next request."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ChargerCallError(GatewayError):

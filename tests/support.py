@@ -52,6 +52,7 @@ class FakeCloud:
     paths: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     port: int = 0
+    delay_s: float = 0.0  # how long the cloud takes to answer each CALL
     server: Server | None = None
     _answers: dict[str, asyncio.Future[list[Any]]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -98,6 +99,8 @@ class FakeCloud:
                     answer = self.responder(charger_id, frame[2], frame[3])
                     if answer is None:
                         continue
+                    if self.delay_s:
+                        await asyncio.sleep(self.delay_s)
                     if isinstance(answer, tuple):
                         await ws.send(json.dumps([4, frame[1], answer[1], "refused", {}]))
                     else:

@@ -1,0 +1,1 @@
+"""Benchmark harness: fake cloud, load generator, relays and runners (docs/benchmarks.md)."""
