@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from gateway.config import PortMapping
 from gateway.reservation_book import CALL_ERROR, NO_ANSWER, ReservationBook
 from gateway.store import Store
+from gateway.tags import normalise
 
 NOW = datetime(2026, 11, 21, 18, 0, tzinfo=UTC)
 EXPIRY = "2026-11-21T19:00:00Z"
@@ -280,3 +281,19 @@ async def test_records_survive_a_restart(tmp_path: Path) -> None:
         assert await again.gate("CP-1", "1.6", 1, "bob", now=NOW) == "Invalid"
     finally:
         await second.close()
+
+
+async def test_gate_compares_tags_as_flipturn_normalises_them(
+    store: Store, registry: CollectorRegistry
+) -> None:
+    book = ReservationBook(
+        store,
+        registry=registry,
+        normalise=normalise,
+        ports=[PortMapping(id=1, charger="CP-1", connector=1)],
+        clock=lambda: NOW,
+    )
+    await book.on_api_reserve("CP-1", "1.6", v16(1, tag="aa:bb:cc:dd:ee:ff"), "Accepted")
+    assert await book.gate("CP-1", "1.6", 1, "VID:AA-BB-CC-DD-EE-FF") is None
+    assert await book.gate("CP-1", "1.6", 1, "aabbccddeeff") is None
+    assert await book.gate("CP-1", "1.6", 1, "AA:BB:CC:DD:EE:00") == "Invalid"
