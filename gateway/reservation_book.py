@@ -28,9 +28,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from gateway.config import PortMapping
 from gateway.errors import ChargerCallError
 from gateway.frames import OcppVersion
+from gateway.reservation_gate import Refusal, decide_gate
 from gateway.reservations import (
     CLOSING_ACTIONS,
-    Refusal,
     Reservation,
     Source,
     apply_cancel,
@@ -38,7 +38,6 @@ from gateway.reservations import (
     apply_reserve,
     cancel_status,
     closing_of,
-    decide_gate,
     new_reservation,
     parse_reserve_call,
     reservation_from_row,

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from gateway.frames import Call, CallError, CallResult
 from gateway.reservation_book import ReservationBook
-from gateway.reservations import CLOSING_ACTIONS, gate_target, parent_of, refused_info
+from gateway.reservation_gate import gate_target, parent_of, refused_info
+from gateway.reservations import CLOSING_ACTIONS
 
 if TYPE_CHECKING:
     from gateway.session import ChargerSession

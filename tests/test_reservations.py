@@ -10,6 +10,14 @@ from ocpp.exceptions import TypeConstraintViolationError
 from ocpp.messages import Call, validate_payload
 
 from gateway.config import PortMapping
+from gateway.reservation_gate import (
+    Refusal,
+    decide_gate,
+    gate_target,
+    parent_of,
+    refusal_status,
+    refused_info,
+)
 from gateway.reservations import (
     CANCEL_STATUSES,
     ID_TOKEN_TYPES,
@@ -17,7 +25,6 @@ from gateway.reservations import (
     BadChargerAnswer,
     Closing,
     InvalidReservationRequest,
-    Refusal,
     Reservation,
     ReserveRequest,
     UnknownPort,
@@ -28,18 +35,13 @@ from gateway.reservations import (
     cancel_status,
     check_for_version,
     closing_of,
-    decide_gate,
     format_time,
-    gate_target,
     is_active,
     new_reservation,
-    parent_of,
     parse_cancel_request,
     parse_reserve_call,
     parse_reserve_request,
     parse_time,
-    refusal_status,
-    refused_info,
     reservation_from_row,
     reservation_json,
     reserve_now_payload,
