@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -26,7 +26,6 @@ from gateway.reservation_book import BAD_ANSWER, CALL_ERROR, NO_ANSWER, Reservat
 from gateway.reservations import (
     BadChargerAnswer,
     InvalidReservationRequest,
-    ReservationError,
     UnknownPort,
     cancel_payload,
     cancel_status,
@@ -196,9 +195,9 @@ class _Routes:
         await self.book.on_api_cancel(port.charger, parsed.reservation_id, status)
         return JSONResponse({"status": status})
 
-    async def _guard(self, work: Any, action: str) -> JSONResponse:
+    async def _guard(self, work: Awaitable[JSONResponse], action: str) -> JSONResponse:
         try:
-            response: JSONResponse = await work
+            response = await work
         except InvalidReservationRequest as exc:
             return _error(422, str(exc))
         except UnknownPort as exc:
@@ -210,8 +209,6 @@ class _Routes:
             return _error(504, str(exc) or "charger did not answer in time")
         except ChargerCallError as exc:
             return _error(502, str(exc) or "charger answered with an error")
-        except ReservationError as exc:  # pragma: no cover - every subclass is handled above
-            return _error(400, str(exc))
         return response
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import OfflineSettings, PortMapping, Settings
-from tests.support import Charger, FakeCloud, charger, make_settings, running_gateway, wait_for
+from tests.support import Charger, FakeCloud, charger, make_settings, running_gateway
 
 EXPIRY = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
 EXPIRY_TEXT = EXPIRY.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -201,7 +201,7 @@ async def test_unsupported_reservation_profile_is_rejected(
         await cloud.wait_connected("CP-16")
         request = asyncio.create_task(client.post("/api/ocpp/reservations", json=body(101)))
         call = await next_call(cp)
-        cp.outstanding_calls_to_me -= 1
+        cp.outstanding_calls_to_me -= 1  # answered, with a CALLERROR
         await cp.send_raw(f'[4, "{call[1]}", "NotImplemented", "no Reservation profile", {{}}]')
         assert (await request).json() == {"status": "Rejected"}  # Flipturn: "not supported"
         request = asyncio.create_task(client.post("/api/ocpp/reservations", json=body(101, 43)))
@@ -259,7 +259,7 @@ async def test_cloud_reserve_now_is_relayed_unchanged_and_recorded(
         async def recorded() -> list[dict[str, Any]]:
             return await listing(client)
 
-        await wait_for_async(lambda: recorded(), lambda rows: len(rows) == 1)
+        await wait_for_async(recorded, lambda rows: len(rows) == 1)
         (row,) = await recorded()
         assert (row["reservationId"], row["source"], row["status"]) == (77, "cloud", "Accepted")
         assert row["chargerId"] == cpid
@@ -273,7 +273,7 @@ async def test_cloud_reserve_now_is_relayed_unchanged_and_recorded(
         assert call == [2, "c-78", "CancelReservation", {"reservationId": 77}]
         await cp.answer(call, {"status": "Accepted"})
         assert await cancelled == [3, "c-78", {"status": "Accepted"}]
-        await wait_for_async(lambda: recorded(), lambda rows: rows == [])
+        await wait_for_async(recorded, lambda rows: rows == [])
 
 
 async def wait_for_async(fetch: Any, ok: Any, timeout: float = 5) -> None:
@@ -361,7 +361,6 @@ async def test_api_token_guards_reservations(tmp_path: Any) -> None:
             "/api/ocpp/reservations", headers={"Authorization": "Bearer s3cret"}
         )
         assert allowed.status_code == 200 and allowed.json() == {"data": []}
-        await wait_for(lambda: True)
 
 
 async def reserve_via_api(
