@@ -17,7 +17,7 @@ from gateway.cache_api import cache_routes
 from gateway.config import Settings
 from gateway.hub import Hub
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
-from gateway.reservation_api import HubLink, reservation_routes
+from gateway.reservation_api import reservation_routes
 from gateway.reservation_book import ReservationBook
 from gateway.reservation_hook import ReservationHook
 from gateway.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
@@ -112,7 +112,7 @@ class Gateway:
             *cache_routes(store, self.sync),
             *reservation_routes(
                 reservations,
-                HubLink(hub),
+                hub,
                 settings.ports,
                 charger_timeout_s=settings.upstream.call_timeout_s,
             ),

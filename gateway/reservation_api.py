@@ -1,23 +1,25 @@
 """HTTP routes of the local API for reservations (thin: the rules are in gateway.reservations).
 
 ``POST /api/ocpp/reservations``, ``POST /api/ocpp/reservations/cancel`` and
-``GET /api/ocpp/reservations``.
-Errors are ``{"error": "<message>"}``: 422 invalid body, 404 unknown portId, 409 charger not
-connected, 504 the charger did not answer in time, 502 the charger answered something unusable.
+``GET /api/ocpp/reservations``. Errors are ``{"error": "<message>"}``: 422 invalid body, 404 unknown
+portId, 409 charger not connected, 504 the charger did not answer in time, 502 the charger answered
+something unusable. The CALLs go through the charger session's queue (``call_charger``), shared with
+the cloud's CALLs; their ids and answers never reach the cloud.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.api import error
 from gateway.config import PortMapping
 from gateway.errors import ChargerCallError, ChargerNotConnected, ChargerTimeout
 from gateway.frames import CallError, OcppVersion
@@ -38,13 +40,13 @@ from gateway.reservations import (
     resolve_port,
 )
 
-__all__ = ["ChargerAnsweredError", "ChargerLink", "HubLink", "reservation_routes"]
+__all__ = ["ChargerAnsweredError", "reservation_routes"]
 
 log = logging.getLogger(__name__)
 
 # OCPP-J: a charger without the Reservation profile answers NotImplemented / NotSupported.
 # Flipturn documents that case as status Rejected ("e.g. reservations not supported").
-_UNSUPPORTED = frozenset({"NotImplemented", "NotSupported"})
+_UNSUPPORTED: Final = frozenset({"NotImplemented", "NotSupported"})
 
 
 class ChargerAnsweredError(ChargerCallError):
@@ -55,75 +57,18 @@ class ChargerAnsweredError(ChargerCallError):
         self.code = code
 
 
-class ChargerLink(Protocol):
-    """What the routes need from the session layer."""
-
-    def ocpp_version(self, charger_id: str) -> OcppVersion | None:
-        """The connected charger's OCPP version, or None when it is not connected."""
-
-    async def call_charger(
-        self, charger_id: str, action: str, payload: dict[str, Any], *, timeout_s: float
-    ) -> dict[str, Any]:
-        """Send a gateway-originated CALL; the CALLRESULT payload, or ChargerCallError."""
-
-
-class HubLink:
-    """:class:`ChargerLink` over the hub's sessions (their shared outbound CALL queue)."""
-
-    def __init__(self, hub: Hub) -> None:
-        self._hub = hub
-
-    def ocpp_version(self, charger_id: str) -> OcppVersion | None:
-        session = self._hub.get(charger_id)
-        return session.version if session is not None and session.connected else None
-
-    async def call_charger(
-        self, charger_id: str, action: str, payload: dict[str, Any], *, timeout_s: float
-    ) -> dict[str, Any]:
-        session = self._hub.get(charger_id)
-        if session is None:
-            raise ChargerNotConnected(f"charger {charger_id} is not connected")
-        answer = await session.call_charger(action, payload, timeout_s=timeout_s)
-        if isinstance(answer, CallError):
-            raise ChargerAnsweredError(answer.code, answer.description)
-        return answer.payload
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class _Routes:
     def __init__(
         self,
         book: ReservationBook,
-        link: ChargerLink,
+        hub: Hub,
         ports: Sequence[PortMapping],
         charger_timeout_s: float,
-        clock: Callable[[], datetime],
     ) -> None:
         self.book = book
-        self.link = link
+        self.hub = hub
         self.ports = tuple(ports)
         self.timeout_s = charger_timeout_s
-        self.clock = clock
-
-    async def _body(self, request: Request) -> Any:
-        raw = await request.body()
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise InvalidReservationRequest("body", "body must be valid JSON") from None
-
-    def _connected(self, charger_id: str) -> OcppVersion:
-        version = self.link.ocpp_version(charger_id)
-        if version is None:
-            raise ChargerNotConnected(f"charger {charger_id} is not connected")
-        return version
 
     async def reserve(self, request: Request) -> JSONResponse:
         return await self._guard(self._reserve(request), "ReserveNow")
@@ -132,13 +77,13 @@ class _Routes:
         return await self._guard(self._cancel(request), "CancelReservation")
 
     async def listing(self, request: Request) -> JSONResponse:
-        active = await self.book.list_active(self.clock())
+        active = await self.book.list_active()
         return JSONResponse({"data": [reservation_json(r, self.ports) for r in active]})
 
     async def _reserve(self, request: Request) -> JSONResponse:
-        parsed = parse_reserve_request(await self._body(request), self.clock())
+        parsed = parse_reserve_request(await _body(request), self.book.clock())
         port = resolve_port(self.ports, parsed.port_id)
-        version = self._connected(port.charger)
+        version = self._version(port.charger)
         check_for_version(parsed, version)
         payload = reserve_now_payload(version, port.connector, parsed)
         log.info(
@@ -148,80 +93,89 @@ class _Routes:
             port.connector,
             parsed.reservation_id,
         )
-        try:
-            answer = await self.link.call_charger(
-                port.charger, "ReserveNow", payload, timeout_s=self.timeout_s
-            )
-            status = reserve_status(answer)
-        except BadChargerAnswer:
-            await self.book.on_api_reserve(port.charger, version, payload, BAD_ANSWER)
-            raise
-        except ChargerTimeout:
-            await self.book.on_api_reserve(port.charger, version, payload, NO_ANSWER)
-            raise
-        except ChargerNotConnected:
-            raise
-        except ChargerAnsweredError as exc:
-            if exc.code not in _UNSUPPORTED:
-                await self.book.on_api_reserve(port.charger, version, payload, CALL_ERROR)
-                raise
-            status = "Rejected"
-        await self.book.on_api_reserve(port.charger, version, payload, status)
+        record = functools.partial(self.book.on_api_reserve, port.charger, version, payload)
+        status = await self._ask(
+            port.charger, version, "ReserveNow", payload, reserve_status, record
+        )
         return JSONResponse({"status": status})
 
     async def _cancel(self, request: Request) -> JSONResponse:
-        parsed = parse_cancel_request(await self._body(request))
+        parsed = parse_cancel_request(await _body(request))
         port = resolve_port(self.ports, parsed.port_id)
-        version = self._connected(port.charger)
+        version = self._version(port.charger)
         payload = cancel_payload(version, parsed.reservation_id)
+        record = functools.partial(self.book.on_api_cancel, port.charger, parsed.reservation_id)
+        status = await self._ask(
+            port.charger, version, "CancelReservation", payload, cancel_status, record
+        )
+        return JSONResponse({"status": status})
+
+    def _version(self, charger_id: str) -> OcppVersion:
+        session = self.hub.get(charger_id)
+        if session is None or not session.connected:
+            raise ChargerNotConnected(f"charger {charger_id} is not connected")
+        return session.version
+
+    async def _ask(
+        self,
+        charger_id: str,
+        version: OcppVersion,
+        action: str,
+        payload: dict[str, Any],
+        status_of: Callable[[OcppVersion, Any], str],
+        record: Callable[[str], Awaitable[object]],
+    ) -> str:
+        """Send one CALL through the charger's queue; record and return the outcome."""
+        session = self.hub.get(charger_id)
+        if session is None:
+            raise ChargerNotConnected(f"charger {charger_id} is not connected")
         try:
-            answer = await self.link.call_charger(
-                port.charger, "CancelReservation", payload, timeout_s=self.timeout_s
-            )
-            status = cancel_status(answer)
-        except ChargerNotConnected:
-            raise
+            answer = await session.call_charger(action, payload, timeout_s=self.timeout_s)
+            if isinstance(answer, CallError):
+                raise ChargerAnsweredError(answer.code, answer.description)
+            status = status_of(version, answer.payload)
         except BadChargerAnswer:
-            await self.book.on_api_cancel(port.charger, parsed.reservation_id, BAD_ANSWER)
+            await record(BAD_ANSWER)
             raise
         except ChargerTimeout:
-            await self.book.on_api_cancel(port.charger, parsed.reservation_id, NO_ANSWER)
+            await record(NO_ANSWER)
             raise
         except ChargerAnsweredError as exc:
             if exc.code not in _UNSUPPORTED:
-                await self.book.on_api_cancel(port.charger, parsed.reservation_id, CALL_ERROR)
+                await record(CALL_ERROR)
                 raise
             status = "Rejected"
-        await self.book.on_api_cancel(port.charger, parsed.reservation_id, status)
-        return JSONResponse({"status": status})
+        await record(status)
+        return status
 
     async def _guard(self, work: Awaitable[JSONResponse], action: str) -> JSONResponse:
         try:
-            response = await work
+            return await work
         except InvalidReservationRequest as exc:
-            return _error(422, str(exc))
+            return error(422, str(exc))
         except UnknownPort as exc:
-            return _error(404, str(exc))
+            return error(404, str(exc))
         except ChargerNotConnected as exc:
             self.book.metrics.requests.labels("api", action, "NotConnected").inc()
-            return _error(409, str(exc) or "charger is not connected")
+            return error(409, str(exc) or "charger is not connected")
         except ChargerTimeout as exc:
-            return _error(504, str(exc) or "charger did not answer in time")
+            return error(504, str(exc) or "charger did not answer in time")
         except ChargerCallError as exc:
-            return _error(502, str(exc) or "charger answered with an error")
-        return response
+            return error(502, str(exc) or "charger answered with an error")
+
+
+async def _body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except ValueError:
+        raise InvalidReservationRequest("body", "body must be valid JSON") from None
 
 
 def reservation_routes(
-    book: ReservationBook,
-    link: ChargerLink,
-    ports: Sequence[PortMapping],
-    *,
-    charger_timeout_s: float,
-    clock: Callable[[], datetime] = _utc_now,
+    book: ReservationBook, hub: Hub, ports: Sequence[PortMapping], *, charger_timeout_s: float
 ) -> list[Route]:
     """The three reservation routes, to be mounted in the local API app."""
-    routes = _Routes(book, link, ports, charger_timeout_s, clock)
+    routes = _Routes(book, hub, ports, charger_timeout_s)
     return [
         Route("/api/ocpp/reservations", routes.reserve, methods=["POST"]),
         Route("/api/ocpp/reservations/cancel", routes.cancel, methods=["POST"]),

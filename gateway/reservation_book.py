@@ -43,6 +43,7 @@ from gateway.reservations import (
     reservation_from_row,
     reserve_status,
     split_expired,
+    strict_int,
 )
 from gateway.store import Store
 
@@ -57,6 +58,20 @@ CALL_ERROR = "CallError"  # outcome label: the charger answered a CALLERROR
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _outcome(
+    status_of: Callable[[OcppVersion, Any], str],
+    version: OcppVersion,
+    response: Mapping[str, Any] | None,
+) -> str:
+    """The outcome label of a relayed cloud CALL: the charger's status, or why there is none."""
+    if response is None:
+        return CALL_ERROR
+    try:
+        return status_of(version, dict(response))
+    except ChargerCallError:
+        return BAD_ANSWER
 
 
 class ReservationMetrics:
@@ -92,7 +107,7 @@ class ReservationBook:
 
     ``normalise`` turns a presented tag into its lookup key (``tags.normalise``); ``ports`` is the
     ``[[ports]]`` table, used to know which connectors a charger has; ``clock`` gives "now" when a
-    caller does not pass it.
+    caller does not pass it (the API routes use it too).
     """
 
     def __init__(
@@ -106,7 +121,7 @@ class ReservationBook:
     ) -> None:
         self._store = store
         self._normalise = normalise
-        self._clock = clock
+        self.clock = clock
         self.metrics = ReservationMetrics(registry)
         connectors: dict[str, set[int]] = defaultdict(set)
         for mapping in ports:
@@ -131,13 +146,7 @@ class ReservationBook:
 
         ``response`` is the charger's CALLRESULT payload, or None for a CALLERROR.
         """
-        if response is None:
-            outcome = CALL_ERROR
-        else:
-            try:
-                outcome = reserve_status(response)
-            except ChargerCallError:
-                outcome = BAD_ANSWER
+        outcome = _outcome(reserve_status, version, response)
         return await self._record_reserve(charger_id, version, request, outcome, "cloud", now)
 
     async def on_api_reserve(
@@ -161,7 +170,7 @@ class ReservationBook:
         source: Source,
         now: datetime | None,
     ) -> Reservation | None:
-        now = now or self._clock()
+        now = now or self.clock()
         self.metrics.requests.labels(source, "ReserveNow", outcome).inc()
         call = parse_reserve_call(version, request)
         if call is None:
@@ -202,16 +211,9 @@ class ReservationBook:
         now: datetime | None = None,
     ) -> Reservation | None:
         """Record a CancelReservation the cloud sent, with the charger's answer (None: CALLERROR)."""
-        del version  # {reservationId} in both versions
-        rid = request.get("reservationId")
-        if response is None:
-            outcome = CALL_ERROR
-        else:
-            try:
-                outcome = cancel_status(response)
-            except ChargerCallError:
-                outcome = BAD_ANSWER
-        if not isinstance(rid, int) or isinstance(rid, bool):
+        outcome = _outcome(cancel_status, version, response)
+        rid = strict_int(request.get("reservationId"))
+        if rid is None:
             self.metrics.requests.labels("cloud", "CancelReservation", outcome).inc()
             return None
         return await self._record_cancel(charger_id, rid, outcome, "cloud", now)
@@ -230,7 +232,7 @@ class ReservationBook:
         source: Source,
         now: datetime | None,
     ) -> Reservation | None:
-        now = now or self._clock()
+        now = now or self.clock()
         self.metrics.requests.labels(source, "CancelReservation", outcome).inc()
         log.info(
             "cancel reservation %d on %s (from %s): %s", reservation_id, charger_id, source, outcome
@@ -263,7 +265,7 @@ class ReservationBook:
         closing = closing_of(version, action, payload)
         if closing is None:
             return None
-        now = now or self._clock()
+        now = now or self.clock()
         async with self._lock:
             existing = await self._get(charger_id, closing.reservation_id)
             row = apply_closing(existing, closing, now)
@@ -315,7 +317,7 @@ class ReservationBook:
         now: datetime | None = None,
     ) -> Refusal | None:
         """Like :meth:`gate`, with the reservation that causes the refusal."""
-        now = now or self._clock()
+        now = now or self.clock()
         rows = await self._store.reservations_in_state("active", charger_id)
         if not rows:
             return None
@@ -345,7 +347,7 @@ class ReservationBook:
 
     async def list_active(self, now: datetime | None = None) -> list[Reservation]:
         """Active reservations of every charger; those past their expiry are marked expired."""
-        now = now or self._clock()
+        now = now or self.clock()
         async with self._lock:
             rows = await self._store.reservations_in_state("active")
             active, expired = split_expired((reservation_from_row(r) for r in rows), now)

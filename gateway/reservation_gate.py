@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.frames import OcppVersion
-from gateway.reservations import Reservation, format_time, is_active
+from gateway.reservations import Reservation, format_time, is_active, strict_int
 
 __all__ = [
     "GateTarget",
@@ -23,10 +23,6 @@ __all__ = [
     "refusal_status",
     "refused_info",
 ]
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +47,7 @@ def gate_target(version: OcppVersion, action: str, payload: Mapping[str, Any]) -
         if action == "Authorize":
             return GateTarget(tag, None)
         if action == "StartTransaction":
-            return GateTarget(tag, _int(payload.get("connectorId")) or None)
+            return GateTarget(tag, strict_int(payload.get("connectorId")) or None)
         return None
     token = payload.get("idToken")
     tag = token.get("idToken") if isinstance(token, Mapping) else None
@@ -61,7 +57,7 @@ def gate_target(version: OcppVersion, action: str, payload: Mapping[str, Any]) -
         return GateTarget(tag, None)
     if action == "TransactionEvent" and payload.get("eventType") != "Ended":
         evse = payload.get("evse")
-        evse_id = _int(evse.get("id")) if isinstance(evse, Mapping) else None
+        evse_id = strict_int(evse.get("id")) if isinstance(evse, Mapping) else None
         return GateTarget(tag, evse_id or None)
     return None
 

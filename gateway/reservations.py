@@ -13,15 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, Literal, Protocol, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from pydantic import field_validator as _field_validator
 
 from gateway.config import PortMapping
-from gateway.errors import ChargerCallError, GatewayError
+from gateway.errors import ChargerCallError, FrameError, GatewayError
 from gateway.frames import OcppVersion
+from gateway.offline import iso_utc
+from gateway.tags import parse_datetime
+from gateway.validation import validate_result
 
 __all__ = [
     "CANCEL_STATUSES",
@@ -60,6 +63,7 @@ __all__ = [
     "reserve_status",
     "resolve_port",
     "split_expired",
+    "strict_int",
 ]
 
 # OCPP 1.6 §7.39 ReservationStatus, 2.0.1 ReserveNowStatusEnumType: the same five values.
@@ -112,23 +116,17 @@ class BadChargerAnswer(ChargerCallError):
 
 
 def parse_time(text: str) -> datetime:
-    """An ISO 8601 date-time as an aware UTC datetime; a time without offset is taken as UTC.
+    """An ISO 8601 date-time as an aware UTC datetime (``tags.parse_datetime``); raise ValueError.
 
-    Raises ValueError. A bare date is refused: OCPP's ``expiryDate`` is a date-time.
+    A bare date is refused: OCPP's ``expiryDate`` is a date-time.
     """
-    if len(text) < 11 or text[10] not in "Tt ":
+    value = parse_datetime(text) if len(text) > 10 and text[10] in "Tt " else None
+    if value is None:
         raise ValueError("must be an ISO 8601 date-time, e.g. 2030-01-31T18:00:00Z")
-    value = datetime.fromisoformat(text.replace("z", "Z"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    return value
 
 
-def format_time(value: datetime) -> str:
-    """RFC 3339 UTC with a ``Z`` suffix, milliseconds only when there are any."""
-    value = value.astimezone(UTC)
-    spec = "milliseconds" if value.microsecond else "seconds"
-    return value.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+format_time = iso_utc  # what chargers and the API are given: UTC, milliseconds, ``Z``
 
 
 # --- the local API's request bodies ---------------------------------------------------------
@@ -291,24 +289,29 @@ def cancel_payload(version: OcppVersion, reservation_id: int) -> dict[str, Any]:
     return {"reservationId": reservation_id}
 
 
-def _status(action: str, answer: Any, allowed: frozenset[str]) -> str:
-    status = answer.get("status") if isinstance(answer, Mapping) else None
-    if not isinstance(status, str) or status not in allowed:
+def _status(version: OcppVersion, action: str, answer: Any) -> str:
+    if not isinstance(answer, dict):
+        raise BadChargerAnswer(f"charger answered {action} with a non-object payload")
+    try:
+        validate_result(version, action, answer, "-")
+    except FrameError as exc:
         raise BadChargerAnswer(
-            f"charger answered {action} with status {status!r}, "
-            f"expected one of {', '.join(sorted(allowed))}"
-        )
-    return status
+            f"charger's {action} answer breaks the schema: {exc.description}"
+        ) from None
+    return str(answer["status"])
 
 
-def reserve_status(answer: Any) -> str:
-    """The ``status`` of a ReserveNow answer; outside the enum it is :class:`BadChargerAnswer`."""
-    return _status("ReserveNow", answer, RESERVE_STATUSES)
+def reserve_status(version: OcppVersion, answer: Any) -> str:
+    """The ``status`` of a ReserveNow answer, validated against the schema of ``version``.
+
+    A status outside the enum (or any other schema violation) is :class:`BadChargerAnswer`.
+    """
+    return _status(version, "ReserveNow", answer)
 
 
-def cancel_status(answer: Any) -> str:
+def cancel_status(version: OcppVersion, answer: Any) -> str:
     """The ``status`` of a CancelReservation answer, validated like :func:`reserve_status`."""
-    return _status("CancelReservation", answer, CANCEL_STATUSES)
+    return _status(version, "CancelReservation", answer)
 
 
 # --- recording ------------------------------------------------------------------------------
@@ -404,7 +407,8 @@ class ReserveCall:
     expiry: datetime
 
 
-def _int(value: Any) -> int | None:
+def strict_int(value: Any) -> int | None:
+    """``value`` if it is a JSON integer (not a bool), else None."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
@@ -418,14 +422,17 @@ def parse_reserve_call(version: OcppVersion, payload: Any) -> ReserveCall | None
     if not isinstance(payload, Mapping):
         return None
     if version == "1.6":
-        rid, connector = _int(payload.get("reservationId")), _int(payload.get("connectorId"))
+        rid, connector = (
+            strict_int(payload.get("reservationId")),
+            strict_int(payload.get("connectorId")),
+        )
         tag, parent, expiry = (
             payload.get("idTag"),
             payload.get("parentIdTag"),
             payload.get("expiryDate"),
         )
     else:
-        rid, connector = _int(payload.get("id")), _int(payload.get("evseId"))
+        rid, connector = strict_int(payload.get("id")), strict_int(payload.get("evseId"))
         token, group = payload.get("idToken"), payload.get("groupIdToken")
         tag = token.get("idToken") if isinstance(token, Mapping) else None
         parent = group.get("idToken") if isinstance(group, Mapping) else None
@@ -523,7 +530,7 @@ def closing_of(version: OcppVersion, action: str, payload: Any) -> Closing | Non
     """
     if not isinstance(payload, Mapping):
         return None
-    rid = _int(payload.get("reservationId"))
+    rid = strict_int(payload.get("reservationId"))
     if rid is None:
         return None
     if version == "1.6" and action == "StartTransaction":

@@ -16,7 +16,7 @@ from gateway.config import OfflineSettings, PortMapping, Settings
 from tests.support import Charger, FakeCloud, charger, make_settings, running_gateway
 
 EXPIRY = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
-EXPIRY_TEXT = EXPIRY.strftime("%Y-%m-%dT%H:%M:%SZ")
+EXPIRY_TEXT = EXPIRY.strftime("%Y-%m-%dT%H:%M:%S.000Z")
 PORTS = (
     PortMapping(id=101, charger="CP-16", connector=1),
     PortMapping(id=102, charger="CP-16", connector=2),
@@ -78,6 +78,16 @@ async def next_call(cp: Charger, timeout: float = 5) -> list[Any]:
     return await asyncio.wait_for(cp.calls.get(), timeout)
 
 
+async def exchange(
+    client: httpx.AsyncClient, cp: Charger, path: str, json: dict[str, Any], answer: dict[str, Any]
+) -> tuple[list[Any], httpx.Response]:
+    """POST ``json`` while the charger answers the CALL it gets with ``answer``: (CALL, response)."""
+    request = asyncio.create_task(client.post(path, json=json))
+    call = await next_call(cp)
+    await cp.answer(call, answer)
+    return call, await request
+
+
 async def listing(client: httpx.AsyncClient) -> list[dict[str, Any]]:
     response = await client.get("/api/ocpp/reservations")
     assert response.status_code == 200
@@ -95,15 +105,12 @@ async def test_every_status_is_passed_through_with_the_exact_payload(
         await cloud.wait_connected(cpid)
         statuses = ["Accepted", "Faulted", "Occupied", "Rejected", "Unavailable"]
         for rid, status in enumerate(statuses, start=1):
-            request = asyncio.create_task(
-                client.post("/api/ocpp/reservations", json=body(port_id, rid))
+            call, response = await exchange(
+                client, cp, "/api/ocpp/reservations", body(port_id, rid), {"status": status}
             )
-            call = await next_call(cp)
             assert call[2] == "ReserveNow"
             assert call[3] == expected_payload(version, 1, rid)
             assert call[1].startswith("gw-")  # cannot collide with the cloud's ids
-            await cp.answer(call, {"status": status})
-            response = await request
             assert response.status_code == 200
             assert response.json() == {"status": status}
         # Gateway-originated CALLs and their answers never reach the cloud.
@@ -123,21 +130,18 @@ async def test_cancel(
     port_id, cpid = PORT_OF[version]
     async with charger(gw.charger_port, cpid, version) as cp:
         await cloud.wait_connected(cpid)
-        reserve = asyncio.create_task(client.post("/api/ocpp/reservations", json=body(port_id, 7)))
-        await cp.answer(await next_call(cp), {"status": "Accepted"})
-        assert (await reserve).json() == {"status": "Accepted"}
+        await reserve_accepted(client, cp, body(port_id, 7))
         assert len(await listing(client)) == 1
 
         for status in ("Rejected", "Accepted"):
-            cancel = asyncio.create_task(
-                client.post(
-                    "/api/ocpp/reservations/cancel", json={"portId": port_id, "reservationId": 7}
-                )
+            call, response = await exchange(
+                client,
+                cp,
+                "/api/ocpp/reservations/cancel",
+                {"portId": port_id, "reservationId": 7},
+                {"status": status},
             )
-            call = await next_call(cp)
             assert call[2:] == ["CancelReservation", {"reservationId": 7}]
-            await cp.answer(call, {"status": status})
-            response = await cancel
             assert response.status_code == 200 and response.json() == {"status": status}
         assert await listing(client) == []
 
@@ -316,9 +320,7 @@ async def test_charger_messages_close_the_reservation(
     port_id, cpid = PORT_OF[version]
     async with charger(gw.charger_port, cpid, version) as cp:
         await cloud.wait_connected(cpid)
-        reserve = asyncio.create_task(client.post("/api/ocpp/reservations", json=body(port_id)))
-        await cp.answer(await next_call(cp), {"status": "Accepted"})
-        assert (await reserve).json() == {"status": "Accepted"}
+        await reserve_accepted(client, cp, body(port_id))
         answer = await cp.call(action, payload)
         assert answer[0] == 3
         assert cloud.calls(cpid, action)[-1][3] == payload  # relayed unchanged
@@ -332,9 +334,10 @@ async def test_reservation_is_logged_and_counted(
     caplog.set_level(logging.INFO, logger="gateway")
     async with charger(gw.charger_port, "CP-16", "1.6") as cp:
         await cloud.wait_connected("CP-16")
-        reserve = asyncio.create_task(client.post("/api/ocpp/reservations", json=body(101)))
-        await cp.answer(await next_call(cp), {"status": "Occupied"})
-        assert (await reserve).json() == {"status": "Occupied"}
+        _, response = await exchange(
+            client, cp, "/api/ocpp/reservations", body(101), {"status": "Occupied"}
+        )
+        assert response.json() == {"status": "Occupied"}
     metrics = (await client.get("/metrics")).text
     assert (
         'flipturn_gateway_reservation_requests_total{action="ReserveNow",outcome="Occupied",source="api"} 1.0'
@@ -363,17 +366,9 @@ async def test_api_token_guards_reservations(tmp_path: Any) -> None:
         assert allowed.status_code == 200 and allowed.json() == {"data": []}
 
 
-async def reserve_via_api(
-    client: httpx.AsyncClient, cp: Charger, port_id: int, expiry: datetime
-) -> None:
-    request = asyncio.create_task(
-        client.post(
-            "/api/ocpp/reservations",
-            json=body(port_id, 5, idTag="alice", expiryDate=expiry.isoformat()),
-        )
-    )
-    await cp.answer(await next_call(cp), {"status": "Accepted"})
-    assert (await request).json() == {"status": "Accepted"}
+async def reserve_accepted(client: httpx.AsyncClient, cp: Charger, json: dict[str, Any]) -> None:
+    _, response = await exchange(client, cp, "/api/ocpp/reservations", json, {"status": "Accepted"})
+    assert response.json() == {"status": "Accepted"}
 
 
 def start_16(tag: str, connector: int = 1) -> dict[str, Any]:
@@ -410,7 +405,9 @@ async def test_offline_reserved_connector_accepts_only_the_reserved_tag_16(
     ):
         await cloud.wait_connected("CP-16")
         expiry = datetime.now(UTC) + timedelta(seconds=1)
-        await reserve_via_api(client, cp, 101, expiry)
+        await reserve_accepted(
+            client, cp, body(101, 5, idTag="alice", expiryDate=expiry.isoformat())
+        )
         await cloud.stop()  # the cloud goes away: the gateway answers from here on
 
         bob = await cp.call("StartTransaction", start_16("bob"))
@@ -440,7 +437,9 @@ async def test_offline_reserved_evse_accepts_only_the_reserved_token_201(tmp_pat
         boot = {"chargingStation": {"model": "M", "vendorName": "V"}, "reason": "PowerUp"}
         assert (await cp.call("BootNotification", boot))[2]["status"] == "Accepted"
         expiry = datetime.now(UTC) + timedelta(seconds=1)
-        await reserve_via_api(client, cp, 201, expiry)
+        await reserve_accepted(
+            client, cp, body(201, 5, idTag="alice", expiryDate=expiry.isoformat())
+        )
 
         # CP-201 has one known EVSE, so even an Authorize (no EVSE named) is refused for bob.
         authorize = await cp.call("Authorize", {"idToken": {"idToken": "bob", "type": "ISO14443"}})

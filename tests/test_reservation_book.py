@@ -16,7 +16,7 @@ from gateway.store import Store
 from gateway.tags import normalise
 
 NOW = datetime(2026, 11, 21, 18, 0, tzinfo=UTC)
-EXPIRY = "2026-11-21T19:00:00Z"
+EXPIRY = "2026-11-21T19:00:00.000Z"
 
 
 def upper(tag: str) -> str:

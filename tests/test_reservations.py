@@ -174,7 +174,7 @@ def test_parent_id_tag_is_refused_for_201_only() -> None:
 
 def test_naive_time_is_utc_and_format_round_trips() -> None:
     assert parse_time("2026-11-21T19:30:00") == datetime(2026, 11, 21, 19, 30, tzinfo=UTC)
-    assert format_time(parse_time("2026-11-21T20:30:00+01:00")) == "2026-11-21T19:30:00Z"
+    assert format_time(parse_time("2026-11-21T20:30:00+01:00")) == "2026-11-21T19:30:00.000Z"
     assert format_time(parse_time("2026-11-21T19:30:00.250Z")) == "2026-11-21T19:30:00.250Z"
 
 
@@ -198,14 +198,14 @@ def request_of(**changes: Any) -> ReserveRequest:
 def test_reserve_now_payload_16() -> None:
     assert reserve_now_payload("1.6", 2, request_of()) == {
         "connectorId": 2,
-        "expiryDate": "2026-11-21T19:30:00Z",
+        "expiryDate": "2026-11-21T19:30:00.000Z",
         "idTag": "04A2B3C4D5",
         "reservationId": 42,
     }
     with_parent = reserve_now_payload("1.6", 0, request_of(parentIdTag="G", idTokenType="Local"))
     assert with_parent == {
         "connectorId": 0,
-        "expiryDate": "2026-11-21T19:30:00Z",
+        "expiryDate": "2026-11-21T19:30:00.000Z",
         "idTag": "04A2B3C4D5",
         "reservationId": 42,
         "parentIdTag": "G",
@@ -215,14 +215,14 @@ def test_reserve_now_payload_16() -> None:
 def test_reserve_now_payload_201() -> None:
     assert reserve_now_payload("2.0.1", 2, request_of()) == {
         "id": 42,
-        "expiryDateTime": "2026-11-21T19:30:00Z",
+        "expiryDateTime": "2026-11-21T19:30:00.000Z",
         "idToken": {"idToken": "04A2B3C4D5", "type": "Central"},
         "evseId": 2,
     }
     typed = reserve_now_payload("2.0.1", 0, request_of(idTokenType="ISO15693"))
     assert typed == {
         "id": 42,
-        "expiryDateTime": "2026-11-21T19:30:00Z",
+        "expiryDateTime": "2026-11-21T19:30:00.000Z",
         "idToken": {"idToken": "04A2B3C4D5", "type": "ISO15693"},
     }
 
@@ -247,25 +247,34 @@ def test_cancel_payload() -> None:
     assert cancel_payload("2.0.1", 5) == {"reservationId": 5}
 
 
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
 @pytest.mark.parametrize("status", sorted(RESERVE_STATUSES))
-def test_reserve_status_passes_every_value(status: str) -> None:
-    assert reserve_status({"status": status}) == status
-    assert reserve_status({"status": status, "statusInfo": {"reasonCode": "x"}}) == status
+def test_reserve_status_passes_every_value(version: Any, status: str) -> None:
+    assert reserve_status(version, {"status": status}) == status
+
+
+def test_reserve_status_allows_201_status_info() -> None:
+    answer = {"status": "Rejected", "statusInfo": {"reasonCode": "NoProfile"}}
+    assert reserve_status("2.0.1", answer) == "Rejected"
+    with pytest.raises(BadChargerAnswer, match="statusInfo"):
+        reserve_status("1.6", answer)  # 1.6 objects have additionalProperties: false
 
 
 @pytest.mark.parametrize(
     "answer", [{"status": "Reserved"}, {"status": "accepted"}, {}, {"status": 1}, [], None]
 )
-def test_reserve_status_outside_the_enum_is_an_error(answer: Any) -> None:
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+def test_reserve_status_outside_the_schema_is_an_error(version: Any, answer: Any) -> None:
     with pytest.raises(BadChargerAnswer):
-        reserve_status(answer)
+        reserve_status(version, answer)
 
 
 def test_cancel_status() -> None:
-    for status in sorted(CANCEL_STATUSES):
-        assert cancel_status({"status": status}) == status
-    with pytest.raises(BadChargerAnswer, match="CancelReservation"):
-        cancel_status({"status": "Occupied"})
+    for version in ("1.6", "2.0.1"):
+        for status in sorted(CANCEL_STATUSES):
+            assert cancel_status(version, {"status": status}) == status
+        with pytest.raises(BadChargerAnswer, match="CancelReservation"):
+            cancel_status(version, {"status": "Occupied"})
 
 
 # --- recording rules ----------------------------------------------------------------------
@@ -578,12 +587,15 @@ def test_parent_of_and_refused_info() -> None:
     )
     assert info_16 == {"status": "Invalid", "parentIdTag": "F"}
     info_201 = refused_info("2.0.1", {"status": "Accepted"}, Refusal("NotAtThisTime", reservation))
-    assert info_201 == {"status": "NotAtThisTime", "cacheExpiryDateTime": "2026-11-21T18:30:00Z"}
+    assert info_201 == {
+        "status": "NotAtThisTime",
+        "cacheExpiryDateTime": "2026-11-21T18:30:00.000Z",
+    }
 
 
 def test_reservation_json_names_the_port() -> None:
     ports = [PortMapping(id=101, charger="CP-1", connector=1)]
     shown = reservation_json(make(connector=1), ports)
     assert shown["portId"] == 101 and shown["reservationId"] == 1 and shown["idTag"] == "ALICE"
-    assert shown["expiryDate"] == "2026-11-21T19:00:00Z" and shown["state"] == "active"
+    assert shown["expiryDate"] == "2026-11-21T19:00:00.000Z" and shown["state"] == "active"
     assert reservation_json(make(connector=None), ports)["portId"] is None
