@@ -21,14 +21,19 @@ from starlette.routing import Route
 
 from gateway.api import error
 from gateway.config import PortMapping
-from gateway.errors import ChargerCallError, ChargerNotConnected, ChargerTimeout
+from gateway.errors import (
+    ChargerBadAnswer,
+    ChargerCallError,
+    ChargerCallRefused,
+    ChargerNotConnected,
+    ChargerTimeout,
+    InvalidReservationRequest,
+    UnknownPort,
+)
 from gateway.frames import CallError, OcppVersion
 from gateway.hub import Hub
 from gateway.reservation_book import BAD_ANSWER, CALL_ERROR, NO_ANSWER, ReservationBook
 from gateway.reservations import (
-    BadChargerAnswer,
-    InvalidReservationRequest,
-    UnknownPort,
     cancel_payload,
     cancel_status,
     check_for_version,
@@ -40,21 +45,13 @@ from gateway.reservations import (
     resolve_port,
 )
 
-__all__ = ["ChargerAnsweredError", "reservation_routes"]
+__all__ = ["reservation_routes"]
 
 log = logging.getLogger(__name__)
 
 # OCPP-J: a charger without the Reservation profile answers NotImplemented / NotSupported.
 # Flipturn documents that case as status Rejected ("e.g. reservations not supported").
 _UNSUPPORTED: Final = frozenset({"NotImplemented", "NotSupported"})
-
-
-class ChargerAnsweredError(ChargerCallError):
-    """The charger answered a gateway-originated CALL with a CALLERROR."""
-
-    def __init__(self, code: str, description: str) -> None:
-        super().__init__(f"charger answered with CALLERROR {code}: {description}".rstrip(": "))
-        self.code = code
 
 
 class _Routes:
@@ -132,15 +129,15 @@ class _Routes:
         try:
             answer = await session.call_charger(action, payload, timeout_s=self.timeout_s)
             if isinstance(answer, CallError):
-                raise ChargerAnsweredError(answer.code, answer.description)
+                raise ChargerCallRefused(answer.code, answer.description)
             status = status_of(version, answer.payload)
-        except BadChargerAnswer:
+        except ChargerBadAnswer:
             await record(BAD_ANSWER)
             raise
         except ChargerTimeout:
             await record(NO_ANSWER)
             raise
-        except ChargerAnsweredError as exc:
+        except ChargerCallRefused as exc:
             if exc.code not in _UNSUPPORTED:
                 await record(CALL_ERROR)
                 raise

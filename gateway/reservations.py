@@ -20,7 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from pydantic import field_validator as _field_validator
 
 from gateway.config import PortMapping
-from gateway.errors import ChargerCallError, FrameError, GatewayError
+from gateway.errors import (
+    ChargerBadAnswer,
+    FrameError,
+    InvalidReservationRequest,
+    UnknownPort,
+)
 from gateway.frames import OcppVersion
 from gateway.offline import iso_utc
 from gateway.tags import parse_datetime
@@ -31,18 +36,14 @@ __all__ = [
     "CLOSING_ACTIONS",
     "ID_TOKEN_TYPES",
     "RESERVE_STATUSES",
-    "BadChargerAnswer",
     "CancelRequest",
     "Closing",
-    "InvalidReservationRequest",
     "Reservation",
-    "ReservationError",
     "ReservationState",
     "ReserveCall",
     "ReserveRequest",
     "RowLike",
     "Source",
-    "UnknownPort",
     "apply_cancel",
     "apply_closing",
     "apply_reserve",
@@ -87,29 +88,6 @@ Source = Literal["api", "cloud"]
 # active: the charger holds it; used / cancelled / expired / removed: closed; refused: the charger
 # answered something other than Accepted; failed: no usable answer (timeout, CALLERROR, bad data).
 ReservationState = Literal["active", "used", "cancelled", "expired", "removed", "refused", "failed"]
-
-
-# --- errors ---------------------------------------------------------------------------------
-
-
-class ReservationError(GatewayError):
-    """A reservation request that cannot be carried out; subclasses map to HTTP statuses."""
-
-
-class InvalidReservationRequest(ReservationError):
-    """The body is invalid (HTTP 422). ``field`` names the (first) offending field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class UnknownPort(ReservationError):
-    """No ``[[ports]]`` entry has this portId (HTTP 404)."""
-
-
-class BadChargerAnswer(ChargerCallError):
-    """The charger answered, but not with a payload the schema allows (HTTP 502)."""
 
 
 # --- time -----------------------------------------------------------------------------------
@@ -291,11 +269,11 @@ def cancel_payload(version: OcppVersion, reservation_id: int) -> dict[str, Any]:
 
 def _status(version: OcppVersion, action: str, answer: Any) -> str:
     if not isinstance(answer, dict):
-        raise BadChargerAnswer(f"charger answered {action} with a non-object payload")
+        raise ChargerBadAnswer(f"charger answered {action} with a non-object payload")
     try:
         validate_result(version, action, answer, "-")
     except FrameError as exc:
-        raise BadChargerAnswer(
+        raise ChargerBadAnswer(
             f"charger's {action} answer breaks the schema: {exc.description}"
         ) from None
     return str(answer["status"])
@@ -304,7 +282,7 @@ def _status(version: OcppVersion, action: str, answer: Any) -> str:
 def reserve_status(version: OcppVersion, answer: Any) -> str:
     """The ``status`` of a ReserveNow answer, validated against the schema of ``version``.
 
-    A status outside the enum (or any other schema violation) is :class:`BadChargerAnswer`.
+    A status outside the enum (or any other schema violation) is :class:`ChargerBadAnswer`.
     """
     return _status(version, "ReserveNow", answer)
 

@@ -10,6 +10,7 @@ from ocpp.exceptions import TypeConstraintViolationError
 from ocpp.messages import Call, validate_payload
 
 from gateway.config import PortMapping
+from gateway.errors import ChargerBadAnswer, InvalidReservationRequest, UnknownPort
 from gateway.reservation_gate import (
     Refusal,
     decide_gate,
@@ -22,12 +23,9 @@ from gateway.reservations import (
     CANCEL_STATUSES,
     ID_TOKEN_TYPES,
     RESERVE_STATUSES,
-    BadChargerAnswer,
     Closing,
-    InvalidReservationRequest,
     Reservation,
     ReserveRequest,
-    UnknownPort,
     apply_cancel,
     apply_closing,
     apply_reserve,
@@ -256,7 +254,7 @@ def test_reserve_status_passes_every_value(version: Any, status: str) -> None:
 def test_reserve_status_allows_201_status_info() -> None:
     answer = {"status": "Rejected", "statusInfo": {"reasonCode": "NoProfile"}}
     assert reserve_status("2.0.1", answer) == "Rejected"
-    with pytest.raises(BadChargerAnswer, match="statusInfo"):
+    with pytest.raises(ChargerBadAnswer, match="statusInfo"):
         reserve_status("1.6", answer)  # 1.6 objects have additionalProperties: false
 
 
@@ -265,7 +263,7 @@ def test_reserve_status_allows_201_status_info() -> None:
 )
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])
 def test_reserve_status_outside_the_schema_is_an_error(version: Any, answer: Any) -> None:
-    with pytest.raises(BadChargerAnswer):
+    with pytest.raises(ChargerBadAnswer):
         reserve_status(version, answer)
 
 
@@ -273,7 +271,7 @@ def test_cancel_status() -> None:
     for version in ("1.6", "2.0.1"):
         for status in sorted(CANCEL_STATUSES):
             assert cancel_status(version, {"status": status}) == status
-        with pytest.raises(BadChargerAnswer, match="CancelReservation"):
+        with pytest.raises(ChargerBadAnswer, match="CancelReservation"):
             cancel_status(version, {"status": "Occupied"})
 
 
