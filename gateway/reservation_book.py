@@ -30,6 +30,7 @@ from gateway.errors import ChargerCallError
 from gateway.frames import OcppVersion
 from gateway.reservation_gate import Refusal, decide_gate
 from gateway.reservations import (
+    CANCEL_STATUSES,
     CLOSING_ACTIONS,
     Reservation,
     Source,
@@ -237,8 +238,8 @@ class ReservationBook:
         log.info(
             "cancel reservation %d on %s (from %s): %s", reservation_id, charger_id, source, outcome
         )
-        if outcome not in ("Accepted", "Rejected"):
-            return None  # no answer: the charger may or may not still hold it
+        if outcome not in CANCEL_STATUSES:
+            return None  # no usable answer: the charger may or may not still hold it
         async with self._lock:
             row = apply_cancel(await self._get(charger_id, reservation_id), outcome, now)
             if row is not None:
