@@ -17,10 +17,14 @@ from gateway.cache_api import cache_routes
 from gateway.config import Settings
 from gateway.hub import Hub
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
+from gateway.reservation_api import reservation_routes
+from gateway.reservation_book import ReservationBook
+from gateway.reservation_hook import ReservationHook
 from gateway.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
 from gateway.server import start_charger_server
 from gateway.store import Store
 from gateway.sync import FlipturnClient, SyncMetrics, SyncService, sync_status
+from gateway.tags import normalise
 from gateway.upstream import UpstreamOpener
 
 __all__ = ["Gateway"]
@@ -37,6 +41,7 @@ class Gateway:
         self.stats = RelayStats()
         self.registry = new_registry()
         self.store: Store | None = None
+        self.reservations: ReservationBook | None = None
         self.hub: Hub | None = None
         self.charger_server: Server | None = None
         self.api: ApiServer | None = None
@@ -63,6 +68,9 @@ class Gateway:
             unknown_tags=settings.offline.unknown_tags,
             metrics=CacheMetrics(self.registry),
         )
+        self.reservations = reservations = ReservationBook(
+            store, registry=self.registry, normalise=normalise, ports=settings.ports
+        )
         self.hub = hub = Hub(
             settings,
             store,
@@ -73,6 +81,7 @@ class Gateway:
             stats=self.stats,
             authorizer=self.tag_cache,
             reconnect_max_s=self.reconnect_max_s,
+            hooks=[ReservationHook(reservations)],
         )
         self.registry.register(
             GatewayCollector(
@@ -99,7 +108,15 @@ class Gateway:
             registry=self.registry,
             sync_status=functools.partial(sync_status, store),
         )
-        routes: list[BaseRoute] = [*cache_routes(store, self.sync)]
+        routes: list[BaseRoute] = [
+            *cache_routes(store, self.sync),
+            *reservation_routes(
+                reservations,
+                hub,
+                settings.ports,
+                charger_timeout_s=settings.upstream.call_timeout_s,
+            ),
+        ]
         self.api = ApiServer(build_api(context, routes), settings.api.host, settings.api.port)
         self.api_port = self.api.port
         self._api_task = asyncio.create_task(self.api.serve())

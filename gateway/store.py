@@ -121,16 +121,18 @@ MIGRATIONS: tuple[str, ...] = (
         charger_id TEXT NOT NULL,
         reservation_id INTEGER NOT NULL,
         connector_id INTEGER,                  -- 1.6 connectorId / 2.0.1 evseId (NULL: any)
-        id_tag TEXT NOT NULL,
+        id_tag TEXT NOT NULL,                  -- as sent to the charger (compared normalised)
         parent_id_tag TEXT,
         expiry_date TEXT NOT NULL,             -- ISO 8601 UTC
         source TEXT NOT NULL,                  -- api | cloud
-        status TEXT NOT NULL,                  -- the charger's answer, or Pending
-        state TEXT NOT NULL,                   -- active | used | cancelled | expired | removed | refused
+        status TEXT NOT NULL,                  -- the charger's answer (Accepted, ...), or NoAnswer
+        state TEXT NOT NULL,                   -- active | used | cancelled | expired | removed |
+                                               -- refused | failed (see gateway.reservations)
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL,
         PRIMARY KEY (charger_id, reservation_id)
     );
+    CREATE INDEX reservations_by_state ON reservations (state, charger_id);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -720,3 +722,35 @@ class Store:
         )
 
     # --- reservations -----------------------------------------------------------------------
+
+    _PUT_RESERVATION = (
+        "INSERT OR REPLACE INTO reservations (charger_id, reservation_id, connector_id, id_tag,"
+        " parent_id_tag, expiry_date, source, status, state, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+
+    async def put_reservations(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert or replace reservation rows (values in table column order), durably."""
+        await self.write([(self._PUT_RESERVATION, tuple(row)) for row in rows])
+
+    async def reservation(self, charger_id: str, reservation_id: int) -> sqlite3.Row | None:
+        """One reservation row, or None."""
+        return await self.fetchone(
+            "SELECT * FROM reservations WHERE charger_id = ? AND reservation_id = ?",
+            (charger_id, reservation_id),
+        )
+
+    async def reservations_in_state(
+        self, state: str, charger_id: str | None = None
+    ) -> list[sqlite3.Row]:
+        """Reservation rows in ``state`` (of one charger, or all), oldest first."""
+        if charger_id is None:
+            return await self.fetchall(
+                "SELECT * FROM reservations WHERE state = ? ORDER BY created_at, reservation_id",
+                (state,),
+            )
+        return await self.fetchall(
+            "SELECT * FROM reservations WHERE state = ? AND charger_id = ?"
+            " ORDER BY created_at, reservation_id",
+            (state, charger_id),
+        )
