@@ -214,9 +214,11 @@ class Store:
             await db.execute("PRAGMA foreign_keys=ON")
             store = cls(db, path)
             await store._migrate()
-        except (sqlite3.Error, OSError) as exc:
+        except BaseException as exc:
             await db.close()
-            raise StoreError(f"cannot open store {path}: {exc}") from exc
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StoreError(f"cannot open store {path}: {exc}") from exc
+            raise
         return store
 
     async def _migrate(self) -> None:
