@@ -102,3 +102,24 @@ async def test_prune_bounds_an_undrained_queue(tmp_path: Path) -> None:
     assert [r.message_id for r in await store.pending("A")] == ["s7", "s8", "s9", "tx"]
     assert removed == 7
     await store.close()
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+async def test_one_chargers_reservations_read_every_committed_write(
+    tmp_path: Path, on_disk: bool
+) -> None:
+    # On a file this read goes through the read-only connection on the event loop thread; in
+    # memory there is none and the shared connection answers. Both must see every returned write.
+    store = await Store.open(tmp_path / "g.db" if on_disk else ":memory:")
+    row = ["CP", 7, 1, "alice", None, "2026-11-21T19:00:00.000Z", "api", "Accepted", "active"]
+    await store.put_reservations([[*row, "2026-11-21T18:00:00Z", "2026-11-21T18:00:00Z"]])
+    active = await store.reservations_in_state("active", "CP")
+    assert [(r["reservation_id"], r["id_tag"], r["connector_id"]) for r in active] == [
+        (7, "alice", 1)
+    ]
+    assert await store.reservations_in_state("active", "OTHER") == []
+    row[8] = "used"
+    await store.put_reservations([[*row, "2026-11-21T18:00:00Z", "2026-11-21T18:05:00Z"]])
+    assert await store.reservations_in_state("active", "CP") == []
+    assert [r["state"] for r in await store.reservations_in_state("used", "CP")] == ["used"]
+    await store.close()
