@@ -6,6 +6,7 @@ the async thread-pool variant costs more than it saves on a small machine.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final
 
 from jsonschema import Draft4Validator
@@ -49,8 +50,46 @@ def _check(kind: int, action: str, payload: dict[str, Any], version: OcppVersion
         raise FrameError(code, f"{where}: {exc.message}"[:200], mid) from exc
 
 
+@functools.cache
+def _authorize_limits(version: OcppVersion) -> tuple[int, frozenset[str]]:
+    """(maxLength of the tag, allowed 2.0.1 idToken types), read from the Authorize schema."""
+    validator = _validator(CALL, "Authorize", version)
+    if validator is None:
+        raise LookupError(f"no Authorize schema for OCPP {version}")
+    schema = validator.schema
+    if version == "1.6":
+        return schema["properties"]["idTag"]["maxLength"], frozenset()
+    definitions = schema["definitions"]
+    max_length = definitions["IdTokenType"]["properties"]["idToken"]["maxLength"]
+    return max_length, frozenset(definitions["IdTokenEnumType"]["enum"])
+
+
+def _plain_authorize(version: OcppVersion, payload: dict[str, Any]) -> bool:
+    """True for the Authorize every charger sends: only the required fields, well typed.
+
+    Such a payload is valid by construction (1.6 Authorize.json: ``idTag`` only, a string of at
+    most 20; 2.0.1 AuthorizeRequest: ``idToken`` only, holding a string ``idToken`` of at most 36
+    and an IdTokenEnumType ``type``), so it needs no jsonschema pass: that pass costs ~12 µs in 1.6
+    and ~50 µs in 2.0.1 (``$ref`` resolution), as much as the rest of the offline answer.
+    Anything else goes through the schema, which finds the error and its code.
+    """
+    if len(payload) != 1:
+        return False
+    max_length, types = _authorize_limits(version)
+    if version == "1.6":
+        tag = payload.get("idTag")
+        return type(tag) is str and len(tag) <= max_length  # len counts code points, as maxLength
+    token = payload.get("idToken")
+    if type(token) is not dict or len(token) != 2:
+        return False
+    tag, kind = token.get("idToken"), token.get("type")
+    return type(tag) is str and len(tag) <= max_length and type(kind) is str and kind in types
+
+
 def validate_call(version: OcppVersion, action: str, payload: dict[str, Any], mid: str) -> None:
     """Raise FrameError (with the OCPP error code) if a CALL payload breaks its schema."""
+    if action == "Authorize" and _plain_authorize(version, payload):
+        return
     _check(CALL, action, payload, version, mid)
 
 
