@@ -345,7 +345,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{options['chargers']} chargers x {options['rate']:g} CALL/s, blocks of "
         f"{options['block_s']:g} s, {options['blocks']} measured pairs after "
         f"{options['warmup_blocks']} warm-up pairs. Gateway RSS idle {report['idle_rss_mb']} MB, "
-        f"peak {report['peak_rss_mb']} MB.",
+        f"peak {report['peak_rss_mb']} MB. Load average at the end: "
+        f"{' / '.join(str(x) for x in report['load_average'])}.",
         "",
         "| version | action | calls | p50 µs | p90 µs | p99 µs | p99.9 µs | CPU µs/call |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -406,6 +407,7 @@ def run_authorize(args: argparse.Namespace, runner: asyncio.Runner) -> dict[str,
             for k in ("chargers", "rate", "block_s", "blocks", "warmup_blocks", "known", "revoked")
         },
         "store": {**store_info, "sync_s": round(store_info["sync_s"], 2)},
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # other work on the machine
         "idle_rss_mb": round(idle_kb / 1024, 1),
         "peak_rss_mb": round(peak_kb / 1024, 1),
         "peak_rss_reset": hwm_reset,
@@ -419,9 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vehicles", type=int, default=1_000)
     parser.add_argument("--chargers", type=int, default=20)
     parser.add_argument("--rate", type=float, default=20.0, help="CALLs/s per charger; 0 = closed")
-    parser.add_argument("--block-s", type=float, default=2.0)
-    parser.add_argument("--blocks", type=int, default=8, help="measured Heartbeat/Authorize pairs")
-    parser.add_argument("--warmup-blocks", type=int, default=1)
+    parser.add_argument("--block-s", type=float, default=0.5)
+    parser.add_argument("--blocks", type=int, default=32, help="measured Heartbeat/Authorize pairs")
+    parser.add_argument("--warmup-blocks", type=int, default=2)
     parser.add_argument("--known", type=float, default=0.7, help="share of synced Authorized tags")
     parser.add_argument("--revoked", type=float, default=0.1, help="share of synced Revoked tags")
     parser.add_argument("--no-v201", dest="v201", action="store_false")
