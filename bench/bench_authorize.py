@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -51,7 +53,7 @@ from bench import procfs
 from bench.loadgen import percentile
 from bench.machine import describe_machine
 from bench.report import ratio
-from bench.targets import HOST, free_port, wait_for_port
+from bench.targets import HOST
 from gateway.store import Store
 from gateway.sync import FlipturnClient, sync_once
 
@@ -62,6 +64,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_P99_RATIO = 1.2
 _QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 _SUBPROTOCOL = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
+_LISTENING = re.compile(r"listening for chargers on ws://[^:]+:(\d+)")
 _EXPECTED = {"known": "Accepted", "revoked": "Blocked", "unknown": "Invalid"}
 
 _CONFIG = """\
@@ -150,12 +153,15 @@ async def _sync(db: Path, url: str) -> dict[str, Any]:
 
 
 class StandaloneGateway:
-    """``flipturn-gateway run`` as a subprocess with no upstream: it answers every CALL itself."""
+    """``flipturn-gateway run`` as a subprocess with no upstream: it answers every CALL itself.
 
-    def __init__(self, workdir: Path, db: Path) -> None:
-        port, api_port = free_port(), free_port()
+    It listens on ephemeral ports (``port = 0``) and the runner reads the charger port from its
+    start-up log line, so benchmarks running beside this one cannot take the port in between.
+    """
+
+    def __init__(self, workdir: Path, db: Path, start_timeout_s: float = 30.0) -> None:
         config = workdir / "config.toml"
-        config.write_text(_CONFIG.format(host=HOST, port=port, api_port=api_port, db=db))
+        config.write_text(_CONFIG.format(host=HOST, port=0, api_port=0, db=db))
         script = Path(sys.executable).parent / "flipturn-gateway"
         command = [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLIPTURN_GATEWAY_")}
@@ -168,12 +174,13 @@ class StandaloneGateway:
             env=env,
         )
         self.pid = self.proc.pid
-        try:
-            wait_for_port(port, self.proc, 30)
-        except Exception:
-            self.stop()
-            raise
-        self.url = f"ws://{HOST}:{port}/ocpp"
+        deadline = time.monotonic() + start_timeout_s
+        while (match := _LISTENING.search(self.log_path.read_text(errors="replace"))) is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"gateway did not start: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+        self.url = f"ws://{HOST}:{match[1]}/ocpp"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -190,14 +197,21 @@ class StandaloneGateway:
 
 @dataclass(slots=True)
 class _Samples:
-    rtts: dict[str, array[int]] = field(default_factory=dict)
+    blocks: dict[str, list[array[int]]] = field(default_factory=dict)  # RTTs per measured block
     statuses: Counter[tuple[str, str | None]] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     cpu_s: Counter[str] = field(default_factory=Counter)  # gateway CPU over measured blocks
     calls: Counter[str] = field(default_factory=Counter)  # CALLs answered in measured blocks
 
+    def start_block(self, action: str) -> None:
+        self.blocks.setdefault(action, []).append(array("q"))
+
     def add(self, action: str, rtt_ns: int) -> None:
-        self.rtts.setdefault(action, array("q")).append(rtt_ns)
+        self.blocks[action][-1].append(rtt_ns)
+
+    def pooled(self, action: str, blocks: slice = slice(None)) -> list[int]:
+        """Sorted RTTs of ``action`` over the given measured blocks."""
+        return sorted(rtt for block in self.blocks.get(action, [])[blocks] for rtt in block)
 
 
 class _Charger:
@@ -297,14 +311,15 @@ async def measure(
             for action in ("Heartbeat", "Authorize"):
                 measured = pair >= args.warmup_blocks
                 cpu_before = procfs.cpu_seconds(pid)
-                answered = sum(len(a) for a in samples.rtts.values())
+                if measured:
+                    samples.start_block(action)
                 until = time.perf_counter_ns() + int(args.block_s * 1e9)
                 await _run_block(
                     chargers, action, until, args.rate, next_tag, samples if measured else None
                 )
                 if measured:
                     samples.cpu_s[action] += procfs.cpu_seconds(pid) - cpu_before
-                    samples.calls[action] += sum(len(a) for a in samples.rtts.values()) - answered
+                    samples.calls[action] += len(samples.blocks[action][-1])
     finally:
         await asyncio.gather(*(c.ws.close() for c in chargers), return_exceptions=True)
     return samples
@@ -313,10 +328,28 @@ async def measure(
 # --- report ----------------------------------------------------------------------------------------
 
 
-def summarise(samples: _Samples) -> dict[str, Any]:
+def segment_p99_ratios(samples: _Samples, segments: int) -> list[float | None]:
+    """Authorize/Heartbeat p99 ratio in each of ``segments`` consecutive runs of measured pairs.
+
+    On a shared machine one burst of outside work can land in a few blocks of one kind and move
+    the pooled p99; the spread of these ratios shows how much of a result that is.
+    """
+    pairs = min(len(samples.blocks.get(a, [])) for a in ("Heartbeat", "Authorize"))
+    bounds = [round(i * pairs / segments) for i in range(segments + 1)]
+    return [
+        ratio(
+            percentile(samples.pooled("Authorize", slice(lo, hi)), 99),
+            percentile(samples.pooled("Heartbeat", slice(lo, hi)), 99),
+        )
+        for lo, hi in itertools.pairwise(bounds)
+        if hi > lo
+    ]
+
+
+def summarise(samples: _Samples, segments: int = 4) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for action in ("Heartbeat", "Authorize"):
-        ordered = sorted(samples.rtts.get(action, array("q")))
+        ordered = samples.pooled(action)
         calls = samples.calls[action]
         out[action] = {
             "calls": len(ordered),
@@ -326,6 +359,7 @@ def summarise(samples: _Samples) -> dict[str, Any]:
     hb, auth = out["Heartbeat"], out["Authorize"]
     out["ratios"] = {name: ratio(auth[name], hb[name]) for name in _QUANTILES}
     out["ratios"]["cpu_per_call"] = ratio(auth["cpu_us_per_call"], hb["cpu_us_per_call"])
+    out["p99_ratio_by_segment"] = segment_p99_ratios(samples, segments)
     out["statuses"] = {f"{k}->{s}": n for (k, s), n in sorted(samples.statuses.items(), key=str)}
     out["wrong_status"] = sum(
         n for (kind, status), n in samples.statuses.items() if status != _EXPECTED[kind]
@@ -362,14 +396,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "| version | p50 ratio | p90 ratio | p99 ratio (target <= 1.2) | p99.9 ratio "
-        "| CPU ratio | met | wrong status | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | :---: | ---: | ---: |",
+        "| p99 ratio per quarter of the run | CPU ratio | met | wrong status | errors |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | :---: | ---: | ---: |",
     ]
     for version, result in report["versions"].items():
         r = result["ratios"]
         met = r["p99"] is not None and r["p99"] <= TARGET_P99_RATIO
         lines.append(
             f"| {version} | {r['p50']} | {r['p90']} | {r['p99']} | {r['p999']} "
+            f"| {', '.join(str(x) for x in result['p99_ratio_by_segment'])} "
             f"| {r['cpu_per_call']} | {'yes' if met else '**no**'} | {result['wrong_status']} "
             f"| {sum(result['errors'].values())} |"
         )
