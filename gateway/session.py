@@ -164,7 +164,7 @@ class ChargerSession:
         self._queue: deque[_OutCall] = deque()
         self._slot: _OutCall | None = None
         self._state_changed = asyncio.Event()
-        self._backlog_changed = asyncio.Event()
+        self._wanted_changed = asyncio.Event()
         self._link_task: asyncio.Task[None] | None = None
         self._replay_task: asyncio.Task[None] | None = None
         self._closing_upstream = False  # we, not the cloud, are closing the current link
@@ -270,7 +270,7 @@ class ChargerSession:
         self._queue.clear()
         if self.backlog == 0:
             self._close_upstream(1000, "charger disconnected")
-        self._backlog_changed.set()
+        self._wanted_changed.set()
 
     async def _from_charger(self, message: str | bytes) -> None:
         try:
@@ -419,7 +419,6 @@ class ChargerSession:
         self.backlog += 1
         if self.backlog_oldest is None:
             self.backlog_oldest = created_at
-        self._backlog_changed.set()
         if self.state is LinkState.ONLINE:
             self._set_state(Event.BACKLOG)
             self._start_replay()
@@ -542,9 +541,9 @@ class ChargerSession:
     async def _sleep_unless_unwanted(self, delay: float) -> None:
         deadline = time.monotonic() + delay
         while self._wanted() and (left := deadline - time.monotonic()) > 0:
-            self._backlog_changed.clear()
+            self._wanted_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._backlog_changed.wait(), left)
+                await asyncio.wait_for(self._wanted_changed.wait(), left)
 
     async def _read_cloud(self, ws: ClientConnection) -> tuple[int, str] | None:
         """Relay cloud frames until the link ends; (code, reason) if the cloud closed it cleanly."""
@@ -673,7 +672,7 @@ class ChargerSession:
                     self.backlog, self.backlog_oldest = 0, None
                     self._set_state(Event.DRAINED)
                     if self.charger is None:
-                        self._backlog_changed.set()
+                        self._wanted_changed.set()
                         self._close_upstream(1000, "backlog drained")
                     return
                 self.backlog = max(self.backlog, len(rows))
@@ -787,7 +786,7 @@ class ChargerSession:
         if self.upstream is not None:
             self._closing_upstream = True
             await self.upstream.close(1001, "gateway shutting down")
-        self._backlog_changed.set()
+        self._wanted_changed.set()
         tasks = [t for t in (self._link_task, *self._tasks) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
