@@ -37,28 +37,6 @@ def _as_version(value: str) -> OcppVersion:
     return "1.6" if value == "1.6" else "2.0.1"
 
 
-class PolicyAuthorizer:
-    """Answers every tag by the ``offline.unknown_tags`` policy alone (no cache configured)."""
-
-    def __init__(self, unknown_tags: str) -> None:
-        self._status = "Accepted" if unknown_tags == "accept" else "Invalid"
-
-    async def auth_info(self, version: OcppVersion, id_tag: str, now: datetime) -> dict[str, Any]:
-        if version == "1.6" or self._status == "Accepted":
-            return {"status": self._status}
-        return {"status": "Unknown"}  # OCPP 2.0.1 AuthorizationStatusEnumType for an unknown token
-
-    async def learn_from(
-        self,
-        version: OcppVersion,
-        action: str,
-        request: dict[str, Any],
-        response: dict[str, Any],
-        now: datetime,
-    ) -> None:
-        return None
-
-
 class Hub:
     """Creates, finds and closes :class:`ChargerSession` objects; owns the shared counters."""
 
@@ -68,7 +46,7 @@ class Hub:
         store: Store,
         *,
         connect_upstream: Connector,
-        authorizer: Authorizer | None = None,
+        authorizer: Authorizer,
         hooks: Sequence[SessionHook] = (),
         stats: RelayStats | None = None,
         reconnect_max_s: float = 60.0,
@@ -76,7 +54,7 @@ class Hub:
         self.settings = settings
         self.store = store
         self.connect_upstream = connect_upstream
-        self.authorizer: Authorizer = authorizer or PolicyAuthorizer(settings.offline.unknown_tags)
+        self.authorizer = authorizer
         self.hooks: list[SessionHook] = list(hooks)
         # Tested once per charger CALL instead of asking every hook.
         self.hooked_charger_actions = frozenset(a for h in self.hooks for a in h.charger_actions)
