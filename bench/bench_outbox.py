@@ -36,6 +36,7 @@ from bench.loadgen import meter_values
 from bench.machine import describe_machine
 from bench.procfs import cpu_seconds, memory
 
+BENCH_SUITE = "outbox"
 _DRAINS: set[asyncio.Task[None]] = set()
 LISTENING = re.compile(r"listening for chargers on ws://[^:]+:(\d+)")
 

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection
@@ -62,6 +62,7 @@ REPLAY_BATCH: Final = 100
 # Close codes by which the cloud signals an outage rather than ending this charger's session
 # (RFC 6455 §7.4.1: going away, server error, restart, try again later): the charger stays connected.
 _OUTAGE_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
+_CLOSED_BY_US: Final = (0, "closed by the gateway")
 
 
 class Authorizer(Protocol):
@@ -108,12 +109,11 @@ UpstreamConnector = Callable[[str, OcppVersion, dict[str, str]], Any]
 """``connect(url, version, headers)`` → awaitable ClientConnection; raises CloudUnavailable."""
 
 
-@dataclass(slots=True)
-class _Pending:
-    """A charger CALL forwarded live to the cloud, waiting for its answer."""
+class _Pending(NamedTuple):
+    """A charger CALL forwarded live to the cloud, waiting for its answer until ``deadline``."""
 
     call: Call
-    timer: asyncio.TimerHandle | None
+    deadline: float  # loop time; the hub's sweep answers it locally once passed
 
 
 @dataclass(slots=True)
@@ -154,9 +154,10 @@ class ChargerSession:
         self.charger: ServerConnection | None = None
         self.upstream: ClientConnection | None = None
         self.state = LinkState.OFFLINE
-        self.last_seen_at: datetime | None = None
+        self.last_seen_at: float | None = None  # unix time of the charger's last frame
         self.backlog = 0
         self.backlog_oldest: float | None = None
+        self._enqueued = 0  # messages queued by this session, ever (a change marker for replay)
         self.txids = txmap.TxIdMap()
         self._auth_header: dict[str, str] = {}
         self._pending: dict[str, _Pending] = {}
@@ -164,12 +165,14 @@ class ChargerSession:
         self._queue: deque[_OutCall] = deque()
         self._slot: _OutCall | None = None
         self._state_changed = asyncio.Event()
-        self._backlog_changed = asyncio.Event()
+        self._wanted_changed = asyncio.Event()
         self._link_task: asyncio.Task[None] | None = None
         self._replay_task: asyncio.Task[None] | None = None
         self._closing_upstream = False  # we, not the cloud, are closing the current link
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._backoff = Backoff(initial_s=min(1.0, hub.reconnect_max_s), max_s=hub.reconnect_max_s)
+        self._backoff = Backoff(
+            initial_s=min(1.0, hub.reconnect_max_s), max_s=hub.reconnect_max_s, rng=hub.rng
+        )
 
     # --- small helpers -------------------------------------------------------------------------
 
@@ -232,11 +235,12 @@ class ChargerSession:
     async def serve_charger(self, ws: ServerConnection, version: OcppVersion) -> None:
         """Run until the charger's socket closes."""
         old = self.charger
+        self.charger = ws  # first: the old socket's clean-up must not close the upstream link
+        self.version = version
         if old is not None:
             log.warning("%s: new connection replaces the old one", self.charger_id)
+            self._fail_charger_calls()
             await old.close(1000, "replaced by a new connection")
-        self.charger = ws
-        self.version = version
         auth = ws.request.headers.get("Authorization") if ws.request else None
         self._auth_header = (
             {"Authorization": auth}
@@ -247,7 +251,7 @@ class ChargerSession:
         try:
             async for message in ws:
                 self.hub.stats.frames_from_chargers += 1
-                self.last_seen_at = _utcnow()
+                self.last_seen_at = time.time()
                 try:
                     await self._from_charger(message)
                 except Exception:
@@ -260,7 +264,8 @@ class ChargerSession:
                 self.charger = None
                 self._charger_gone()
 
-    def _charger_gone(self) -> None:
+    def _fail_charger_calls(self) -> None:
+        """Drop the CALLs queued for (or sent to) a charger socket that is gone."""
         for out in ([self._slot] if self._slot else []) + list(self._queue):
             if out.timer:
                 out.timer.cancel()
@@ -268,9 +273,12 @@ class ChargerSession:
                 out.future.set_exception(ChargerNotConnected(self.charger_id))
         self._slot = None
         self._queue.clear()
+
+    def _charger_gone(self) -> None:
+        self._fail_charger_calls()
         if self.backlog == 0:
             self._close_upstream(1000, "charger disconnected")
-        self._backlog_changed.set()
+        self._wanted_changed.set()
 
     async def _from_charger(self, message: str | bytes) -> None:
         try:
@@ -288,9 +296,10 @@ class ChargerSession:
             await self._charger_answer(frame, message)
 
     async def _charger_call(self, call: Call, message: str | bytes) -> None:
-        for hook in self.hub.hooks:
-            if call.action in hook.charger_actions:
-                self._spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
+        if call.action in self.hub.hooked_charger_actions:
+            for hook in self.hub.hooks:
+                if call.action in hook.charger_actions:
+                    self._spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
         if self.state is LinkState.CONNECTING:
             # The upstream handshake is usually quicker than call_timeout_s: hold the CALL for it.
             with contextlib.suppress(TimeoutError):
@@ -315,16 +324,12 @@ class ChargerSession:
             await self._answer_locally(call)
 
     async def _forward(self, call: Call, message: str | bytes) -> None:
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(
-            self.hub.settings.upstream.call_timeout_s, self._cloud_timed_out, call.message_id
-        )
-        self._pending[call.message_id] = _Pending(call, timer)
+        deadline = self.hub.loop_time() + self.hub.settings.upstream.call_timeout_s
+        self._pending[call.message_id] = _Pending(call, deadline)
         if call.action == "BootNotification":
             self._spawn(self._save_boot(call, delivered=True), "saving BootNotification")
         if not await self._send_cloud(message if isinstance(message, str) else message.decode()):
             self._pending.pop(call.message_id, None)
-            timer.cancel()
             await self._answer_locally(call)
 
     async def _charger_answer(self, frame: CallResult | CallError, message: str | bytes) -> None:
@@ -348,7 +353,20 @@ class ChargerSession:
             await self._send_cloud(message if isinstance(message, str) else message.decode())
 
     async def _answer_locally(self, call: Call) -> None:
-        """Answer a charger CALL per the offline action table, storing it first where required."""
+        """Answer a charger CALL per the offline action table, storing it first where required.
+
+        If that fails (e.g. the store cannot write), the charger gets InternalError and nothing
+        was acknowledged: it will send the message again (OCPP-J: an unexpected failure is an
+        InternalError without details).
+        """
+        try:
+            await self._answer_locally_or_raise(call)
+        except Exception:
+            self.hub.stats.errors["internal"] += 1
+            log.exception("%s: cannot answer %s locally", self.charger_id, call.action)
+            await self._send_charger(self._error_text(call.message_id, "InternalError", ""))
+
+    async def _answer_locally_or_raise(self, call: Call) -> None:
         version = self.version
         rule = offline.rule_for(version, call.action)
         if rule.answer is offline.Answer.NOT_SUPPORTED:
@@ -416,10 +434,10 @@ class ChargerSession:
         )
 
     def _backlog_grew(self, created_at: float) -> None:
+        self._enqueued += 1
         self.backlog += 1
         if self.backlog_oldest is None:
             self.backlog_oldest = created_at
-        self._backlog_changed.set()
         if self.state is LinkState.ONLINE:
             self._set_state(Event.BACKLOG)
             self._start_replay()
@@ -524,13 +542,18 @@ class ChargerSession:
             self.hub.stats.upstream_connects += 1
             self._backoff.reset()
             self.upstream = ws
-            replay = self.backlog > 0 or await self.hub.store.undelivered_boot(self.charger_id)
+            boot = await self.hub.store.undelivered_boot(self.charger_id)
+            # Decided after the await, with no await before the transition: a message queued
+            # meanwhile is counted in self.backlog and so is replayed before live traffic.
+            replay = self.backlog > 0 or boot is not None
             self._set_state(Event.CONNECTED_WITH_BACKLOG if replay else Event.CONNECTED)
             if replay:
                 self._start_replay()
             cloud_closed = await self._read_cloud(ws)
             self.upstream = None
             self._link_lost()
+            if cloud_closed is _CLOSED_BY_US:
+                continue  # e.g. after a call timeout: re-establish at once, backoff on failure
             if cloud_closed is not None and self.charger is not None:
                 # The cloud ended the connection on purpose: let the charger see it (transparency).
                 code, reason = cloud_closed
@@ -542,9 +565,9 @@ class ChargerSession:
     async def _sleep_unless_unwanted(self, delay: float) -> None:
         deadline = time.monotonic() + delay
         while self._wanted() and (left := deadline - time.monotonic()) > 0:
-            self._backlog_changed.clear()
+            self._wanted_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._backlog_changed.wait(), left)
+                await asyncio.wait_for(self._wanted_changed.wait(), left)
 
     async def _read_cloud(self, ws: ClientConnection) -> tuple[int, str] | None:
         """Relay cloud frames until the link ends; (code, reason) if the cloud closed it cleanly."""
@@ -560,7 +583,9 @@ class ChargerSession:
             pass
         rcvd = ws.protocol.close_rcvd
         by_us, self._closing_upstream = self._closing_upstream, False
-        if rcvd is None or by_us or self.hub.closing or rcvd.code in _OUTAGE_CLOSE_CODES:
+        if by_us:
+            return _CLOSED_BY_US
+        if rcvd is None or self.hub.closing or rcvd.code in _OUTAGE_CLOSE_CODES:
             return None
         return rcvd.code, rcvd.reason
 
@@ -571,9 +596,13 @@ class ChargerSession:
             self._replay.future.set_exception(CloudUnavailable("link lost"))
         pending, self._pending = self._pending, {}
         for p in pending.values():
-            if p.timer:
-                p.timer.cancel()
             self._spawn(self._answer_locally(p.call), "answering after link loss")
+
+    def expire_pending(self, now: float) -> None:
+        """Answer locally every forwarded CALL whose deadline passed (called by the hub's sweep)."""
+        expired = [mid for mid, p in self._pending.items() if p.deadline <= now]
+        for message_id in expired:
+            self._cloud_timed_out(message_id)
 
     def _cloud_timed_out(self, message_id: str) -> None:
         pending = self._pending.pop(message_id, None)
@@ -623,8 +652,6 @@ class ChargerSession:
                 "%s: dropping cloud answer to unknown id %s", self.charger_id, frame.message_id
             )
             return
-        if pending.timer:
-            pending.timer.cancel()
         await self._send_charger(message if isinstance(message, str) else message.decode())
         if isinstance(frame, CallResult) and pending.call.action in LEARNED_ACTIONS:
             self._learn(pending.call, frame)
@@ -668,12 +695,15 @@ class ChargerSession:
                 if isinstance(answer, CallResult):
                     await self.hub.store.boot_delivered(self.charger_id)
             while self.state is LinkState.REPLAYING:
+                enqueued = self._enqueued
                 rows = await self.hub.store.pending(self.charger_id, REPLAY_BATCH)
+                if not rows and self._enqueued != enqueued:
+                    continue  # queued while we read: read again before declaring it drained
                 if not rows:
                     self.backlog, self.backlog_oldest = 0, None
                     self._set_state(Event.DRAINED)
                     if self.charger is None:
-                        self._backlog_changed.set()
+                        self._wanted_changed.set()
                         self._close_upstream(1000, "backlog drained")
                     return
                 self.backlog = max(self.backlog, len(rows))
@@ -787,7 +817,7 @@ class ChargerSession:
         if self.upstream is not None:
             self._closing_upstream = True
             await self.upstream.close(1001, "gateway shutting down")
-        self._backlog_changed.set()
+        self._wanted_changed.set()
         tasks = [t for t in (self._link_task, *self._tasks) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()

@@ -230,6 +230,7 @@ async def test_local_api_views_and_sync(tmp_path: Any) -> None:
                 assert health["sync"]["accessIds"] == 4
                 assert health["sync"]["lastSuccessAt"] is not None
                 assert "401" in health["sync"]["lastError"]
+                assert health["status"] == "degraded"  # the cache is going stale
             async with httpx.AsyncClient(base_url=base) as anonymous:
                 assert (await anonymous.post("/api/sync")).status_code == 401
 

@@ -1,4 +1,4 @@
-"""Schema validation of charger CALLs: the Authorize shortcut accepts exactly what the schema does."""
+"""Authorize validation against the reference interpreter (jsonschema, as the ocpp package uses)."""
 
 from __future__ import annotations
 
