@@ -108,8 +108,9 @@ async def test_prune_bounds_an_undrained_queue(tmp_path: Path) -> None:
 async def test_one_chargers_reservations_read_every_committed_write(
     tmp_path: Path, on_disk: bool
 ) -> None:
-    # On a file this read goes through the read-only connection on the event loop thread; in
-    # memory there is none and the shared connection answers. Both must see every returned write.
+    # On a file this read goes through the read-only connection on the event loop thread and is
+    # kept until the next put_reservations; in memory there is no such connection and the shared
+    # one answers. Both must see every write that has returned.
     store = await Store.open(tmp_path / "g.db" if on_disk else ":memory:")
     row = ["CP", 7, 1, "alice", None, "2026-11-21T19:00:00.000Z", "api", "Accepted", "active"]
     await store.put_reservations([[*row, "2026-11-21T18:00:00Z", "2026-11-21T18:00:00Z"]])
@@ -118,6 +119,8 @@ async def test_one_chargers_reservations_read_every_committed_write(
         (7, "alice", 1)
     ]
     assert await store.reservations_in_state("active", "OTHER") == []
+    active.clear()  # callers get their own list, never the store's cached one
+    assert len(await store.reservations_in_state("active", "CP")) == 1
     row[8] = "used"
     await store.put_reservations([[*row, "2026-11-21T18:00:00Z", "2026-11-21T18:05:00Z"]])
     assert await store.reservations_in_state("active", "CP") == []
