@@ -787,7 +787,7 @@ class Store:
         )
         # The offline gate asks this for every Authorize it answers locally with Accepted. An
         # indexed read of a few rows takes microseconds on the event loop thread; the aiosqlite
-        # thread hop cost ~150 µs of CPU per Authorize and, waiting for the GIL, millisecond tails
+        # thread hop cost ~100 µs of CPU per Authorize and, waiting for the GIL, millisecond tails
         # (docs/benchmarks.md "Offline authorize").
         rows = self._read_now(sql, (state, charger_id))
         if rows is None:
