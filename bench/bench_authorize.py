@@ -18,7 +18,8 @@ both measured charger -> gateway -> charger over loopback in the same run.
    expected one (Accepted / Blocked / Invalid).
 5. The same again with OCPP 2.0.1 chargers (``--no-v201`` skips it).
 
-Reports p50/p90/p99/p99.9 per action and version, the Authorize/Heartbeat ratios, the gateway's
+Reports p50/p90/p99/p99.9 per action and version, the Authorize/Heartbeat ratios (the p99 one also
+per quarter of the run, to show how much outside work moved it), the gateway's
 CPU time per CALL in each kind of block (utime + stime from /proc), and its RSS: idle with the
 100k cache open, and peak (VmHWM) over the load. Prints markdown; the JSON goes to
 ``bench/results/authorize-latest.json``. Run: ``python -m bench.bench_authorize`` or
