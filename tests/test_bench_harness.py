@@ -14,6 +14,7 @@ import pytest
 from bench import procfs
 from bench.fake_cloud import reply_for
 from bench.loadgen import MIX_PERIOD, SCENARIOS, _Charger, percentile
+from bench.profile_relay import hotspots
 from bench.report import gateway_checks, ratio, render_markdown
 from bench.run_all import discover_suites
 from bench.run_relay import main as relay_main
@@ -146,15 +147,29 @@ def test_run_all_finds_the_relay_suite() -> None:
     assert next(iter(discover_suites())) == "relay"
 
 
+def test_hotspots_count_self_and_inclusive_samples() -> None:
+    collapsed = (
+        "process 1:main;run (runners.py:10);_pump (relay.py:5);send (connection.py:7) 30\n"
+        "process 1:main;run (runners.py:10);_pump (relay.py:5) 10\n"
+        "process 1:main;run (runners.py:10) 60\n"
+    )
+    total, own, inclusive = hotspots(collapsed, top=3)
+    assert total == 100
+    assert own == [("run (runners.py)", 60), ("send (connection.py)", 30), ("_pump (relay.py)", 10)]
+    assert dict(inclusive)["_pump (relay.py)"] == 40
+    assert dict(inclusive)["run (runners.py)"] == 100
+
+
 def test_tiny_relay_run_direct_and_minimal(tmp_path: Path) -> None:
-    args = ["--scenarios", "S2", "--targets", "direct,minimal", "--reps", "1"]
+    args = ["--scenarios", "S2", "--targets", "direct,minimal,sansio", "--reps", "1"]
     args += ["--duration", "1", "--warmup", "0.3", "--chargers", "3", "--workers", "1"]
     assert relay_main([*args, "--results-dir", str(tmp_path)]) == 0
 
     report = json.loads((tmp_path / "relay-latest.json").read_text())
     assert report["options"]["chargers_override"] == 3
     assert report["machine"]["cores"] >= 1
-    assert [(r["target"], r["rep"]) for r in report["runs"]] == [("direct", 0), ("minimal", 0)]
+    targets = [(r["target"], r["rep"]) for r in report["runs"]]
+    assert targets == [("direct", 0), ("minimal", 0), ("sansio", 0)]
     for run in report["runs"]:
         load = run["load"]
         assert load["errors"] == 0, load["errors_by_kind"]
