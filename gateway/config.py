@@ -16,10 +16,16 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from gateway.errors import ConfigError
 
@@ -55,6 +61,15 @@ def _check_port(value: int) -> int:
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode turns `port = true` into 1; a boolean is never a valid number here.
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
 
 class ChargersSettings(_Section):
     host: str = "0.0.0.0"
@@ -81,6 +96,20 @@ class ChargersSettings(_Section):
             missing = "tls_key" if self.tls_cert else "tls_cert"
             raise ValueError(f"{missing} must be set together with the other (tls_cert, tls_key)")
         return self
+
+    def password_for(self, charge_point_id: str) -> str | None:
+        """The basic-auth password listed for ``charge_point_id``, or ``None`` if it is not listed.
+
+        Charge point ids are case-sensitive, so an exact key wins. Keys set through the
+        environment (``FLIPTURN_GATEWAY_CHARGERS__PASSWORDS__<ID>``) arrive lower-cased, because
+        pydantic-settings reads the environment case-insensitively; an all-lower-case key therefore
+        also matches the id whose lower-case form it is. Mixed-case keys (from the file or the JSON
+        form of the variable) only ever match exactly.
+        """
+        secret = self.passwords.get(charge_point_id)
+        if secret is None:
+            secret = self.passwords.get(charge_point_id.lower())
+        return None if secret is None else secret.get_secret_value()
 
 
 class UpstreamSettings(_Section):
@@ -152,14 +181,15 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     ports: tuple[PortMapping, ...] = ()
 
-    @model_validator(mode="after")
-    def _unique_ports(self) -> Settings:
+    @field_validator("ports")
+    @classmethod
+    def _unique_ports(cls, ports: tuple[PortMapping, ...]) -> tuple[PortMapping, ...]:
         seen: set[int] = set()
-        for mapping in self.ports:
+        for mapping in ports:
             if mapping.id in seen:
-                raise ValueError(f"ports: portId {mapping.id} is listed twice")
+                raise ValueError(f"portId {mapping.id} is listed twice")
             seen.add(mapping.id)
-        return self
+        return ports
 
     @classmethod
     def settings_customise_sources(
@@ -200,7 +230,10 @@ def _describe(exc: ValidationError) -> str:
 
 
 def load_settings(path: Path | None) -> Settings:
-    """Read ``path`` (or only defaults and environment when ``None``); raise ConfigError naming the key."""
+    """Read ``path`` (or only defaults and environment when ``None``).
+
+    Raise :class:`ConfigError` naming the offending key.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -216,10 +249,12 @@ def load_settings(path: Path | None) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
+    except SettingsError as exc:  # e.g. FLIPTURN_GATEWAY_PORTS holding invalid JSON
+        raise ConfigError(f"invalid configuration in the environment: {exc}") from exc
 
 
 def redacted(settings: Settings) -> dict[str, Any]:
-    """The effective settings as plain data, every secret replaced by ``"***"`` (or ``""`` if unset)."""
+    """The effective settings as plain data; every secret is ``"***"`` (or ``""`` if unset)."""
 
     def walk(value: Any) -> Any:
         if isinstance(value, SecretStr):

@@ -22,7 +22,9 @@ try:  # orjson is ~3x faster on the relay path; the stdlib is the fallback where
         return orjson.dumps(value).decode()
 
 except ImportError:  # pragma: no cover - exercised on machines without the wheel
-    _loads = json.loads
+
+    def _loads(text: str | bytes) -> Any:
+        return json.loads(text)
 
     def _dumps(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -116,11 +118,13 @@ def parse(text: str | bytes) -> Frame:
     """Parse one OCPP-J message; raise :class:`FrameError` carrying the id to answer with."""
     try:
         raw = _loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise FrameError("FormatViolation", "message is not valid JSON") from exc
     if not isinstance(raw, list) or not raw:
         raise FrameError("FormatViolation", "message is not a JSON array")
     kind = raw[0]
+    if type(kind) is not int:  # 2.0 or true must not pass for 2
+        raise FrameError("FormatViolation", "message type must be an integer", _readable_id(raw))
     mid = _message_id(raw)
     if kind == CALL:
         if len(raw) != 4:
@@ -140,6 +144,11 @@ def parse(text: str | bytes) -> Frame:
             raise FrameError("FormatViolation", "CALLERROR must be [4, id, code, text, {}]", mid)
         details = raw[4] if isinstance(raw[4], dict) else {}
         return CallError(mid, raw[2], raw[3], details)
-    if isinstance(kind, int) and not isinstance(kind, bool):
-        raise FrameError("MessageTypeNotSupported", f"message type {kind} is not supported", mid)
-    raise FrameError("FormatViolation", "message type must be an integer", mid)
+    raise FrameError("MessageTypeNotSupported", f"message type {kind} is not supported", mid)
+
+
+def _readable_id(raw: list[Any]) -> str:
+    try:
+        return _message_id(raw)
+    except FrameError:
+        return "-1"

@@ -20,7 +20,7 @@ import aiosqlite
 
 from gateway.errors import StoreError
 
-__all__ = ["SCHEMA_VERSION", "Statement", "Store"]
+__all__ = ["SCHEMA_VERSION", "OutboxRow", "Statement", "Store"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ MIGRATIONS: tuple[str, ...] = (
         action TEXT NOT NULL,
         payload TEXT NOT NULL,                 -- JSON exactly as the charger sent it
         created_at REAL NOT NULL,              -- unix seconds
+        local_tx_id INTEGER,                   -- 1.6 StartTransaction answered locally: its local id
         attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt_at REAL NOT NULL DEFAULT 0,
         last_error TEXT
@@ -130,6 +131,37 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One queued charger CALL."""
+
+    seq: int
+    charger_id: str
+    version: str
+    message_id: str
+    action: str
+    payload: str
+    created_at: float
+    local_tx_id: int | None
+    attempts: int
+    next_attempt_at: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> OutboxRow:
+        return cls(
+            seq=int(row["seq"]),
+            charger_id=str(row["charger_id"]),
+            version=str(row["ocpp_version"]),
+            message_id=str(row["message_id"]),
+            action=str(row["action"]),
+            payload=str(row["payload"]),
+            created_at=float(row["created_at"]),
+            local_tx_id=None if row["local_tx_id"] is None else int(row["local_tx_id"]),
+            attempts=int(row["attempts"]),
+            next_attempt_at=float(row["next_attempt_at"]),
+        )
 
 
 @dataclass
@@ -262,5 +294,189 @@ class Store:
     # --- access ids, vehicles, learned cache (Flipturn sync) --------------------------------
 
     # --- outbox, boot notifications, 1.6 transaction ids (store-and-forward) ---------------
+
+    async def enqueue(
+        self,
+        charger_id: str,
+        version: str,
+        message_id: str,
+        action: str,
+        payload: str,
+        created_at: float,
+        *,
+        local_tx_id: int | None = None,
+    ) -> None:
+        """Durably queue a charger CALL for replay (and reserve its local transaction id)."""
+        statements: list[Statement] = [
+            (
+                "INSERT INTO outbox (charger_id, ocpp_version, message_id, action, payload,"
+                " created_at, local_tx_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (charger_id, version, message_id, action, payload, created_at, local_tx_id),
+            )
+        ]
+        if local_tx_id is not None:
+            statements.append(
+                (
+                    "INSERT INTO tx_ids (charger_id, local_id, cloud_id, created_at)"
+                    " VALUES (?, ?, NULL, ?)",
+                    (charger_id, local_tx_id, created_at),
+                )
+            )
+        await self.write(statements)
+
+    async def max_local_tx_id(self) -> int | None:
+        """The highest local transaction id ever handed out, or None."""
+        row = await self.fetchone("SELECT MAX(local_id) FROM tx_ids")
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def tx_ids(self, charger_id: str) -> list[tuple[int, int | None]]:
+        """(local id, cloud id or None) for every local transaction of a charger."""
+        rows = await self.fetchall(
+            "SELECT local_id, cloud_id FROM tx_ids WHERE charger_id = ?", (charger_id,)
+        )
+        return [(int(r[0]), None if r[1] is None else int(r[1])) for r in rows]
+
+    async def pending(self, charger_id: str, limit: int = 100) -> list[OutboxRow]:
+        """The oldest queued messages of a charger, in order."""
+        rows = await self.fetchall(
+            "SELECT * FROM outbox WHERE charger_id = ? ORDER BY seq LIMIT ?", (charger_id, limit)
+        )
+        return [OutboxRow.from_row(r) for r in rows]
+
+    async def backlog(self) -> dict[str, tuple[int, float]]:
+        """charger id → (pending messages, created_at of the oldest)."""
+        rows = await self.fetchall(
+            "SELECT charger_id, COUNT(*), MIN(created_at) FROM outbox GROUP BY charger_id"
+        )
+        return {str(r[0]): (int(r[1]), float(r[2])) for r in rows}
+
+    async def backlog_versions(self) -> dict[str, str]:
+        """charger id → OCPP version of its oldest queued message."""
+        rows = await self.fetchall(
+            "SELECT charger_id, ocpp_version FROM outbox WHERE seq IN"
+            " (SELECT MIN(seq) FROM outbox GROUP BY charger_id)"
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    async def delivered(self, seq: int, *, tx: tuple[str, int, int] | None = None) -> None:
+        """Remove a message the cloud answered; ``tx`` = (charger, local id, cloud id) to bind."""
+        statements: list[Statement] = [("DELETE FROM outbox WHERE seq = ?", (seq,))]
+        if tx is not None:
+            statements.append(
+                (
+                    "UPDATE tx_ids SET cloud_id = ? WHERE charger_id = ? AND local_id = ?",
+                    (tx[2], tx[0], tx[1]),
+                )
+            )
+        await self.write(statements)
+
+    async def retry_later(self, seq: int, *, next_attempt_at: float, error: str) -> None:
+        """Count a failed attempt and hold the message until ``next_attempt_at``."""
+        await self.write(
+            [
+                (
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+                    " WHERE seq = ?",
+                    (next_attempt_at, error, seq),
+                )
+            ]
+        )
+
+    async def dead_letter(self, row: OutboxRow, *, code: str, description: str, now: float) -> None:
+        """Move a message the cloud refused for good out of the queue, keeping it for operators."""
+        await self.write(
+            [
+                (
+                    "INSERT OR REPLACE INTO dead_letters (seq, charger_id, ocpp_version, message_id,"
+                    " action, payload, created_at, failed_at, attempts, error_code,"
+                    " error_description) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row.seq,
+                        row.charger_id,
+                        row.version,
+                        row.message_id,
+                        row.action,
+                        row.payload,
+                        row.created_at,
+                        now,
+                        row.attempts + 1,
+                        code,
+                        description,
+                    ),
+                ),
+                ("DELETE FROM outbox WHERE seq = ?", (row.seq,)),
+            ]
+        )
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters, as plain dicts."""
+        rows = await self.fetchall(
+            "SELECT * FROM dead_letters ORDER BY failed_at DESC, seq DESC LIMIT ?", (limit,)
+        )
+        return [dict(r) for r in rows]
+
+    async def dead_letter_count(self) -> int:
+        row = await self.fetchone("SELECT COUNT(*) FROM dead_letters")
+        return int(row[0]) if row else 0
+
+    async def prune_outbox(
+        self,
+        *,
+        before: float,
+        transactional_before: float,
+        transactional: Sequence[str],
+        max_rows: int,
+    ) -> int:
+        """Bound a queue nothing drains (standalone): drop old rows, then the oldest past max_rows."""
+        marks = ",".join("?" * len(transactional))
+        async with self.transaction() as db:
+            cur = await db.execute(
+                f"DELETE FROM outbox WHERE (action NOT IN ({marks}) AND created_at < ?)"
+                f" OR (action IN ({marks}) AND created_at < ?)",
+                (*transactional, before, *transactional, transactional_before),
+            )
+            removed = cur.rowcount
+            cur = await db.execute(
+                "DELETE FROM outbox WHERE seq <= (SELECT seq FROM outbox ORDER BY seq DESC"
+                " LIMIT 1 OFFSET ?)",
+                (max_rows,),
+            )
+            removed += cur.rowcount
+        return max(removed, 0)
+
+    async def save_boot(
+        self,
+        charger_id: str,
+        version: str,
+        message_id: str,
+        payload: str,
+        received_at: float,
+        *,
+        delivered: bool,
+    ) -> None:
+        """Keep a charger's latest BootNotification (durably: it is replayed first)."""
+        await self.write(
+            [
+                (
+                    "INSERT OR REPLACE INTO boot_notifications (charger_id, ocpp_version,"
+                    " message_id, payload, received_at, delivered) VALUES (?, ?, ?, ?, ?, ?)",
+                    (charger_id, version, message_id, payload, received_at, int(delivered)),
+                )
+            ]
+        )
+
+    async def undelivered_boot(self, charger_id: str) -> tuple[str, str] | None:
+        """(message id, payload) of a BootNotification the cloud has not seen, if any."""
+        row = await self.fetchone(
+            "SELECT message_id, payload FROM boot_notifications"
+            " WHERE charger_id = ? AND delivered = 0",
+            (charger_id,),
+        )
+        return (str(row[0]), str(row[1])) if row else None
+
+    async def boot_delivered(self, charger_id: str) -> None:
+        await self.write(
+            [("UPDATE boot_notifications SET delivered = 1 WHERE charger_id = ?", (charger_id,))]
+        )
 
     # --- reservations -----------------------------------------------------------------------

@@ -1,0 +1,124 @@
+"""Wires the gateway together: store, hub, charger server, local API; start and graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from starlette.routing import BaseRoute
+from websockets.asyncio.server import Server
+
+from gateway.api import ApiContext, ApiServer, build_api
+from gateway.config import Settings
+from gateway.hub import Hub
+from gateway.metrics import GatewayCollector, RelayStats, new_registry
+from gateway.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
+from gateway.server import start_charger_server
+from gateway.store import Store
+from gateway.upstream import UpstreamOpener
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """One running gateway. ``await start()``, then ``await stop()``; or ``await run(stop_event)``."""
+
+    def __init__(self, settings: Settings, *, reconnect_max_s: float = 60.0) -> None:
+        self.settings = settings
+        self.reconnect_max_s = reconnect_max_s
+        self.stats = RelayStats()
+        self.registry = new_registry()
+        self.store: Store | None = None
+        self.hub: Hub | None = None
+        self.charger_server: Server | None = None
+        self.api: ApiServer | None = None
+        self._api_task: asyncio.Task[None] | None = None
+        self.charger_port = 0
+        self.api_port = 0
+
+    async def start(self) -> None:
+        """Open everything; on failure, close what was already opened and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        settings = self.settings
+        self.store = store = await Store.open(settings.store.path)
+        self.hub = hub = Hub(
+            settings,
+            store,
+            connect_upstream=UpstreamOpener(
+                open_timeout_s=settings.upstream.call_timeout_s,
+                max_message_bytes=settings.chargers.max_message_bytes,
+            ),
+            stats=self.stats,
+            reconnect_max_s=self.reconnect_max_s,
+        )
+        self.registry.register(
+            GatewayCollector(
+                self.stats,
+                chargers_connected=hub.chargers_connected,
+                upstreams_connected=hub.upstreams_connected,
+                outbox=hub.outbox,
+                now=time.time,
+            )
+        )
+        await hub.start()
+        context = ApiContext(settings=settings, hub=hub, store=store, registry=self.registry)
+        routes: list[BaseRoute] = []
+        self.api = ApiServer(build_api(context, routes), settings.api.host, settings.api.port)
+        self.api_port = self.api.port
+        self._api_task = asyncio.create_task(self.api.serve())
+        self.charger_server = await start_charger_server(hub, settings.chargers)
+        self.charger_port = next(iter(self.charger_server.sockets)).getsockname()[1]
+        scheme = "wss" if settings.chargers.tls_cert else "ws"
+        log.info(
+            "listening for chargers on %s://%s:%d%s/{chargePointId}; API on http://%s:%d; %s",
+            scheme,
+            settings.chargers.host,
+            self.charger_port,
+            settings.chargers.path_prefix,
+            settings.api.host,
+            self.api_port,
+            f"upstream {settings.upstream.url}" if settings.upstream.url else "standalone",
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, close chargers and upstreams, finish pending writes, close the store."""
+        if self.charger_server is not None:
+            self.charger_server.close(close_connections=False)
+        if self.hub is not None:
+            await self.hub.close()
+        if self.charger_server is not None:
+            await self.charger_server.wait_closed()
+        if self.api is not None:
+            self.api.stop()
+        if self._api_task is not None:
+            await self._api_task
+        if self.store is not None:
+            await self.store.close()
+        log.info("stopped")
+
+    async def run(self, stop: asyncio.Event, notifier: Notifier | None = None) -> None:
+        """Serve until ``stop`` is set, telling systemd (if it listens) when ready and alive."""
+        notifier = notifier or Notifier(None)
+        await self.start()
+        watchdog: asyncio.Task[None] | None = None
+        interval = watchdog_interval_s()
+        if interval is not None and self.store is not None:
+            watchdog = asyncio.create_task(watchdog_loop(notifier, interval, self.store.healthy))
+        notifier.ready(f"serving chargers on port {self.charger_port}")
+        try:
+            await stop.wait()
+        finally:
+            notifier.stopping("stopping")
+            if watchdog is not None:
+                watchdog.cancel()
+            await self.stop()
+            notifier.close()

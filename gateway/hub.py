@@ -1,0 +1,205 @@
+"""All charger sessions of one gateway and the services they share."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection
+
+from gateway import offline, txmap
+from gateway.config import Settings
+from gateway.frames import OcppVersion
+from gateway.metrics import RelayStats
+from gateway.session import Authorizer, ChargerSession, SessionHook
+from gateway.store import Store
+
+__all__ = ["Hub"]
+
+log = logging.getLogger(__name__)
+
+Connector = Callable[[str, OcppVersion, dict[str, str]], Awaitable[ClientConnection]]
+
+# Standalone mode: nothing drains the queue, so it is bounded by age and size.
+STANDALONE_NOTIFICATION_RETENTION_S = 24 * 3600.0
+STANDALONE_TRANSACTION_RETENTION_S = 90 * 24 * 3600.0
+STANDALONE_MAX_ROWS = 200_000
+STANDALONE_PRUNE_EVERY_S = 600.0
+
+
+def _as_version(value: str) -> OcppVersion:
+    return "1.6" if value == "1.6" else "2.0.1"
+
+
+class PolicyAuthorizer:
+    """Answers every tag by the ``offline.unknown_tags`` policy alone (no cache configured)."""
+
+    def __init__(self, unknown_tags: str) -> None:
+        self._status = "Accepted" if unknown_tags == "accept" else "Invalid"
+
+    async def auth_info(self, version: OcppVersion, id_tag: str, now: datetime) -> dict[str, Any]:
+        if version == "1.6" or self._status == "Accepted":
+            return {"status": self._status}
+        return {"status": "Unknown"}  # OCPP 2.0.1 AuthorizationStatusEnumType for an unknown token
+
+    async def learn_from(
+        self,
+        version: OcppVersion,
+        action: str,
+        request: dict[str, Any],
+        response: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        return None
+
+
+class Hub:
+    """Creates, finds and closes :class:`ChargerSession` objects; owns the shared counters."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        connect_upstream: Connector,
+        authorizer: Authorizer | None = None,
+        hooks: Sequence[SessionHook] = (),
+        stats: RelayStats | None = None,
+        reconnect_max_s: float = 60.0,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.connect_upstream = connect_upstream
+        self.authorizer: Authorizer = authorizer or PolicyAuthorizer(settings.offline.unknown_tags)
+        self.hooks: list[SessionHook] = list(hooks)
+        self.stats = stats or RelayStats()
+        self.reconnect_max_s = reconnect_max_s
+        self.sessions: dict[str, ChargerSession] = {}
+        self.closing = False
+        self._next_local_tx = txmap.LOCAL_TX_MIN
+        self._prune_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load persistent state and open upstream links for chargers that have a backlog."""
+        highest = await self.store.max_local_tx_id()
+        self._next_local_tx = txmap.LOCAL_TX_MIN if highest is None else highest + 1
+        backlog = await self.store.backlog()
+        versions = await self.store.backlog_versions()
+        for charger_id, (count, oldest) in backlog.items():
+            session = await self._session(charger_id, _as_version(versions.get(charger_id, "1.6")))
+            session.backlog, session.backlog_oldest = count, oldest
+        if backlog:
+            log.info(
+                "%d queued messages for %d chargers",
+                sum(c for c, _ in backlog.values()),
+                len(backlog),
+            )
+        if self.settings.standalone:
+            self._prune_task = asyncio.create_task(self._prune_loop())
+        else:
+            for session in self.sessions.values():
+                session._ensure_link()
+
+    async def _session(self, charger_id: str, version: OcppVersion) -> ChargerSession:
+        session = self.sessions.get(charger_id)
+        if session is None:
+            session = ChargerSession(self, charger_id, version)
+            session.txids = txmap.TxIdMap(await self.store.tx_ids(charger_id))
+            self.sessions[charger_id] = session
+        return session
+
+    async def serve(self, charger_id: str, version: OcppVersion, ws: ServerConnection) -> None:
+        """Run a charger's connection to its end."""
+        session = await self._session(charger_id, version)
+        await session.serve_charger(ws, version)
+        if session.charger is None and session.backlog == 0 and not session.upstream_connected:
+            # Forget idle sessions so memory follows the connected chargers, not history.
+            await asyncio.sleep(0)
+            if self.sessions.get(charger_id) is session and session.charger is None:
+                self.sessions.pop(charger_id, None)
+
+    def get(self, charger_id: str) -> ChargerSession | None:
+        return self.sessions.get(charger_id)
+
+    def next_local_tx_id(self) -> int:
+        """A fresh 1.6 transaction id from the reserved range (persisted with its StartTransaction)."""
+        tx = self._next_local_tx
+        if tx > txmap.LOCAL_TX_MAX:
+            raise RuntimeError("local transaction id range exhausted")
+        self._next_local_tx += 1
+        return tx
+
+    # --- views -----------------------------------------------------------------------------------
+
+    def chargers_connected(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.connected)
+
+    def upstreams_connected(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.upstream_connected)
+
+    def outbox(self) -> dict[str, tuple[int, float]]:
+        """charger id → (pending, oldest created_at) from memory (no SQL on scrape)."""
+        return {
+            cid: (s.backlog, s.backlog_oldest if s.backlog_oldest is not None else time.time())
+            for cid, s in self.sessions.items()
+            if s.backlog
+        }
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The /api/chargers rows."""
+        return [
+            {
+                "id": s.charger_id,
+                "ocppVersion": s.version,
+                "connected": s.connected,
+                "upstreamConnected": s.upstream_connected,
+                "linkState": s.state.value,
+                "lastSeenAt": offline.iso_utc(s.last_seen_at) if s.last_seen_at else None,
+                "outboxPending": s.backlog,
+            }
+            for s in sorted(self.sessions.values(), key=lambda s: s.charger_id)
+        ]
+
+    # --- housekeeping ----------------------------------------------------------------------------
+
+    async def _prune_loop(self) -> None:
+        transactional = [
+            action
+            for version in ("1.6", "2.0.1")
+            for action in (
+                "StartTransaction",
+                "StopTransaction",
+                "MeterValues",
+                "TransactionEvent",
+            )
+            if offline.rule_for(_as_version(version), action).transactional
+        ]
+        while True:
+            now = time.time()
+            removed = await self.store.prune_outbox(
+                before=now - STANDALONE_NOTIFICATION_RETENTION_S,
+                transactional_before=now - STANDALONE_TRANSACTION_RETENTION_S,
+                transactional=sorted(set(transactional)),
+                max_rows=STANDALONE_MAX_ROWS,
+            )
+            if removed:
+                log.info("standalone: pruned %d old queued messages", removed)
+                for charger_id, (count, oldest) in (await self.store.backlog()).items():
+                    if charger_id in self.sessions:
+                        self.sessions[charger_id].backlog = count
+                        self.sessions[charger_id].backlog_oldest = oldest
+            await asyncio.sleep(STANDALONE_PRUNE_EVERY_S)
+
+    async def close(self) -> None:
+        """Close every charger and upstream socket; queued writes finish first."""
+        self.closing = True
+        if self._prune_task is not None:
+            self._prune_task.cancel()
+        await asyncio.gather(
+            *(s.close() for s in list(self.sessions.values())), return_exceptions=True
+        )

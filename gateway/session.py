@@ -1,0 +1,798 @@
+"""One charger's session: the charger socket, its upstream link, and what moves between them.
+
+The decisions are made by the pure modules (``frames``, ``link``, ``offline``, ``txmap``,
+``validation``); this driver moves text between sockets, starts timers and writes rows.
+
+Directions and queues (OCPP-J 1.6 §4.1.1 / 2.0.1 part 4 §4.1.1: one outstanding CALL per direction):
+
+* charger → cloud: the charger keeps its own discipline online; while the link is down or a
+  backlog drains, CALLs are answered locally and stored behind the backlog, which is replayed one
+  CALL at a time — so replayed and live CALLs never overlap toward the cloud.
+* cloud/gateway → charger: cloud CALLs and gateway-originated CALLs (reservations) share one queue;
+  the next is sent only when the previous one is answered or has timed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, Protocol
+from urllib.parse import quote
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from gateway import frames, offline, txmap
+from gateway.backoff import Backoff
+from gateway.errors import ChargerNotConnected, ChargerTimeout, CloudUnavailable, FrameError
+from gateway.frames import Call, CallError, CallResult, OcppVersion
+from gateway.link import Event, LinkState, transition
+from gateway.store import OutboxRow
+from gateway.validation import validate_call, validate_result
+
+if TYPE_CHECKING:
+    from gateway.hub import Hub
+
+__all__ = [
+    "Authorizer",
+    "ChargerSession",
+    "SessionHook",
+    "UpstreamConnector",
+]
+
+log = logging.getLogger(__name__)
+
+GATEWAY_ID_PREFIX: Final = "gw-"  # gateway-originated message ids; the cloud's never start so
+CLOUD_CALL_TIMEOUT_S: Final = 30.0  # how long a cloud CALL may hold the charger's queue
+LEARNED_ACTIONS: Final = frozenset(
+    {"Authorize", "StartTransaction", "StopTransaction", "TransactionEvent"}
+)
+# CALLERROR codes worth retrying: the cloud failed, not the message (OCPP-J error code meanings).
+TRANSIENT_CODES: Final = frozenset({"InternalError", "GenericError", "RpcFrameworkError"})
+MAX_TRANSIENT_ATTEMPTS: Final = 8
+REPLAY_BATCH: Final = 100
+# Close codes by which the cloud signals an outage rather than ending this charger's session
+# (RFC 6455 §7.4.1: going away, server error, restart, try again later): the charger stays connected.
+_OUTAGE_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
+
+
+class Authorizer(Protocol):
+    """What the session needs from the access-ID cache."""
+
+    async def auth_info(self, version: OcppVersion, id_tag: str, now: datetime) -> dict[str, Any]:
+        """idTagInfo (1.6) or idTokenInfo (2.0.1) to answer offline for ``id_tag``."""
+        ...
+
+    async def learn_from(
+        self,
+        version: OcppVersion,
+        action: str,
+        request: dict[str, Any],
+        response: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        """Remember the cloud's answer about a tag."""
+        ...
+
+
+class SessionHook(Protocol):
+    """An observer of a session's traffic (reservations use it)."""
+
+    charger_actions: frozenset[str]  # charger CALLs to show to ``on_charger_call``
+    cloud_actions: frozenset[
+        str
+    ]  # cloud CALLs whose charger answer goes to ``on_cloud_call_answered``
+
+    async def on_charger_call(self, session: ChargerSession, call: Call) -> None: ...
+
+    async def on_cloud_call_answered(
+        self, session: ChargerSession, call: Call, answer: CallResult | CallError
+    ) -> None: ...
+
+    async def gate(
+        self, session: ChargerSession, call: Call, auth_info: dict[str, Any], now: datetime
+    ) -> dict[str, Any]:
+        """The auth info to answer offline with (e.g. refusing a tag on a reserved connector)."""
+        ...
+
+
+UpstreamConnector = Callable[[str, OcppVersion, dict[str, str]], Any]
+"""``connect(url, version, headers)`` → awaitable ClientConnection; raises CloudUnavailable."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A charger CALL forwarded live to the cloud, waiting for its answer."""
+
+    call: Call
+    timer: asyncio.TimerHandle | None
+
+
+@dataclass(slots=True)
+class _OutCall:
+    """A CALL waiting for (or holding) the charger's single inbound slot."""
+
+    message_id: str
+    action: str
+    payload: dict[str, Any]
+    text: str
+    origin: str  # "cloud" | "gateway"
+    timeout_s: float
+    future: asyncio.Future[CallResult | CallError] | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _Replay:
+    """The single replayed CALL in flight toward the cloud."""
+
+    message_id: str
+    future: asyncio.Future[CallResult | CallError] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ChargerSession:
+    """Everything about one charge point id; outlives its sockets while a backlog drains."""
+
+    def __init__(self, hub: Hub, charger_id: str, version: OcppVersion) -> None:
+        self.hub = hub
+        self.charger_id = charger_id
+        self.version: OcppVersion = version
+        self.charger: ServerConnection | None = None
+        self.upstream: ClientConnection | None = None
+        self.state = LinkState.OFFLINE
+        self.last_seen_at: datetime | None = None
+        self.backlog = 0
+        self.backlog_oldest: float | None = None
+        self.txids = txmap.TxIdMap()
+        self._auth_header: dict[str, str] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._replay: _Replay | None = None
+        self._queue: deque[_OutCall] = deque()
+        self._slot: _OutCall | None = None
+        self._state_changed = asyncio.Event()
+        self._backlog_changed = asyncio.Event()
+        self._link_task: asyncio.Task[None] | None = None
+        self._replay_task: asyncio.Task[None] | None = None
+        self._closing_upstream = False  # we, not the cloud, are closing the current link
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._backoff = Backoff(initial_s=min(1.0, hub.reconnect_max_s), max_s=hub.reconnect_max_s)
+
+    # --- small helpers -------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.charger is not None
+
+    @property
+    def upstream_connected(self) -> bool:
+        return self.upstream is not None and self.state in (LinkState.ONLINE, LinkState.REPLAYING)
+
+    def _spawn(self, coro: Any, what: str) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.hub.stats.errors["internal"] += 1
+                log.error("%s: %s failed", self.charger_id, what, exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    def _set_state(self, event: Event) -> None:
+        new = transition(self.state, event)
+        if new is not self.state:
+            log.info("%s: link %s -> %s", self.charger_id, self.state.value, new.value)
+            self.state = new
+            self._state_changed.set()
+            self._state_changed = asyncio.Event()
+
+    async def _send_charger(self, text: str) -> None:
+        ws = self.charger
+        if ws is None:
+            return
+        try:
+            await ws.send(text)
+            self.hub.stats.frames_to_chargers += 1
+        except ConnectionClosed:
+            pass
+
+    async def _send_cloud(self, text: str) -> bool:
+        ws = self.upstream
+        if ws is None:
+            return False
+        try:
+            await ws.send(text)
+        except ConnectionClosed:
+            return False
+        self.hub.stats.frames_to_cloud += 1
+        return True
+
+    def _error_text(self, message_id: str, code: str, description: str) -> str:
+        return CallError(
+            message_id, frames.error_code_for(self.version, code), description
+        ).serialize()
+
+    # --- charger side ----------------------------------------------------------------------------
+
+    async def serve_charger(self, ws: ServerConnection, version: OcppVersion) -> None:
+        """Run until the charger's socket closes."""
+        old = self.charger
+        if old is not None:
+            log.warning("%s: new connection replaces the old one", self.charger_id)
+            await old.close(1000, "replaced by a new connection")
+        self.charger = ws
+        self.version = version
+        auth = ws.request.headers.get("Authorization") if ws.request else None
+        self._auth_header = (
+            {"Authorization": auth}
+            if auth and self.hub.settings.upstream.pass_authorization
+            else {}
+        )
+        self._ensure_link()
+        try:
+            async for message in ws:
+                self.hub.stats.frames_from_chargers += 1
+                self.last_seen_at = _utcnow()
+                try:
+                    await self._from_charger(message)
+                except Exception:
+                    self.hub.stats.errors["internal"] += 1
+                    log.exception("%s: failed to handle a charger frame", self.charger_id)
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.charger is ws:
+                self.charger = None
+                self._charger_gone()
+
+    def _charger_gone(self) -> None:
+        for out in ([self._slot] if self._slot else []) + list(self._queue):
+            if out.timer:
+                out.timer.cancel()
+            if out.future is not None and not out.future.done():
+                out.future.set_exception(ChargerNotConnected(self.charger_id))
+        self._slot = None
+        self._queue.clear()
+        if self.backlog == 0:
+            self._close_upstream(1000, "charger disconnected")
+        self._backlog_changed.set()
+
+    async def _from_charger(self, message: str | bytes) -> None:
+        try:
+            frame = frames.parse(message)
+        except FrameError as exc:
+            self.hub.stats.errors["bad_frame_from_charger"] += 1
+            log.warning("%s: bad frame from charger: %s", self.charger_id, exc.description)
+            if exc.code == "MessageTypeNotSupported" and self.version == "1.6":
+                return  # OCPP-J 1.6 ignores unknown message types
+            await self._send_charger(self._error_text(exc.message_id, exc.code, exc.description))
+            return
+        if isinstance(frame, Call):
+            await self._charger_call(frame, message)
+        else:
+            await self._charger_answer(frame, message)
+
+    async def _charger_call(self, call: Call, message: str | bytes) -> None:
+        for hook in self.hub.hooks:
+            if call.action in hook.charger_actions:
+                self._spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
+        if self.state is LinkState.CONNECTING:
+            # The upstream handshake is usually quicker than call_timeout_s: hold the CALL for it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._state_changed.wait(), self.hub.settings.upstream.call_timeout_s
+                )
+        if self.state is LinkState.ONLINE:
+            if self.txids and txmap.local_ids_in(call.action, call.payload):
+                try:
+                    payload = txmap.rewrite_to_cloud(
+                        call.action, call.payload, self.txids.local_to_cloud
+                    )
+                except txmap.UnmappedTransaction:
+                    await self._answer_locally(
+                        call
+                    )  # queued; dead-lettered on replay if never mapped
+                    return
+                call = Call(call.message_id, call.action, payload)
+                message = call.serialize()
+            await self._forward(call, message)
+        else:
+            await self._answer_locally(call)
+
+    async def _forward(self, call: Call, message: str | bytes) -> None:
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(
+            self.hub.settings.upstream.call_timeout_s, self._cloud_timed_out, call.message_id
+        )
+        self._pending[call.message_id] = _Pending(call, timer)
+        if call.action == "BootNotification":
+            self._spawn(self._save_boot(call, delivered=True), "saving BootNotification")
+        if not await self._send_cloud(message if isinstance(message, str) else message.decode()):
+            self._pending.pop(call.message_id, None)
+            timer.cancel()
+            await self._answer_locally(call)
+
+    async def _charger_answer(self, frame: CallResult | CallError, message: str | bytes) -> None:
+        slot = self._slot
+        if slot is not None and slot.message_id == frame.message_id:
+            if slot.timer:
+                slot.timer.cancel()
+            self._slot = None
+            if slot.origin == "gateway":
+                if slot.future is not None and not slot.future.done():
+                    slot.future.set_result(frame)
+            else:
+                await self._send_cloud(message if isinstance(message, str) else message.decode())
+                for hook in self.hub.hooks:
+                    if slot.action in hook.cloud_actions:
+                        call = Call(slot.message_id, slot.action, slot.payload)
+                        self._spawn(hook.on_cloud_call_answered(self, call, frame), "hook")
+            await self._pump()
+        elif not frame.message_id.startswith(GATEWAY_ID_PREFIX):
+            # A late answer (after our timeout) or one we never tracked: pass it on unchanged.
+            await self._send_cloud(message if isinstance(message, str) else message.decode())
+
+    async def _answer_locally(self, call: Call) -> None:
+        """Answer a charger CALL per the offline action table, storing it first where required."""
+        version = self.version
+        rule = offline.rule_for(version, call.action)
+        if rule.answer is offline.Answer.NOT_SUPPORTED:
+            await self._send_charger(
+                self._error_text(
+                    call.message_id, "NotSupported", f"{call.action} is not available offline"
+                )
+            )
+            return
+        try:
+            validate_call(version, call.action, call.payload, call.message_id)
+        except FrameError as exc:
+            self.hub.stats.errors["schema_violation"] += 1
+            await self._send_charger(self._error_text(exc.message_id, exc.code, exc.description))
+            return
+        now = _utcnow()
+        auth_info = await self._auth_info(call, now)
+        transaction_id = None
+        if rule.answer is offline.Answer.START_TRANSACTION:
+            transaction_id = self.hub.next_local_tx_id()
+        payload_text = frames.dumps(call.payload)
+        if rule.answer is offline.Answer.BOOT:
+            await self._save_boot(call, delivered=False)
+        elif rule.stored:
+            await self.hub.store.enqueue(
+                self.charger_id,
+                version,
+                call.message_id,
+                call.action,
+                payload_text,
+                now.timestamp(),
+                local_tx_id=transaction_id,
+            )
+            if transaction_id is not None:
+                self.txids.add_local(transaction_id)
+            self._backlog_grew(now.timestamp())
+        result = offline.local_result(
+            version,
+            call.action,
+            now=now,
+            heartbeat_interval_s=self.hub.settings.offline.heartbeat_interval_s,
+            auth_info=auth_info,
+            transaction_id=transaction_id,
+        )
+        self.hub.stats.local_answers[call.action] += 1
+        await self._send_charger(CallResult(call.message_id, result).serialize())
+
+    async def _auth_info(self, call: Call, now: datetime) -> dict[str, Any] | None:
+        tag = offline.presented_tag(self.version, call.action, call.payload)
+        if tag is None:
+            return None
+        info: dict[str, Any] = await self.hub.authorizer.auth_info(self.version, tag, now)
+        for hook in self.hub.hooks:
+            info = await hook.gate(self, call, info, now)
+        return info
+
+    async def _save_boot(self, call: Call, *, delivered: bool) -> None:
+        await self.hub.store.save_boot(
+            self.charger_id,
+            self.version,
+            call.message_id,
+            frames.dumps(call.payload),
+            time.time(),
+            delivered=delivered,
+        )
+
+    def _backlog_grew(self, created_at: float) -> None:
+        self.backlog += 1
+        if self.backlog_oldest is None:
+            self.backlog_oldest = created_at
+        self._backlog_changed.set()
+        if self.state is LinkState.ONLINE:
+            self._set_state(Event.BACKLOG)
+            self._start_replay()
+        self._ensure_link()
+
+    def _start_replay(self) -> None:
+        if self._replay_task is None or self._replay_task.done():
+            self._replay_task = asyncio.create_task(self._replay_backlog())
+            self._tasks.add(self._replay_task)
+            self._replay_task.add_done_callback(self._tasks.discard)
+
+    # --- cloud/gateway → charger -----------------------------------------------------------------
+
+    def _enqueue_to_charger(self, out: _OutCall) -> None:
+        self._queue.append(out)
+        if self._slot is None:
+            self._spawn(self._pump(), "sending to charger")
+
+    async def _pump(self) -> None:
+        """Send the next queued CALL if the charger's slot is free (one outstanding CALL)."""
+        if self._slot is not None or not self._queue or self.charger is None:
+            return
+        out = self._queue.popleft()
+        self._slot = out
+        out.timer = asyncio.get_running_loop().call_later(
+            out.timeout_s, self._charger_timed_out, out
+        )
+        await self._send_charger(out.text)
+
+    def _charger_timed_out(self, out: _OutCall) -> None:
+        if self._slot is not out:
+            return
+        self._slot = None
+        self.hub.stats.errors["charger_call_timeout"] += 1
+        log.warning("%s: no answer to %s %s", self.charger_id, out.action, out.message_id)
+        if out.future is not None and not out.future.done():
+            out.future.set_exception(
+                ChargerTimeout(f"{self.charger_id} did not answer {out.action}")
+            )
+        self._spawn(self._pump(), "sending to charger")
+
+    async def call_charger(
+        self, action: str, payload: dict[str, Any], *, timeout_s: float
+    ) -> CallResult | CallError:
+        """Send a gateway-originated CALL through the charger's queue and wait for its answer.
+
+        Raises ChargerNotConnected, or ChargerTimeout when no answer came within ``timeout_s``
+        (time spent waiting behind a cloud CALL included).
+        """
+        if self.charger is None:
+            raise ChargerNotConnected(self.charger_id)
+        message_id = GATEWAY_ID_PREFIX + uuid.uuid4().hex[:24]
+        future: asyncio.Future[CallResult | CallError] = asyncio.get_running_loop().create_future()
+        out = _OutCall(
+            message_id,
+            action,
+            payload,
+            Call(message_id, action, payload).serialize(),
+            "gateway",
+            timeout_s,
+            future,
+        )
+        self._enqueue_to_charger(out)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(out)
+            raise ChargerTimeout(f"{self.charger_id} did not answer {action}") from None
+
+    # --- cloud side ------------------------------------------------------------------------------
+
+    def _ensure_link(self) -> None:
+        """Keep an upstream link while the charger is connected or a backlog waits."""
+        if self.hub.settings.standalone or (self._link_task and not self._link_task.done()):
+            return
+        if self.charger is None and self.backlog == 0:
+            return
+        if self.state is LinkState.OFFLINE:
+            self._set_state(Event.CONNECTING)  # now, so a CALL arriving first waits for the link
+        self._link_task = asyncio.create_task(self._link_loop())
+
+    def _wanted(self) -> bool:
+        return not self.hub.closing and (self.charger is not None or self.backlog > 0)
+
+    async def _link_loop(self) -> None:
+        while self._wanted():
+            if self.state is LinkState.OFFLINE:
+                self._set_state(Event.CONNECTING)
+            url = f"{self.hub.settings.upstream.url}/{quote(self.charger_id, safe='')}"
+            try:
+                ws = await self.hub.connect_upstream(url, self.version, self._auth_header)
+            except CloudUnavailable as exc:
+                self.hub.stats.upstream_failures += 1
+                self._set_state(Event.FAILED)
+                delay = self._backoff.next_delay()
+                log.warning(
+                    "%s: cloud unavailable (%s); retry in %.1fs", self.charger_id, exc, delay
+                )
+                await self._sleep_unless_unwanted(delay)
+                continue
+            self.hub.stats.upstream_connects += 1
+            self._backoff.reset()
+            self.upstream = ws
+            replay = self.backlog > 0 or await self.hub.store.undelivered_boot(self.charger_id)
+            self._set_state(Event.CONNECTED_WITH_BACKLOG if replay else Event.CONNECTED)
+            if replay:
+                self._start_replay()
+            cloud_closed = await self._read_cloud(ws)
+            self.upstream = None
+            self._link_lost()
+            if cloud_closed is not None and self.charger is not None:
+                # The cloud ended the connection on purpose: let the charger see it (transparency).
+                code, reason = cloud_closed
+                await self.charger.close(code, reason)
+            elif self._wanted():
+                await self._sleep_unless_unwanted(self._backoff.next_delay())
+        self._set_state(Event.LOST)
+
+    async def _sleep_unless_unwanted(self, delay: float) -> None:
+        deadline = time.monotonic() + delay
+        while self._wanted() and (left := deadline - time.monotonic()) > 0:
+            self._backlog_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._backlog_changed.wait(), left)
+
+    async def _read_cloud(self, ws: ClientConnection) -> tuple[int, str] | None:
+        """Relay cloud frames until the link ends; (code, reason) if the cloud closed it cleanly."""
+        try:
+            async for message in ws:
+                self.hub.stats.frames_from_cloud += 1
+                try:
+                    await self._from_cloud(message)
+                except Exception:
+                    self.hub.stats.errors["internal"] += 1
+                    log.exception("%s: failed to handle a cloud frame", self.charger_id)
+        except ConnectionClosed:
+            pass
+        rcvd = ws.protocol.close_rcvd
+        by_us, self._closing_upstream = self._closing_upstream, False
+        if rcvd is None or by_us or self.hub.closing or rcvd.code in _OUTAGE_CLOSE_CODES:
+            return None
+        return rcvd.code, rcvd.reason
+
+    def _link_lost(self) -> None:
+        if self.state is not LinkState.OFFLINE:
+            self._set_state(Event.LOST)
+        if self._replay is not None and not self._replay.future.done():
+            self._replay.future.set_exception(CloudUnavailable("link lost"))
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            if p.timer:
+                p.timer.cancel()
+            self._spawn(self._answer_locally(p.call), "answering after link loss")
+
+    def _cloud_timed_out(self, message_id: str) -> None:
+        pending = self._pending.pop(message_id, None)
+        if pending is None:
+            return
+        self.hub.stats.errors["cloud_call_timeout"] += 1
+        log.warning(
+            "%s: cloud did not answer %s %s in time; answering locally",
+            self.charger_id,
+            pending.call.action,
+            message_id,
+        )
+        self._set_state(Event.CALL_TIMEOUT)
+        self._spawn(self._answer_locally(pending.call), "answering after timeout")
+        self._drop_upstream()
+
+    def _drop_upstream(self) -> None:
+        """Treat the link as down until re-established: close it; the link loop reconnects."""
+        self._close_upstream(1011, "call timeout")
+
+    def _close_upstream(self, code: int, reason: str) -> None:
+        ws = self.upstream
+        if ws is not None:
+            self._closing_upstream = True
+            self._spawn(ws.close(code, reason), "closing upstream")
+
+    async def _from_cloud(self, message: str | bytes) -> None:
+        try:
+            frame = frames.parse(message)
+        except FrameError as exc:
+            self.hub.stats.errors["bad_frame_from_cloud"] += 1
+            log.warning("%s: bad frame from cloud: %s", self.charger_id, exc.description)
+            if exc.message_id != "-1":
+                await self._send_cloud(self._error_text(exc.message_id, exc.code, exc.description))
+            return
+        if isinstance(frame, Call):
+            await self._cloud_call(frame, message)
+            return
+        replay = self._replay
+        if replay is not None and replay.message_id == frame.message_id:
+            if not replay.future.done():
+                replay.future.set_result(frame)
+            return
+        pending = self._pending.pop(frame.message_id, None)
+        if pending is None:
+            log.info(
+                "%s: dropping cloud answer to unknown id %s", self.charger_id, frame.message_id
+            )
+            return
+        if pending.timer:
+            pending.timer.cancel()
+        await self._send_charger(message if isinstance(message, str) else message.decode())
+        if isinstance(frame, CallResult) and pending.call.action in LEARNED_ACTIONS:
+            self._learn(pending.call, frame)
+
+    def _learn(self, call: Call, result: CallResult) -> None:
+        self._spawn(
+            self.hub.authorizer.learn_from(
+                self.version, call.action, call.payload, result.payload, _utcnow()
+            ),
+            "learning",
+        )
+
+    async def _cloud_call(self, call: Call, message: str | bytes) -> None:
+        if self.charger is None:
+            await self._send_cloud(
+                self._error_text(call.message_id, "GenericError", "charger is not connected")
+            )
+            return
+        text = message if isinstance(message, str) else message.decode()
+        payload = call.payload
+        if self.txids.cloud_to_local:
+            payload = txmap.rewrite_to_charger(call.action, call.payload, self.txids.cloud_to_local)
+            if payload is not call.payload:
+                text = Call(call.message_id, call.action, payload).serialize()
+        timeout = max(CLOUD_CALL_TIMEOUT_S, self.hub.settings.upstream.call_timeout_s)
+        self._enqueue_to_charger(
+            _OutCall(call.message_id, call.action, payload, text, "cloud", timeout)
+        )
+
+    # --- replay ----------------------------------------------------------------------------------
+
+    async def _replay_backlog(self) -> None:
+        """Deliver the stored BootNotification and backlog in order, one CALL at a time."""
+        try:
+            boot = await self.hub.store.undelivered_boot(self.charger_id)
+            if boot is not None:
+                message_id, payload = boot
+                answer = await self._replay_call(
+                    Call(message_id, "BootNotification", frames.loads(payload))
+                )
+                if isinstance(answer, CallResult):
+                    await self.hub.store.boot_delivered(self.charger_id)
+            while self.state is LinkState.REPLAYING:
+                rows = await self.hub.store.pending(self.charger_id, REPLAY_BATCH)
+                if not rows:
+                    self.backlog, self.backlog_oldest = 0, None
+                    self._set_state(Event.DRAINED)
+                    if self.charger is None:
+                        self._backlog_changed.set()
+                        self._close_upstream(1000, "backlog drained")
+                    return
+                self.backlog = max(self.backlog, len(rows))
+                self.backlog_oldest = rows[0].created_at
+                for row in rows:
+                    if self.state is not LinkState.REPLAYING:
+                        return
+                    wait = row.next_attempt_at - time.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                        if self.state is not LinkState.REPLAYING:
+                            return
+                    try:
+                        await self._replay_row(row)
+                    except _RetryLater:
+                        break  # re-read: the row now carries its next attempt time
+        except CloudUnavailable:
+            return  # the link loop reconnects and replay starts again from the store
+
+    async def _replay_call(self, call: Call) -> CallResult | CallError:
+        self._replay = _Replay(call.message_id)
+        try:
+            if not await self._send_cloud(call.serialize()):
+                raise CloudUnavailable("link lost")
+            try:
+                return await asyncio.wait_for(
+                    asyncio.shield(self._replay.future), self.hub.settings.upstream.call_timeout_s
+                )
+            except TimeoutError:
+                self.hub.stats.errors["cloud_call_timeout"] += 1
+                self._set_state(Event.CALL_TIMEOUT)
+                self._drop_upstream()
+                raise CloudUnavailable("replayed CALL unanswered") from None
+        finally:
+            self._replay = None
+
+    async def _replay_row(self, row: OutboxRow) -> None:
+        version: OcppVersion = "1.6" if row.version == "1.6" else "2.0.1"
+        payload = frames.loads(row.payload)
+        try:
+            payload = txmap.rewrite_to_cloud(row.action, payload, self.txids.local_to_cloud)
+        except txmap.UnmappedTransaction as exc:
+            await self._dead_letter(row, "UnmappedTransaction", str(exc))
+            return
+        if row.action == "TransactionEvent" and not payload.get("offline"):
+            payload = {**payload, "offline": True}  # answered locally: 2.0.1 E02 offline flag
+        answer = await self._replay_call(Call(row.message_id, row.action, payload))
+        if isinstance(answer, CallError):
+            code = answer.code
+            if code in TRANSIENT_CODES and row.attempts + 1 < MAX_TRANSIENT_ATTEMPTS:
+                delay = min(300.0, 2.0 ** (row.attempts + 1))
+                log.warning(
+                    "%s: cloud answered %s to replayed %s; retry in %.0fs",
+                    self.charger_id,
+                    code,
+                    row.action,
+                    delay,
+                )
+                await self.hub.store.retry_later(
+                    row.seq,
+                    next_attempt_at=time.time() + delay,
+                    error=f"{code}: {answer.description}",
+                )
+                raise _RetryLater
+            await self._dead_letter(row, code, answer.description)
+            return
+        tx = None
+        if version == "1.6" and row.action == "StartTransaction":
+            tx = await self._bind_transaction(row, answer)
+        await self.hub.store.delivered(row.seq, tx=tx)
+        if tx is not None:
+            self.txids.bind(tx[1], tx[2])
+        self.backlog = max(0, self.backlog - 1)
+        self.hub.stats.replayed += 1
+        if row.action in LEARNED_ACTIONS:
+            self._learn(Call(row.message_id, row.action, payload), answer)
+
+    async def _bind_transaction(
+        self, row: OutboxRow, answer: CallResult
+    ) -> tuple[str, int, int] | None:
+        try:
+            validate_result("1.6", "StartTransaction", answer.payload, row.message_id)
+        except FrameError as exc:
+            log.error("%s: cloud's StartTransaction answer is invalid: %s", self.charger_id, exc)
+            return None
+        local = row.local_tx_id
+        if local is None:
+            return None
+        cloud = int(answer.payload["transactionId"])
+        log.info("%s: local transaction %d is cloud transaction %d", self.charger_id, local, cloud)
+        return (self.charger_id, local, cloud)
+
+    async def _dead_letter(self, row: OutboxRow, code: str, description: str) -> None:
+        log.error(
+            "%s: cloud refused replayed %s %s (%s: %s); moved to dead letters",
+            self.charger_id,
+            row.action,
+            row.message_id,
+            code,
+            description,
+        )
+        await self.hub.store.dead_letter(row, code=code, description=description, now=time.time())
+        self.backlog = max(0, self.backlog - 1)
+        self.hub.stats.dead_lettered += 1
+
+    # --- shutdown --------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self.charger is not None:
+            await self.charger.close(1001, "gateway shutting down")
+        if self.upstream is not None:
+            self._closing_upstream = True
+            await self.upstream.close(1001, "gateway shutting down")
+        self._backlog_changed.set()
+        tasks = [t for t in (self._link_task, *self._tasks) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _RetryLater(Exception):
+    """Internal: the replay pauses on a transient error (the row holds its retry time)."""

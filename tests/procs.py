@@ -1,0 +1,86 @@
+"""Running the real CLI as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+LISTENING = re.compile(
+    r"listening for chargers on wss?://[^:]+:(\d+)\S* .*API on http://[^:]+:(\d+)"
+)
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> list[str]:
+    return [sys.executable, "-m", "gateway", *args]
+
+
+class GatewayProcess:
+    """``flipturn-gateway --config PATH run`` in a subprocess; knows its ports from its log."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.charger_port = 0
+        self.api_port = 0
+        self.log: list[str] = []
+        self._drain: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 15) -> GatewayProcess:
+        self.proc = await asyncio.create_subprocess_exec(
+            *cli("--config", str(self.config), "run"),
+            env=self.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                line = (await self.proc.stderr.readline()).decode()
+                if not line:
+                    raise AssertionError("gateway exited during start-up:\n" + "".join(self.log))
+                self.log.append(line)
+                match = LISTENING.search(line)
+                if match:
+                    self.charger_port, self.api_port = int(match[1]), int(match[2])
+                    break
+        self._drain = asyncio.create_task(self._read_rest())
+        return self
+
+    async def _read_rest(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            self.log.append(line.decode())
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 10) -> int:
+        assert self.proc is not None
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        if self._drain is not None:
+            await self._drain
+        return code
+
+    async def kill9(self) -> None:
+        self.signal(signal.SIGKILL)
+        await self.wait()
+
+    async def __aenter__(self) -> GatewayProcess:
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.signal(signal.SIGTERM)
+            await self.wait()

@@ -1,0 +1,203 @@
+"""Online relay over real loopback sockets: frames pass unchanged in both directions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
+
+METER_VALUES = {
+    "connectorId": 1,
+    "transactionId": 42,
+    "meterValue": [
+        {
+            "timestamp": "2026-11-21T12:00:00Z",
+            "sampledValue": [
+                {"value": "1234.5", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+                {"value": "16.1", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
+            ],
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_frames_relayed_unchanged_both_ways(
+    tmp_path: Any, cloud: FakeCloud, version: str
+) -> None:
+    settings = make_settings(tmp_path, upstream={"url": cloud.url})
+    async with running_gateway(settings) as gw, charger(gw.charger_port, "CP-1", version) as cp:
+        assert cp.ws.subprotocol == f"ocpp{version}"
+        payload = (
+            METER_VALUES
+            if version == "1.6"
+            else {"evseId": 1, "meterValue": METER_VALUES["meterValue"]}
+        )
+        text = json.dumps([2, "odd-id-7", "MeterValues", payload], separators=(", ", ": "))
+        answer = await cp.expect_raw_answer(text, "odd-id-7")
+        assert answer == [3, "odd-id-7", {}]
+        # Same id, same payload at the cloud; the path carries the charge point id.
+        assert cloud.raw["CP-1"] == [text]  # byte for byte, spacing included
+        assert cloud.paths == ["/ocpp/CP-1"]
+        assert cloud.connections["CP-1"].subprotocol == f"ocpp{version}"
+
+        # Cloud-originated CALL reaches the charger with the cloud's id; the answer goes back.
+        call_task = asyncio.create_task(
+            cloud.call(
+                "CP-1",
+                "GetConfiguration" if version == "1.6" else "GetVariables",
+                {},
+                message_id="c-99",
+            )
+        )
+        incoming = await asyncio.wait_for(cp.calls.get(), 5)
+        assert incoming[:2] == [2, "c-99"]
+        await cp.answer(incoming, {"configurationKey": []})
+        assert await call_task == [3, "c-99", {"configurationKey": []}]
+
+
+async def test_two_chargers_isolated_and_closing_charger_closes_upstream(
+    tmp_path: Any, cloud: FakeCloud
+) -> None:
+    settings = make_settings(tmp_path, upstream={"url": cloud.url})
+    async with running_gateway(settings) as gw:
+        async with charger(gw.charger_port, "A") as a, charger(gw.charger_port, "B") as b:
+            await a.call("Heartbeat", {})
+            await b.call("Heartbeat", {})
+            # A bad frame from A: A gets a CALLERROR, B is unaffected.
+            err = await a.expect_raw_answer('[2, "x1", "Heartbeat", "not-an-object"]', "x1")
+            assert err[0] == 4 and err[2] == "FormationViolation"
+            assert (await b.call("Heartbeat", {}))[0] == 3
+            assert len(cloud.calls("A")) == 1 and len(cloud.calls("B")) == 2
+            await cloud.wait_connected("A")
+        # Chargers gone: their upstream connections are closed too.
+        await wait_for(lambda: not cloud.connections)
+
+
+async def test_cloud_closing_session_closes_charger(tmp_path: Any, cloud: FakeCloud) -> None:
+    settings = make_settings(tmp_path, upstream={"url": cloud.url})
+    async with running_gateway(settings) as gw, charger(gw.charger_port, "CP-9") as cp:
+        await cp.call("Heartbeat", {})
+        await cloud.connections["CP-9"].close(1008, "unknown charger")
+        await asyncio.wait_for(cp.ws.wait_closed(), 5)
+        assert cp.ws.close_code == 1008
+
+
+async def test_subprotocol_mismatch_closes_after_handshake(tmp_path: Any) -> None:
+    async with running_gateway(make_settings(tmp_path)) as gw:
+        ws = await connect(f"ws://127.0.0.1:{gw.charger_port}/ocpp/CP-1", subprotocols=["ocpp1.5"])
+        assert ws.subprotocol is None
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1002
+
+
+@pytest.mark.parametrize(
+    "path", ["/ocpp/", "/other/CP-1", "/ocpp/a/b", "/ocpp/" + "x" * 49, "/ocpp/bad%20id"]
+)
+async def test_bad_paths_are_404(tmp_path: Any, path: str) -> None:
+    async with running_gateway(make_settings(tmp_path)) as gw:
+        with pytest.raises(InvalidStatus) as info:
+            await connect(f"ws://127.0.0.1:{gw.charger_port}{path}", subprotocols=["ocpp1.6"])
+        assert info.value.response.status_code == 404
+
+
+async def test_unknown_charger_refused_when_not_allowed(tmp_path: Any) -> None:
+    settings = make_settings(
+        tmp_path, chargers={"allow_unknown": False, "passwords": {"KNOWN": "0123456789abcdef"}}
+    )
+    async with running_gateway(settings) as gw:
+        with pytest.raises(InvalidStatus) as info:
+            await connect(f"ws://127.0.0.1:{gw.charger_port}/ocpp/OTHER", subprotocols=["ocpp1.6"])
+        assert info.value.response.status_code == 404
+        async with charger(gw.charger_port, "KNOWN") as cp:
+            assert (await cp.call("Heartbeat", {}))[0] == 3
+
+
+async def test_basic_auth(tmp_path: Any) -> None:
+    settings = make_settings(
+        tmp_path, chargers={"auth": "basic", "passwords": {"CP-1": "correct-horse-battery"}}
+    )
+    async with running_gateway(settings) as gw:
+        base = f"127.0.0.1:{gw.charger_port}/ocpp/CP-1"
+        for creds in ["", "CP-1:wrong-password@", "CP-2:correct-horse-battery@"]:
+            with pytest.raises(InvalidStatus) as info:
+                await connect(f"ws://{creds}{base}", subprotocols=["ocpp1.6"])
+            assert info.value.response.status_code == 401
+        ws = await connect(f"ws://CP-1:correct-horse-battery@{base}", subprotocols=["ocpp1.6"])
+        await ws.send('[2, "1", "Heartbeat", {}]')
+        assert json.loads(await ws.recv())[0] == 3
+        await ws.close()
+
+
+async def test_oversized_frame_closes_only_that_charger(tmp_path: Any, cloud: FakeCloud) -> None:
+    settings = make_settings(
+        tmp_path, chargers={"max_message_bytes": 2048}, upstream={"url": cloud.url}
+    )
+    async with (
+        running_gateway(settings) as gw,
+        charger(gw.charger_port, "BIG") as big,
+        charger(gw.charger_port, "OK") as ok,
+    ):
+        await big.send_raw(
+            json.dumps([2, "1", "DataTransfer", {"vendorId": "x", "data": "y" * 4096}])
+        )
+        await asyncio.wait_for(big.ws.wait_closed(), 5)
+        assert big.ws.close_code == 1009
+        assert (await ok.call("Heartbeat", {}))[0] == 3
+
+
+async def test_invalid_json_gets_callerror_with_unknown_id(tmp_path: Any) -> None:
+    async with running_gateway(make_settings(tmp_path)) as gw, charger(gw.charger_port, "CP") as cp:
+        await cp.send_raw("{not json")
+        await wait_for(lambda: bool(cp.received))
+        assert cp.received[0][:3] == [4, "-1", "FormationViolation"]
+        assert (await cp.call("Heartbeat", {}))[0] == 3
+
+
+async def test_standalone_answers_boot_heartbeat_notifications(tmp_path: Any) -> None:
+    settings = make_settings(tmp_path, offline={"heartbeat_interval_s": 120})
+    async with running_gateway(settings) as gw, charger(gw.charger_port, "CP", "2.0.1") as cp:
+        boot = await cp.call(
+            "BootNotification",
+            {"chargingStation": {"model": "M", "vendorName": "V"}, "reason": "PowerUp"},
+        )
+        assert boot[2]["status"] == "Accepted" and boot[2]["interval"] == 120
+        assert "currentTime" in (await cp.call("Heartbeat", {}))[2]
+        status = {
+            "timestamp": "2026-11-21T12:00:00Z",
+            "connectorStatus": "Available",
+            "evseId": 1,
+            "connectorId": 1,
+        }
+        assert await cp.call("StatusNotification", status) == [3, "m3", {}]
+        unsupported = await cp.call("DataTransfer", {"vendorId": "x"})
+        assert unsupported[:3] == [4, "m4", "NotSupported"]
+        async with httpx.AsyncClient() as client:
+            health = (await client.get(f"http://127.0.0.1:{gw.api_port}/health")).json()
+        assert health["status"] == "ok" and health["upstream"]["configured"] is False
+        assert health["chargers"]["connected"] == 1
+
+
+async def test_health_degraded_when_cloud_unreachable(tmp_path: Any) -> None:
+    settings = make_settings(
+        tmp_path, upstream={"url": "ws://127.0.0.1:9/ocpp", "call_timeout_s": 0.5}
+    )
+    async with running_gateway(settings) as gw, charger(gw.charger_port, "CP") as cp:
+        assert (await cp.call("Heartbeat", {}))[0] == 3  # answered locally
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{gw.api_port}/health")
+            metrics = (await client.get(f"http://127.0.0.1:{gw.api_port}/metrics")).text
+        body = response.json()
+        assert response.status_code == 200
+        assert body["status"] == "degraded"
+        assert body["upstream"] == {"configured": True, "connected": False, "chargers": 0}
+        assert "flipturn_chargers_connected 1.0" in metrics
+        assert 'flipturn_local_answers_total{action="Heartbeat"} 1.0' in metrics
