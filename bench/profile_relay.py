@@ -26,15 +26,50 @@ from bench.loadgen import SCENARIOS, LoadSpec, run_load
 from bench.run_relay import ALL_TARGETS, RESULTS_DIR, _raise_fd_limit, _start_target
 from bench.targets import TargetUnavailable, start_listening_process
 
-__all__ = ["hotspots", "main"]
+__all__ = ["components", "hotspots", "main"]
 
 
 def _frame_name(frame: str) -> str:
-    # py-spy raw frames look like "function (path/to/file.py:123)"; keep function and file name.
+    # py-spy raw frames look like "function (path/to/file.py:123)"; keep the function and the
+    # file with its parent directory (websockets/frames.py and gateway/frames.py differ).
     name, _, where = frame.partition(" (")
-    where = where.rstrip(")")
-    path, _, _line = where.rpartition(":")
-    return f"{name} ({Path(path).name})" if path else name
+    path = where.rstrip(")").rpartition(":")[0]
+    if not path:
+        return name
+    parts = Path(path).parts
+    return f"{name} ({'/'.join(parts[-2:])})"
+
+
+# Components of a relay's frame path, by the file a sample's innermost frame is in.
+COMPONENTS: tuple[tuple[str, str], ...] = (
+    ("websockets/asyncio/", "websockets asyncio layer (tasks, queues, send/recv, drain)"),
+    ("websockets/", "websockets sans-I/O (frame parsing, masking, protocol)"),
+    ("gateway/", "gateway code (session, frames, hub, ...)"),
+    ("asyncio/runners.py", "event loop in C (epoll, socket read/write, callbacks)"),
+    ("uvloop/", "event loop in C (epoll, socket read/write, callbacks)"),
+    ("asyncio/", "asyncio in Python (futures, tasks, locks, timeouts)"),
+    ("contextlib.py", "contextlib (websockets' send context)"),
+    ("aiosqlite/", "SQLite thread"),
+    ("sqlite3/", "SQLite thread"),
+)
+
+
+def component_of(raw_frame: str) -> str:
+    path = raw_frame.partition(" (")[2]
+    for marker, component in COMPONENTS:
+        if marker in path:
+            return component
+    return "other"
+
+
+def components(collapsed: str) -> list[tuple[str, int]]:
+    """Self samples per component of the relay path (innermost frame's file)."""
+    counts: Counter[str] = Counter()
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            counts[component_of(stack.split(";")[-1])] += int(count_text)
+    return counts.most_common()
 
 
 def hotspots(
@@ -132,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.target} under {args.scenario}: {result.msgs_per_s:.0f} msgs/s, "
         f"p50 {rtt['p50']:.0f} µs, p99 {rtt['p99']:.0f} µs, errors {result.errors}; "
         f"{total} samples at {args.rate} Hz",
+        "",
+        "self samples by component:",
+        *_format(total, components(collapsed.read_text())),
         "",
         "self (running in the function):",
         *_format(total, own),

@@ -14,7 +14,7 @@ import pytest
 from bench import procfs
 from bench.fake_cloud import reply_for
 from bench.loadgen import MIX_PERIOD, SCENARIOS, _Charger, percentile
-from bench.profile_relay import hotspots
+from bench.profile_relay import components, hotspots
 from bench.report import gateway_checks, ratio, render_markdown
 from bench.run_all import discover_suites
 from bench.run_relay import main as relay_main
@@ -149,15 +149,25 @@ def test_run_all_finds_the_relay_suite() -> None:
 
 def test_hotspots_count_self_and_inclusive_samples() -> None:
     collapsed = (
-        "process 1:main;run (runners.py:10);_pump (relay.py:5);send (connection.py:7) 30\n"
-        "process 1:main;run (runners.py:10);_pump (relay.py:5) 10\n"
-        "process 1:main;run (runners.py:10) 60\n"
+        "main (cli.py:1);run (asyncio/runners.py:10);_pump (bench/relay.py:5);"
+        "send (websockets/asyncio/connection.py:7) 30\n"
+        "main (cli.py:1);run (asyncio/runners.py:10);_pump (bench/relay.py:5) 10\n"
+        "main (cli.py:1);run (asyncio/runners.py:10) 60\n"
     )
     total, own, inclusive = hotspots(collapsed, top=3)
     assert total == 100
-    assert own == [("run (runners.py)", 60), ("send (connection.py)", 30), ("_pump (relay.py)", 10)]
-    assert dict(inclusive)["_pump (relay.py)"] == 40
-    assert dict(inclusive)["run (runners.py)"] == 100
+    assert own == [
+        ("run (asyncio/runners.py)", 60),
+        ("send (asyncio/connection.py)", 30),
+        ("_pump (bench/relay.py)", 10),
+    ]
+    assert dict(inclusive)["_pump (bench/relay.py)"] == 40
+    assert dict(inclusive)["main (cli.py)"] == 100
+    assert components(collapsed) == [
+        ("event loop in C (epoll, socket read/write, callbacks)", 60),
+        ("websockets asyncio layer (tasks, queues, send/recv, drain)", 30),
+        ("other", 10),
+    ]
 
 
 def test_tiny_relay_run_direct_and_minimal(tmp_path: Path) -> None:
