@@ -54,8 +54,24 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
 )
 
 
-def component_of(raw_frame: str) -> str:
-    path = raw_frame.partition(" (")[2]
+# With --native, C frames: the socket calls are worth their own lines.
+NATIVE_COMPONENTS: tuple[tuple[str, str], ...] = (
+    ("UVStream__try_write", "socket write syscall (loopback: includes the peer's TCP receive)"),
+    ("uv__write", "socket write syscall (loopback: includes the peer's TCP receive)"),
+    ("uv__read", "socket read syscall"),
+    ("uv__io_poll", "epoll"),
+)
+
+
+def component_of(stack: list[str]) -> str:
+    """The component of a sample: its innermost frame, past libc's syscall wrappers."""
+    frames = [f for f in stack if ".so" not in f.partition(" (")[2]] or stack
+    name, _, path = frames[-1].partition(" (")
+    if path.rstrip(")").rpartition(":")[0].endswith((".c", ".h")):
+        for marker, component in NATIVE_COMPONENTS:
+            if name.startswith(marker):
+                return component
+        return "other C code (event loop, CPython, other threads)"
     for marker, component in COMPONENTS:
         if marker in path:
             return component
@@ -68,7 +84,7 @@ def components(collapsed: str) -> list[tuple[str, int]]:
     for line in collapsed.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if stack and count_text.isdigit():
-            counts[component_of(stack.split(";")[-1])] += int(count_text)
+            counts[component_of(stack.split(";"))] += int(count_text)
     return counts.most_common()
 
 
@@ -108,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument(
+        "--native", action="store_true", help="sample C frames too (py-spy --native)"
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -138,10 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
     )
     spies: list[subprocess.Popen[bytes]] = []
+    Path(f"{stem}.txt").unlink(missing_ok=True)  # never report a previous run's samples
 
     def start_spy() -> None:
         command = [py_spy, "record", "--pid", str(target.pid), "--rate", str(args.rate)]
-        command += ["--format", "raw", "--output", f"{stem}.txt", "--nonblocking"]
+        command += ["--format", "raw", "--output", f"{stem}.txt"]
+        # --native pauses the target at each sample to unwind C frames; otherwise do not pause.
+        command.append("--native" if args.native else "--nonblocking")
         log = (workdir / "py-spy.log").open("wb")
         spies.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log))
 
