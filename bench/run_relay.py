@@ -89,7 +89,8 @@ def _run_one(
         warmup_s=args.warmup,
         duration_s=args.duration,
         workers=args.workers,
-        id_prefix=f"{scenario}R{rep}{target.name[0].upper()}-",
+        # The same charger ids in every repetition, as a depot's chargers reconnect with theirs.
+        id_prefix=f"{scenario}-",
     )
     cpu: dict[str, float] = {}
     hwm_reset = procfs.reset_peak_rss(target.pid) if target.pid else False

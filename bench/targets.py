@@ -250,3 +250,4 @@ class GatewayTarget(Target):
             self.stop()
             raise TargetUnavailable(f"flipturn-gateway run: {exc}: {_tail(log_path)}") from exc
         self.url = f"ws://{HOST}:{port}/ocpp"
+        self.api_url = f"http://{HOST}:{api_port}"
