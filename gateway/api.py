@@ -94,7 +94,11 @@ def build_api(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starle
         if not store_ok:
             body["status"] = "down"
             return JSONResponse(body, status_code=503)
-        if (configured and len(linked) < len(wanting)) or body["outbox"]["deadLetters"]:
+        if (
+            (configured and len(linked) < len(wanting))
+            or body["outbox"]["deadLetters"]
+            or body["sync"].get("lastError")  # the cache is going stale
+        ):
             body["status"] = "degraded"
         return JSONResponse(body)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 
@@ -10,12 +12,19 @@ from starlette.routing import BaseRoute
 from websockets.asyncio.server import Server
 
 from gateway.api import ApiContext, ApiServer, build_api
+from gateway.cache import CacheMetrics, TagCache
+from gateway.cache_api import cache_routes
 from gateway.config import Settings
 from gateway.hub import Hub
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
+from gateway.reservation_api import reservation_routes
+from gateway.reservation_book import ReservationBook
+from gateway.reservation_hook import ReservationHook
 from gateway.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
 from gateway.server import start_charger_server
 from gateway.store import Store
+from gateway.sync import FlipturnClient, SyncMetrics, SyncService, sync_status
+from gateway.tags import normalise
 from gateway.upstream import UpstreamOpener
 
 __all__ = ["Gateway"]
@@ -32,10 +41,14 @@ class Gateway:
         self.stats = RelayStats()
         self.registry = new_registry()
         self.store: Store | None = None
+        self.reservations: ReservationBook | None = None
         self.hub: Hub | None = None
         self.charger_server: Server | None = None
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
+        self.tag_cache: TagCache | None = None
+        self.sync: SyncService | None = None
+        self._sync_task: asyncio.Task[None] | None = None
         self.charger_port = 0
         self.api_port = 0
 
@@ -50,6 +63,14 @@ class Gateway:
     async def _start(self) -> None:
         settings = self.settings
         self.store = store = await Store.open(settings.store.path)
+        self.tag_cache = TagCache(
+            store,
+            unknown_tags=settings.offline.unknown_tags,
+            metrics=CacheMetrics(self.registry),
+        )
+        self.reservations = reservations = ReservationBook(
+            store, registry=self.registry, normalise=normalise, ports=settings.ports
+        )
         self.hub = hub = Hub(
             settings,
             store,
@@ -58,7 +79,9 @@ class Gateway:
                 max_message_bytes=settings.chargers.max_message_bytes,
             ),
             stats=self.stats,
+            authorizer=self.tag_cache,
             reconnect_max_s=self.reconnect_max_s,
+            hooks=[ReservationHook(reservations)],
         )
         self.registry.register(
             GatewayCollector(
@@ -70,13 +93,37 @@ class Gateway:
             )
         )
         await hub.start()
-        context = ApiContext(settings=settings, hub=hub, store=store, registry=self.registry)
-        routes: list[BaseRoute] = []
+        api_key = settings.flipturn.api_key.get_secret_value()
+        if api_key:  # design.md: api_key = "" disables sync
+            self.sync = SyncService(
+                store,
+                FlipturnClient(settings.flipturn.api_url, api_key),
+                interval_s=settings.flipturn.sync_interval_s,
+                metrics=SyncMetrics(self.registry),
+            )
+        context = ApiContext(
+            settings=settings,
+            hub=hub,
+            store=store,
+            registry=self.registry,
+            sync_status=functools.partial(sync_status, store),
+        )
+        routes: list[BaseRoute] = [
+            *cache_routes(store, self.sync),
+            *reservation_routes(
+                reservations,
+                hub,
+                settings.ports,
+                charger_timeout_s=settings.upstream.call_timeout_s,
+            ),
+        ]
         self.api = ApiServer(build_api(context, routes), settings.api.host, settings.api.port)
         self.api_port = self.api.port
         self._api_task = asyncio.create_task(self.api.serve())
         self.charger_server = await start_charger_server(hub, settings.chargers)
         self.charger_port = next(iter(self.charger_server.sockets)).getsockname()[1]
+        if self.sync is not None:
+            self._sync_task = asyncio.create_task(self.sync.run())
         scheme = "wss" if settings.chargers.tls_cert else "ws"
         log.info(
             "listening for chargers on %s://%s:%d%s/{chargePointId}; API on http://%s:%d; %s",
@@ -91,6 +138,12 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop accepting, close chargers and upstreams, finish pending writes, close the store."""
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+        if self.sync is not None:
+            await self.sync.aclose()
         if self.charger_server is not None:
             self.charger_server.close(close_connections=False)
         if self.hub is not None:

@@ -72,6 +72,63 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.store import Store
+    from gateway.sync import FlipturnClient, sync_once
+
+    api_key = settings.flipturn.api_key.get_secret_value()
+    if not api_key:
+        print("flipturn-gateway: flipturn.api_key is not set; nothing to sync", file=sys.stderr)
+        return EXIT_FAILURE
+
+    async def main() -> int:
+        store = await Store.open(settings.store.path)
+        try:
+            async with FlipturnClient(settings.flipturn.api_url, api_key) as client:
+                result = await sync_once(store, client)
+        finally:
+            await store.close()
+        print(
+            json.dumps(
+                {
+                    "accessIds": result.access_ids,
+                    "vehicles": result.vehicles,
+                    "durationS": round(result.duration_s, 3),
+                }
+            )
+        )
+        return EXIT_OK
+
+    try:
+        return _run_async(main)
+    except GatewayError as exc:
+        print(f"flipturn-gateway: sync failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def cmd_tags_lookup(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from gateway.cache import TagCache
+    from gateway.store import Store
+
+    async def main() -> int:
+        store = await Store.open(settings.store.path)
+        try:
+            cache = TagCache(store, unknown_tags=settings.offline.unknown_tags)
+            view = await cache.describe(args.tag, datetime.now(UTC))
+        finally:
+            await store.close()
+        print(json.dumps(view, indent=2))
+        return EXIT_OK
+
+    try:
+        return _run_async(main)
+    except GatewayError as exc:
+        print(f"flipturn-gateway: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
 def cmd_version(settings: Settings | None, args: argparse.Namespace) -> int:
     print(__version__)
     return EXIT_OK
@@ -90,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "check-config", help="validate the config and print it with secrets redacted"
     ).set_defaults(func=cmd_check_config)
+    commands.add_parser(
+        "sync", help="sync access ids and vehicles from the Flipturn API now; print the counts"
+    ).set_defaults(func=cmd_sync)
+    tags = commands.add_parser("tags", help="inspect the access-id cache")
+    tag_commands = tags.add_subparsers(dest="tags_command", metavar="COMMAND", required=True)
+    lookup = tag_commands.add_parser(
+        "lookup", help="print the cached record and the offline decision for TAG"
+    )
+    lookup.add_argument("tag", metavar="TAG")
+    lookup.set_defaults(func=cmd_tags_lookup)
     commands.add_parser("version", help="print the version").set_defaults(
         func=cmd_version, needs_config=False
     )

@@ -8,10 +8,16 @@
     ├── StoreError                  SQLite store unusable
     ├── CloudUnavailable            the cloud CSMS cannot be reached / did not answer
     ├── SyncError                   Flipturn REST API sync failed
-    │   └── SyncAuthError           401/403: the api_key is wrong; no retry until the next interval
+    │   ├── SyncAuthError           401/403: the api_key is wrong; no retry until the next interval
+    │   └── SyncRateLimited         429 with a Retry-After too long to wait inside one sync
+    ├── ReservationError            a local API reservation request that cannot be carried out
+    │   ├── InvalidReservationRequest   bad body (HTTP 422), ``field`` names the field
+    │   └── UnknownPort             portId not in [[ports]] (HTTP 404)
     └── ChargerCallError            a gateway-originated CALL to a charger failed
         ├── ChargerNotConnected
-        └── ChargerTimeout
+        ├── ChargerTimeout
+        ├── ChargerCallRefused      the charger answered with a CALLERROR (``code``)
+        └── ChargerBadAnswer        the charger's CALLRESULT breaks the schema
 
 Third-party exceptions are translated only in the adapter that calls the library
 (``raise CloudUnavailable(...) from exc``).
@@ -20,16 +26,22 @@ Third-party exceptions are translated only in the adapter that calls the library
 from __future__ import annotations
 
 __all__ = [
+    "ChargerBadAnswer",
     "ChargerCallError",
+    "ChargerCallRefused",
     "ChargerNotConnected",
     "ChargerTimeout",
     "CloudUnavailable",
     "ConfigError",
     "FrameError",
     "GatewayError",
+    "InvalidReservationRequest",
+    "ReservationError",
     "StoreError",
     "SyncAuthError",
     "SyncError",
+    "SyncRateLimited",
+    "UnknownPort",
 ]
 
 
@@ -71,6 +83,14 @@ class SyncAuthError(SyncError):
     """The Flipturn API refused the api_key (401/403)."""
 
 
+class SyncRateLimited(SyncError):
+    """The Flipturn API asked (429) to wait ``retry_after_s`` seconds before the next request."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ChargerCallError(GatewayError):
     """A CALL the gateway itself sent to a charger failed."""
 
@@ -81,3 +101,31 @@ class ChargerNotConnected(ChargerCallError):
 
 class ChargerTimeout(ChargerCallError):
     """The charger did not answer in time."""
+
+
+class ChargerCallRefused(ChargerCallError):
+    """The charger answered a gateway-originated CALL with a CALLERROR."""
+
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(f"charger answered with CALLERROR {code}: {description}".rstrip(": "))
+        self.code = code
+
+
+class ChargerBadAnswer(ChargerCallError):
+    """The charger answered, but not with a payload its schema allows."""
+
+
+class ReservationError(GatewayError):
+    """A reservation request of the local API that cannot be carried out."""
+
+
+class InvalidReservationRequest(ReservationError):
+    """The request body is invalid; ``field`` names the (first) offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnknownPort(ReservationError):
+    """No ``[[ports]]`` entry has this portId."""

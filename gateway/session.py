@@ -62,6 +62,7 @@ REPLAY_BATCH: Final = 100
 # Close codes by which the cloud signals an outage rather than ending this charger's session
 # (RFC 6455 §7.4.1: going away, server error, restart, try again later): the charger stays connected.
 _OUTAGE_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
+_CLOSED_BY_US: Final = (0, "closed by the gateway")
 
 
 class Authorizer(Protocol):
@@ -164,7 +165,7 @@ class ChargerSession:
         self._queue: deque[_OutCall] = deque()
         self._slot: _OutCall | None = None
         self._state_changed = asyncio.Event()
-        self._backlog_changed = asyncio.Event()
+        self._wanted_changed = asyncio.Event()
         self._link_task: asyncio.Task[None] | None = None
         self._replay_task: asyncio.Task[None] | None = None
         self._closing_upstream = False  # we, not the cloud, are closing the current link
@@ -232,11 +233,12 @@ class ChargerSession:
     async def serve_charger(self, ws: ServerConnection, version: OcppVersion) -> None:
         """Run until the charger's socket closes."""
         old = self.charger
+        self.charger = ws  # first: the old socket's clean-up must not close the upstream link
+        self.version = version
         if old is not None:
             log.warning("%s: new connection replaces the old one", self.charger_id)
+            self._fail_charger_calls()
             await old.close(1000, "replaced by a new connection")
-        self.charger = ws
-        self.version = version
         auth = ws.request.headers.get("Authorization") if ws.request else None
         self._auth_header = (
             {"Authorization": auth}
@@ -260,7 +262,8 @@ class ChargerSession:
                 self.charger = None
                 self._charger_gone()
 
-    def _charger_gone(self) -> None:
+    def _fail_charger_calls(self) -> None:
+        """Drop the CALLs queued for (or sent to) a charger socket that is gone."""
         for out in ([self._slot] if self._slot else []) + list(self._queue):
             if out.timer:
                 out.timer.cancel()
@@ -268,9 +271,12 @@ class ChargerSession:
                 out.future.set_exception(ChargerNotConnected(self.charger_id))
         self._slot = None
         self._queue.clear()
+
+    def _charger_gone(self) -> None:
+        self._fail_charger_calls()
         if self.backlog == 0:
             self._close_upstream(1000, "charger disconnected")
-        self._backlog_changed.set()
+        self._wanted_changed.set()
 
     async def _from_charger(self, message: str | bytes) -> None:
         try:
@@ -348,7 +354,20 @@ class ChargerSession:
             await self._send_cloud(message if isinstance(message, str) else message.decode())
 
     async def _answer_locally(self, call: Call) -> None:
-        """Answer a charger CALL per the offline action table, storing it first where required."""
+        """Answer a charger CALL per the offline action table, storing it first where required.
+
+        If that fails (e.g. the store cannot write), the charger gets InternalError and nothing
+        was acknowledged: it will send the message again (OCPP-J: an unexpected failure is an
+        InternalError without details).
+        """
+        try:
+            await self._answer_locally_or_raise(call)
+        except Exception:
+            self.hub.stats.errors["internal"] += 1
+            log.exception("%s: cannot answer %s locally", self.charger_id, call.action)
+            await self._send_charger(self._error_text(call.message_id, "InternalError", ""))
+
+    async def _answer_locally_or_raise(self, call: Call) -> None:
         version = self.version
         rule = offline.rule_for(version, call.action)
         if rule.answer is offline.Answer.NOT_SUPPORTED:
@@ -419,7 +438,6 @@ class ChargerSession:
         self.backlog += 1
         if self.backlog_oldest is None:
             self.backlog_oldest = created_at
-        self._backlog_changed.set()
         if self.state is LinkState.ONLINE:
             self._set_state(Event.BACKLOG)
             self._start_replay()
@@ -531,6 +549,8 @@ class ChargerSession:
             cloud_closed = await self._read_cloud(ws)
             self.upstream = None
             self._link_lost()
+            if cloud_closed is _CLOSED_BY_US:
+                continue  # e.g. after a call timeout: re-establish at once, backoff on failure
             if cloud_closed is not None and self.charger is not None:
                 # The cloud ended the connection on purpose: let the charger see it (transparency).
                 code, reason = cloud_closed
@@ -542,9 +562,9 @@ class ChargerSession:
     async def _sleep_unless_unwanted(self, delay: float) -> None:
         deadline = time.monotonic() + delay
         while self._wanted() and (left := deadline - time.monotonic()) > 0:
-            self._backlog_changed.clear()
+            self._wanted_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._backlog_changed.wait(), left)
+                await asyncio.wait_for(self._wanted_changed.wait(), left)
 
     async def _read_cloud(self, ws: ClientConnection) -> tuple[int, str] | None:
         """Relay cloud frames until the link ends; (code, reason) if the cloud closed it cleanly."""
@@ -560,7 +580,9 @@ class ChargerSession:
             pass
         rcvd = ws.protocol.close_rcvd
         by_us, self._closing_upstream = self._closing_upstream, False
-        if rcvd is None or by_us or self.hub.closing or rcvd.code in _OUTAGE_CLOSE_CODES:
+        if by_us:
+            return _CLOSED_BY_US
+        if rcvd is None or self.hub.closing or rcvd.code in _OUTAGE_CLOSE_CODES:
             return None
         return rcvd.code, rcvd.reason
 
@@ -673,7 +695,7 @@ class ChargerSession:
                     self.backlog, self.backlog_oldest = 0, None
                     self._set_state(Event.DRAINED)
                     if self.charger is None:
-                        self._backlog_changed.set()
+                        self._wanted_changed.set()
                         self._close_upstream(1000, "backlog drained")
                     return
                 self.backlog = max(self.backlog, len(rows))
@@ -787,7 +809,7 @@ class ChargerSession:
         if self.upstream is not None:
             self._closing_upstream = True
             await self.upstream.close(1001, "gateway shutting down")
-        self._backlog_changed.set()
+        self._wanted_changed.set()
         tasks = [t for t in (self._link_task, *self._tasks) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()

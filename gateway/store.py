@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from typing import Any
 import aiosqlite
 
 from gateway.errors import StoreError
+from gateway.tags import LearnedTag, SyncedTag
 
 __all__ = ["SCHEMA_VERSION", "OutboxRow", "Statement", "Store"]
 
@@ -118,16 +121,18 @@ MIGRATIONS: tuple[str, ...] = (
         charger_id TEXT NOT NULL,
         reservation_id INTEGER NOT NULL,
         connector_id INTEGER,                  -- 1.6 connectorId / 2.0.1 evseId (NULL: any)
-        id_tag TEXT NOT NULL,
+        id_tag TEXT NOT NULL,                  -- as sent to the charger (compared normalised)
         parent_id_tag TEXT,
         expiry_date TEXT NOT NULL,             -- ISO 8601 UTC
         source TEXT NOT NULL,                  -- api | cloud
-        status TEXT NOT NULL,                  -- the charger's answer, or Pending
-        state TEXT NOT NULL,                   -- active | used | cancelled | expired | removed | refused
+        status TEXT NOT NULL,                  -- the charger's answer (Accepted, ...), or NoAnswer
+        state TEXT NOT NULL,                   -- active | used | cancelled | expired | removed |
+                                               -- refused | failed (see gateway.reservations)
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL,
         PRIMARY KEY (charger_id, reservation_id)
     );
+    CREATE INDEX reservations_by_state ON reservations (state, charger_id);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -169,6 +174,15 @@ class _Batch:
     statements: list[Statement]
     done: asyncio.Future[None]
 
+    def settle(self, error: Exception | None) -> None:
+        """Wake the writer (unless it stopped waiting, e.g. cancelled at shutdown)."""
+        if self.done.done():
+            return
+        if error is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(error)
+
 
 class Store:
     """Named operations over the gateway's SQLite file. Open with :meth:`open`."""
@@ -190,6 +204,9 @@ class Store:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        try:
             db.row_factory = sqlite3.Row
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
@@ -197,8 +214,11 @@ class Store:
             await db.execute("PRAGMA foreign_keys=ON")
             store = cls(db, path)
             await store._migrate()
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        except BaseException as exc:
+            await db.close()
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StoreError(f"cannot open store {path}: {exc}") from exc
+            raise
         return store
 
     async def _migrate(self) -> None:
@@ -218,6 +238,7 @@ class Store:
 
     async def close(self) -> None:
         """Wait for pending writes, then close the connection."""
+        self._close_reader()
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
         await self._db.close()
@@ -261,24 +282,34 @@ class Store:
         while self._waiting:
             batches, self._waiting = self._waiting, []
             try:
-                async with self.transaction() as db:
-                    for batch in batches:
-                        await db.execute("SAVEPOINT batch")
-                        try:
-                            for sql, params in batch.statements:
-                                await db.execute(sql, params)
-                        except sqlite3.Error as exc:
-                            await db.execute("ROLLBACK TO batch")
-                            batch.done.set_exception(StoreError(str(exc)))
-                        await db.execute("RELEASE batch")
-            except (sqlite3.Error, ValueError) as exc:
+                await self._commit([st for batch in batches for st in batch.statements])
+            except (sqlite3.Error, ValueError):
+                # One batch spoilt the group: commit each alone so only it fails.
                 for batch in batches:
-                    if not batch.done.done():
-                        batch.done.set_exception(StoreError(f"commit failed: {exc}"))
+                    try:
+                        await self._commit(batch.statements)
+                    except (sqlite3.Error, ValueError) as exc:
+                        batch.settle(StoreError(f"write failed: {exc}"))
+                    else:
+                        batch.settle(None)
                 continue
             for batch in batches:
-                if not batch.done.done():
-                    batch.done.set_result(None)
+                batch.settle(None)
+
+    async def _commit(self, statements: list[Statement]) -> None:
+        """One transaction; runs of the same SQL go to the database thread as one executemany."""
+        async with self.transaction() as db:
+            start = 0
+            while start < len(statements):
+                sql = statements[start][0]
+                end = start + 1
+                while end < len(statements) and statements[end][0] == sql:
+                    end += 1
+                if end - start == 1:
+                    await db.execute(sql, statements[start][1])
+                else:
+                    await db.executemany(sql, [params for _, params in statements[start:end]])
+                start = end
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Rows of one read query."""
@@ -292,6 +323,219 @@ class Store:
             return row
 
     # --- access ids, vehicles, learned cache (Flipturn sync) --------------------------------
+    #
+    # A sync streams the API's pages into stage tables in short transactions (the outbox shares this
+    # file and its commits answer chargers), then swaps them in with one transaction of renames, so
+    # the write lock is held for milliseconds whatever the list size. A failed sync drops its stage.
+
+    _tag_reader: sqlite3.Connection | None = None
+    _tag_reader_closed = False
+    _SYNC_NAME = "flipturn"
+    _STAGE_PREFIX = "sync_stage_"
+    _SYNCED_TABLES = ("access_ids", "vehicles")
+    _DROP_CHUNK_ROWS = 2000
+
+    def _reader(self) -> sqlite3.Connection | None:
+        """A read-only connection for tag point lookups, used on the event loop thread.
+
+        An indexed point read takes microseconds; the aiosqlite thread hop costs more than the
+        read itself. WAL readers never wait for the writer, and the short busy timeout bounds the
+        rare wait (WAL recovery) before falling back to the shared connection.
+        """
+        if self._tag_reader is None and self.path != ":memory:" and not self._tag_reader_closed:
+            uri = Path(self.path).resolve().as_uri() + "?mode=ro"
+            reader = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            reader.execute("PRAGMA busy_timeout=100")
+            self._tag_reader = reader
+        return self._tag_reader
+
+    def _close_reader(self) -> None:
+        self._tag_reader_closed = True
+        if self._tag_reader is not None:
+            self._tag_reader.close()
+            self._tag_reader = None
+
+    # One statement for both tables: the synced row (kind 0) and the learned row (kind 1).
+    _LOOKUP_TAG_SQL = (
+        "SELECT 0, id, ocpp_id_tag, authorization_status, revoked_at, NULL FROM access_ids"
+        " WHERE tag_key = ?1 UNION ALL"
+        " SELECT 1, id_tag, status, expiry_date, parent_id_tag, learned_at FROM learned_tags"
+        " WHERE tag_key = ?1"
+    )
+
+    async def lookup_tag(self, key: str) -> tuple[SyncedTag | None, LearnedTag | None]:
+        """The synced access id and the learned entry for a normalised tag key."""
+        rows: list[Any]
+        try:
+            reader = self._reader()
+            if reader is None:
+                raise sqlite3.OperationalError("no separate reader for an in-memory store")
+            rows = reader.execute(self._LOOKUP_TAG_SQL, (key,)).fetchall()
+        except sqlite3.Error:
+            try:
+                rows = await self.fetchall(self._LOOKUP_TAG_SQL, (key,))
+            except (sqlite3.Error, ValueError) as exc:
+                raise StoreError(f"tag lookup failed: {exc}") from exc
+        synced: SyncedTag | None = None
+        learned: LearnedTag | None = None
+        for row in rows:
+            if row[0] == 0:
+                synced = SyncedTag(*row[1:5])
+            else:
+                learned = LearnedTag(*row[1:6])
+        return synced, learned
+
+    async def find_access_id(self, key: str) -> sqlite3.Row | None:
+        """The full synced access id row for a normalised tag key."""
+        return await self.fetchone("SELECT * FROM access_ids WHERE tag_key = ?", (key,))
+
+    async def find_learned_tag(self, key: str) -> sqlite3.Row | None:
+        """The learned cache row for a normalised tag key."""
+        return await self.fetchone("SELECT * FROM learned_tags WHERE tag_key = ?", (key,))
+
+    async def learn_tags(
+        self, entries: Sequence[tuple[str, str, str, str | None, str | None]], learned_at: str
+    ) -> None:
+        """Upsert learned (key, id_tag, status, expiry, parent) entries; durable on return."""
+        sql = (
+            "INSERT INTO learned_tags"
+            " (tag_key, id_tag, status, expiry_date, parent_id_tag, learned_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tag_key) DO UPDATE SET"
+            " id_tag = excluded.id_tag, status = excluded.status,"
+            " expiry_date = excluded.expiry_date, parent_id_tag = excluded.parent_id_tag,"
+            " learned_at = excluded.learned_at"
+        )
+        await self.write([(sql, (*entry, learned_at)) for entry in entries])
+
+    async def create_sync_stage(self, now_s: float) -> str:
+        """Create empty stage tables shaped like the synced ones; returns the stage's name."""
+        stage = f"{self._STAGE_PREFIX}{int(now_s)}_{secrets.token_hex(4)}"
+        async with self.transaction() as db:
+            for table in self._SYNCED_TABLES:
+                async with db.execute(
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is None:
+                    raise StoreError(f"table {table} is missing")
+                ddl = re.sub(
+                    rf'^CREATE TABLE\s+"?{table}"?', f'CREATE TABLE "{stage}_{table}"', row[0]
+                )
+                await db.execute(ddl)
+        return stage
+
+    async def stage_access_ids(self, stage: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Append access id rows (``flipturn.ACCESS_ID_COLUMNS`` order) to the stage."""
+        await self._stage_rows(f"{stage}_access_ids", rows, 12)
+
+    async def stage_vehicles(self, stage: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Append vehicle rows (``flipturn.VEHICLE_COLUMNS`` order) to the stage."""
+        await self._stage_rows(f"{stage}_vehicles", rows, 9)
+
+    async def _stage_rows(self, table: str, rows: Sequence[Sequence[Any]], width: int) -> None:
+        marks = ", ".join("?" * width)
+        async with self.transaction() as db:
+            await db.executemany(f'INSERT INTO "{table}" VALUES ({marks})', rows)
+
+    async def swap_sync_stage(
+        self, stage: str, *, access_ids: int, vehicles: int, duration_s: float, at: str
+    ) -> None:
+        """Replace the synced tables with the stage and record the success, in one transaction."""
+        async with self.transaction() as db:
+            for table in self._SYNCED_TABLES:
+                await db.execute(f'ALTER TABLE "{table}" RENAME TO "{stage}_old_{table}"')
+                await db.execute(f'ALTER TABLE "{stage}_{table}" RENAME TO "{table}"')
+            await db.execute(
+                "INSERT INTO sync_state"
+                " (name, last_success_at, last_error, access_ids, vehicles, duration_s)"
+                " VALUES (?, ?, NULL, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " last_success_at = excluded.last_success_at, last_error = NULL,"
+                " access_ids = excluded.access_ids, vehicles = excluded.vehicles,"
+                " duration_s = excluded.duration_s",
+                (self._SYNC_NAME, at, access_ids, vehicles, duration_s),
+            )
+        # The replaced tables are dropped afterwards, each drop in its own short transaction.
+        await self.drop_sync_stage(stage)
+
+    async def drop_sync_stage(self, stage: str) -> None:
+        """Drop every table of ``stage`` (its staged and its replaced tables)."""
+        rows = await self.fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, ?) = ?",
+            (len(stage) + 1, f"{stage}_"),
+        )
+        for row in rows:
+            await self._drop_gradually(row[0])
+
+    async def _drop_gradually(self, table: str) -> None:
+        # Dropping a 100k-row table in one statement holds the write lock for as long as it takes
+        # to free every page; emptying it in chunks first keeps each transaction short.
+        while True:
+            async with self.transaction() as db:
+                cursor = await db.execute(
+                    f'DELETE FROM "{table}" WHERE rowid IN'
+                    f' (SELECT rowid FROM "{table}" LIMIT {self._DROP_CHUNK_ROWS})'
+                )
+                if cursor.rowcount < self._DROP_CHUNK_ROWS:
+                    await db.execute(f'DROP TABLE "{table}"')
+                    return
+
+    async def drop_stale_sync_stages(self, now_s: float, max_age_s: float) -> int:
+        """Drop stages left behind by a crashed sync; returns how many were dropped."""
+        rows = await self.fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, ?) = ?",
+            (len(self._STAGE_PREFIX), self._STAGE_PREFIX),
+        )
+        stages: set[str] = set()
+        for row in rows:
+            match = re.match(rf"({self._STAGE_PREFIX}(\d+)_[0-9a-f]+)_", row[0])
+            if match and now_s - int(match.group(2)) > max_age_s:
+                stages.add(match.group(1))
+        for stage in stages:
+            await self.drop_sync_stage(stage)
+        return len(stages)
+
+    async def record_sync_failure(self, error: str) -> None:
+        """Record the error of a failed sync; the last success stays as it was."""
+        await self.write(
+            [
+                (
+                    "INSERT INTO sync_state (name, last_error) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error",
+                    (self._SYNC_NAME, error),
+                )
+            ]
+        )
+
+    async def sync_status(self) -> sqlite3.Row | None:
+        """The persisted sync state (last success, last error, counts, duration)."""
+        return await self.fetchone("SELECT * FROM sync_state WHERE name = ?", (self._SYNC_NAME,))
+
+    async def count_access_ids(self) -> int:
+        """How many access ids the cache holds."""
+        row = await self.fetchone("SELECT count(*) FROM access_ids")
+        return int(row[0]) if row else 0
+
+    async def list_access_ids(self, after_id: int | None, limit: int) -> list[sqlite3.Row]:
+        """Up to ``limit`` access ids with id above ``after_id``, by id."""
+        return await self.fetchall(
+            "SELECT * FROM access_ids WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id if after_id is not None else -(2**63), limit),
+        )
+
+    async def get_access_id(self, access_id: int) -> sqlite3.Row | None:
+        """One access id by its Flipturn id."""
+        return await self.fetchone("SELECT * FROM access_ids WHERE id = ?", (access_id,))
+
+    async def list_vehicles(self, after_id: int | None, limit: int) -> list[sqlite3.Row]:
+        """Up to ``limit`` vehicles with id above ``after_id``, by id."""
+        return await self.fetchall(
+            "SELECT * FROM vehicles WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id if after_id is not None else -(2**63), limit),
+        )
+
+    async def get_vehicle(self, vehicle_id: int) -> sqlite3.Row | None:
+        """One vehicle by its Flipturn id."""
+        return await self.fetchone("SELECT * FROM vehicles WHERE id = ?", (vehicle_id,))
 
     # --- outbox, boot notifications, 1.6 transaction ids (store-and-forward) ---------------
 
@@ -480,3 +724,35 @@ class Store:
         )
 
     # --- reservations -----------------------------------------------------------------------
+
+    _PUT_RESERVATION = (
+        "INSERT OR REPLACE INTO reservations (charger_id, reservation_id, connector_id, id_tag,"
+        " parent_id_tag, expiry_date, source, status, state, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+
+    async def put_reservations(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert or replace reservation rows (values in table column order), durably."""
+        await self.write([(self._PUT_RESERVATION, tuple(row)) for row in rows])
+
+    async def reservation(self, charger_id: str, reservation_id: int) -> sqlite3.Row | None:
+        """One reservation row, or None."""
+        return await self.fetchone(
+            "SELECT * FROM reservations WHERE charger_id = ? AND reservation_id = ?",
+            (charger_id, reservation_id),
+        )
+
+    async def reservations_in_state(
+        self, state: str, charger_id: str | None = None
+    ) -> list[sqlite3.Row]:
+        """Reservation rows in ``state`` (of one charger, or all), oldest first."""
+        if charger_id is None:
+            return await self.fetchall(
+                "SELECT * FROM reservations WHERE state = ? ORDER BY created_at, reservation_id",
+                (state,),
+            )
+        return await self.fetchall(
+            "SELECT * FROM reservations WHERE state = ? AND charger_id = ?"
+            " ORDER BY created_at, reservation_id",
+            (state, charger_id),
+        )

@@ -201,3 +201,17 @@ async def test_health_degraded_when_cloud_unreachable(tmp_path: Any) -> None:
         assert body["upstream"] == {"configured": True, "connected": False, "chargers": 0}
         assert "flipturn_chargers_connected 1.0" in metrics
         assert 'flipturn_local_answers_total{action="Heartbeat"} 1.0' in metrics
+
+
+async def test_reconnect_with_same_id_replaces_old_socket_and_keeps_upstream(
+    tmp_path: Any, cloud: FakeCloud
+) -> None:
+    settings = make_settings(tmp_path, upstream={"url": cloud.url})
+    async with running_gateway(settings) as gw, charger(gw.charger_port, "CP") as first:
+        await first.call("Heartbeat", {})
+        async with charger(gw.charger_port, "CP") as second:
+            await asyncio.wait_for(first.ws.wait_closed(), 5)
+            assert first.ws.close_code == 1000
+            assert (await second.call("Heartbeat", {}))[0] == 3
+            assert len(cloud.calls("CP", "Heartbeat")) == 2  # both relayed, none answered locally
+            assert len(cloud.paths) == 1  # one upstream connection throughout

@@ -239,3 +239,27 @@ async def test_transient_error_is_retried_not_dropped(tmp_path: Any, cloud: Fake
         await wait_for(lambda: len(cloud.calls("CP", "MeterValues")) == 2, timeout=10)
         await wait_for(lambda: gw.hub is not None and gw.hub.sessions["CP"].backlog == 0)
         assert gw.store is not None and await gw.store.dead_letter_count() == 0
+
+
+async def test_full_disk_answers_internal_error_and_acknowledges_nothing(
+    tmp_path: Any, cloud: FakeCloud
+) -> None:
+    await cloud.stop()
+    async with (
+        running_gateway(settings_for(tmp_path, cloud)) as gw,
+        charger(gw.charger_port, "CP") as cp,
+    ):
+        assert gw.store is not None
+        pages = (await gw.store.fetchone("PRAGMA page_count"))[0]  # type: ignore[index]
+        await gw.store.fetchone(f"PRAGMA max_page_count = {pages}")  # the disk is full
+        filler = {"vendorId": "x"}
+        status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+        answers = [await cp.call("StatusNotification", status) for _ in range(200)]
+        refused = [a for a in answers if a[0] == 4]
+        assert refused and all(a[2] == "InternalError" for a in refused)
+        acknowledged = len(answers) - len(refused)
+        assert (await cp.call("DataTransfer", filler))[2] == "NotSupported"  # still serving
+        await gw.store.fetchone("PRAGMA max_page_count = 1073741823")  # space again
+        assert (await cp.call("StatusNotification", status))[0] == 3
+        rows = await gw.store.pending("CP", 1000)
+        assert len(rows) == acknowledged + 1  # exactly what was acknowledged, nothing more
