@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,26 @@ def test_tiny_relay_run_direct_and_minimal(tmp_path: Path) -> None:
     assert "| minimal |" in markdown
     assert markdown == render_markdown(report)
     assert SCENARIOS["S2"].rate_per_s is None  # S2 is the closed loop the tiny run used
+
+
+def test_tiny_relay_run_through_gateway_and_nginx(tmp_path: Path) -> None:
+    """The gateway (and nginx, where installed) as bench targets: every CALL reaches the cloud."""
+    targets = (
+        "gateway,nginx" if shutil.which("nginx") or Path("/usr/sbin/nginx").exists() else "gateway"
+    )
+    args = ["--scenarios", "S1", "--targets", targets, "--reps", "1", "--no-install-nginx"]
+    args += ["--duration", "1", "--warmup", "0.3", "--chargers", "3", "--workers", "1"]
+    assert relay_main([*args, "--results-dir", str(tmp_path)]) == 0
+
+    report = json.loads((tmp_path / "relay-latest.json").read_text())
+    assert report["notes"] == {}
+    assert [r["target"] for r in report["runs"]] == targets.split(",")
+    for run in report["runs"]:
+        assert run["load"]["errors"] == 0, run["load"]["errors_by_kind"]
+        assert run["load"]["connected"] == 3
+        assert run["load"]["calls"] >= 3  # 3 chargers x 1 CALL/s x 1 s
+        assert run["relayed_share"] == 1.0  # online, the gateway answers nothing itself
+        assert run["cpu_us_per_frame"] is not None
+    gateway = report["summary"]["S1"]["gateway"]
+    assert gateway["idle_rss_kb"] > 10_000
+    assert gateway["peak_rss_kb"] > 10_000
