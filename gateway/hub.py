@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -36,28 +37,6 @@ def _as_version(value: str) -> OcppVersion:
     return "1.6" if value == "1.6" else "2.0.1"
 
 
-class PolicyAuthorizer:
-    """Answers every tag by the ``offline.unknown_tags`` policy alone (no cache configured)."""
-
-    def __init__(self, unknown_tags: str) -> None:
-        self._status = "Accepted" if unknown_tags == "accept" else "Invalid"
-
-    async def auth_info(self, version: OcppVersion, id_tag: str, now: datetime) -> dict[str, Any]:
-        if version == "1.6" or self._status == "Accepted":
-            return {"status": self._status}
-        return {"status": "Unknown"}  # OCPP 2.0.1 AuthorizationStatusEnumType for an unknown token
-
-    async def learn_from(
-        self,
-        version: OcppVersion,
-        action: str,
-        request: dict[str, Any],
-        response: dict[str, Any],
-        now: datetime,
-    ) -> None:
-        return None
-
-
 class Hub:
     """Creates, finds and closes :class:`ChargerSession` objects; owns the shared counters."""
 
@@ -67,7 +46,7 @@ class Hub:
         store: Store,
         *,
         connect_upstream: Connector,
-        authorizer: Authorizer | None = None,
+        authorizer: Authorizer,
         hooks: Sequence[SessionHook] = (),
         stats: RelayStats | None = None,
         reconnect_max_s: float = 60.0,
@@ -75,14 +54,20 @@ class Hub:
         self.settings = settings
         self.store = store
         self.connect_upstream = connect_upstream
-        self.authorizer: Authorizer = authorizer or PolicyAuthorizer(settings.offline.unknown_tags)
+        self.authorizer = authorizer
         self.hooks: list[SessionHook] = list(hooks)
+        # Tested once per charger CALL instead of asking every hook.
+        self.hooked_charger_actions = frozenset(a for h in self.hooks for a in h.charger_actions)
         self.stats = stats or RelayStats()
         self.reconnect_max_s = reconnect_max_s
         self.sessions: dict[str, ChargerSession] = {}
+        self.rng = random.Random()  # backoff jitter for every session (one generator, ~2.5 KB)
         self.closing = False
         self._next_local_tx = txmap.LOCAL_TX_MIN
         self._prune_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
+        # One timer for every forwarded CALL's deadline, instead of a timer per CALL.
+        self._sweep_every_s = min(0.25, settings.upstream.call_timeout_s / 4)
 
     async def start(self) -> None:
         """Load persistent state and open upstream links for chargers that have a backlog."""
@@ -102,6 +87,7 @@ class Hub:
         if self.settings.standalone:
             self._prune_task = asyncio.create_task(self._prune_loop())
         else:
+            self._sweep_task = asyncio.create_task(self._sweep_loop())
             for session in self.sessions.values():
                 session._ensure_link()
 
@@ -159,13 +145,28 @@ class Hub:
                 "connected": s.connected,
                 "upstreamConnected": s.upstream_connected,
                 "linkState": s.state.value,
-                "lastSeenAt": offline.iso_utc(s.last_seen_at) if s.last_seen_at else None,
+                "lastSeenAt": (
+                    offline.iso_utc(datetime.fromtimestamp(s.last_seen_at, UTC))
+                    if s.last_seen_at
+                    else None
+                ),
                 "outboxPending": s.backlog,
             }
             for s in sorted(self.sessions.values(), key=lambda s: s.charger_id)
         ]
 
     # --- housekeeping ----------------------------------------------------------------------------
+
+    def loop_time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_every_s)
+            now = self.loop_time()
+            for session in list(self.sessions.values()):
+                if session._pending:
+                    session.expire_pending(now)
 
     async def _prune_loop(self) -> None:
         transactional = [
@@ -198,8 +199,9 @@ class Hub:
     async def close(self) -> None:
         """Close every charger and upstream socket; queued writes finish first."""
         self.closing = True
-        if self._prune_task is not None:
-            self._prune_task.cancel()
+        for task in (self._prune_task, self._sweep_task):
+            if task is not None:
+                task.cancel()
         await asyncio.gather(
             *(s.close() for s in list(self.sessions.values())), return_exceptions=True
         )

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection
@@ -109,12 +109,11 @@ UpstreamConnector = Callable[[str, OcppVersion, dict[str, str]], Any]
 """``connect(url, version, headers)`` → awaitable ClientConnection; raises CloudUnavailable."""
 
 
-@dataclass(slots=True)
-class _Pending:
-    """A charger CALL forwarded live to the cloud, waiting for its answer."""
+class _Pending(NamedTuple):
+    """A charger CALL forwarded live to the cloud, waiting for its answer until ``deadline``."""
 
     call: Call
-    timer: asyncio.TimerHandle | None
+    deadline: float  # loop time; the hub's sweep answers it locally once passed
 
 
 @dataclass(slots=True)
@@ -155,9 +154,10 @@ class ChargerSession:
         self.charger: ServerConnection | None = None
         self.upstream: ClientConnection | None = None
         self.state = LinkState.OFFLINE
-        self.last_seen_at: datetime | None = None
+        self.last_seen_at: float | None = None  # unix time of the charger's last frame
         self.backlog = 0
         self.backlog_oldest: float | None = None
+        self._enqueued = 0  # messages queued by this session, ever (a change marker for replay)
         self.txids = txmap.TxIdMap()
         self._auth_header: dict[str, str] = {}
         self._pending: dict[str, _Pending] = {}
@@ -170,7 +170,9 @@ class ChargerSession:
         self._replay_task: asyncio.Task[None] | None = None
         self._closing_upstream = False  # we, not the cloud, are closing the current link
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._backoff = Backoff(initial_s=min(1.0, hub.reconnect_max_s), max_s=hub.reconnect_max_s)
+        self._backoff = Backoff(
+            initial_s=min(1.0, hub.reconnect_max_s), max_s=hub.reconnect_max_s, rng=hub.rng
+        )
 
     # --- small helpers -------------------------------------------------------------------------
 
@@ -249,7 +251,7 @@ class ChargerSession:
         try:
             async for message in ws:
                 self.hub.stats.frames_from_chargers += 1
-                self.last_seen_at = _utcnow()
+                self.last_seen_at = time.time()
                 try:
                     await self._from_charger(message)
                 except Exception:
@@ -294,9 +296,10 @@ class ChargerSession:
             await self._charger_answer(frame, message)
 
     async def _charger_call(self, call: Call, message: str | bytes) -> None:
-        for hook in self.hub.hooks:
-            if call.action in hook.charger_actions:
-                self._spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
+        if call.action in self.hub.hooked_charger_actions:
+            for hook in self.hub.hooks:
+                if call.action in hook.charger_actions:
+                    self._spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
         if self.state is LinkState.CONNECTING:
             # The upstream handshake is usually quicker than call_timeout_s: hold the CALL for it.
             with contextlib.suppress(TimeoutError):
@@ -321,16 +324,12 @@ class ChargerSession:
             await self._answer_locally(call)
 
     async def _forward(self, call: Call, message: str | bytes) -> None:
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(
-            self.hub.settings.upstream.call_timeout_s, self._cloud_timed_out, call.message_id
-        )
-        self._pending[call.message_id] = _Pending(call, timer)
+        deadline = self.hub.loop_time() + self.hub.settings.upstream.call_timeout_s
+        self._pending[call.message_id] = _Pending(call, deadline)
         if call.action == "BootNotification":
             self._spawn(self._save_boot(call, delivered=True), "saving BootNotification")
         if not await self._send_cloud(message if isinstance(message, str) else message.decode()):
             self._pending.pop(call.message_id, None)
-            timer.cancel()
             await self._answer_locally(call)
 
     async def _charger_answer(self, frame: CallResult | CallError, message: str | bytes) -> None:
@@ -435,6 +434,7 @@ class ChargerSession:
         )
 
     def _backlog_grew(self, created_at: float) -> None:
+        self._enqueued += 1
         self.backlog += 1
         if self.backlog_oldest is None:
             self.backlog_oldest = created_at
@@ -542,7 +542,10 @@ class ChargerSession:
             self.hub.stats.upstream_connects += 1
             self._backoff.reset()
             self.upstream = ws
-            replay = self.backlog > 0 or await self.hub.store.undelivered_boot(self.charger_id)
+            boot = await self.hub.store.undelivered_boot(self.charger_id)
+            # Decided after the await, with no await before the transition: a message queued
+            # meanwhile is counted in self.backlog and so is replayed before live traffic.
+            replay = self.backlog > 0 or boot is not None
             self._set_state(Event.CONNECTED_WITH_BACKLOG if replay else Event.CONNECTED)
             if replay:
                 self._start_replay()
@@ -593,9 +596,13 @@ class ChargerSession:
             self._replay.future.set_exception(CloudUnavailable("link lost"))
         pending, self._pending = self._pending, {}
         for p in pending.values():
-            if p.timer:
-                p.timer.cancel()
             self._spawn(self._answer_locally(p.call), "answering after link loss")
+
+    def expire_pending(self, now: float) -> None:
+        """Answer locally every forwarded CALL whose deadline passed (called by the hub's sweep)."""
+        expired = [mid for mid, p in self._pending.items() if p.deadline <= now]
+        for message_id in expired:
+            self._cloud_timed_out(message_id)
 
     def _cloud_timed_out(self, message_id: str) -> None:
         pending = self._pending.pop(message_id, None)
@@ -645,8 +652,6 @@ class ChargerSession:
                 "%s: dropping cloud answer to unknown id %s", self.charger_id, frame.message_id
             )
             return
-        if pending.timer:
-            pending.timer.cancel()
         await self._send_charger(message if isinstance(message, str) else message.decode())
         if isinstance(frame, CallResult) and pending.call.action in LEARNED_ACTIONS:
             self._learn(pending.call, frame)
@@ -690,7 +695,10 @@ class ChargerSession:
                 if isinstance(answer, CallResult):
                     await self.hub.store.boot_delivered(self.charger_id)
             while self.state is LinkState.REPLAYING:
+                enqueued = self._enqueued
                 rows = await self.hub.store.pending(self.charger_id, REPLAY_BATCH)
+                if not rows and self._enqueued != enqueued:
+                    continue  # queued while we read: read again before declaring it drained
                 if not rows:
                     self.backlog, self.backlog_oldest = 0, None
                     self._set_state(Event.DRAINED)

@@ -24,9 +24,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway import __version__
@@ -34,6 +33,9 @@ from gateway.errors import StoreError, SyncAuthError, SyncError, SyncRateLimited
 from gateway.flipturn import AccessIdFilter, InvalidPage, VehicleFilter, parse_page
 from gateway.frames import loads
 from gateway.store import Store
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "FlipturnClient",
@@ -183,6 +185,10 @@ class FlipturnClient:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
+        # Imported here: only gateways that sync (flipturn.api_key set) pay its ~3 MB resident.
+        import httpx
+
+        self._httpx = httpx
         self._http = httpx.AsyncClient(
             base_url=api_url.rstrip("/"),
             headers={
@@ -233,9 +239,9 @@ class FlipturnClient:
             attempt += 1
             try:
                 response = await self._http.get(path, params=params)
-            except httpx.TimeoutException:
+            except self._httpx.TimeoutException:
                 problem = "timed out"
-            except httpx.TransportError as exc:
+            except self._httpx.TransportError as exc:
                 problem = f"connection failed ({type(exc).__name__})"
             else:
                 status = response.status_code

@@ -163,10 +163,10 @@ async def test_unanswered_call_is_answered_locally_and_delivered_later(
         answer = await cp.call("StatusNotification", status)
         assert answer == [3, "m2", {}]  # local answer after the timeout
         silent["on"] = False
-        # The link is re-established and the message replayed (same id) to the cloud.
-        await wait_for(lambda: len(cloud.calls("CP", "StatusNotification")) == 2, timeout=10)
-        assert [f[1] for f in cloud.calls("CP", "StatusNotification")] == ["m2", "m2"]
-        await wait_for(lambda: gw.hub is not None and gw.hub.sessions["CP"].backlog == 0)
+        # The link is re-established and the message replayed (same id) until the cloud answers.
+        await wait_for(lambda: gw.hub is not None and gw.hub.sessions["CP"].backlog == 0, 10)
+        sent = [f[1] for f in cloud.calls("CP", "StatusNotification")]
+        assert len(sent) >= 2 and set(sent) == {"m2"}
 
 
 async def test_backlog_drains_after_charger_left_and_boot_replayed_first(
