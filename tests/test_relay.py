@@ -215,3 +215,19 @@ async def test_reconnect_with_same_id_replaces_old_socket_and_keeps_upstream(
             assert (await second.call("Heartbeat", {}))[0] == 3
             assert len(cloud.calls("CP", "Heartbeat")) == 2  # both relayed, none answered locally
             assert len(cloud.paths) == 1  # one upstream connection throughout
+
+
+async def test_sessions_of_departed_chargers_are_forgotten(tmp_path: Any, cloud: FakeCloud) -> None:
+    settings = make_settings(tmp_path, upstream={"url": cloud.url})
+    async with running_gateway(settings) as gw:
+        assert gw.hub is not None
+        for n in range(5):
+            async with charger(gw.charger_port, f"CP-{n}") as cp:
+                await cp.call("Heartbeat", {})
+        await wait_for(lambda: gw.hub is not None and not gw.hub.sessions)
+        assert not cloud.connections
+    standalone = make_settings(tmp_path / "s")
+    async with running_gateway(standalone) as gw:
+        async with charger(gw.charger_port, "CP") as cp:
+            await cp.call("Heartbeat", {})
+        await wait_for(lambda: gw.hub is not None and not gw.hub.sessions)
