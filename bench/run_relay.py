@@ -40,6 +40,7 @@ from bench.targets import (
     GatewayTarget,
     MinimalRelayTarget,
     NginxTarget,
+    SansIoRelayTarget,
     Target,
     TargetUnavailable,
     start_listening_process,
@@ -48,7 +49,8 @@ from bench.targets import (
 __all__ = ["ALL_TARGETS", "BENCH_SUITE", "main", "run_relay", "summarise", "write_report"]
 
 BENCH_SUITE = "relay"
-ALL_TARGETS = ("direct", "minimal", "nginx", "gateway")
+ALL_TARGETS = ("direct", "minimal", "nginx", "gateway", "sansio")
+DEFAULT_TARGETS = ("direct", "minimal", "nginx", "gateway")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 IDLE_SETTLE_S = 1.0
 
@@ -71,6 +73,7 @@ def _start_target(name: str, cloud_port: int, workdir: Path, install_nginx: bool
         "minimal": lambda: MinimalRelayTarget(cloud_port, workdir),
         "nginx": lambda: NginxTarget(cloud_port, workdir, install=install_nginx),
         "gateway": lambda: GatewayTarget(cloud_port, workdir),
+        "sansio": lambda: SansIoRelayTarget(cloud_port, workdir),
     }
     return factories[name]()
 
@@ -86,7 +89,8 @@ def _run_one(
         warmup_s=args.warmup,
         duration_s=args.duration,
         workers=args.workers,
-        id_prefix=f"{scenario}R{rep}{target.name[0].upper()}-",
+        # The same charger ids in every repetition, as a depot's chargers reconnect with theirs.
+        id_prefix=f"{scenario}-",
     )
     cpu: dict[str, float] = {}
     hwm_reset = procfs.reset_peak_rss(target.pid) if target.pid else False
@@ -251,7 +255,12 @@ def _csv(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="relay benchmark (S1/S2/S3, interleaved targets)")
     parser.add_argument("--scenarios", type=_csv(tuple(SCENARIOS)), default=list(SCENARIOS))
-    parser.add_argument("--targets", type=_csv(ALL_TARGETS), default=list(ALL_TARGETS))
+    parser.add_argument(
+        "--targets",
+        type=_csv(ALL_TARGETS),
+        default=list(DEFAULT_TARGETS),
+        help=f"comma-separated, run in this order (default {','.join(DEFAULT_TARGETS)})",
+    )
     parser.add_argument("--reps", type=int, default=2, help="repetitions per target (interleaved)")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per run")

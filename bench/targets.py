@@ -2,6 +2,7 @@
 
 - ``direct``: the fake cloud itself (no relay; the floor);
 - ``minimal``: ``bench.minimal_relay`` (what any Python relay costs);
+- ``sansio``: ``bench.fast_relay`` (a Python relay with no task per frame; not in the defaults);
 - ``nginx``: nginx as a WebSocket reverse proxy (the best transparent relay), one worker process
   so that it gets the same single core a Python event loop can use;
 - ``gateway``: ``flipturn-gateway --config <tmp toml> run`` with its upstream at the fake cloud.
@@ -27,6 +28,7 @@ __all__ = [
     "GatewayTarget",
     "MinimalRelayTarget",
     "NginxTarget",
+    "SansIoRelayTarget",
     "Target",
     "TargetUnavailable",
     "free_port",
@@ -109,19 +111,19 @@ class DirectTarget(Target):
 
 class MinimalRelayTarget(Target):
     name = "minimal"
+    module = "bench.minimal_relay"
 
     def __init__(self, cloud_port: int, workdir: Path) -> None:
-        log = (workdir / "minimal.log").open("wb")
-        args = [
-            sys.executable,
-            "-m",
-            "bench.minimal_relay",
-            "--target",
-            f"ws://{HOST}:{cloud_port}",
-        ]
+        log = (workdir / f"{self.name}.log").open("wb")
+        args = [sys.executable, "-m", self.module, "--target", f"ws://{HOST}:{cloud_port}"]
         self._proc, port = start_listening_process(args, log)
         self.pid = self._proc.pid
         self.url = f"ws://{HOST}:{port}/ocpp"
+
+
+class SansIoRelayTarget(MinimalRelayTarget):
+    name = "sansio"
+    module = "bench.fast_relay"
 
 
 _NGINX_CONF = """\
@@ -248,3 +250,4 @@ class GatewayTarget(Target):
             self.stop()
             raise TargetUnavailable(f"flipturn-gateway run: {exc}: {_tail(log_path)}") from exc
         self.url = f"ws://{HOST}:{port}/ocpp"
+        self.api_url = f"http://{HOST}:{api_port}"

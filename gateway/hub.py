@@ -103,11 +103,18 @@ class Hub:
         """Run a charger's connection to its end."""
         session = await self._session(charger_id, version)
         await session.serve_charger(ws, version)
-        if session.charger is None and session.backlog == 0 and not session.upstream_connected:
-            # Forget idle sessions so memory follows the connected chargers, not history.
-            await asyncio.sleep(0)
-            if self.sessions.get(charger_id) is session and session.charger is None:
-                self.sessions.pop(charger_id, None)
+        if not session.has_link_task:
+            self.forget_if_idle(session)  # otherwise its link loop does, when it ends
+
+    def forget_if_idle(self, session: ChargerSession) -> None:
+        """Drop a session with no charger and no backlog: memory follows the connected chargers,
+        not every id ever seen (its transaction-id map and boot are in the store)."""
+        if (
+            session.charger is None
+            and session.backlog == 0
+            and self.sessions.get(session.charger_id) is session
+        ):
+            del self.sessions[session.charger_id]
 
     def get(self, charger_id: str) -> ChargerSession | None:
         return self.sessions.get(charger_id)

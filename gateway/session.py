@@ -181,6 +181,10 @@ class ChargerSession:
         return self.charger is not None
 
     @property
+    def has_link_task(self) -> bool:
+        return self._link_task is not None and not self._link_task.done()
+
+    @property
     def upstream_connected(self) -> bool:
         return self.upstream is not None and self.state in (LinkState.ONLINE, LinkState.REPLAYING)
 
@@ -561,6 +565,12 @@ class ChargerSession:
             elif self._wanted():
                 await self._sleep_unless_unwanted(self._backoff.next_delay())
         self._set_state(Event.LOST)
+        if self._wanted():
+            # A charger (or backlog) arrived while this loop was finishing and saw it still
+            # running: serve it rather than leave it without a link.
+            self._link_task = asyncio.create_task(self._link_loop())
+            return
+        self.hub.forget_if_idle(self)  # no await since the check: nothing can slip in
 
     async def _sleep_unless_unwanted(self, delay: float) -> None:
         deadline = time.monotonic() + delay

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from bench import procfs
 from bench.fake_cloud import reply_for
 from bench.loadgen import MIX_PERIOD, SCENARIOS, _Charger, percentile
+from bench.profile_relay import components, hotspots
 from bench.report import gateway_checks, ratio, render_markdown
 from bench.run_all import discover_suites
 from bench.run_relay import main as relay_main
@@ -146,15 +148,39 @@ def test_run_all_finds_the_relay_suite() -> None:
     assert next(iter(discover_suites())) == "relay"
 
 
+def test_hotspots_count_self_and_inclusive_samples() -> None:
+    collapsed = (
+        "main (cli.py:1);run (asyncio/runners.py:10);_pump (bench/relay.py:5);"
+        "send (websockets/asyncio/connection.py:7) 30\n"
+        "main (cli.py:1);run (asyncio/runners.py:10);_pump (bench/relay.py:5) 10\n"
+        "main (cli.py:1);run (asyncio/runners.py:10) 60\n"
+    )
+    total, own, inclusive = hotspots(collapsed, top=3)
+    assert total == 100
+    assert own == [
+        ("run (asyncio/runners.py)", 60),
+        ("send (asyncio/connection.py)", 30),
+        ("_pump (bench/relay.py)", 10),
+    ]
+    assert dict(inclusive)["_pump (bench/relay.py)"] == 40
+    assert dict(inclusive)["main (cli.py)"] == 100
+    assert components(collapsed) == [
+        ("event loop in C (epoll, socket read/write, callbacks)", 60),
+        ("websockets asyncio layer (tasks, queues, send/recv, drain)", 30),
+        ("other", 10),
+    ]
+
+
 def test_tiny_relay_run_direct_and_minimal(tmp_path: Path) -> None:
-    args = ["--scenarios", "S2", "--targets", "direct,minimal", "--reps", "1"]
+    args = ["--scenarios", "S2", "--targets", "direct,minimal,sansio", "--reps", "1"]
     args += ["--duration", "1", "--warmup", "0.3", "--chargers", "3", "--workers", "1"]
     assert relay_main([*args, "--results-dir", str(tmp_path)]) == 0
 
     report = json.loads((tmp_path / "relay-latest.json").read_text())
     assert report["options"]["chargers_override"] == 3
     assert report["machine"]["cores"] >= 1
-    assert [(r["target"], r["rep"]) for r in report["runs"]] == [("direct", 0), ("minimal", 0)]
+    targets = [(r["target"], r["rep"]) for r in report["runs"]]
+    assert targets == [("direct", 0), ("minimal", 0), ("sansio", 0)]
     for run in report["runs"]:
         load = run["load"]
         assert load["errors"] == 0, load["errors_by_kind"]
@@ -173,3 +199,26 @@ def test_tiny_relay_run_direct_and_minimal(tmp_path: Path) -> None:
     assert "| minimal |" in markdown
     assert markdown == render_markdown(report)
     assert SCENARIOS["S2"].rate_per_s is None  # S2 is the closed loop the tiny run used
+
+
+def test_tiny_relay_run_through_gateway_and_nginx(tmp_path: Path) -> None:
+    """The gateway (and nginx, where installed) as bench targets: every CALL reaches the cloud."""
+    targets = (
+        "gateway,nginx" if shutil.which("nginx") or Path("/usr/sbin/nginx").exists() else "gateway"
+    )
+    args = ["--scenarios", "S1", "--targets", targets, "--reps", "1", "--no-install-nginx"]
+    args += ["--duration", "1", "--warmup", "0.3", "--chargers", "3", "--workers", "1"]
+    assert relay_main([*args, "--results-dir", str(tmp_path)]) == 0
+
+    report = json.loads((tmp_path / "relay-latest.json").read_text())
+    assert report["notes"] == {}
+    assert [r["target"] for r in report["runs"]] == targets.split(",")
+    for run in report["runs"]:
+        assert run["load"]["errors"] == 0, run["load"]["errors_by_kind"]
+        assert run["load"]["connected"] == 3
+        assert run["load"]["calls"] >= 3  # 3 chargers x 1 CALL/s x 1 s
+        assert run["relayed_share"] == 1.0  # online, the gateway answers nothing itself
+        assert run["cpu_us_per_frame"] is not None
+    gateway = report["summary"]["S1"]["gateway"]
+    assert gateway["idle_rss_kb"] > 10_000
+    assert gateway["peak_rss_kb"] > 10_000

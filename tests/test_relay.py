@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import shutil
+import ssl
+import subprocess
 from typing import Any
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
 
@@ -215,3 +219,71 @@ async def test_reconnect_with_same_id_replaces_old_socket_and_keeps_upstream(
             assert (await second.call("Heartbeat", {}))[0] == 3
             assert len(cloud.calls("CP", "Heartbeat")) == 2  # both relayed, none answered locally
             assert len(cloud.paths) == 1  # one upstream connection throughout
+
+
+async def test_sessions_of_departed_chargers_are_forgotten(tmp_path: Any, cloud: FakeCloud) -> None:
+    settings = make_settings(tmp_path, upstream={"url": cloud.url})
+    async with running_gateway(settings) as gw:
+        assert gw.hub is not None
+        for n in range(5):
+            async with charger(gw.charger_port, f"CP-{n}") as cp:
+                await cp.call("Heartbeat", {})
+        await wait_for(lambda: gw.hub is not None and not gw.hub.sessions)
+        assert not cloud.connections
+    standalone = make_settings(tmp_path / "s")
+    async with running_gateway(standalone) as gw:
+        async with charger(gw.charger_port, "CP") as cp:
+            await cp.call("Heartbeat", {})
+        await wait_for(lambda: gw.hub is not None and not gw.hub.sessions)
+
+
+@pytest.mark.parametrize("passed", [True, False])
+async def test_charger_authorization_header_passed_upstream(
+    tmp_path: Any, cloud: FakeCloud, passed: bool
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        chargers={"auth": "basic", "passwords": {"CP-1": "correct-horse-battery"}},
+        upstream={"url": cloud.url, "pass_authorization": passed},
+    )
+    async with running_gateway(settings) as gw:
+        ws = await connect(
+            f"ws://CP-1:correct-horse-battery@127.0.0.1:{gw.charger_port}/ocpp/CP-1",
+            subprotocols=["ocpp1.6"],
+        )
+        await ws.send('[2, "1", "Heartbeat", {}]')
+        assert json.loads(await ws.recv())[0] == 3
+        await ws.close()
+    sent = {k.lower(): v for k, v in cloud.headers[0].items()}
+    expected = "Basic " + base64.b64encode(b"CP-1:correct-horse-battery").decode()
+    assert sent.get("authorization") == (expected if passed else None)
+
+
+@pytest.fixture
+def certificate(tmp_path: Any) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+async def test_tls_serves_wss(tmp_path: Any, certificate: tuple[str, str]) -> None:
+    cert, key = certificate
+    settings = make_settings(tmp_path, chargers={"tls_cert": cert, "tls_key": key})
+    context = ssl.create_default_context(cafile=cert)
+    async with running_gateway(settings) as gw:
+        ws = await connect(
+            f"wss://127.0.0.1:{gw.charger_port}/ocpp/CP-1", subprotocols=["ocpp1.6"], ssl=context
+        )
+        await ws.send('[2, "1", "Heartbeat", {}]')
+        assert json.loads(await ws.recv())[0] == 3
+        await ws.close()
+        with pytest.raises((OSError, InvalidMessage, ConnectionClosed)):  # plain ws is refused
+            await connect(f"ws://127.0.0.1:{gw.charger_port}/ocpp/CP-1", open_timeout=2)
