@@ -21,7 +21,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -303,6 +303,28 @@ def _check_rejections(kind: str, accepted: int, rejected: int, logged: int) -> N
         raise SyncError(f"{rejected} of {accepted + rejected} {kind} are malformed; cache kept")
 
 
+async def _stage_pages(
+    client: FlipturnClient,
+    path: str,
+    checker: AccessIdFilter | VehicleFilter,
+    stage_rows: Callable[[str, Sequence[Sequence[Any]]], Awaitable[None]],
+    stage: str,
+    kind: str,
+) -> None:
+    """Every page of ``path`` checked item by item into ``stage``, in chunks of STAGE_CHUNK_ROWS."""
+    buffer: list[Sequence[Any]] = []
+    logged = 0
+    async for items in client.pages(path):
+        rows, reasons = checker.feed(items)
+        logged = _report(reasons, logged)
+        buffer.extend(rows)
+        if len(buffer) >= STAGE_CHUNK_ROWS:
+            await stage_rows(stage, buffer)
+            buffer = []
+    await stage_rows(stage, buffer)
+    _check_rejections(kind, checker.accepted, checker.rejected, logged)
+
+
 async def sync_once(
     store: Store, client: FlipturnClient, *, metrics: SyncMetrics | None = None
 ) -> SyncResult:
@@ -317,30 +339,13 @@ async def sync_once(
             await store.drop_stale_sync_stages(time.time(), STALE_STAGE_AGE_S)
             stage = await store.create_sync_stage(time.time())
             access = AccessIdFilter()
-            buffer: list[tuple[Any, ...]] = []
-            logged = 0
-            async for items in client.pages("/api/access-ids"):
-                rows, reasons = access.feed(items)
-                logged = _report(reasons, logged)
-                buffer.extend(rows)
-                if len(buffer) >= STAGE_CHUNK_ROWS:
-                    await store.stage_access_ids(stage, buffer)
-                    buffer = []
-            await store.stage_access_ids(stage, buffer)
-            _check_rejections("access ids", access.accepted, access.rejected, logged)
-
+            await _stage_pages(
+                client, "/api/access-ids", access, store.stage_access_ids, stage, "access ids"
+            )
             vehicles = VehicleFilter()
-            buffer = []
-            logged = 0
-            async for items in client.pages("/api/vehicles"):
-                rows, reasons = vehicles.feed(items)
-                logged = _report(reasons, logged)
-                buffer.extend(rows)
-                if len(buffer) >= STAGE_CHUNK_ROWS:
-                    await store.stage_vehicles(stage, buffer)
-                    buffer = []
-            await store.stage_vehicles(stage, buffer)
-            _check_rejections("vehicles", vehicles.accepted, vehicles.rejected, logged)
+            await _stage_pages(
+                client, "/api/vehicles", vehicles, store.stage_vehicles, stage, "vehicles"
+            )
 
             result = SyncResult(access.accepted, vehicles.accepted, time.monotonic() - started)
             await store.swap_sync_stage(
