@@ -287,3 +287,34 @@ async def test_tls_serves_wss(tmp_path: Any, certificate: tuple[str, str]) -> No
         await ws.close()
         with pytest.raises((OSError, InvalidMessage, ConnectionClosed)):  # plain ws is refused
             await connect(f"ws://127.0.0.1:{gw.charger_port}/ocpp/CP-1", open_timeout=2)
+
+
+async def test_bad_frames_from_the_cloud_are_refused_and_harm_nobody(
+    tmp_path: Any, cloud: FakeCloud
+) -> None:
+    settings = make_settings(tmp_path, upstream={"url": cloud.url})
+    async with running_gateway(settings) as gw, charger(gw.charger_port, "CP") as cp:
+        await cp.call("Heartbeat", {})
+        ws = cloud.connections["CP"]
+        await ws.send('[2, "c1", "Reset", "not-an-object"]')
+        await ws.send("{garbage")
+        await wait_for(lambda: any(f[:2] == [4, "c1"] for f in cloud.received["CP"]))
+        refusal = next(f for f in cloud.received["CP"] if f[:2] == [4, "c1"])
+        assert refusal[2] == "FormationViolation"  # 1.6 spelling toward a 1.6 charger's cloud
+        assert [f for f in cp.received if f[0] == 2] == []  # no CALL reached the charger
+        assert (await cp.call("Heartbeat", {}))[0] == 3  # and the link still relays
+
+
+@pytest.mark.parametrize(("version", "answered"), [("2.0.1", True), ("1.6", False)])
+async def test_unknown_message_type(tmp_path: Any, version: str, answered: bool) -> None:
+    async with (
+        running_gateway(make_settings(tmp_path)) as gw,
+        charger(gw.charger_port, "CP", version) as cp,
+    ):
+        await cp.send_raw('[6, "s1", "NotifyPeriodicEventStream", {}]')
+        await cp.call("Heartbeat", {})  # answered after the unknown frame was handled
+        errors = [f for f in cp.received if f[0] == 4]
+        if answered:  # OCPP-J 2.0.1: CALLERROR MessageTypeNotSupported
+            assert [e[1:3] for e in errors] == [["s1", "MessageTypeNotSupported"]]
+        else:  # OCPP-J 1.6: ignored
+            assert errors == []
