@@ -704,6 +704,7 @@ class ChargerSession:
                 )
                 if isinstance(answer, CallResult):
                     await self.hub.store.boot_delivered(self.charger_id)
+                    self._warn_if_refused(answer.payload.get("status"), "replayed BootNotification")
             while self.state is LinkState.REPLAYING:
                 enqueued = self._enqueued
                 rows = await self.hub.store.pending(self.charger_id, REPLAY_BATCH)
@@ -783,6 +784,9 @@ class ChargerSession:
         tx = None
         if version == "1.6" and row.action == "StartTransaction":
             tx = await self._bind_transaction(row, answer)
+            info = answer.payload.get("idTagInfo")
+            status = info.get("status") if isinstance(info, dict) else None
+            self._warn_if_refused(status, f"replayed StartTransaction {row.message_id}")
         await self.hub.store.delivered(row.seq, tx=tx)
         if tx is not None:
             self.txids.bind(tx[1], tx[2])
@@ -790,6 +794,11 @@ class ChargerSession:
         self.hub.stats.replayed += 1
         if row.action in LEARNED_ACTIONS:
             self._learn(Call(row.message_id, row.action, payload), answer)
+
+    def _warn_if_refused(self, status: object, what: str) -> None:
+        """The charger was answered Accepted locally; an operator should know the cloud disagreed."""
+        if status is not None and status != "Accepted":
+            log.warning("%s: cloud answered %s to the %s", self.charger_id, status, what)
 
     async def _bind_transaction(
         self, row: OutboxRow, answer: CallResult

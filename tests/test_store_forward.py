@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
 from gateway.txmap import LOCAL_TX_MIN, is_local
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
@@ -263,3 +264,28 @@ async def test_full_disk_answers_internal_error_and_acknowledges_nothing(
         assert (await cp.call("StatusNotification", status))[0] == 3
         rows = await gw.store.pending("CP", 1000)
         assert len(rows) == acknowledged + 1  # exactly what was acknowledged, nothing more
+
+
+async def test_cloud_refusing_a_replayed_start_is_reported(
+    tmp_path: Any, cloud: FakeCloud, caplog: pytest.LogCaptureFixture
+) -> None:
+    def responder(cid: str, action: str, payload: dict[str, Any]) -> Any:
+        if action == "StartTransaction":
+            return {"transactionId": 77, "idTagInfo": {"status": "Blocked"}}
+        return {"currentTime": T0} if action == "Heartbeat" else {}
+
+    cloud.responder = responder
+    async with (
+        running_gateway(settings_for(tmp_path, cloud)) as gw,
+        charger(gw.charger_port, "CP") as cp,
+    ):
+        await cp.call("Heartbeat", {})
+        await cloud.stop()
+        local = (await cp.call("StartTransaction", start_tx()))[2]["transactionId"]
+        await cloud.restart()
+        await wait_for(lambda: gw.hub is not None and gw.hub.sessions["CP"].backlog == 0, 10)
+        assert gw.hub is not None and gw.hub.sessions["CP"].txids.local_to_cloud == {local: 77}
+    assert any(
+        "cloud answered Blocked to the replayed StartTransaction" in r.getMessage()
+        for r in caplog.records
+    )
