@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.api import error
 from gateway.errors import SyncError
 from gateway.flipturn import access_id_json, vehicle_json
 from gateway.store import Store
@@ -29,21 +30,17 @@ MAX_PAGE: Final = 1000
 Lister = Callable[[int | None, int], Awaitable[list[sqlite3.Row]]]
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
 def _page_args(request: Request) -> tuple[int | None, int] | JSONResponse:
     """(after id, limit) from ``?cursor=&limit=``; the cursor is the last id of the previous page."""
     cursor = request.query_params.get("cursor")
     try:
         after = int(cursor) if cursor else None
     except ValueError:
-        return _error(422, "cursor is not one this API gave out")
+        return error(422, "cursor is not one this API gave out")
     try:
         limit = int(request.query_params.get("limit", DEFAULT_PAGE))
     except ValueError:
-        return _error(422, "limit must be an integer")
+        return error(422, "limit must be an integer")
     return after, min(MAX_PAGE, max(1, limit))
 
 
@@ -85,7 +82,7 @@ def cache_routes(store: Store, sync: SyncService | None) -> list[BaseRoute]:
         key = _id(request)
         row = await store.get_access_id(key) if key is not None else None
         if row is None:
-            return _error(404, f"access id {request.path_params['id']} not found")
+            return error(404, f"access id {request.path_params['id']} not found")
         return JSONResponse({"accessId": access_id_json(row)})
 
     async def vehicles(request: Request) -> Response:
@@ -95,16 +92,16 @@ def cache_routes(store: Store, sync: SyncService | None) -> list[BaseRoute]:
         key = _id(request)
         row = await store.get_vehicle(key) if key is not None else None
         if row is None:
-            return _error(404, f"vehicle {request.path_params['id']} not found")
+            return error(404, f"vehicle {request.path_params['id']} not found")
         return JSONResponse({"vehicle": vehicle_json(row)})
 
     async def sync_now(request: Request) -> Response:
         if sync is None:
-            return _error(503, "sync is disabled: flipturn.api_key is not set")
+            return error(503, "sync is disabled: flipturn.api_key is not set")
         try:
             result = await sync.sync_now()
         except SyncError as exc:
-            return _error(502, str(exc))
+            return error(502, str(exc))
         return JSONResponse(
             {
                 "accessIds": result.access_ids,

@@ -172,27 +172,15 @@ class Hub:
             await asyncio.sleep(self._sweep_every_s)
             now = self.loop_time()
             for session in list(self.sessions.values()):
-                if session._pending:
-                    session.expire_pending(now)
+                session.expire_pending(now)
 
     async def _prune_loop(self) -> None:
-        transactional = [
-            action
-            for version in ("1.6", "2.0.1")
-            for action in (
-                "StartTransaction",
-                "StopTransaction",
-                "MeterValues",
-                "TransactionEvent",
-            )
-            if offline.rule_for(_as_version(version), action).transactional
-        ]
         while True:
             now = time.time()
             removed = await self.store.prune_outbox(
                 before=now - STANDALONE_NOTIFICATION_RETENTION_S,
                 transactional_before=now - STANDALONE_TRANSACTION_RETENTION_S,
-                transactional=sorted(set(transactional)),
+                transactional=sorted(offline.TRANSACTIONAL_ACTIONS),
                 max_rows=STANDALONE_MAX_ROWS,
             )
             if removed:

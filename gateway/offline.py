@@ -15,6 +15,7 @@ from typing import Any, Final
 from gateway.frames import OcppVersion
 
 __all__ = [
+    "TRANSACTIONAL_ACTIONS",
     "Answer",
     "Rule",
     "iso_utc",
@@ -90,6 +91,11 @@ _V201: Final[dict[str, Rule]] = {
 }
 
 _TABLES: Final = {"1.6": _V16, "2.0.1": _V201}
+
+TRANSACTIONAL_ACTIONS: Final = frozenset(
+    action for table in _TABLES.values() for action, rule in table.items() if rule.transactional
+)
+"""Actions whose queued messages are kept longest where nothing drains the queue (standalone)."""
 
 
 def rule_for(version: OcppVersion, action: str) -> Rule:

@@ -20,7 +20,6 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
@@ -45,7 +44,6 @@ __all__ = [
     "Authorizer",
     "ChargerSession",
     "SessionHook",
-    "UpstreamConnector",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,10 +103,6 @@ class SessionHook(Protocol):
         ...
 
 
-UpstreamConnector = Callable[[str, OcppVersion, dict[str, str]], Any]
-"""``connect(url, version, headers)`` → awaitable ClientConnection; raises CloudUnavailable."""
-
-
 class _Pending(NamedTuple):
     """A charger CALL forwarded live to the cloud, waiting for its answer until ``deadline``."""
 
@@ -138,6 +132,16 @@ class _Replay:
     future: asyncio.Future[CallResult | CallError] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+
+def _as_text(message: str | bytes) -> str:
+    """OCPP-J frames are text; a binary frame is accepted only if it is valid UTF-8."""
+    if isinstance(message, str):
+        return message
+    try:
+        return message.decode()
+    except UnicodeDecodeError as exc:
+        raise FrameError("FormatViolation", "frame is not UTF-8 text") from exc
 
 
 def _utcnow() -> datetime:
@@ -188,7 +192,7 @@ class ChargerSession:
     def upstream_connected(self) -> bool:
         return self.upstream is not None and self.state in (LinkState.ONLINE, LinkState.REPLAYING)
 
-    def _spawn(self, coro: Any, what: str) -> None:
+    def _spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
 
@@ -199,6 +203,7 @@ class ChargerSession:
                 log.error("%s: %s failed", self.charger_id, what, exc_info=t.exception())
 
         task.add_done_callback(done)
+        return task
 
     def _set_state(self, event: Event) -> None:
         new = transition(self.state, event)
@@ -286,7 +291,8 @@ class ChargerSession:
 
     async def _from_charger(self, message: str | bytes) -> None:
         try:
-            frame = frames.parse(message)
+            text = _as_text(message)
+            frame = frames.parse(text)
         except FrameError as exc:
             self.hub.stats.errors["bad_frame_from_charger"] += 1
             log.warning("%s: bad frame from charger: %s", self.charger_id, exc.description)
@@ -295,11 +301,11 @@ class ChargerSession:
             await self._send_charger(self._error_text(exc.message_id, exc.code, exc.description))
             return
         if isinstance(frame, Call):
-            await self._charger_call(frame, message)
+            await self._charger_call(frame, text)
         else:
-            await self._charger_answer(frame, message)
+            await self._charger_answer(frame, text)
 
-    async def _charger_call(self, call: Call, message: str | bytes) -> None:
+    async def _charger_call(self, call: Call, text: str) -> None:
         if call.action in self.hub.hooked_charger_actions:
             for hook in self.hub.hooks:
                 if call.action in hook.charger_actions:
@@ -322,21 +328,21 @@ class ChargerSession:
                     )  # queued; dead-lettered on replay if never mapped
                     return
                 call = Call(call.message_id, call.action, payload)
-                message = call.serialize()
-            await self._forward(call, message)
+                text = call.serialize()
+            await self._forward(call, text)
         else:
             await self._answer_locally(call)
 
-    async def _forward(self, call: Call, message: str | bytes) -> None:
+    async def _forward(self, call: Call, text: str) -> None:
         deadline = self.hub.loop_time() + self.hub.settings.upstream.call_timeout_s
         self._pending[call.message_id] = _Pending(call, deadline)
         if call.action == "BootNotification":
             self._spawn(self._save_boot(call, delivered=True), "saving BootNotification")
-        if not await self._send_cloud(message if isinstance(message, str) else message.decode()):
+        if not await self._send_cloud(text):
             self._pending.pop(call.message_id, None)
             await self._answer_locally(call)
 
-    async def _charger_answer(self, frame: CallResult | CallError, message: str | bytes) -> None:
+    async def _charger_answer(self, frame: CallResult | CallError, text: str) -> None:
         slot = self._slot
         if slot is not None and slot.message_id == frame.message_id:
             if slot.timer:
@@ -346,7 +352,7 @@ class ChargerSession:
                 if slot.future is not None and not slot.future.done():
                     slot.future.set_result(frame)
             else:
-                await self._send_cloud(message if isinstance(message, str) else message.decode())
+                await self._send_cloud(text)
                 for hook in self.hub.hooks:
                     if slot.action in hook.cloud_actions:
                         call = Call(slot.message_id, slot.action, slot.payload)
@@ -354,7 +360,7 @@ class ChargerSession:
             await self._pump()
         elif not frame.message_id.startswith(GATEWAY_ID_PREFIX):
             # A late answer (after our timeout) or one we never tracked: pass it on unchanged.
-            await self._send_cloud(message if isinstance(message, str) else message.decode())
+            await self._send_cloud(text)
 
     async def _answer_locally(self, call: Call) -> None:
         """Answer a charger CALL per the offline action table, storing it first where required.
@@ -449,9 +455,7 @@ class ChargerSession:
 
     def _start_replay(self) -> None:
         if self._replay_task is None or self._replay_task.done():
-            self._replay_task = asyncio.create_task(self._replay_backlog())
-            self._tasks.add(self._replay_task)
-            self._replay_task.add_done_callback(self._tasks.discard)
+            self._replay_task = self._spawn(self._replay_backlog(), "replay")
 
     # --- cloud/gateway → charger -----------------------------------------------------------------
 
@@ -610,6 +614,8 @@ class ChargerSession:
 
     def expire_pending(self, now: float) -> None:
         """Answer locally every forwarded CALL whose deadline passed (called by the hub's sweep)."""
+        if not self._pending:
+            return
         expired = [mid for mid, p in self._pending.items() if p.deadline <= now]
         for message_id in expired:
             self._cloud_timed_out(message_id)
@@ -641,7 +647,8 @@ class ChargerSession:
 
     async def _from_cloud(self, message: str | bytes) -> None:
         try:
-            frame = frames.parse(message)
+            text = _as_text(message)
+            frame = frames.parse(text)
         except FrameError as exc:
             self.hub.stats.errors["bad_frame_from_cloud"] += 1
             log.warning("%s: bad frame from cloud: %s", self.charger_id, exc.description)
@@ -649,7 +656,7 @@ class ChargerSession:
                 await self._send_cloud(self._error_text(exc.message_id, exc.code, exc.description))
             return
         if isinstance(frame, Call):
-            await self._cloud_call(frame, message)
+            await self._cloud_call(frame, text)
             return
         replay = self._replay
         if replay is not None and replay.message_id == frame.message_id:
@@ -662,7 +669,7 @@ class ChargerSession:
                 "%s: dropping cloud answer to unknown id %s", self.charger_id, frame.message_id
             )
             return
-        await self._send_charger(message if isinstance(message, str) else message.decode())
+        await self._send_charger(text)
         if isinstance(frame, CallResult) and pending.call.action in LEARNED_ACTIONS:
             self._learn(pending.call, frame)
 
@@ -674,13 +681,12 @@ class ChargerSession:
             "learning",
         )
 
-    async def _cloud_call(self, call: Call, message: str | bytes) -> None:
+    async def _cloud_call(self, call: Call, text: str) -> None:
         if self.charger is None:
             await self._send_cloud(
                 self._error_text(call.message_id, "GenericError", "charger is not connected")
             )
             return
-        text = message if isinstance(message, str) else message.decode()
         payload = call.payload
         if self.txids.cloud_to_local:
             payload = txmap.rewrite_to_charger(call.action, call.payload, self.txids.cloud_to_local)

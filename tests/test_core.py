@@ -213,3 +213,13 @@ def test_validation_codes() -> None:
             "m",
         )
     assert info.value.code == "TypeConstraintViolation"
+
+
+def test_transactional_actions_come_from_the_table() -> None:
+    assert {
+        "StartTransaction",
+        "StopTransaction",
+        "MeterValues",
+        "TransactionEvent",
+    } == offline.TRANSACTIONAL_ACTIONS
+    assert all(offline.rule_for("1.6", a).stored for a in ("StartTransaction", "MeterValues"))

@@ -318,3 +318,25 @@ async def test_unknown_message_type(tmp_path: Any, version: str, answered: bool)
             assert [e[1:3] for e in errors] == [["s1", "MessageTypeNotSupported"]]
         else:  # OCPP-J 1.6: ignored
             assert errors == []
+
+
+async def test_binary_frames_must_be_utf8_text(tmp_path: Any, cloud: FakeCloud) -> None:
+    settings = make_settings(tmp_path, upstream={"url": cloud.url})
+    async with running_gateway(settings) as gw, charger(gw.charger_port, "CP") as cp:
+        await cp.ws.send(b"\xff\xfe[2,")
+        await wait_for(lambda: bool(cp.received))
+        assert cp.received[0][:3] == [4, "-1", "FormationViolation"]
+        await cp.ws.send(b'[2, "b1", "Heartbeat", {}]')  # valid UTF-8 in a binary frame: relayed
+        await wait_for(lambda: any(f[1] == "b1" for f in cp.received))
+        assert cloud.raw["CP"] == ['[2, "b1", "Heartbeat", {}]']
+
+
+async def test_v201_charger_gets_permessage_deflate(tmp_path: Any) -> None:
+    # OCPP 2.0.1 part 4: the CSMS (here the local controller) must support compression.
+    async with (
+        running_gateway(make_settings(tmp_path)) as gw,
+        charger(gw.charger_port, "CP", "2.0.1") as cp,
+    ):
+        names = [type(ext).__name__ for ext in cp.ws.protocol.extensions]
+        assert names == ["PerMessageDeflate"]
+        assert (await cp.call("Heartbeat", {}))[0] == 3
