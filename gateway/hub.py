@@ -89,14 +89,18 @@ class Hub:
         else:
             self._sweep_task = asyncio.create_task(self._sweep_loop())
             for session in self.sessions.values():
-                session._ensure_link()
+                session.ensure_link()
 
     async def _session(self, charger_id: str, version: OcppVersion) -> ChargerSession:
         session = self.sessions.get(charger_id)
         if session is None:
-            session = ChargerSession(self, charger_id, version)
-            session.txids = txmap.TxIdMap(await self.store.tx_ids(charger_id))
-            self.sessions[charger_id] = session
+            txids = txmap.TxIdMap(await self.store.tx_ids(charger_id))
+            # Another connection for the same id may have created it while we read.
+            session = self.sessions.get(charger_id)
+            if session is None:
+                session = ChargerSession(self, charger_id, version)
+                session.txids = txids
+                self.sessions[charger_id] = session
         return session
 
     async def serve(self, charger_id: str, version: OcppVersion, ws: ServerConnection) -> None:

@@ -256,7 +256,7 @@ class ChargerSession:
             if auth and self.hub.settings.upstream.pass_authorization
             else {}
         )
-        self._ensure_link()
+        self.ensure_link()
         try:
             async for message in ws:
                 self.hub.stats.frames_from_chargers += 1
@@ -451,7 +451,7 @@ class ChargerSession:
         if self.state is LinkState.ONLINE:
             self._set_state(Event.BACKLOG)
             self._start_replay()
-        self._ensure_link()
+        self.ensure_link()
 
     def _start_replay(self) -> None:
         if self._replay_task is None or self._replay_task.done():
@@ -518,7 +518,7 @@ class ChargerSession:
 
     # --- cloud side ------------------------------------------------------------------------------
 
-    def _ensure_link(self) -> None:
+    def ensure_link(self) -> None:
         """Keep an upstream link while the charger is connected or a backlog waits."""
         if self.hub.settings.standalone or (self._link_task and not self._link_task.done()):
             return

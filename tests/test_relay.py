@@ -340,3 +340,23 @@ async def test_v201_charger_gets_permessage_deflate(tmp_path: Any) -> None:
         names = [type(ext).__name__ for ext in cp.ws.protocol.extensions]
         assert names == ["PerMessageDeflate"]
         assert (await cp.call("Heartbeat", {}))[0] == 3
+
+
+async def test_simultaneous_connections_for_a_new_id_share_one_session(
+    tmp_path: Any, cloud: FakeCloud
+) -> None:
+    settings = make_settings(tmp_path, upstream={"url": cloud.url})
+    async with running_gateway(settings) as gw:
+        url = f"ws://127.0.0.1:{gw.charger_port}/ocpp/NEW"
+        first, second = await asyncio.gather(
+            connect(url, subprotocols=["ocpp1.6"]), connect(url, subprotocols=["ocpp1.6"])
+        )
+        # One of them replaced the other; the survivor is the session's charger and is relayed.
+        await wait_for(lambda: first.close_code is not None or second.close_code is not None)
+        survivor = second if first.close_code is not None else first
+        await survivor.send('[2, "s1", "Heartbeat", {}]')
+        assert json.loads(await survivor.recv())[:2] == [3, "s1"]
+        assert gw.hub is not None and len(gw.hub.sessions) == 1
+        assert gw.hub.sessions["NEW"].charger is not None
+        assert cloud.calls("NEW", "Heartbeat")  # relayed, not answered locally
+        await survivor.close()
