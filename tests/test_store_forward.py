@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.link import LinkState
 from gateway.txmap import LOCAL_TX_MIN, is_local
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
 
@@ -36,6 +37,12 @@ def settings_for(tmp_path: Any, cloud: FakeCloud, **upstream: Any) -> Any:
         upstream={"url": cloud.url, "call_timeout_s": 1.0, **upstream},
         offline={"unknown_tags": "accept"},
     )
+
+
+def drained_and_online(gw: Any, charger_id: str) -> bool:
+    """Queue empty and the link relaying live again (until then live CALLs queue behind)."""
+    session = gw.hub.sessions.get(charger_id) if gw.hub is not None else None
+    return session is not None and session.backlog == 0 and session.state is LinkState.ONLINE
 
 
 def transaction_ids_seen(cloud: FakeCloud, charger_id: str) -> list[int]:
@@ -71,7 +78,7 @@ async def test_offline_transaction_replayed_in_order_with_cloud_id(
         cloud_tx = ids[0]
         assert replayed[1][3] == meter(cloud_tx, 500)
         assert replayed[2][3] == stop_tx(cloud_tx)
-        await wait_for(lambda: gw.hub is not None and gw.hub.sessions["CP"].backlog == 0)
+        await wait_for(lambda: drained_and_online(gw, "CP"))
         # Back online: live traffic relays again.
         await cp.call("Heartbeat", {})
         assert cloud.calls("CP")[-1][2] == "Heartbeat"
@@ -89,7 +96,7 @@ async def test_running_offline_transaction_maps_ids_both_ways(
         local_tx = (await cp.call("StartTransaction", start_tx()))[2]["transactionId"]
         await cloud.restart()
         await wait_for(lambda: len(cloud.calls("CP", "StartTransaction")) == 1, timeout=10)
-        await wait_for(lambda: gw.hub is not None and gw.hub.sessions["CP"].backlog == 0)
+        await wait_for(lambda: drained_and_online(gw, "CP"))
         # The cloud's id for the transaction it learnt on replay:
         session = gw.hub.sessions["CP"]  # type: ignore[union-attr]
         cloud_tx = session.txids.local_to_cloud[local_tx]
@@ -165,7 +172,7 @@ async def test_unanswered_call_is_answered_locally_and_delivered_later(
         assert answer == [3, "m2", {}]  # local answer after the timeout
         silent["on"] = False
         # The link is re-established and the message replayed (same id) until the cloud answers.
-        await wait_for(lambda: gw.hub is not None and gw.hub.sessions["CP"].backlog == 0, 10)
+        await wait_for(lambda: drained_and_online(gw, "CP"), 10)
         sent = [f[1] for f in cloud.calls("CP", "StatusNotification")]
         assert len(sent) >= 2 and set(sent) == {"m2"}
 
@@ -210,7 +217,7 @@ async def test_refused_message_dead_lettered_and_visible(tmp_path: Any, cloud: F
         await cloud.restart()
         await wait_for(lambda: len(cloud.calls("CP", "StatusNotification")) == 2, timeout=10)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.api_port}") as client:
-            await wait_for(lambda: gw.hub is not None and gw.hub.sessions["CP"].backlog == 0)
+            await wait_for(lambda: drained_and_online(gw, "CP"))
             dead = (await client.get("/api/outbox/dead")).json()["data"]
             health = (await client.get("/health")).json()
             metrics = (await client.get("/metrics")).text
@@ -238,7 +245,7 @@ async def test_transient_error_is_retried_not_dropped(tmp_path: Any, cloud: Fake
         await cp.call("MeterValues", meter(5, 1))
         await cloud.restart()
         await wait_for(lambda: len(cloud.calls("CP", "MeterValues")) == 2, timeout=10)
-        await wait_for(lambda: gw.hub is not None and gw.hub.sessions["CP"].backlog == 0)
+        await wait_for(lambda: drained_and_online(gw, "CP"))
         assert gw.store is not None and await gw.store.dead_letter_count() == 0
 
 
@@ -283,7 +290,7 @@ async def test_cloud_refusing_a_replayed_start_is_reported(
         await cloud.stop()
         local = (await cp.call("StartTransaction", start_tx()))[2]["transactionId"]
         await cloud.restart()
-        await wait_for(lambda: gw.hub is not None and gw.hub.sessions["CP"].backlog == 0, 10)
+        await wait_for(lambda: drained_and_online(gw, "CP"), 10)
         assert gw.hub is not None and gw.hub.sessions["CP"].txids.local_to_cloud == {local: 77}
     assert any(
         "cloud answered Blocked to the replayed StartTransaction" in r.getMessage()
