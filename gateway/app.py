@@ -9,7 +9,6 @@ import logging
 import time
 
 from starlette.routing import BaseRoute
-from websockets.asyncio.server import Server
 
 from gateway.api import ApiContext, ApiServer, build_api
 from gateway.cache import CacheMetrics, TagCache
@@ -26,6 +25,7 @@ from gateway.store import Store
 from gateway.sync import FlipturnClient, SyncMetrics, SyncService, sync_status
 from gateway.tags import normalise
 from gateway.upstream import UpstreamOpener
+from gateway.wsconn import WsServer
 
 __all__ = ["Gateway"]
 
@@ -43,7 +43,7 @@ class Gateway:
         self.store: Store | None = None
         self.reservations: ReservationBook | None = None
         self.hub: Hub | None = None
-        self.charger_server: Server | None = None
+        self.charger_server: WsServer | None = None
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
         self.tag_cache: TagCache | None = None

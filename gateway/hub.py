@@ -10,15 +10,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.server import ServerConnection
-
 from gateway import offline, txmap
 from gateway.config import Settings
 from gateway.frames import OcppVersion
 from gateway.metrics import RelayStats
 from gateway.session import Authorizer, ChargerSession, SessionHook
 from gateway.store import Store
+from gateway.wsconn import ClientConnection, ServerConnection
 
 __all__ = ["Hub"]
 
@@ -66,6 +64,7 @@ class Hub:
         self._next_local_tx = txmap.LOCAL_TX_MIN
         self._prune_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
+        self._attaching: set[asyncio.Task[None]] = set()
         # One timer for every forwarded CALL's deadline, instead of a timer per CALL.
         self._sweep_every_s = min(0.25, settings.upstream.call_timeout_s / 4)
 
@@ -103,12 +102,29 @@ class Hub:
                 self.sessions[charger_id] = session
         return session
 
-    async def serve(self, charger_id: str, version: OcppVersion, ws: ServerConnection) -> None:
-        """Run a charger's connection to its end."""
-        session = await self._session(charger_id, version)
-        await session.serve_charger(ws, version)
-        if not session.has_link_task:
-            self.forget_if_idle(session)  # otherwise its link loop does, when it ends
+    def accept(self, charger_id: str, version: OcppVersion, ws: ServerConnection) -> None:
+        """Hand a charger's open connection to its session (its frames wait until then)."""
+        task = asyncio.create_task(self._attach(charger_id, version, ws))
+        self._attaching.add(task)
+        task.add_done_callback(self._attached)
+
+    async def _attach(self, charger_id: str, version: OcppVersion, ws: ServerConnection) -> None:
+        try:
+            session = await self._session(charger_id, version)
+        except Exception:
+            ws.close(1011, "gateway error")
+            raise
+        if ws.closed.done() or self.closing:
+            ws.close(1001, "gateway shutting down")
+            session.forget_if_done()
+            return
+        session.attach_charger(ws, version)
+
+    def _attached(self, task: asyncio.Task[None]) -> None:
+        self._attaching.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.stats.errors["internal"] += 1
+            log.error("cannot serve a charger", exc_info=task.exception())
 
     def forget_if_idle(self, session: ChargerSession) -> None:
         """Drop a session with no charger and no backlog: memory follows the connected chargers,
@@ -198,7 +214,7 @@ class Hub:
     async def close(self) -> None:
         """Close every charger and upstream socket; queued writes finish first."""
         self.closing = True
-        for task in (self._prune_task, self._sweep_task):
+        for task in (self._prune_task, self._sweep_task, *self._attaching):
             if task is not None:
                 task.cancel()
         await asyncio.gather(

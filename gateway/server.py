@@ -6,15 +6,16 @@ import logging
 import ssl
 from collections.abc import Sequence
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from gateway.admission import Refused, admit
 from gateway.config import ChargersSettings
 from gateway.frames import OcppVersion
 from gateway.hub import Hub
+from gateway.wsconn import Keepalive, ServerConnection, Timeouts, WsServer
 
 __all__ = ["SUBPROTOCOLS", "start_charger_server"]
 
@@ -27,10 +28,10 @@ SUBPROTOCOLS: dict[Subprotocol, OcppVersion] = {
 
 
 def _select_subprotocol(
-    connection: ServerConnection, offered: Sequence[Subprotocol]
+    protocol: ServerProtocol, offered: Sequence[Subprotocol]
 ) -> Subprotocol | None:
     # The charger's order of preference among what we speak; None completes the handshake
-    # without a subprotocol and the handler then closes (OCPP-J §3.2).
+    # without a subprotocol and the server then closes (OCPP-J §3.2).
     for proto in offered:
         if proto in SUBPROTOCOLS:
             return proto
@@ -46,7 +47,7 @@ def _ssl_context(settings: ChargersSettings) -> ssl.SSLContext | None:
     return context
 
 
-async def start_charger_server(hub: Hub, settings: ChargersSettings) -> Server:
+async def start_charger_server(hub: Hub, settings: ChargersSettings) -> WsServer:
     """Listen on ``settings.host:port`` and serve chargers until the returned server is closed."""
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
@@ -54,41 +55,45 @@ async def start_charger_server(hub: Hub, settings: ChargersSettings) -> Server:
         if isinstance(decision, Refused):
             hub.stats.errors[f"refused_{decision.status.value}"] += 1
             log.warning("refused %s: %s", request.path[:80], decision.reason)
-            response = connection.respond(decision.status, decision.reason + "\n")
+            response = connection.reject(decision.status, decision.reason + "\n")
             if decision.status == 401:
-                response.headers = Headers(response.headers)
                 response.headers["WWW-Authenticate"] = (
                     'Basic realm="flipturn-gateway", charset="UTF-8"'
                 )
             return response
         return None
 
-    async def handler(ws: ServerConnection) -> None:
-        assert ws.request is not None
-        decision = admit(ws.request.path, ws.request.headers.get("Authorization"), settings)
+    def on_open(connection: ServerConnection) -> None:
+        assert connection.request is not None
+        decision = admit(
+            connection.request.path, connection.request.headers.get("Authorization"), settings
+        )
         if isinstance(decision, Refused):  # cannot happen: process_request refused it already
-            await ws.close(1008, decision.reason)
+            connection.close(1008, decision.reason)
             return
-        if ws.subprotocol is None:
+        if connection.subprotocol is None:
             hub.stats.errors["no_subprotocol"] += 1
             log.warning("%s: no supported OCPP subprotocol offered; closing", decision.charger_id)
-            await ws.close(1002, "no supported OCPP subprotocol (ocpp1.6, ocpp2.0.1)")
+            connection.close(1002, "no supported OCPP subprotocol (ocpp1.6, ocpp2.0.1)")
             return
-        version = SUBPROTOCOLS[ws.subprotocol]
-        log.info("%s connected (OCPP %s) from %s", decision.charger_id, version, ws.remote_address)
-        try:
-            await hub.serve(decision.charger_id, version, ws)
-        finally:
-            log.info("%s disconnected", decision.charger_id)
+        version = SUBPROTOCOLS[connection.subprotocol]
+        log.info(
+            "%s connected (OCPP %s) from %s",
+            decision.charger_id,
+            version,
+            connection.remote_address,
+        )
+        hub.accept(decision.charger_id, version, connection)
 
-    return await serve(
-        handler,
-        settings.host,
-        settings.port,
+    server = WsServer(
+        on_open=on_open,
+        process_request=process_request,
         subprotocols=list(SUBPROTOCOLS),
         select_subprotocol=_select_subprotocol,
-        process_request=process_request,
         max_size=settings.max_message_bytes,
-        ssl=_ssl_context(settings),
-        close_timeout=2,
+        extensions=enable_server_permessage_deflate(None),
+        timeouts=Timeouts(open_s=10.0, close_s=2.0),
+        keepalive=Keepalive(interval_s=20.0, timeout_s=20.0),
     )
+    await server.listen(settings.host, settings.port, ssl=_ssl_context(settings))
+    return server

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 from urllib.parse import quote
-
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from gateway import frames, offline, txmap
 from gateway.backoff import Backoff
@@ -36,6 +34,7 @@ from gateway.frames import Call, CallError, CallResult, OcppVersion
 from gateway.link import Event, LinkState, transition
 from gateway.store import OutboxRow
 from gateway.validation import validate_call, validate_result
+from gateway.wsconn import ClientConnection, Message, ServerConnection, WsConnection
 
 if TYPE_CHECKING:
     from gateway.hub import Hub
@@ -61,6 +60,11 @@ REPLAY_BATCH: Final = 100
 # (RFC 6455 §7.4.1: going away, server error, restart, try again later): the charger stays connected.
 _OUTAGE_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
 _CLOSED_BY_US: Final = (0, "closed by the gateway")
+# Charger frames waiting behind one that needs I/O (a local answer); beyond this, reading pauses.
+INBOX_HOLD: Final = 16
+
+# Work a frame needs beyond the synchronous relay path, run in order by the session's inbox task.
+Slow = Callable[[], Awaitable[None]]
 
 
 class Authorizer(Protocol):
@@ -134,7 +138,7 @@ class _Replay:
     )
 
 
-def _as_text(message: str | bytes) -> str:
+def _as_text(message: Message) -> str:
     """OCPP-J frames are text; a binary frame is accepted only if it is valid UTF-8."""
     if isinstance(message, str):
         return message
@@ -174,6 +178,7 @@ class ChargerSession:
         self._replay_task: asyncio.Task[None] | None = None
         self._closing_upstream = False  # we, not the cloud, are closing the current link
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._inbox: deque[Message] | None = None  # set while a charger frame awaits I/O
         self._backoff = Backoff(
             initial_s=min(1.0, hub.reconnect_max_s), max_s=hub.reconnect_max_s, rng=hub.rng
         )
@@ -213,23 +218,14 @@ class ChargerSession:
             self._state_changed.set()
             self._state_changed = asyncio.Event()
 
-    async def _send_charger(self, text: str) -> None:
+    def _send_charger(self, text: str) -> None:
         ws = self.charger
-        if ws is None:
-            return
-        try:
-            await ws.send(text)
+        if ws is not None and ws.send(text):
             self.hub.stats.frames_to_chargers += 1
-        except ConnectionClosed:
-            pass
 
-    async def _send_cloud(self, text: str) -> bool:
+    def _send_cloud(self, text: str) -> bool:
         ws = self.upstream
-        if ws is None:
-            return False
-        try:
-            await ws.send(text)
-        except ConnectionClosed:
+        if ws is None or not ws.send(text):
             return False
         self.hub.stats.frames_to_cloud += 1
         return True
@@ -241,15 +237,17 @@ class ChargerSession:
 
     # --- charger side ----------------------------------------------------------------------------
 
-    async def serve_charger(self, ws: ServerConnection, version: OcppVersion) -> None:
-        """Run until the charger's socket closes."""
+    def attach_charger(self, ws: ServerConnection, version: OcppVersion) -> None:
+        """Serve a charger's open connection: its frames arrive in ``_charger_message``."""
         old = self.charger
         self.charger = ws  # first: the old socket's clean-up must not close the upstream link
         self.version = version
         if old is not None:
             log.warning("%s: new connection replaces the old one", self.charger_id)
             self._fail_charger_calls()
-            await old.close(1000, "replaced by a new connection")
+            old.close(1000, "replaced by a new connection")
+        if self.upstream is not None:
+            self.upstream.release_reading("charger-busy")
         auth = ws.request.headers.get("Authorization") if ws.request else None
         self._auth_header = (
             {"Authorization": auth}
@@ -257,21 +255,36 @@ class ChargerSession:
             else {}
         )
         self.ensure_link()
-        try:
-            async for message in ws:
-                self.hub.stats.frames_from_chargers += 1
-                self.last_seen_at = time.time()
-                try:
-                    await self._from_charger(message)
-                except Exception:
-                    self.hub.stats.errors["internal"] += 1
-                    log.exception("%s: failed to handle a charger frame", self.charger_id)
-        except ConnectionClosed:
-            pass
-        finally:
-            if self.charger is ws:
-                self.charger = None
-                self._charger_gone()
+        ws.on_close = self._charger_closed
+        ws.on_write_paused = self._charger_write_paused
+        ws.on_message = self._charger_message  # frames that came meanwhile are delivered now
+
+    def _charger_closed(self, ws: WsConnection) -> None:
+        log.info("%s disconnected", self.charger_id)
+        if self.charger is ws:
+            self.charger = None
+            self._charger_gone()
+            self.forget_if_done()
+
+    def forget_if_done(self) -> None:
+        """Let the hub drop this session once nothing of it runs (its link loop does it last)."""
+        if not self.has_link_task and self._inbox is None:
+            self.hub.forget_if_idle(self)
+
+    def _charger_write_paused(self, paused: bool) -> None:
+        """The charger reads slower than the cloud sends: stop reading the cloud meanwhile."""
+        if self.upstream is not None:
+            if paused:
+                self.upstream.hold_reading("charger-busy")
+            else:
+                self.upstream.release_reading("charger-busy")
+
+    def _cloud_write_paused(self, paused: bool) -> None:
+        if self.charger is not None:
+            if paused:
+                self.charger.hold_reading("cloud-busy")
+            else:
+                self.charger.release_reading("cloud-busy")
 
     def _fail_charger_calls(self) -> None:
         """Drop the CALLs queued for (or sent to) a charger socket that is gone."""
@@ -289,7 +302,53 @@ class ChargerSession:
             self._close_upstream(1000, "charger disconnected")
         self._wanted_changed.set()
 
-    async def _from_charger(self, message: str | bytes) -> None:
+    def _charger_message(self, message: Message) -> None:
+        """A charger frame: relayed within this callback, or run in order behind slower ones."""
+        self.hub.stats.frames_from_chargers += 1
+        self.last_seen_at = time.time()
+        inbox = self._inbox
+        if inbox is not None:  # an earlier frame still awaits I/O: keep the charger's order
+            inbox.append(message)
+            if len(inbox) >= INBOX_HOLD and self.charger is not None:
+                self.charger.hold_reading("inbox")
+            return
+        slow = self._handle_charger(message)
+        if slow is not None:
+            self._inbox = deque()
+            self._spawn(self._drain_inbox(slow), "handling charger frames")
+
+    def _handle_charger(self, message: Message) -> Slow | None:
+        try:
+            return self._from_charger(message)
+        except Exception:
+            self.hub.stats.errors["internal"] += 1
+            log.exception("%s: failed to handle a charger frame", self.charger_id)
+            return None
+
+    async def _drain_inbox(self, first: Slow) -> None:
+        inbox = self._inbox
+        assert inbox is not None
+        slow: Slow | None = first
+        try:
+            while slow is not None:
+                try:
+                    await slow()
+                except Exception:
+                    self.hub.stats.errors["internal"] += 1
+                    log.exception("%s: failed to handle a charger frame", self.charger_id)
+                slow = None
+                while slow is None and inbox:
+                    slow = self._handle_charger(inbox.popleft())
+                if len(inbox) < INBOX_HOLD and self.charger is not None:
+                    self.charger.release_reading("inbox")
+        finally:
+            self._inbox = None
+            if self.charger is not None:
+                self.charger.release_reading("inbox")
+            else:
+                self.forget_if_done()
+
+    def _from_charger(self, message: Message) -> Slow | None:
         try:
             text = _as_text(message)
             frame = frames.parse(text)
@@ -297,52 +356,59 @@ class ChargerSession:
             self.hub.stats.errors["bad_frame_from_charger"] += 1
             log.warning("%s: bad frame from charger: %s", self.charger_id, exc.description)
             if exc.code == "MessageTypeNotSupported" and self.version == "1.6":
-                return  # OCPP-J 1.6 ignores unknown message types
-            await self._send_charger(self._error_text(exc.message_id, exc.code, exc.description))
-            return
+                return None  # OCPP-J 1.6 ignores unknown message types
+            self._send_charger(self._error_text(exc.message_id, exc.code, exc.description))
+            return None
         if isinstance(frame, Call):
-            await self._charger_call(frame, text)
-        else:
-            await self._charger_answer(frame, text)
+            return self._charger_call(frame, text)
+        self._charger_answer(frame, text)
+        return None
 
-    async def _charger_call(self, call: Call, text: str) -> None:
+    def _charger_call(self, call: Call, text: str) -> Slow | None:
         if call.action in self.hub.hooked_charger_actions:
             for hook in self.hub.hooks:
                 if call.action in hook.charger_actions:
                     self._spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
         if self.state is LinkState.CONNECTING:
-            # The upstream handshake is usually quicker than call_timeout_s: hold the CALL for it.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._state_changed.wait(), self.hub.settings.upstream.call_timeout_s
-                )
-        if self.state is LinkState.ONLINE:
-            if self.txids and txmap.local_ids_in(call.action, call.payload):
-                try:
-                    payload = txmap.rewrite_to_cloud(
-                        call.action, call.payload, self.txids.local_to_cloud
-                    )
-                except txmap.UnmappedTransaction:
-                    await self._answer_locally(
-                        call
-                    )  # queued; dead-lettered on replay if never mapped
-                    return
-                call = Call(call.message_id, call.action, payload)
-                text = call.serialize()
-            await self._forward(call, text)
-        else:
-            await self._answer_locally(call)
+            return functools.partial(self._charger_call_after_connecting, call, text)
+        return self._charger_call_now(call, text)
 
-    async def _forward(self, call: Call, text: str) -> None:
+    async def _charger_call_after_connecting(self, call: Call, text: str) -> None:
+        # The upstream handshake is usually quicker than call_timeout_s: hold the CALL for it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                self._state_changed.wait(), self.hub.settings.upstream.call_timeout_s
+            )
+        slow = self._charger_call_now(call, text)
+        if slow is not None:
+            await slow()
+
+    def _charger_call_now(self, call: Call, text: str) -> Slow | None:
+        if self.state is not LinkState.ONLINE:
+            return functools.partial(self._answer_locally, call)
+        if self.txids and txmap.local_ids_in(call.action, call.payload):
+            try:
+                payload = txmap.rewrite_to_cloud(
+                    call.action, call.payload, self.txids.local_to_cloud
+                )
+            except txmap.UnmappedTransaction:
+                # queued; dead-lettered on replay if never mapped
+                return functools.partial(self._answer_locally, call)
+            call = Call(call.message_id, call.action, payload)
+            text = call.serialize()
+        return self._forward(call, text)
+
+    def _forward(self, call: Call, text: str) -> Slow | None:
         deadline = self.hub.loop_time() + self.hub.settings.upstream.call_timeout_s
         self._pending[call.message_id] = _Pending(call, deadline)
         if call.action == "BootNotification":
             self._spawn(self._save_boot(call, delivered=True), "saving BootNotification")
-        if not await self._send_cloud(text):
+        if not self._send_cloud(text):
             self._pending.pop(call.message_id, None)
-            await self._answer_locally(call)
+            return functools.partial(self._answer_locally, call)
+        return None
 
-    async def _charger_answer(self, frame: CallResult | CallError, text: str) -> None:
+    def _charger_answer(self, frame: CallResult | CallError, text: str) -> None:
         slot = self._slot
         if slot is not None and slot.message_id == frame.message_id:
             if slot.timer:
@@ -352,15 +418,15 @@ class ChargerSession:
                 if slot.future is not None and not slot.future.done():
                     slot.future.set_result(frame)
             else:
-                await self._send_cloud(text)
+                self._send_cloud(text)
                 for hook in self.hub.hooks:
                     if slot.action in hook.cloud_actions:
                         call = Call(slot.message_id, slot.action, slot.payload)
                         self._spawn(hook.on_cloud_call_answered(self, call, frame), "hook")
-            await self._pump()
+            self._pump()
         elif not frame.message_id.startswith(GATEWAY_ID_PREFIX):
             # A late answer (after our timeout) or one we never tracked: pass it on unchanged.
-            await self._send_cloud(text)
+            self._send_cloud(text)
 
     async def _answer_locally(self, call: Call) -> None:
         """Answer a charger CALL per the offline action table, storing it first where required.
@@ -374,13 +440,13 @@ class ChargerSession:
         except Exception:
             self.hub.stats.errors["internal"] += 1
             log.exception("%s: cannot answer %s locally", self.charger_id, call.action)
-            await self._send_charger(self._error_text(call.message_id, "InternalError", ""))
+            self._send_charger(self._error_text(call.message_id, "InternalError", ""))
 
     async def _answer_locally_or_raise(self, call: Call) -> None:
         version = self.version
         rule = offline.rule_for(version, call.action)
         if rule.answer is offline.Answer.NOT_SUPPORTED:
-            await self._send_charger(
+            self._send_charger(
                 self._error_text(
                     call.message_id, "NotSupported", f"{call.action} is not available offline"
                 )
@@ -390,7 +456,7 @@ class ChargerSession:
             validate_call(version, call.action, call.payload, call.message_id)
         except FrameError as exc:
             self.hub.stats.errors["schema_violation"] += 1
-            await self._send_charger(self._error_text(exc.message_id, exc.code, exc.description))
+            self._send_charger(self._error_text(exc.message_id, exc.code, exc.description))
             return
         now = _utcnow()
         auth_info = await self._auth_info(call, now)
@@ -422,7 +488,7 @@ class ChargerSession:
             transaction_id=transaction_id,
         )
         self.hub.stats.local_answers[call.action] += 1
-        await self._send_charger(CallResult(call.message_id, result).serialize())
+        self._send_charger(CallResult(call.message_id, result).serialize())
 
     async def _auth_info(self, call: Call, now: datetime) -> dict[str, Any] | None:
         tag = offline.presented_tag(self.version, call.action, call.payload)
@@ -462,9 +528,9 @@ class ChargerSession:
     def _enqueue_to_charger(self, out: _OutCall) -> None:
         self._queue.append(out)
         if self._slot is None:
-            self._spawn(self._pump(), "sending to charger")
+            self._pump()
 
-    async def _pump(self) -> None:
+    def _pump(self) -> None:
         """Send the next queued CALL if the charger's slot is free (one outstanding CALL)."""
         if self._slot is not None or not self._queue or self.charger is None:
             return
@@ -473,7 +539,7 @@ class ChargerSession:
         out.timer = asyncio.get_running_loop().call_later(
             out.timeout_s, self._charger_timed_out, out
         )
-        await self._send_charger(out.text)
+        self._send_charger(out.text)
 
     def _charger_timed_out(self, out: _OutCall) -> None:
         if self._slot is not out:
@@ -485,7 +551,7 @@ class ChargerSession:
             out.future.set_exception(
                 ChargerTimeout(f"{self.charger_id} did not answer {out.action}")
             )
-        self._spawn(self._pump(), "sending to charger")
+        self._pump()
 
     async def call_charger(
         self, action: str, payload: dict[str, Any], *, timeout_s: float
@@ -565,7 +631,7 @@ class ChargerSession:
             if cloud_closed is not None and self.charger is not None:
                 # The cloud ended the connection on purpose: let the charger see it (transparency).
                 code, reason = cloud_closed
-                await self.charger.close(code, reason)
+                self.charger.close(code, reason)
             elif self._wanted():
                 await self._sleep_unless_unwanted(self._backoff.next_delay())
         self._set_state(Event.LOST)
@@ -574,7 +640,8 @@ class ChargerSession:
             # running: serve it rather than leave it without a link.
             self._link_task = asyncio.create_task(self._link_loop())
             return
-        self.hub.forget_if_idle(self)  # no await since the check: nothing can slip in
+        if self._inbox is None:  # else the inbox task does it when it ends
+            self.hub.forget_if_idle(self)  # no await since the check: nothing can slip in
 
     async def _sleep_unless_unwanted(self, delay: float) -> None:
         deadline = time.monotonic() + delay
@@ -585,17 +652,10 @@ class ChargerSession:
 
     async def _read_cloud(self, ws: ClientConnection) -> tuple[int, str] | None:
         """Relay cloud frames until the link ends; (code, reason) if the cloud closed it cleanly."""
-        try:
-            async for message in ws:
-                self.hub.stats.frames_from_cloud += 1
-                try:
-                    await self._from_cloud(message)
-                except Exception:
-                    self.hub.stats.errors["internal"] += 1
-                    log.exception("%s: failed to handle a cloud frame", self.charger_id)
-        except ConnectionClosed:
-            pass
-        rcvd = ws.protocol.close_rcvd
+        ws.on_write_paused = self._cloud_write_paused
+        ws.on_message = self._cloud_message  # frames that came meanwhile are delivered now
+        await ws.wait_closed()
+        rcvd = ws.close_rcvd
         by_us, self._closing_upstream = self._closing_upstream, False
         if by_us:
             return _CLOSED_BY_US
@@ -603,7 +663,17 @@ class ChargerSession:
             return None
         return rcvd.code, rcvd.reason
 
+    def _cloud_message(self, message: Message) -> None:
+        self.hub.stats.frames_from_cloud += 1
+        try:
+            self._from_cloud(message)
+        except Exception:
+            self.hub.stats.errors["internal"] += 1
+            log.exception("%s: failed to handle a cloud frame", self.charger_id)
+
     def _link_lost(self) -> None:
+        if self.charger is not None:
+            self.charger.release_reading("cloud-busy")
         if self.state is not LinkState.OFFLINE:
             self._set_state(Event.LOST)
         if self._replay is not None and not self._replay.future.done():
@@ -643,9 +713,9 @@ class ChargerSession:
         ws = self.upstream
         if ws is not None:
             self._closing_upstream = True
-            self._spawn(ws.close(code, reason), "closing upstream")
+            ws.close(code, reason)
 
-    async def _from_cloud(self, message: str | bytes) -> None:
+    def _from_cloud(self, message: Message) -> None:
         try:
             text = _as_text(message)
             frame = frames.parse(text)
@@ -653,10 +723,10 @@ class ChargerSession:
             self.hub.stats.errors["bad_frame_from_cloud"] += 1
             log.warning("%s: bad frame from cloud: %s", self.charger_id, exc.description)
             if exc.message_id != "-1":
-                await self._send_cloud(self._error_text(exc.message_id, exc.code, exc.description))
+                self._send_cloud(self._error_text(exc.message_id, exc.code, exc.description))
             return
         if isinstance(frame, Call):
-            await self._cloud_call(frame, text)
+            self._cloud_call(frame, text)
             return
         replay = self._replay
         if replay is not None and replay.message_id == frame.message_id:
@@ -669,7 +739,7 @@ class ChargerSession:
                 "%s: dropping cloud answer to unknown id %s", self.charger_id, frame.message_id
             )
             return
-        await self._send_charger(text)
+        self._send_charger(text)
         if isinstance(frame, CallResult) and pending.call.action in LEARNED_ACTIONS:
             self._learn(pending.call, frame)
 
@@ -681,9 +751,9 @@ class ChargerSession:
             "learning",
         )
 
-    async def _cloud_call(self, call: Call, text: str) -> None:
+    def _cloud_call(self, call: Call, text: str) -> None:
         if self.charger is None:
-            await self._send_cloud(
+            self._send_cloud(
                 self._error_text(call.message_id, "GenericError", "charger is not connected")
             )
             return
@@ -743,7 +813,7 @@ class ChargerSession:
     async def _replay_call(self, call: Call) -> CallResult | CallError:
         self._replay = _Replay(call.message_id)
         try:
-            if not await self._send_cloud(call.serialize()):
+            if not self._send_cloud(call.serialize()):
                 raise CloudUnavailable("link lost")
             try:
                 return await asyncio.wait_for(
@@ -837,11 +907,15 @@ class ChargerSession:
     # --- shutdown --------------------------------------------------------------------------------
 
     async def close(self) -> None:
+        sockets: list[WsConnection] = []
         if self.charger is not None:
-            await self.charger.close(1001, "gateway shutting down")
+            sockets.append(self.charger)
         if self.upstream is not None:
             self._closing_upstream = True
-            await self.upstream.close(1001, "gateway shutting down")
+            sockets.append(self.upstream)
+        for ws in sockets:
+            ws.close(1001, "gateway shutting down")
+        await asyncio.gather(*(ws.wait_closed() for ws in sockets))
         self._wanted_changed.set()
         tasks = [t for t in (self._link_task, *self._tasks) if t is not None and not t.done()]
         for task in tasks:

@@ -1,24 +1,30 @@
-"""Opening the upstream (cloud) WebSocket for one charger: a thin adapter over websockets."""
+"""Opening the upstream (cloud) WebSocket for one charger."""
 
 from __future__ import annotations
 
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
+from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
 from websockets.typing import Subprotocol
 
+from gateway import __version__
 from gateway.errors import CloudUnavailable
 from gateway.frames import OcppVersion
+from gateway.wsconn import ClientConnection, Keepalive, Timeouts, connect
 
 __all__ = ["UpstreamOpener"]
+
+USER_AGENT = f"flipturn-edge-gateway/{__version__}"
 
 
 class UpstreamOpener:
     """``await opener(url, version, headers)`` → an open connection speaking the same subprotocol."""
 
     def __init__(self, *, open_timeout_s: float, max_message_bytes: int) -> None:
-        self._open_timeout_s = open_timeout_s
+        self._timeouts = Timeouts(open_s=open_timeout_s, close_s=2.0)
         # The cloud may send larger frames than a charger may (e.g. charging profiles).
         self._max_size = max(max_message_bytes, 1 << 20)
+        self._keepalive = Keepalive(interval_s=20.0, timeout_s=20.0)
+        self._extensions = enable_client_permessage_deflate(None)
 
     async def __call__(
         self, url: str, version: OcppVersion, headers: dict[str, str]
@@ -28,16 +34,15 @@ class UpstreamOpener:
             ws = await connect(
                 url,
                 subprotocols=[subprotocol],
-                additional_headers=headers or None,
-                open_timeout=self._open_timeout_s,
+                headers={"User-Agent": USER_AGENT, **headers},
                 max_size=self._max_size,
-                ping_interval=20,
-                ping_timeout=20,
-                close_timeout=2,
+                extensions=self._extensions,
+                timeouts=self._timeouts,
+                keepalive=self._keepalive,
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI, WebSocketException) as exc:
-            raise CloudUnavailable(f"{url}: {exc}") from exc
+            raise CloudUnavailable(f"{url}: {str(exc) or type(exc).__name__}") from exc
         if ws.subprotocol != subprotocol:
-            await ws.close(1002, "subprotocol not accepted")
+            ws.close(1002, "subprotocol not accepted")
             raise CloudUnavailable(f"{url}: cloud did not accept {subprotocol}")
         return ws

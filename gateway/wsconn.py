@@ -1,0 +1,551 @@
+"""WebSocket connections driven by callbacks: websockets' sans-I/O protocol on asyncio transports.
+
+Why not websockets' asyncio connections: each carries a message assembler, a future per frame,
+a drain per send and a keepalive task; the relay path paid ~9 µs per frame and ~22 KB per
+connection for them (docs/benchmarks.md). Here bytes arrive in ``data_received``, the sans-I/O
+protocol turns them into frames, and each complete message goes to ``on_message`` within the same
+callback; ``send`` writes at once. The sans-I/O layer does the HTTP handshake, framing, masking,
+extensions (permessage-deflate), the message size limit (close 1009), pongs and the closing
+handshake. This module adds what the asyncio layer did around it:
+
+* the opening timeout, and the closing timeout after which the TCP connection is aborted;
+* keepalive pings: one sweep for all connections instead of a task per connection;
+* message assembly from fragments and UTF-8 checking of text messages (close 1007);
+* back-pressure: reading can be held (``hold_reading``) and ``on_write_paused`` reports a full
+  send buffer, so a relay can stop reading one side while the other cannot keep up;
+* a server (:class:`WsServer`) and a client (:func:`connect`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidHandshake
+from websockets.extensions.base import ClientExtensionFactory, ServerExtensionFactory
+from websockets.frames import Close, Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import CONNECTING, OPEN, Protocol, State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+__all__ = [
+    "ClientConnection",
+    "Keepalive",
+    "ServerConnection",
+    "Timeouts",
+    "WsConnection",
+    "WsServer",
+    "connect",
+]
+
+log = logging.getLogger(__name__)
+
+Message = str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    open_s: float = 10.0  # TCP connected → handshake done
+    close_s: float = 2.0  # close frame sent (or expected) → TCP closed, else aborted
+
+
+class Keepalive:
+    """Pings every open connection each ``interval_s``; one unanswered for ``timeout_s`` fails it.
+
+    One periodic sweep serves every connection registered (a timer or task per connection costs
+    memory that a depot's thousand chargers would feel). The sweep stops when none are left.
+    """
+
+    def __init__(self, interval_s: float = 20.0, timeout_s: float = 20.0) -> None:
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self._period_s = max(0.05, min(interval_s, timeout_s) / 4)
+        self._connections: set[WsConnection] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, connection: WsConnection, now: float) -> None:
+        connection.next_ping_at = now + self.interval_s
+        self._connections.add(connection)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._sweep())
+
+    def discard(self, connection: WsConnection) -> None:
+        self._connections.discard(connection)
+        if not self._connections and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._period_s)
+            now = loop.time()
+            for connection in list(self._connections):
+                connection.keepalive(now, self.interval_s, self.timeout_s)
+
+
+class WsConnection(asyncio.Protocol):
+    """One WebSocket connection. Set ``on_message`` (and ``on_close``) to receive; ``send`` text.
+
+    Messages that arrive before ``on_message`` is set wait, with reading held, and are delivered
+    in order when it is set.
+    """
+
+    protocol: Protocol
+
+    def __init__(self, *, timeouts: Timeouts, keepalive: Keepalive | None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.timeouts = timeouts
+        self._keepalive = keepalive
+        self._on_message: Callable[[Message], None] | None = None
+        self.on_close: Callable[[WsConnection], None] | None = None
+        self.on_write_paused: Callable[[bool], None] | None = None
+        self.opened: asyncio.Future[None] = self.loop.create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.write_paused = False
+        self.next_ping_at = 0.0
+        self.ping_sent_at: float | None = None
+        self._fragments: list[bytes] | None = None
+        self._fragmented_text = False
+        self._waiting: deque[Message] = deque()
+        self._holds: set[str] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- what the owner uses ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self.protocol.state
+
+    @property
+    def subprotocol(self) -> Subprotocol | None:
+        return self.protocol.subprotocol
+
+    @property
+    def close_rcvd(self) -> Close | None:
+        """The peer's close frame, if it sent one."""
+        return self.protocol.close_rcvd
+
+    @property
+    def remote_address(self) -> Any:
+        return None if self.transport is None else self.transport.get_extra_info("peername")
+
+    @property
+    def on_message(self) -> Callable[[Message], None] | None:
+        return self._on_message
+
+    @on_message.setter
+    def on_message(self, handler: Callable[[Message], None] | None) -> None:
+        self._on_message = handler
+        if handler is not None:
+            while self._waiting and self._on_message is handler:
+                try:
+                    handler(self._waiting.popleft())
+                except Exception:
+                    log.exception("%s: message handler failed", self.remote_address)
+            self.release_reading("unattached")
+
+    def send(self, text: str) -> bool:
+        """Send a text message now; False if the connection is no longer open."""
+        transport = self.transport
+        if self.protocol.state is not OPEN or transport is None or transport.is_closing():
+            return False
+        self.protocol.send_text(text.encode())
+        self._flush()
+        return True
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; the connection is aborted if it does not end in time."""
+        if self.protocol.state is OPEN:
+            self.protocol.send_close(code, reason)
+            self._flush()
+            self._abort_after(self.timeouts.close_s)
+        elif self.protocol.state is CONNECTING and self.transport is not None:
+            self.transport.abort()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self.closed)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def hold_reading(self, reason: str) -> None:
+        """Stop reading from the socket until every holder has released it."""
+        if not self._holds and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._holds.add(reason)
+
+    def release_reading(self, reason: str) -> None:
+        if reason not in self._holds:
+            return
+        self._holds.discard(reason)
+        if not self._holds and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def keepalive(self, now: float, interval_s: float, timeout_s: float) -> None:
+        """Called by :class:`Keepalive`'s sweep."""
+        if self.protocol.state is not OPEN:
+            return
+        if self.ping_sent_at is not None:
+            if now - self.ping_sent_at > timeout_s:
+                log.info("%s: keepalive ping unanswered; closing", self.remote_address)
+                self.protocol.fail(1011, "keepalive ping timeout")
+                self._flush()
+                self._abort_after(self.timeouts.close_s)
+        elif now >= self.next_ping_at:
+            self.ping_sent_at = now
+            self.next_ping_at = now + interval_s
+            self.protocol.send_ping(b"")
+            self._flush()
+
+    # --- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._abort_after(self.timeouts.open_s)  # the opening handshake must end in time
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        self._process(self.protocol.events_received())
+
+    def eof_received(self) -> bool | None:
+        self.protocol.receive_eof()
+        self._process(self.protocol.events_received())
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.receive_eof()  # idempotent: the protocol state becomes CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._keepalive is not None:
+            self._keepalive.discard(self)
+        if not self.opened.done():
+            self.opened.set_exception(
+                self.protocol.handshake_exc or ConnectionError("closed during the handshake")
+            )
+            self.opened.exception()  # retrieved: nobody may be waiting for it
+        self.closed.set_result(None)
+        on_close, self.on_close = self.on_close, None
+        self._on_message = self.on_write_paused = None
+        if on_close is not None:
+            try:
+                on_close(self)
+            except Exception:
+                log.exception("close handler failed")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.on_write_paused is not None:
+            self.on_write_paused(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.on_write_paused is not None:
+            self.on_write_paused(False)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _process(self, events: list[Any]) -> None:
+        self._flush()  # pongs, close frames, a handshake refusal
+        for event in events:
+            if isinstance(event, Frame):
+                self._frame(event)
+            else:
+                self._handshake(event)
+        if self.protocol.close_expected() and self._timer is None:
+            self._abort_after(self.timeouts.close_s)
+
+    def _handshake(self, event: Request | Response) -> None:
+        raise NotImplementedError
+
+    def _opened(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._keepalive is not None:
+            self._keepalive.add(self, self.loop.time())
+        self.opened.set_result(None)
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                self._deliver(bytes(frame.data), opcode is Opcode.TEXT)
+            else:
+                self._fragments = [bytes(frame.data)]
+                self._fragmented_text = opcode is Opcode.TEXT
+        elif opcode is Opcode.CONT:
+            if self._fragments is None:
+                return  # the protocol refuses a continuation without a start
+            self._fragments.append(bytes(frame.data))
+            if frame.fin:
+                data, self._fragments = b"".join(self._fragments), None
+                self._deliver(data, self._fragmented_text)
+        elif opcode is Opcode.PONG:
+            self.ping_sent_at = None
+
+    def _deliver(self, data: bytes, text: bool) -> None:
+        message: Message = data
+        if text:
+            try:
+                message = data.decode()
+            except UnicodeDecodeError:
+                self.protocol.fail(1007, "text message is not UTF-8")
+                self._flush()
+                self._abort_after(self.timeouts.close_s)
+                return
+        handler = self._on_message
+        if handler is None or self._waiting:
+            self._waiting.append(message)
+            self.hold_reading("unattached")
+            return
+        try:
+            handler(message)
+        except Exception:
+            log.exception("%s: message handler failed", self.remote_address)
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        for data in self.protocol.data_to_send():
+            if data:
+                if not transport.is_closing():
+                    transport.write(data)
+            elif transport.can_write_eof():  # end of the closing handshake: half-close TCP
+                with contextlib.suppress(OSError, RuntimeError):
+                    transport.write_eof()
+            else:  # TLS cannot half-close
+                transport.close()
+
+    def _abort_after(self, delay_s: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay_s, self._abort_now)
+
+    def _abort_now(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+
+# --- server ------------------------------------------------------------------------------------
+
+ProcessRequest = Callable[["ServerConnection", Request], Response | None]
+OnOpen = Callable[["ServerConnection"], None]
+
+
+class ServerConnection(WsConnection):
+    """A connection accepted by :class:`WsServer`; ``request`` is its handshake request."""
+
+    protocol: ServerProtocol
+
+    def __init__(self, server: WsServer) -> None:
+        super().__init__(timeouts=server.timeouts, keepalive=server.keepalive)
+        self.server = server
+        self.request: Request | None = None
+        self.protocol = ServerProtocol(
+            extensions=server.extensions,
+            subprotocols=server.subprotocols,
+            select_subprotocol=server.select_subprotocol,
+            max_size=server.max_size,
+        )
+
+    def reject(self, status: int, text: str) -> Response:
+        """An HTTP response refusing the handshake (for ``process_request``)."""
+        return self.protocol.reject(status, text)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        super().connection_lost(exc)
+
+    def _handshake(self, event: Request | Response) -> None:
+        if not isinstance(event, Request) or self.request is not None:
+            return
+        self.request = event
+        response: Response | None = None
+        try:
+            response = self.server.process_request(self, event)
+        except Exception:
+            log.exception("process_request failed")
+            response = self.reject(500, "Failed to open a WebSocket connection.\n")
+        if response is None:
+            response = self.protocol.accept(event)
+        if response.status_code == 101 and not self.server.serving:
+            response = self.reject(503, "Server is shutting down.\n")
+        self.protocol.send_response(response)
+        self._flush()
+        if self.protocol.state is OPEN:
+            self._opened()
+            self.hold_reading("unattached")  # until the owner sets on_message
+            self.server.on_open(self)
+        else:
+            self._abort_after(self.timeouts.close_s)  # refused: the client closes, or we do
+
+
+class WsServer:
+    """Accepts WebSocket connections on one socket and hands each open one to ``on_open``."""
+
+    def __init__(
+        self,
+        *,
+        on_open: OnOpen,
+        process_request: ProcessRequest,
+        subprotocols: Sequence[Subprotocol],
+        select_subprotocol: Callable[[ServerProtocol, Sequence[Subprotocol]], Subprotocol | None],
+        max_size: int,
+        extensions: Sequence[ServerExtensionFactory] = (),
+        timeouts: Timeouts = Timeouts(),
+        keepalive: Keepalive | None = None,
+    ) -> None:
+        self.on_open = on_open
+        self.process_request = process_request
+        self.subprotocols = list(subprotocols)
+        self.select_subprotocol = select_subprotocol
+        self.max_size = max_size
+        self.extensions = list(extensions)
+        self.timeouts = timeouts
+        self.keepalive = keepalive
+        self.connections: set[ServerConnection] = set()
+        self.serving = False
+        self._server: asyncio.Server | None = None
+
+    async def listen(self, host: str, port: int, *, ssl: ssl.SSLContext | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ServerConnection(self), host, port, ssl=ssl, backlog=1024
+        )
+        self.serving = True
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        return () if self._server is None else tuple(self._server.sockets)
+
+    def close(self, *, close_connections: bool = True) -> None:
+        """Stop accepting; with ``close_connections``, start closing every connection (1001)."""
+        self.serving = False
+        if self._server is not None:
+            self._server.close()
+        if close_connections:
+            for connection in list(self.connections):
+                connection.close(1001, "server shutting down")
+
+    async def wait_closed(self) -> None:
+        """Close what is still open and wait until every connection has ended."""
+        self.close()
+        pending = [c.closed for c in self.connections]
+        if pending:
+            await asyncio.wait(pending)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+# --- client ------------------------------------------------------------------------------------
+
+
+class ClientConnection(WsConnection):
+    """A connection opened by :func:`connect`; ``response`` is the server's handshake answer."""
+
+    protocol: ClientProtocol
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        subprotocols: Sequence[Subprotocol],
+        headers: dict[str, str],
+        max_size: int,
+        extensions: Sequence[ClientExtensionFactory],
+        timeouts: Timeouts,
+        keepalive: Keepalive | None,
+    ) -> None:
+        super().__init__(timeouts=timeouts, keepalive=keepalive)
+        self.response: Response | None = None
+        self._headers = headers
+        self.protocol = ClientProtocol(
+            parse_uri(url),
+            subprotocols=list(subprotocols),
+            extensions=list(extensions),
+            max_size=max_size,
+        )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        request = self.protocol.connect()
+        for name, value in self._headers.items():
+            request.headers[name] = value
+        self.protocol.send_request(request)
+        self._flush()
+
+    def _handshake(self, event: Request | Response) -> None:
+        if not isinstance(event, Response) or self.response is not None:
+            return
+        self.response = event
+        if self.protocol.state is OPEN:
+            self._opened()
+            self.hold_reading("unattached")  # until the owner sets on_message
+        else:
+            exc = self.protocol.handshake_exc or InvalidHandshake("handshake failed")
+            self.opened.set_exception(exc)
+            self.opened.exception()  # retrieved here; connect() raises it
+            self._abort_after(self.timeouts.close_s)
+
+
+async def connect(
+    url: str,
+    *,
+    subprotocols: Sequence[Subprotocol],
+    headers: dict[str, str] | None = None,
+    max_size: int = 1 << 20,
+    extensions: Sequence[ClientExtensionFactory] = (),
+    timeouts: Timeouts = Timeouts(),
+    keepalive: Keepalive | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ClientConnection:
+    """Open a WebSocket to ``url`` (ws:// or wss://) and complete the handshake.
+
+    Raises OSError (TCP or TLS), TimeoutError (``timeouts.open_s``), InvalidHandshake (refused)
+    or InvalidURI.
+    """
+    uri = parse_uri(url)
+    connection = ClientConnection(
+        url,
+        subprotocols=subprotocols,
+        headers=dict(headers or {}),
+        max_size=max_size,
+        extensions=extensions,
+        timeouts=timeouts,
+        keepalive=keepalive,
+    )
+    context = (ssl_context or ssl.create_default_context()) if uri.secure else None
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeouts.open_s):
+            await loop.create_connection(
+                lambda: connection,
+                uri.host,
+                uri.port,
+                ssl=context,
+                server_hostname=uri.host if context is not None else None,
+            )
+            await asyncio.shield(connection.opened)
+    except BaseException:
+        connection.abort()
+        raise
+    return connection
