@@ -408,8 +408,10 @@ class WsServer:
         on_open: OnOpen,
         process_request: ProcessRequest,
         subprotocols: Sequence[Subprotocol],
-        select_subprotocol: Callable[[ServerProtocol, Sequence[Subprotocol]], Subprotocol | None],
-        max_size: int,
+        select_subprotocol: (
+            Callable[[ServerProtocol, Sequence[Subprotocol]], Subprotocol | None] | None
+        ) = None,
+        max_size: int = 1 << 20,
         extensions: Sequence[ServerExtensionFactory] = (),
         timeouts: Timeouts = Timeouts(),
         keepalive: Keepalive | None = None,

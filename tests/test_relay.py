@@ -190,6 +190,20 @@ async def test_standalone_answers_boot_heartbeat_notifications(tmp_path: Any) ->
         assert health["chargers"]["connected"] == 1
 
 
+async def test_frames_sent_back_to_back_are_answered_in_order(tmp_path: Any) -> None:
+    """Local answers wait for the store; frames behind them wait their turn, none overtakes."""
+    settings = make_settings(tmp_path)
+    status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+    async with running_gateway(settings) as gw, charger(gw.charger_port, "CP") as cp:
+        for i in range(40):  # more than a charger should send, and than the inbox holds
+            action, payload = ("StatusNotification", status) if i % 2 else ("Heartbeat", {})
+            await cp.send_raw(json.dumps([2, f"b{i}", action, payload]))
+        await wait_for(lambda: len(cp.received) == 40)
+        assert [frame[1] for frame in cp.received] == [f"b{i}" for i in range(40)]
+        assert all(frame[0] == 3 for frame in cp.received)
+        assert gw.hub is not None and gw.hub.sessions["CP"].backlog == 20
+
+
 async def test_health_degraded_when_cloud_unreachable(tmp_path: Any) -> None:
     settings = make_settings(
         tmp_path, upstream={"url": "ws://127.0.0.1:9/ocpp", "call_timeout_s": 0.5}
