@@ -3,6 +3,11 @@
 The decisions are made by the pure modules (``frames``, ``link``, ``offline``, ``txmap``,
 ``validation``); this driver moves text between sockets, starts timers and writes rows.
 
+Online, a frame is relayed within the socket's receive callback (``wsconn``): no task, no await.
+A charger frame that needs I/O (answered locally, or waiting for the link to open) runs in the
+session's inbox task, and the charger's later frames queue behind it, so they are handled in the
+order they came.
+
 Directions and queues (OCPP-J 1.6 §4.1.1 / 2.0.1 part 4 §4.1.1: one outstanding CALL per direction):
 
 * charger → cloud: the charger keeps its own discipline online; while the link is down or a

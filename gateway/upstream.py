@@ -13,7 +13,7 @@ from gateway.wsconn import ClientConnection, Keepalive, Timeouts, connect
 
 __all__ = ["UpstreamOpener"]
 
-USER_AGENT = f"flipturn-edge-gateway/{__version__}"
+USER_AGENT = f"flipturn-gateway/{__version__}"  # as the Flipturn API client says
 
 
 class UpstreamOpener:

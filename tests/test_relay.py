@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
+from gateway import __version__
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
 
 METER_VALUES = {
@@ -271,6 +272,7 @@ async def test_charger_authorization_header_passed_upstream(
     sent = {k.lower(): v for k, v in cloud.headers[0].items()}
     expected = "Basic " + base64.b64encode(b"CP-1:correct-horse-battery").decode()
     assert sent.get("authorization") == (expected if passed else None)
+    assert sent["user-agent"] == f"flipturn-gateway/{__version__}"
 
 
 @pytest.fixture
