@@ -184,6 +184,8 @@ class ChargerSession:
         self._closing_upstream = False  # we, not the cloud, are closing the current link
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inbox: deque[Message] | None = None  # set while a charger frame awaits I/O
+        self._loop = asyncio.get_running_loop()
+        self._call_timeout_s = hub.settings.upstream.call_timeout_s
         self._backoff = Backoff(
             initial_s=min(1.0, hub.reconnect_max_s), max_s=hub.reconnect_max_s, rng=hub.rng
         )
@@ -374,6 +376,8 @@ class ChargerSession:
             for hook in self.hub.hooks:
                 if call.action in hook.charger_actions:
                     self._spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
+        if self.state is LinkState.ONLINE and not self.txids:
+            return self._forward(call, text)  # the common case, decided without more calls
         if self.state is LinkState.CONNECTING:
             return functools.partial(self._charger_call_after_connecting, call, text)
         return self._charger_call_now(call, text)
@@ -404,7 +408,7 @@ class ChargerSession:
         return self._forward(call, text)
 
     def _forward(self, call: Call, text: str) -> Slow | None:
-        deadline = self.hub.loop_time() + self.hub.settings.upstream.call_timeout_s
+        deadline = self._loop.time() + self._call_timeout_s
         self._pending[call.message_id] = _Pending(call, deadline)
         if call.action == "BootNotification":
             self._spawn(self._save_boot(call, delivered=True), "saving BootNotification")

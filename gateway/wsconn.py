@@ -34,7 +34,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING, OPEN, Protocol, State
 from websockets.server import ServerProtocol
-from websockets.typing import Subprotocol
+from websockets.typing import BytesLike, Subprotocol
 from websockets.uri import parse_uri
 
 __all__ = [
@@ -260,10 +260,12 @@ class WsConnection(asyncio.Protocol):
     def _process(self, events: list[Any]) -> None:
         self._flush()  # pongs, close frames, a handshake refusal
         for event in events:
-            if isinstance(event, Frame):
-                self._frame(event)
-            else:
+            if not isinstance(event, Frame):
                 self._handshake(event)
+            elif event.opcode is Opcode.TEXT and event.fin:  # nearly every OCPP frame
+                self._deliver(event.data, True)
+            else:
+                self._frame(event)
         if self.protocol.close_expected() and self._timer is None:
             self._abort_after(self.timeouts.close_s)
 
@@ -282,7 +284,7 @@ class WsConnection(asyncio.Protocol):
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if frame.fin:
-                self._deliver(bytes(frame.data), opcode is Opcode.TEXT)
+                self._deliver(frame.data, opcode is Opcode.TEXT)
             else:
                 self._fragments = [bytes(frame.data)]
                 self._fragmented_text = opcode is Opcode.TEXT
@@ -296,11 +298,13 @@ class WsConnection(asyncio.Protocol):
         elif opcode is Opcode.PONG:
             self.ping_sent_at = None
 
-    def _deliver(self, data: bytes, text: bool) -> None:
-        message: Message = data
-        if text:
+    def _deliver(self, data: BytesLike, text: bool) -> None:
+        message: Message
+        if not text:
+            message = bytes(data)
+        else:
             try:
-                message = data.decode()
+                message = str(data, "utf-8")
             except UnicodeDecodeError:
                 self.protocol.fail(1007, "text message is not UTF-8")
                 self._flush()
