@@ -44,6 +44,7 @@ def _frame_name(frame: str) -> str:
 COMPONENTS: tuple[tuple[str, str], ...] = (
     ("websockets/asyncio/", "websockets asyncio layer (tasks, queues, send/recv, drain)"),
     ("websockets/", "websockets sans-I/O (frame parsing, masking, protocol)"),
+    ("gateway/wsconn.py", "gateway WebSocket layer (callbacks, socket writes)"),
     ("gateway/", "gateway code (session, frames, hub, ...)"),
     ("asyncio/runners.py", "event loop in C (epoll, socket read/write, callbacks)"),
     ("uvloop/", "event loop in C (epoll, socket read/write, callbacks)"),

@@ -163,7 +163,10 @@ class ApiServer:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind((host, port))
         self.port: int = self.socket.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        # ws="none": the API serves no WebSockets, so uvicorn loads no WebSocket implementation.
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off", ws="none", http="h11"
+        )
         self._server = _Server(config)
 
     async def serve(self) -> None:
