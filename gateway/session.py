@@ -281,17 +281,11 @@ class ChargerSession:
     def _charger_write_paused(self, paused: bool) -> None:
         """The charger reads slower than the cloud sends: stop reading the cloud meanwhile."""
         if self.upstream is not None:
-            if paused:
-                self.upstream.hold_reading("charger-busy")
-            else:
-                self.upstream.release_reading("charger-busy")
+            self.upstream.hold_reading_if(paused, "charger-busy")
 
     def _cloud_write_paused(self, paused: bool) -> None:
         if self.charger is not None:
-            if paused:
-                self.charger.hold_reading("cloud-busy")
-            else:
-                self.charger.release_reading("cloud-busy")
+            self.charger.hold_reading_if(paused, "cloud-busy")
 
     def _fail_charger_calls(self) -> None:
         """Drop the CALLs queued for (or sent to) a charger socket that is gone."""

@@ -193,6 +193,16 @@ class WsConnection(asyncio.Protocol):
         if not self._holds and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
+    @property
+    def reading_held(self) -> bool:
+        return bool(self._holds)
+
+    def hold_reading_if(self, hold: bool, reason: str) -> None:
+        if hold:
+            self.hold_reading(reason)
+        else:
+            self.release_reading(reason)
+
     def keepalive(self, now: float, interval_s: float, timeout_s: float) -> None:
         """Called by :class:`Keepalive`'s sweep."""
         if self.protocol.state is not OPEN:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 from typing import Any
@@ -203,6 +204,45 @@ async def test_frames_sent_back_to_back_are_answered_in_order(tmp_path: Any) -> 
         assert [frame[1] for frame in cp.received] == [f"b{i}" for i in range(40)]
         assert all(frame[0] == 3 for frame in cp.received)
         assert gw.hub is not None and gw.hub.sessions["CP"].backlog == 20
+
+
+async def test_a_charger_that_stops_reading_stops_the_gateway_reading_the_cloud(
+    tmp_path: Any,
+) -> None:
+    """Answers the charger does not read back up into the cloud's socket, not the gateway's memory."""
+    big = "x" * 60_000
+    cloud = await FakeCloud(
+        responder=lambda cid, action, p: {"status": "Accepted", "data": big}
+    ).start()
+    settings = make_settings(tmp_path, upstream={"url": cloud.url})
+    async with running_gateway(settings) as gw:
+        # A small receive buffer (no autotuning) and max_queue=1: the client takes one message
+        # off the socket, then stops reading, and the socket fills after ~64 KB.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.charger_port))
+        ws = await connect(
+            f"ws://127.0.0.1:{gw.charger_port}/ocpp/CP",
+            subprotocols=["ocpp1.6"],
+            max_queue=1,
+            compression=None,  # else the repeated answer would compress to almost nothing
+            sock=sock,
+        )
+        assert gw.hub is not None
+        hub = gw.hub
+        await wait_for(lambda: "CP" in hub.sessions and hub.sessions["CP"].state.value == "online")
+        calls = 300  # 18 MB of answers: far more than the socket buffers between them hold
+        for i in range(calls):
+            await ws.send(json.dumps([2, f"d{i}", "DataTransfer", {"vendorId": "V"}]))
+        session = hub.sessions["CP"]
+        await wait_for(lambda: session.upstream is not None and session.upstream.reading_held)
+        answers = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(calls)]
+        assert [a[1] for a in answers] == [f"d{i}" for i in range(calls)]
+        assert all(a[0] == 3 and a[2]["data"] == big for a in answers)
+        assert session.upstream is not None and not session.upstream.reading_held
+        await ws.close()
+    await cloud.stop()
 
 
 async def test_health_degraded_when_cloud_unreachable(tmp_path: Any) -> None:
