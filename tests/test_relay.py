@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
 import socket
 import ssl
-import subprocess
 from typing import Any
 
 import httpx
@@ -313,21 +311,6 @@ async def test_charger_authorization_header_passed_upstream(
     expected = "Basic " + base64.b64encode(b"CP-1:correct-horse-battery").decode()
     assert sent.get("authorization") == (expected if passed else None)
     assert sent["user-agent"] == f"flipturn-gateway/{__version__}"
-
-
-@pytest.fixture
-def certificate(tmp_path: Any) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
 
 
 async def test_tls_serves_wss(tmp_path: Any, certificate: tuple[str, str]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -287,3 +288,36 @@ async def test_connect_times_out_when_the_server_never_answers() -> None:
             )
     finally:
         silent.close()
+
+
+async def test_wss_both_ways_with_the_certificate_checked(certificate: tuple[str, str]) -> None:
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    opened: list[ServerConnection] = []
+
+    def on_open(conn: ServerConnection) -> None:
+        opened.append(conn)
+        conn.on_message = lambda m: conn.send(m if isinstance(m, str) else m.decode())
+
+    srv = WsServer(
+        on_open=on_open, process_request=lambda conn, request: None, subprotocols=[OCPP16]
+    )
+    await srv.listen("127.0.0.1", 0, ssl=server_context)
+    url = f"wss://127.0.0.1:{port_of(srv)}/CP"
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):  # not trusted by the system's CAs
+            await connect(url, subprotocols=[OCPP16])
+        conn = await connect(
+            url, subprotocols=[OCPP16], ssl_context=ssl.create_default_context(cafile=cert)
+        )
+        got: list[Any] = []
+        conn.on_message = got.append
+        assert conn.send('[2,"1","Heartbeat",{}]')
+        await wait_for(lambda: got == ['[2,"1","Heartbeat",{}]'])
+        conn.close(1000)
+        await asyncio.wait_for(conn.wait_closed(), 5)
+        assert conn.close_rcvd is not None and conn.close_rcvd.code == 1000
+        await asyncio.wait_for(opened[0].wait_closed(), 5)
+    finally:
+        await srv.wait_closed()
