@@ -77,6 +77,7 @@ class Gateway:
             connect_upstream=UpstreamOpener(
                 open_timeout_s=settings.upstream.call_timeout_s,
                 max_message_bytes=settings.chargers.max_message_bytes,
+                compression=settings.upstream.compression,
             ),
             stats=self.stats,
             authorizer=self.tag_cache,

@@ -19,12 +19,14 @@ USER_AGENT = f"flipturn-gateway/{__version__}"  # as the Flipturn API client say
 class UpstreamOpener:
     """``await opener(url, version, headers)`` → an open connection speaking the same subprotocol."""
 
-    def __init__(self, *, open_timeout_s: float, max_message_bytes: int) -> None:
+    def __init__(
+        self, *, open_timeout_s: float, max_message_bytes: int, compression: bool = True
+    ) -> None:
         self._timeouts = Timeouts(open_s=open_timeout_s, close_s=2.0)
         # The cloud may send larger frames than a charger may (e.g. charging profiles).
         self._max_size = max(max_message_bytes, 1 << 20)
         self._keepalive = Keepalive(interval_s=20.0, timeout_s=20.0)
-        self._extensions = enable_client_permessage_deflate(None)
+        self._extensions = enable_client_permessage_deflate(None) if compression else []
 
     async def __call__(
         self, url: str, version: OcppVersion, headers: dict[str, str]

@@ -371,7 +371,7 @@ class ServerConnection(WsConnection):
         self.server = server
         self.request: Request | None = None
         self.protocol = ServerProtocol(
-            extensions=server.extensions,
+            extensions=server.extensions or None,
             subprotocols=server.subprotocols,
             select_subprotocol=server.select_subprotocol,
             max_size=server.max_size,
@@ -497,7 +497,7 @@ class ClientConnection(WsConnection):
         self.protocol = ClientProtocol(
             parse_uri(url),
             subprotocols=list(subprotocols),
-            extensions=list(extensions),
+            extensions=list(extensions) or None,  # an empty list would send an empty header
             max_size=max_size,
         )
 

@@ -58,6 +58,7 @@ def test_defaults_match_the_contract() -> None:
     assert settings.upstream.url == ""
     assert settings.upstream.call_timeout_s == 10
     assert settings.upstream.pass_authorization is True
+    assert settings.upstream.compression is True
     assert settings.flipturn.api_url == "https://api.getflipturn.com"
     assert settings.flipturn.api_key.get_secret_value() == ""
     assert settings.flipturn.sync_interval_s == 300

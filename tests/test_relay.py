@@ -290,6 +290,23 @@ async def test_sessions_of_departed_chargers_are_forgotten(tmp_path: Any, cloud:
         await wait_for(lambda: gw.hub is not None and not gw.hub.sessions)
 
 
+@pytest.mark.parametrize("compression", [True, False])
+async def test_upstream_compression_offered_unless_turned_off(
+    tmp_path: Any, cloud: FakeCloud, compression: bool
+) -> None:
+    settings = make_settings(tmp_path, upstream={"url": cloud.url, "compression": compression})
+    async with running_gateway(settings) as gw, charger(gw.charger_port, "CP", "2.0.1") as cp:
+        assert (await cp.call("Heartbeat", {}))[0] == 3
+        await cloud.wait_connected("CP")
+        negotiated = [type(e).__name__ for e in cloud.connections["CP"].protocol.extensions]
+    offered = {k.lower(): v for k, v in cloud.headers[0].items()}.get("sec-websocket-extensions")
+    if compression:
+        assert offered is not None and offered.startswith("permessage-deflate")
+        assert negotiated == ["PerMessageDeflate"]  # this cloud accepts it: frames are compressed
+    else:
+        assert offered is None and negotiated == []
+
+
 @pytest.mark.parametrize("passed", [True, False])
 async def test_charger_authorization_header_passed_upstream(
     tmp_path: Any, cloud: FakeCloud, passed: bool
