@@ -379,9 +379,7 @@ class ChargerSession:
     async def _charger_call_after_connecting(self, call: Call, text: str) -> None:
         # The upstream handshake is usually quicker than call_timeout_s: hold the CALL for it.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                self._state_changed.wait(), self.hub.settings.upstream.call_timeout_s
-            )
+            await asyncio.wait_for(self._state_changed.wait(), self._call_timeout_s)
         slow = self._charger_call_now(call, text)
         if slow is not None:
             await slow()
