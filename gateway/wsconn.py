@@ -32,7 +32,7 @@ from websockets.exceptions import InvalidHandshake
 from websockets.extensions.base import ClientExtensionFactory, ServerExtensionFactory
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import CONNECTING, OPEN, Protocol, State
+from websockets.protocol import CONNECTING, OPEN, Protocol
 from websockets.server import ServerProtocol
 from websockets.typing import BytesLike, Subprotocol
 from websockets.uri import parse_uri
@@ -122,10 +122,6 @@ class WsConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     # --- what the owner uses ---------------------------------------------------------------------
-
-    @property
-    def state(self) -> State:
-        return self.protocol.state
 
     @property
     def subprotocol(self) -> Subprotocol | None:
