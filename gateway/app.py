@@ -14,6 +14,9 @@ from gateway.api import ApiContext, ApiServer, build_api
 from gateway.cache import CacheMetrics, TagCache
 from gateway.cache_api import cache_routes
 from gateway.config import Settings
+from gateway.depot import DepotView
+from gateway.depot_api import depot_routes
+from gateway.depot_recorder import DepotRecorder
 from gateway.hub import Hub
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
 from gateway.reservation_api import reservation_routes
@@ -49,6 +52,9 @@ class Gateway:
         self.tag_cache: TagCache | None = None
         self.sync: SyncService | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self.depot = DepotView()
+        self.depot_recorder: DepotRecorder | None = None
+        self._depot_task: asyncio.Task[None] | None = None
         self.charger_port = 0
         self.api_port = 0
 
@@ -63,6 +69,8 @@ class Gateway:
     async def _start(self) -> None:
         settings = self.settings
         self.store = store = await Store.open(settings.store.path)
+        self.depot_recorder = DepotRecorder(self.depot, store)
+        await self.depot_recorder.load()
         self.tag_cache = TagCache(
             store,
             unknown_tags=settings.offline.unknown_tags,
@@ -83,6 +91,7 @@ class Gateway:
             authorizer=self.tag_cache,
             reconnect_max_s=self.reconnect_max_s,
             hooks=[ReservationHook(reservations)],
+            depot=self.depot,
         )
         self.registry.register(
             GatewayCollector(
@@ -110,6 +119,7 @@ class Gateway:
             sync_status=functools.partial(sync_status, store),
         )
         routes: list[BaseRoute] = [
+            *depot_routes(context, self.depot),
             *cache_routes(store, self.sync),
             *reservation_routes(
                 reservations,
@@ -125,6 +135,7 @@ class Gateway:
         self.charger_port = next(iter(self.charger_server.sockets)).getsockname()[1]
         if self.sync is not None:
             self._sync_task = asyncio.create_task(self.sync.run())
+        self._depot_task = asyncio.create_task(self.depot_recorder.run())
         scheme = "wss" if settings.chargers.tls_cert else "ws"
         log.info(
             "listening for chargers on %s://%s:%d%s/{chargePointId}; API on http://%s:%d; %s",
@@ -151,6 +162,12 @@ class Gateway:
             await self.hub.close()
         if self.charger_server is not None:
             await self.charger_server.wait_closed()
+        if self._depot_task is not None:
+            self._depot_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._depot_task
+        if self.depot_recorder is not None and self.store is not None:
+            await self.depot_recorder.flush(meters=True)  # what the next start shows
         if self.api is not None:
             self.api.stop()
         if self._api_task is not None:
