@@ -322,14 +322,14 @@ class DepotView:
             tx.meter = p.get("meterValue")
             self.touched.add(charger_id)
         elif action == "StatusNotification":
-            self._status(
-                charger_id,
-                view,
-                str(p.get("connectorId")),
-                p.get("status"),
-                p.get("errorCode"),
-                now,
-            )
+            connector = str(p.get("connectorId"))
+            self._status(charger_id, view, connector, p.get("status"), p.get("errorCode"), now)
+            if p.get("status") == "Available" and view.transactions:
+                # 1.6 §4.9: Available is for a new user, so a transaction still shown there is
+                # one whose StopTransaction the gateway did not see (or has yet to).
+                for key in [k for k, t in view.transactions.items() if t.connector_id == connector]:
+                    del view.transactions[key]
+                    self.dirty.add(charger_id)
         elif action == "StopTransaction":
             tx_id = p.get("transactionId")
             if isinstance(tx_id, int) and view.transactions.pop(tx_id, None) is not None:

@@ -481,3 +481,15 @@ def test_decode_meter_units_totals_and_phases() -> None:
     ]
     assert decode_meter([{"sampledValue": both}]) == (None, 7000.0)
     assert decode_meter(None) == (None, None)
+
+
+def test_16_available_connector_ends_a_transaction_whose_stop_was_not_seen() -> None:
+    view = DepotView()
+    feed(view, "CP-1", "1.6", [START_16, result("s", {"transactionId": 5})])
+    other = call("s2", "StartTransaction", {**json.loads(START_16)[3], "connectorId": 2})
+    feed(view, "CP-1", "1.6", [other, result("s2", {"transactionId": 6})])
+    view.take_dirty(touched=True)
+    available = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+    feed(view, "CP-1", "1.6", [call("a", "StatusNotification", available)])
+    assert [t["id"] for t in view.detail("CP-1")["transactions"]] == [6]  # type: ignore[index]
+    assert view.dirty == {"CP-1"}
