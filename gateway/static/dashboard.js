@@ -25,6 +25,22 @@ function setText(node, text) {
 // Keep a container's children equal to items, in order, reusing the element of each key
 // (so focus, selection and layout stay put across updates).
 function keyed(container, items, keyOf, create, update) {
+  if (container.tagName === "TBODY" && items.length === 0) {
+    // One row saying so, the height of a data row: the first data row then shifts nothing.
+    const text = container.parentElement.dataset.empty;
+    const cols = container.parentElement.tHead.rows[0].cells.length;
+    return keyed2(container, [text], () => "empty", () => {
+      const tr = el("tr", "empty-row");
+      const td = el("td", null, text);
+      td.colSpan = cols;
+      tr.append(td);
+      return tr;
+    }, () => {});
+  }
+  return keyed2(container, items, keyOf, create, update);
+}
+
+function keyed2(container, items, keyOf, create, update) {
   const existing = new Map();
   for (const child of Array.from(container.children)) existing.set(child.dataset.key, child);
   let previous = null;
@@ -140,8 +156,10 @@ function createConnector() {
   return li;
 }
 
+let upstreamConfigured = true;
+
 function updateCard(li, c, now, announcements) {
-  li.className = `card ${c.connected ? c.linkState : "away"}`;
+  li.className = `card ${c.connected ? (upstreamConfigured ? c.linkState : "online") : "away"}`;
   li.setAttribute("aria-label", `charger ${c.id}`);
   setText(li.querySelector(".name"), c.id);
   setText(li.querySelector(".badge"), c.connected ? "connected" : "disconnected");
@@ -152,8 +170,10 @@ function updateCard(li, c, now, announcements) {
     node.className = `conn s-${status.toLowerCase()}`;
     setText(node.querySelector("b"), connectorName(x.id));
     const err = x.errorCode && x.errorCode !== "NoError" ? ` (${x.errorCode})` : "";
-    setText(node.querySelector(".st"), status + err);
-    setText(node.querySelector(".since"), `since ${ago(x.updatedAt, now)}`);
+    setText(node.querySelector(".st"), status);
+    node.title = `${connectorName(x.id)}: ${status}${err}`;
+    const since = `since ${ago(x.updatedAt, now)}`;
+    setText(node.querySelector(".since"), err ? `${x.errorCode} · ${since}` : since);
     const key = `${c.id} ${x.id}`;
     const before = statusSeen.get(key);
     if (before !== undefined && before !== status + err) {
@@ -161,7 +181,8 @@ function updateCard(li, c, now, announcements) {
     }
     statusSeen.set(key, status + err);
   });
-  const parts = [c.connected ? LINK_TEXT[c.linkState] || c.linkState : `last seen ${ago(c.lastSeenAt, now)}`];
+  const link = upstreamConfigured ? LINK_TEXT[c.linkState] || c.linkState : "standalone";
+  const parts = [c.connected ? link : `last seen ${ago(c.lastSeenAt, now)}`];
   if (c.outboxPending) parts.push(`${c.outboxPending} queued`);
   setText(li.querySelector(".linkline"), parts.join(" · "));
 }
@@ -173,9 +194,15 @@ function renderChargers(d, now) {
   if (announcements.length && !firstRender) setText($("announce"), announcements.join(". "));
 }
 
-function row(cells) {
+// A row of empty cells, each labelled with its column's header (shown when a phone stacks them).
+function row(table, cells) {
   const tr = el("tr");
-  for (const cls of cells) tr.append(el("td", cls));
+  const heads = table.tHead.rows[0].cells;
+  cells.forEach((cls, i) => {
+    const td = el("td", cls);
+    td.dataset.label = heads[i].textContent;
+    tr.append(td);
+  });
   return tr;
 }
 
@@ -183,19 +210,18 @@ function renderSessions(d, now) {
   const sessions = [];
   for (const c of d.chargers) for (const t of c.transactions) sessions.push({ charger: c.id, ...t });
   keyed($("sessions").tBodies[0], sessions, (s) => `${s.charger} ${s.id}`,
-    () => row(["", "", "", "", "num", "num", "num", ""]), (tr, s) => {
+    () => row($("sessions"), ["", "", "", "num", "num", "num", "", ""]), (tr, s) => {
       const td = tr.children;
       setText(td[0], s.charger);
       setText(td[1], s.connectorId ?? "–");
       setText(td[2], s.idTag ?? "–");
-      setText(td[3], clock(s.startedAt));
+      setText(td[3], kwh(s.energyWh));
       setText(td[4], s.startedAt ? duration((now - Date.parse(s.startedAt)) / 1000) : "–");
-      setText(td[5], kwh(s.energyWh));
-      setText(td[6], kw(s.powerW));
+      setText(td[5], kw(s.powerW));
+      setText(td[6], clock(s.startedAt));
       td[7].replaceChildren(document.createTextNode(String(s.id)));
       if (s.offline) td[7].append(" ", el("span", "pill", "offline"));
     });
-  $("no-sessions").hidden = sessions.length > 0;
 }
 
 function actionButton(label, cls, onClick) {
@@ -207,7 +233,7 @@ function actionButton(label, cls, onClick) {
 
 function renderReservations(list) {
   keyed($("reservations").tBodies[0], list, (r) => `${r.chargerId} ${r.reservationId}`, (r) => {
-    const tr = row(["", "", "", "", "", "", ""]);
+    const tr = row($("reservations"), ["", "", "", "", "", "", "actions"]);
     tr.children[6].append(actionButton("Cancel", "", () => cancelReservation(tr)));
     return tr;
   }, (tr, r) => {
@@ -223,7 +249,6 @@ function renderReservations(list) {
     b.disabled = r.portId === null || r.portId === undefined;
     b.setAttribute("aria-label", `Cancel reservation ${r.reservationId}`);
   });
-  $("no-reservations").hidden = list.length > 0;
 }
 
 // The contract's dead-letter fields, with the older store names as a fallback.
@@ -240,7 +265,7 @@ function deadFields(x) {
 function renderDead(list) {
   const items = list.map(deadFields);
   keyed($("dead").tBodies[0], items, (x) => x.id, () => {
-    const tr = row(["", "", "", "", "", "actions"]);
+    const tr = row($("dead"), ["", "", "", "", "", "actions"]);
     tr.children[5].append(
       actionButton("Requeue", "", () => deadAction(tr, "requeue")),
       " ",
@@ -254,12 +279,12 @@ function renderDead(list) {
     setText(td[1], x.chargerId);
     setText(td[2], x.action);
     setText(td[3], x.error);
+    td[3].title = x.error;
     setText(td[4], clock(x.deadAt));
     const [requeue, drop] = td[5].querySelectorAll("button");
     requeue.setAttribute("aria-label", `Requeue dead letter ${x.id}`);
     if (!drop.dataset.armed) drop.setAttribute("aria-label", `Drop dead letter ${x.id}`);
   });
-  $("no-dead").hidden = items.length > 0;
 }
 
 function renderPorts(ports) {
@@ -375,6 +400,7 @@ async function refresh() {
     const d = depot.data;
     const now = Date.now();
     tokenRequired = d.tokenRequired;
+    upstreamConfigured = d.upstreamConfigured;
     renderTiles(d, now);
     renderChargers(d, now);
     renderSessions(d, now);
