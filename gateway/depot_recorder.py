@@ -3,7 +3,8 @@
 Nothing is written per relayed frame. Every ``flush_every_s`` the chargers whose picture changed
 (a status, a transaction started, stopped or bound to its cloud id, a new boot) are written in one
 transaction; chargers whose meter readings alone changed are written every ``meter_every_s``; all of
-it once more at shutdown. A restart then shows what the depot looked like a few seconds before it.
+it once more at shutdown. A restart then shows what the depot looked like a few seconds before it
+(meter readings may be older: the chargers' next MeterValues bring them up to date).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class DepotRecorder:
         store: Store,
         *,
         flush_every_s: float = 2.0,
-        meter_every_s: float = 60.0,
+        meter_every_s: float = 600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.view = view
