@@ -257,6 +257,15 @@ class TlsContexts:
         on at all, and ``client_certs``, are fixed for the life of the listening socket.
         """
         settings = settings or self._settings
+        running, wanted = self._settings.chargers, settings.chargers
+        if wanted.client_certs != running.client_certs or bool(wanted.tls_cert) != bool(
+            running.tls_cert
+        ):  # the listening socket's verify mode cannot change under it
+            log.warning(
+                "turning TLS toward chargers on or off, or changing chargers.client_certs, needs a"
+                " restart; the [chargers] TLS files stay as they are until then"
+            )
+            settings = settings.model_copy(update={"chargers": running})
         try:
             check = check_tls_files(settings, self._now())
             charger = self._build(lambda: server_context(settings.chargers), "chargers")
@@ -264,9 +273,6 @@ class TlsContexts:
         except ConfigError as exc:
             log.error("TLS reload failed, keeping the previous certificates: %s", exc)
             return False
-        if (charger is None) != (self._charger is None):
-            log.warning("turning TLS toward chargers on or off needs a restart")
-            charger = self._charger
         self._settings, self._charger, self.upstream = settings, charger, upstream
         self.expiry = check.expiry
         for warning in check.warnings:

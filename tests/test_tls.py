@@ -493,3 +493,35 @@ async def test_reload_gives_new_cloud_links_the_new_client_certificate(
         assert gw.tls is not None and gw.upstream_opener is not None
         assert gw.upstream_opener.ssl_context is gw.tls.upstream
         assert "CP-1" in cloud.connections
+
+
+async def test_reload_swaps_the_ca_that_signs_the_chargers(
+    tmp_path: Path, depot: CertificateAuthority
+) -> None:
+    successor = CertificateAuthority(tmp_path / "next", "Depot CA 2027", days=3000)
+    ca_file = tmp_path / "chargers-ca.pem"
+    ca_file.write_bytes(depot.cert.read_bytes())
+    settings = profile3(tmp_path, depot, "required", tls_ca=str(ca_file))
+    old_charger, new_charger = depot.issue("CP-1"), successor.issue("CP-2")
+    async with running_gateway(settings) as gw:
+        assert gw.tls is not None
+        before = gw.tls.expiry["chargers_ca"]
+        port = gw.charger_port
+        assert await boots(port, "CP-1", charger_context(depot, old_charger))
+        async with charger(port, "CP-1", ssl=charger_context(depot, old_charger)) as connected:
+            ca_file.write_bytes(successor.cert.read_bytes())
+            assert gw.reload_tls()
+            await handshake_fails(port, "CP-1", charger_context(depot, old_charger))
+            assert await boots(port, "CP-2", charger_context(depot, new_charger))
+            assert (await connected.call("Heartbeat", {}))[0] == 3  # still up
+        assert gw.tls.expiry["chargers_ca"] != before
+        assert (
+            gw.tls.expiry["chargers_ca"]
+            == successor.certificate.not_valid_after_utc.replace(microsecond=0).timestamp()
+        )
+        # client_certs cannot change under a listening socket: it stays, and says so
+        relaxed = settings.model_copy(
+            update={"chargers": settings.chargers.model_copy(update={"client_certs": "optional"})}
+        )
+        assert gw.reload_tls(relaxed)
+        await handshake_fails(port, "CP-1", charger_context(depot))  # still required
