@@ -43,7 +43,7 @@ def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return runner.run(main())
 
 
-def _check_tls(settings: Settings) -> bool:
+def _check_tls(settings: Settings, *, warn: bool = True) -> bool:
     """Refuse (False, message on stderr) TLS files that cannot be used; warn of near expiry."""
     from gateway.tls import check_tls_files
 
@@ -52,7 +52,7 @@ def _check_tls(settings: Settings) -> bool:
     except ConfigError as exc:
         print(f"flipturn-gateway: {exc}", file=sys.stderr)
         return False
-    for warning in check.warnings:
+    for warning in check.warnings if warn else ():
         print(f"flipturn-gateway: warning: {warning}", file=sys.stderr)
     return True
 
@@ -61,7 +61,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.app import Gateway
     from gateway.sdnotify import Notifier
 
-    if not _check_tls(settings):
+    if not _check_tls(settings, warn=False):  # the gateway logs the warnings as it starts
         return EXIT_USAGE
 
     async def main() -> int:

@@ -118,3 +118,16 @@ async def test_sighup_swaps_the_certificate_with_a_charger_connected_throughout(
             assert served(next_one.ws) == new.der
         assert (await before.call("Heartbeat", {}))[0] == 3
     assert gw.proc is not None and gw.proc.returncode == 0
+
+
+async def test_run_logs_the_expiry_warning_once_and_serves(tmp_path: Path) -> None:
+    ca = CertificateAuthority(tmp_path / "ca")
+    soon = ca.issue("gateway", server=True, days=5)
+    config = write_config(tmp_path / "c.toml", config_text(tmp_path, soon.cert, soon.key))
+    async with GatewayProcess(config) as gw:
+        async with charger(
+            gw.charger_port, "CP-1", ssl=ssl.create_default_context(cafile=ca.cert)
+        ) as cp:
+            assert (await cp.call("Heartbeat", {}))[0] == 3
+        warnings = [x for x in gw.log if "chargers.tls_cert" in x and "expires on" in x]
+        assert len(warnings) == 1 and "WARNING" in warnings[0], gw.log
