@@ -1,8 +1,11 @@
-"""A depot's private CA for tests: certificates made with the cryptography package, written as PEM."""
+"""A depot's private CA for tests (certificates made with the cryptography package, written as PEM),
+and a TLS client that shows a refused handshake."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -126,3 +129,33 @@ class CertificateAuthority:
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+async def handshake_fails(port: int, charger_id: str, context: ssl.SSLContext) -> str:
+    """The TLS layer refuses the charger before any HTTP: what the charger sees.
+
+    Raw TLS streams, since a WebSocket client reports a refusal after the handshake only as "no
+    HTTP response". TLS 1.2: the handshake fails (an alert, or a reset when asyncio closes the
+    socket before its alert leaves). TLS 1.3: the client finishes first; the server then drops the
+    connection without a byte of HTTP. Each test also shows a good handshake on the same server,
+    and an HTTP refusal (401/403/404) would be bytes, so an empty answer here is the TLS layer's.
+    """
+    request = (
+        f"GET /ocpp/{charger_id} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ocpp1.6\r\n\r\n"
+    )
+    try:
+        async with asyncio.timeout(5):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"
+            )
+            try:
+                writer.write(request.encode())
+                answer = await reader.read(1024)
+            finally:
+                writer.close()
+    except (ssl.SSLError, ConnectionResetError) as exc:
+        return f"handshake failed: {exc!r}"
+    assert answer == b"", f"got an answer past TLS: {answer[:40]!r}"
+    return "closed after the TLS 1.3 handshake, before any HTTP"

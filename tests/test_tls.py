@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 import time
@@ -18,7 +17,7 @@ from websockets.exceptions import InvalidStatus
 from gateway.certs import not_after, pem_certificates
 from gateway.errors import ConfigError
 from gateway.tls import CIPHERS_TLS12, check_tls_files
-from tests.pki import CertificateAuthority, Issued
+from tests.pki import CertificateAuthority, Issued, handshake_fails
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
 
 BOOT = {"chargePointVendor": "V", "chargePointModel": "M"}
@@ -65,36 +64,6 @@ async def boots(port: int, charger_id: str, context: ssl.SSLContext) -> bool:
     async with charger(port, charger_id, ssl=context, open_timeout=5) as cp:
         answer = await cp.call("BootNotification", BOOT)
         return bool(answer[0] == 3 and answer[2]["status"] == "Accepted")
-
-
-async def handshake_fails(port: int, charger_id: str, context: ssl.SSLContext) -> str:
-    """The TLS layer refuses the charger before any HTTP: what the charger sees.
-
-    Raw TLS streams, since a WebSocket client reports a refusal after the handshake only as "no
-    HTTP response". TLS 1.2: the handshake fails (an alert, or a reset when asyncio closes the
-    socket before its alert leaves). TLS 1.3: the client finishes first; the server then drops the
-    connection without a byte of HTTP. Each test also shows a good handshake on the same server,
-    and an HTTP refusal (401/403/404) would be bytes, so an empty answer here is the TLS layer's.
-    """
-    request = (
-        f"GET /ocpp/{charger_id} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ocpp1.6\r\n\r\n"
-    )
-    try:
-        async with asyncio.timeout(5):
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"
-            )
-            try:
-                writer.write(request.encode())
-                answer = await reader.read(1024)
-            finally:
-                writer.close()
-    except (ssl.SSLError, ConnectionResetError) as exc:
-        return f"handshake failed: {exc!r}"
-    assert answer == b"", f"got an answer past TLS: {answer[:40]!r}"
-    return "closed after the TLS 1.3 handshake, before any HTTP"
 
 
 # --- profile 2 -----------------------------------------------------------------------------------

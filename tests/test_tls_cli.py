@@ -11,7 +11,7 @@ import ssl
 import subprocess
 from pathlib import Path
 
-from tests.pki import CertificateAuthority
+from tests.pki import CertificateAuthority, handshake_fails
 from tests.procs import GatewayProcess, cli, write_config
 from tests.support import FakeCloud, charger, wait_for
 
@@ -131,3 +131,33 @@ async def test_run_logs_the_expiry_warning_once_and_serves(tmp_path: Path) -> No
             assert (await cp.call("Heartbeat", {}))[0] == 3
         warnings = [x for x in gw.log if "chargers.tls_cert" in x and "expires on" in x]
         assert len(warnings) == 1 and "WARNING" in warnings[0], gw.log
+
+
+async def test_profile3_in_the_real_process(tmp_path: Path) -> None:
+    """The CLI's own event loop (uvloop where installed): CN check and handshake refusal."""
+    from websockets.exceptions import InvalidStatus
+
+    ca = CertificateAuthority(tmp_path / "ca")
+    server = ca.issue("gateway", server=True)
+    text = config_text(tmp_path, server.cert, server.key).replace(
+        "[upstream]", f'tls_ca = "{ca.cert}"\nclient_certs = "required"\n[upstream]'
+    )
+    config = write_config(tmp_path / "c.toml", text)
+
+    def context(name: str | None) -> ssl.SSLContext:
+        result = ssl.create_default_context(cafile=ca.cert)
+        if name is not None:
+            issued = ca.issue(name)
+            result.load_cert_chain(issued.cert, issued.key)
+        return result
+
+    async with GatewayProcess(config) as gw:
+        async with charger(gw.charger_port, "CP-1", ssl=context("CP-1")) as cp:
+            assert (await cp.call("Heartbeat", {}))[0] == 3
+        try:
+            async with charger(gw.charger_port, "CP-1", ssl=context("CP-2")):
+                raise AssertionError("a certificate for CP-2 was admitted as CP-1")
+        except InvalidStatus as refused:
+            assert refused.response.status_code == 403
+        await handshake_fails(gw.charger_port, "CP-1", context(None))
+        await wait_for(lambda: any("client certificate is for 'CP-2'" in x for x in gw.log))
