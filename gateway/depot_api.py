@@ -8,8 +8,8 @@ of the bearer header (``gateway.api``). The page itself holds no data; it shows 
 first authorised read.
 
 ``localList`` (the local authorization list push) and certificate expiry come from providers that
-their features plug in; until then ``localList`` says the gateway does not manage the list and the
-dashboard shows no certificate panel.
+their features plug in; without one ``localList`` says the gateway does not manage the list, and
+the dashboard shows no certificate panel.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Sequence
+from http import HTTPStatus
 
 from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.http11 import Request, Response
@@ -12,6 +13,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from gateway.admission import Refused, admit
+from gateway.certs import check_client_certificate
 from gateway.config import ChargersSettings
 from gateway.frames import OcppVersion
 from gateway.hub import Hub
@@ -38,17 +40,14 @@ def _select_subprotocol(
     return None
 
 
-def _ssl_context(settings: ChargersSettings) -> ssl.SSLContext | None:
-    if not settings.tls_cert:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2  # OCPP security profile 2
-    context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    return context
+async def start_charger_server(
+    hub: Hub, settings: ChargersSettings, *, ssl_context: ssl.SSLContext | None = None
+) -> WsServer:
+    """Listen on ``settings.host:port`` and serve chargers until the returned server is closed.
 
-
-async def start_charger_server(hub: Hub, settings: ChargersSettings) -> WsServer:
-    """Listen on ``settings.host:port`` and serve chargers until the returned server is closed."""
+    With ``ssl_context`` (see :mod:`gateway.tls`) the server speaks wss://; with
+    ``settings.client_certs`` a verified client certificate must name the charger (else 403).
+    """
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
         decision = admit(request.path, request.headers.get("Authorization"), settings)
@@ -61,6 +60,14 @@ async def start_charger_server(hub: Hub, settings: ChargersSettings) -> WsServer
                     'Basic realm="flipturn-gateway", charset="UTF-8"'
                 )
             return response
+        if settings.client_certs != "none":
+            transport = connection.transport
+            peercert = None if transport is None else transport.get_extra_info("peercert")
+            why = check_client_certificate(decision.charger_id, peercert, settings.client_certs)
+            if why is not None:
+                hub.stats.errors["refused_403"] += 1
+                log.warning("refused %s: %s", decision.charger_id, why)
+                return connection.reject(HTTPStatus.FORBIDDEN, "client certificate refused\n")
         return None
 
     def on_open(connection: ServerConnection) -> None:
@@ -95,5 +102,5 @@ async def start_charger_server(hub: Hub, settings: ChargersSettings) -> WsServer
         timeouts=Timeouts(open_s=10.0, close_s=2.0),
         keepalive=Keepalive(interval_s=20.0, timeout_s=20.0),
     )
-    await server.listen(settings.host, settings.port, ssl=_ssl_context(settings))
+    await server.listen(settings.host, settings.port, ssl=ssl_context)
     return server

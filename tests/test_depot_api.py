@@ -201,3 +201,19 @@ async def test_dashboard_page_and_assets_are_served_from_the_package(tmp_path: A
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert js.status_code == 200 and "javascript" in js.headers["content-type"]
     assert missing.status_code == 404
+
+
+async def test_certificate_expiry_is_in_the_dashboard_data_when_tls_is_used(
+    tmp_path: Any, certificate: tuple[str, str]
+) -> None:
+    cert, key = certificate  # valid for one day
+    plain = settings_for(tmp_path)
+    async with running_gateway(plain) as gw, api(gw) as client:
+        assert (await client.get("/api/depot")).json()["certificates"] == []
+    tls = plain.model_copy(
+        update={"chargers": plain.chargers.model_copy(update={"tls_cert": cert, "tls_key": key})}
+    )
+    async with running_gateway(tls) as gw, api(gw) as client:
+        (entry,) = (await client.get("/api/depot")).json()["certificates"]
+    assert entry["name"] == "chargers" and entry["daysLeft"] == 0
+    assert entry["notAfter"].endswith("Z")
