@@ -363,6 +363,11 @@ async def test_every_message_type_is_relayed_unchanged_both_ways(
         assert gw.stats.sends == {"from_charger relayed": 1, "from_cloud relayed": 1}
         assert gw.stats.errors["bad_frame_from_charger"] == 0
         assert gw.stats.errors["bad_frame_from_cloud"] == 0
+        async with httpx.AsyncClient(trust_env=False) as client:
+            metrics = (await client.get(f"http://127.0.0.1:{gw.api_port}/metrics")).text
+        for direction in ("from_charger", "from_cloud"):
+            line = f'flipturn_gateway_send_frames_total{{direction="{direction}",outcome="relayed"}} 1.0'
+            assert line in metrics.splitlines()
 
 
 async def test_a_callresulterror_is_not_mistaken_for_the_answer_to_a_pending_call(
@@ -488,6 +493,9 @@ async def test_offline_answers_and_ordered_replay_with_offline_true(
         assert [json.loads(t)[0] for t in raw_of(cs.recorder, "t-2")] == [3, 3]
         assert raw_of(cs.recorder, "s-1") == []  # a SEND gets no answer, not even offline
         assert gw.stats.sends == {"from_charger dropped": 1}
+        # The refused CALLRESULT of a locally answered CALL is not the cloud's business (§6.4).
+        await cs.recorder.send('[5, "b-1", "PropertyConstraintViolation", "interval", {}]')
+        await wait_for(lambda: gw.stats.errors["local_answer_refused"] == 1)
         sent = {
             json.loads(t)[1]: json.loads(t)[3] for t in cs.recorder.sent if json.loads(t)[0] == 2
         }
@@ -501,6 +509,7 @@ async def test_offline_answers_and_ordered_replay_with_offline_true(
         assert ids[0] == "b-1" and ids[-1] == "t-2"  # the boot first, then the queue in order
         assert [i for i in ids if i in ("t-0", "t-1", "n-1")] == ["t-0", "t-1", "n-1"]
         assert "s-1" not in ids and "o-1" not in ids and "a-1" not in ids
+        assert not [f for f in csms.recorder.frames() if f[0] in (5, 6)]
         for frame in replayed:
             expected = sent[frame[1]]
             if frame[2] == "TransactionEvent":
