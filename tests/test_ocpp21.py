@@ -356,12 +356,16 @@ async def test_every_message_type_is_relayed_unchanged_both_ways(
         text, _ = await cs.recorder.received_frame(lambda f: f[1] == "s-2")
         assert text == down
 
+        # A malformed SEND is dropped: not relayed, and not answered either (§4.2.4).
+        await cs.recorder.send('[6, "s-bad", "NotifyPeriodicEventStream", []]')
+
         # A round trip after them: everything before it has arrived, and nothing answered a SEND.
         await cs.call(call.Heartbeat(), unique_id="hb-1")
         await csms.call(variables, unique_id="gv-2")
         assert raw_of(cs.recorder, "s-1") == [] and raw_of(csms.recorder, "s-2") == []
+        assert raw_of(cs.recorder, "s-bad") == [] and raw_of(csms.recorder, "s-bad") == []
         assert gw.stats.sends == {"from_charger relayed": 1, "from_cloud relayed": 1}
-        assert gw.stats.errors["bad_frame_from_charger"] == 0
+        assert gw.stats.errors["bad_frame_from_charger"] == 1
         assert gw.stats.errors["bad_frame_from_cloud"] == 0
         async with httpx.AsyncClient(trust_env=False) as client:
             metrics = (await client.get(f"http://127.0.0.1:{gw.api_port}/metrics")).text
