@@ -397,8 +397,8 @@ class ChargerSession:
         """The charger could not process the CALLRESULT it got for its CALL ``frame.message_id``.
 
         It answers a CALLRESULT, not a CALL: no pending CALL of either direction ends here. If the
-        gateway gave that CALLRESULT itself, the cloud never saw the exchange; else it goes to the
-        cloud unchanged (its CALLRESULT is the one refused).
+        gateway gave that CALLRESULT itself (offline), the cloud did not send it and is not told;
+        else it goes to the cloud unchanged (its CALLRESULT is the one refused).
         """
         if frame.message_id in self._answered_locally:
             self.hub.stats.errors["local_answer_refused"] += 1
