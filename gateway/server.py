@@ -23,7 +23,9 @@ __all__ = ["SUBPROTOCOLS", "start_charger_server"]
 
 log = logging.getLogger(__name__)
 
+# OCPP 2.1 Part 4 §3.1.2: the charger lists the versions it speaks in its order of preference.
 SUBPROTOCOLS: dict[Subprotocol, OcppVersion] = {
+    Subprotocol("ocpp2.1"): "2.1",
     Subprotocol("ocpp2.0.1"): "2.0.1",
     Subprotocol("ocpp1.6"): "1.6",
 }
@@ -81,7 +83,7 @@ async def start_charger_server(
         if connection.subprotocol is None:
             hub.stats.errors["no_subprotocol"] += 1
             log.warning("%s: no supported OCPP subprotocol offered; closing", decision.charger_id)
-            connection.close(1002, "no supported OCPP subprotocol (ocpp1.6, ocpp2.0.1)")
+            connection.close(1002, "no supported OCPP subprotocol (ocpp1.6, ocpp2.0.1, ocpp2.1)")
             return
         version = SUBPROTOCOLS[connection.subprotocol]
         log.info(
@@ -98,6 +100,8 @@ async def start_charger_server(
         subprotocols=list(SUBPROTOCOLS),
         select_subprotocol=_select_subprotocol,
         max_size=settings.max_message_bytes,
+        # RFC 7692 accepted from every charger that offers it: OCPP 2.0.1 Part 4 §3.3 and 2.1
+        # Part 4 §3.4 make it required for the CSMS and the Local Controller.
         extensions=enable_server_permessage_deflate(None),
         timeouts=Timeouts(open_s=10.0, close_s=2.0),
         keepalive=Keepalive(interval_s=20.0, timeout_s=20.0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from gateway.api import SESSION_COOKIE
 from gateway.depot_recorder import DepotRecorder
@@ -106,19 +107,35 @@ async def test_offline_transaction_shows_the_cloud_id_after_replay(
     assert [(t["id"], t["offline"]) for t in online["transactions"]] == [(cloud_id, False)]
 
 
-async def test_201_charger_detail_by_evse_and_connector(tmp_path: Any, cloud: FakeCloud) -> None:
+@pytest.mark.parametrize("version", ["2.0.1", "2.1"])
+async def test_201_and_21_charger_detail_by_evse_and_connector(tmp_path: Any, version: str) -> None:
     async with (
-        running_gateway(settings_for(tmp_path, cloud)) as gw,
-        charger(gw.charger_port, "CS-2", "2.0.1") as cs,
+        running_gateway(settings_for(tmp_path)) as gw,  # standalone: answered by the gateway
+        charger(gw.charger_port, "CS-2", version) as cs,
         api(gw) as client,
     ):
         await cs.call(
             "StatusNotification",
             {"timestamp": T0, "connectorStatus": "Faulted", "evseId": 2, "connectorId": 1},
         )
+        tx = {
+            "eventType": "Started",
+            "timestamp": T0,
+            "triggerReason": "Authorized",
+            "seqNo": 0,
+            "transactionInfo": {"transactionId": "tx-1"},
+            "evse": {"id": 2, "connectorId": 1},
+            "idToken": {"idToken": "AABB", "type": "ISO14443"},
+        }
+        assert (await cs.call("TransactionEvent", tx))[0] == 3
         body = (await client.get("/api/chargers/CS-2")).json()
-    assert body["ocppVersion"] == "2.0.1"
+    assert body["ocppVersion"] == version
     assert [(c["id"], c["status"]) for c in body["connectors"]] == [("2/1", "Faulted")]
+    assert [
+        (t["id"], t["connectorId"], t["idTag"], t["offline"]) for t in body["transactions"]
+    ] == [
+        ("tx-1", "2/1", "AABB", True)  # answered by the gateway alone
+    ]
 
 
 async def test_a_restart_shows_the_same_picture(tmp_path: Any) -> None:
