@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from starlette.routing import BaseRoute, Route
 from gateway import __version__, offline
 from gateway.api import SESSION_COOKIE, ApiContext, error, session_value
 from gateway.depot import DepotView
+from gateway.errors import StoreError
 
 __all__ = ["NO_LOCAL_LIST", "CertificateProvider", "LocalListProvider", "depot_routes"]
 
@@ -135,7 +137,7 @@ def depot_routes(
             "outbox": {
                 "pending": sum(n for n, _ in backlog.values()),
                 "oldestAgeS": round(max(0.0, time.time() - oldest), 1) if oldest else None,
-                "deadLetters": await ctx.store.dead_letter_count(),
+                "deadLetters": await _dead_letters(ctx),
             },
             "sync": {
                 "enabled": bool(ctx.settings.flipturn.api_key.get_secret_value()),
@@ -188,7 +190,18 @@ def depot_routes(
     ]
 
 
+async def _dead_letters(ctx: ApiContext) -> int | None:
+    """The dead-letter count, or None while the store cannot answer (the page still shows the rest)."""
+    try:
+        return await ctx.store.dead_letter_count()
+    except (sqlite3.Error, StoreError, ValueError):
+        return None
+
+
 async def _sync(status: Callable[[], Awaitable[dict[str, Any]]] | None) -> dict[str, Any]:
-    if status is None:
-        return {"lastSuccessAt": None, "lastError": None, "accessIds": 0}
-    return await status()
+    if status is not None:
+        try:
+            return await status()
+        except (sqlite3.Error, StoreError, ValueError):
+            pass  # the store cannot answer: say nothing rather than fail the whole page
+    return {"lastSuccessAt": None, "lastError": None, "accessIds": 0}

@@ -234,3 +234,19 @@ async def test_certificate_expiry_is_in_the_dashboard_data_when_tls_is_used(
         (entry,) = (await client.get("/api/depot")).json()["certificates"]
     assert entry["name"] == "chargers" and entry["daysLeft"] == 0
     assert entry["notAfter"].endswith("Z")
+
+
+async def test_dashboard_data_survives_a_store_that_cannot_answer(tmp_path: Any) -> None:
+    async with (
+        running_gateway(settings_for(tmp_path)) as gw,
+        charger(gw.charger_port, "CP-1") as cp,
+        api(gw) as client,
+    ):
+        await cp.call("BootNotification", BOOT)
+        assert gw.store is not None
+        await gw.store.close()  # every read of the store now fails
+        response = await client.get("/api/depot")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["outbox"]["deadLetters"] is None
+    assert [(c["id"], c["vendor"]) for c in body["chargers"]] == [("CP-1", "Alfen")]
