@@ -1,0 +1,1136 @@
+"""One charger's relay as a state machine with no I/O (the shape of websockets' ``Protocol``).
+
+The driver feeds it what happened and sends what it returns::
+
+    relay.receive_charger(text, now)        relay.receive_cloud(text, now)
+    relay.link_connecting / link_connected / link_failed / link_lost (now)
+    relay.charger_attached / charger_detached (now)
+    relay.call_charger(action, payload, now) → message id
+    relay.tick(now)                         at relay.next_deadline() or later
+        │
+        ▼
+    relay.data_to_charger() / relay.data_to_cloud()   frames (text) to send, in order
+    relay.events()                                    what the driver must do: store a row,
+                                                      answer locally, mark delivered, dead letter…
+
+and reports the outcome of the I/O an event asked for (``answered_locally``, ``resend_checked``,
+``replay_rows``, ``outcome_recorded``). ``now`` is the driver's monotonic clock in seconds; the
+core keeps no clock and draws message ids from the generator it is given.
+
+What it owns (OCPP-J 1.6 §4.1.1 / 2.0.1 and 2.1 Part 4 §4.1.1: one outstanding CALL per
+direction):
+
+* the pending table: charger CALLs forwarded live, each with its deadline
+  (``cloud_call_timeout_s``); a CALL the cloud does not answer in time is answered locally and
+  the link is dropped (``CloseLink``), as is a lost link's pending CALLs;
+* the charger's inbox: a charger frame that needs I/O (a local answer, a resend check) or waits
+  for a connecting link holds the frames after it, so they are handled in the order they came;
+* the charger's single inbound slot and its queue of at most ``max_queued_calls`` cloud and
+  gateway CALLs; ``charger_call_timeout_s`` counts from when the charger got the CALL;
+* the replay: the stored BootNotification first, then the backlog one CALL at a time, each
+  answer decided here — delivered (1.6 StartTransaction binds the local transaction id to the
+  cloud's; later messages are rewritten), retried with backoff on a transient CALLERROR or an
+  answer that breaks the schema, dead-lettered otherwise. A 2.0.1/2.1 TransactionEvent answered
+  locally is replayed with ``offline: true``;
+* the link state, through the table in :mod:`gateway.link`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, Protocol
+
+from gateway import frames, offline, txmap
+from gateway.errors import ChargerNotConnected, ChargerQueueFull, FrameError
+from gateway.frames import Call, CallError, CallResult, CallResultError, OcppVersion, Send
+from gateway.link import Event, LinkState, transition
+from gateway.validation import validate_call, validate_result
+
+__all__ = [
+    "GATEWAY_ID_PREFIX",
+    "AnswerLocally",
+    "Answered",
+    "BootDelivered",
+    "ChargerAnswered",
+    "ChargerCallFailed",
+    "ChargerCallSeen",
+    "ChargerRelay",
+    "CheckResend",
+    "CloseLink",
+    "CloudCallSeen",
+    "DeadLetter",
+    "Delivered",
+    "Drained",
+    "QueuedCall",
+    "ReadBacklog",
+    "RelayEvent",
+    "RelaySettings",
+    "RetryLater",
+    "SaveBoot",
+    "retry_delay_s",
+]
+
+log = logging.getLogger(__name__)
+
+GATEWAY_ID_PREFIX: Final = "gw-"  # gateway-originated message ids; the cloud's never start so
+# CALLERROR codes worth retrying: the cloud failed, not the message (OCPP-J error code meanings).
+TRANSIENT_CODES: Final = frozenset({"InternalError", "GenericError", "RpcFrameworkError"})
+# Ids of the latest CALLs the gateway answered itself: a 2.1 CALLRESULTERROR for one of them is
+# about the gateway's own answer and is not the cloud's business (OCPP 2.1 Part 4 §6.4).
+LOCAL_ANSWERS_KEPT: Final = 16
+# Message ids of a charger's latest stored CALLs, checked for resends on the online path.
+RECENT_IDS: Final = 64
+# A link whose handshake turn is further away than this does not hold charger CALLs at all.
+TURN_HOLD_S: Final = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """One charger's relay parameters (from ``Settings``; units in the names)."""
+
+    cloud_call_timeout_s: float = 30.0  # upstream.call_timeout_s
+    charger_call_timeout_s: float = 30.0  # chargers.call_timeout_s, from when the charger got it
+    max_queued_calls: int = 16  # chargers.max_queued_calls
+    connecting_hold_s: float = 1.5  # a charger CALL waits this long for a connecting link
+    max_replay_attempts: int = 8  # a replayed message is dead-lettered after this many
+    max_retry_delay_s: float = 300.0
+    # Actions whose traffic the driver wants to see (the depot view, hooks, the tag cache).
+    observed_charger_calls: frozenset[str] = frozenset()
+    observed_answers: frozenset[str] = frozenset()  # charger CALLs whose CALLRESULT is shown
+    observed_cloud_calls: frozenset[str] = frozenset()  # cloud CALLs shown before they queue
+    observed_cloud_answers: frozenset[str] = frozenset()  # cloud CALLs whose answer is shown
+
+
+class QueuedCall(Protocol):
+    """A stored charger CALL as the replay needs it (the store's outbox row)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def payload(self) -> str: ...
+    @property
+    def local_tx_id(self) -> int | None: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def next_attempt_at(self) -> float: ...
+
+
+# --- events ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerLocally:
+    """Answer ``call`` per the offline table: look up the tag, take a local transaction id, store
+    the row (or the Boot) durably, then call ``answered_locally`` (or ``local_answer_failed``).
+    The charger's later frames wait until then."""
+
+    call: Call
+    rule: offline.Rule
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResend:
+    """``call`` carries the id of a stored CALL: ask the store for the answer given the first
+    time, then call ``resend_checked``. The charger's later frames wait until then."""
+
+    call: Call
+
+
+@dataclass(frozen=True, slots=True)
+class SaveBoot:
+    """A BootNotification relayed live: keep it as the charger's latest, delivered."""
+
+    call: Call
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerCallSeen:
+    """A charger CALL of an observed action (before it is relayed or answered)."""
+
+    call: Call
+
+
+@dataclass(frozen=True, slots=True)
+class CloudCallSeen:
+    """A cloud CALL of an observed action, queued toward the charger."""
+
+    call: Call
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A charger CALL of an observed action got its CALLRESULT, from the cloud or locally."""
+
+    call: Call
+    result: dict[str, Any]
+    by_cloud: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerAnswered:
+    """The charger answered a CALL it had in its slot (every gateway CALL; observed cloud ones)."""
+
+    call: Call
+    answer: CallResult | CallError
+    origin: Literal["cloud", "gateway"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerCallFailed:
+    """A gateway CALL will get no answer: the charger timed out or is gone."""
+
+    message_id: str
+    action: str
+    reason: Literal["timeout", "not_connected"]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseLink:
+    """Close the upstream connection (a CALL timed out, or the backlog drained with no charger)."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBacklog:
+    """Read the charger's next queued rows (oldest first) and pass them to ``replay_rows``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Record ``row`` as delivered (with ``tx`` = (local, cloud) for a 1.6 StartTransaction),
+    then call ``outcome_recorded``."""
+
+    row: QueuedCall
+    call: Call  # as sent to the cloud
+    result: dict[str, Any]
+    tx: tuple[int, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    """Hold ``row`` for ``delay_s`` (its attempt counted), then call ``outcome_recorded``."""
+
+    row: QueuedCall
+    delay_s: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Move ``row`` to the dead letters, then call ``outcome_recorded``."""
+
+    row: QueuedCall
+    code: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class BootDelivered:
+    """Mark the stored BootNotification ``message_id`` delivered, then call ``outcome_recorded``."""
+
+    message_id: str
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """The backlog is delivered: the link relays live now."""
+
+
+RelayEvent = (
+    AnswerLocally
+    | CheckResend
+    | SaveBoot
+    | ChargerCallSeen
+    | CloudCallSeen
+    | Answered
+    | ChargerAnswered
+    | ChargerCallFailed
+    | CloseLink
+    | ReadBacklog
+    | Delivered
+    | RetryLater
+    | DeadLetter
+    | BootDelivered
+    | Drained
+)
+
+
+def retry_delay_s(attempts: int, max_s: float = 300.0) -> float:
+    """Backoff before a replayed message's next attempt, after ``attempts`` failed ones."""
+    return min(max_s, 2.0 ** (attempts + 1))
+
+
+# --- internal values --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Pending:
+    call: Call
+    deadline: float
+
+
+@dataclass(slots=True)
+class _OutCall:
+    """A CALL waiting for (or holding) the charger's slot."""
+
+    call: Call
+    text: str
+    origin: Literal["cloud", "gateway"]
+    deadline: float | None = None  # set when sent
+
+
+@dataclass(slots=True)
+class _Held:
+    """A charger CALL waiting for a connecting link until ``deadline``."""
+
+    call: Call
+    text: str
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Replaying:
+    """The one replayed CALL toward the cloud."""
+
+    call: Call
+    row: QueuedCall | None  # None: the stored BootNotification
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Replay:
+    """The replay cursor: rows read and not yet sent, and what the replay waits for."""
+
+    rows: deque[QueuedCall] = field(default_factory=deque)
+    due: dict[int, float] = field(default_factory=dict)  # seq → monotonic time of next attempt
+    waiting: Literal["", "rows", "answer", "record", "due", "held"] = ""
+    in_flight: _Replaying | None = None
+    enqueued_at_read: int = 0
+    boot_done: bool = False  # the stored Boot was tried on this link
+    # What the outcome being recorded was: a row done (delivered or dead-lettered), a retry
+    # (re-read afterwards), or the stored Boot delivered (its message id).
+    recording: Literal["", "row", "retry", "boot"] = ""
+    boot_id: str = ""
+    bind: tuple[int, int] | None = None  # applied once the delivery is recorded
+
+
+# --- the relay ---------------------------------------------------------------------------------------
+
+
+class ChargerRelay:
+    """Everything one charger's relay decides; see the module docstring for the driving."""
+
+    def __init__(
+        self,
+        charger_id: str,
+        version: OcppVersion,
+        *,
+        settings: RelaySettings,
+        new_id: Callable[[], str],
+        txids: txmap.TxIdMap | None = None,
+        errors: Counter[str] | None = None,
+        sends: Counter[str] | None = None,
+    ) -> None:
+        self.charger_id = charger_id
+        self.version: OcppVersion = version
+        self.settings = settings
+        self._new_id = new_id
+        self.txids = txids if txids is not None else txmap.TxIdMap()
+        self.errors: Counter[str] = errors if errors is not None else Counter()
+        self.sends: Counter[str] = sends if sends is not None else Counter()
+        self.state = LinkState.OFFLINE
+        self.charger_connected = False
+        self.backlog = 0
+        self.boot: tuple[str, str] | None = None  # (message id, payload) of the undelivered Boot
+        self._enqueued = 0  # rows queued, ever: a change marker for the replay
+        self._pending: dict[str, _Pending] = {}
+        self._slot: _OutCall | None = None
+        self._queue: deque[_OutCall] = deque()
+        # Charger frames behind one that awaits I/O; a Call item: answer it locally (its cloud
+        # answer will not come).
+        self._inbox: deque[str | Call] = deque()
+        self._busy = False  # a charger frame awaits the driver (or a connecting link)
+        self._checking: str | None = None  # the text of the CALL whose resend check runs
+        self._held: _Held | None = None
+        self._answered_locally: deque[str] = deque(maxlen=LOCAL_ANSWERS_KEPT)
+        self.recent_ids: set[str] = set()
+        self._recent_order: deque[str] = deque()
+        self._turn_due: float | None = None
+        self._replay: _Replay | None = None
+        self._to_charger: list[str] = []
+        self._to_cloud: list[str] = []
+        self._events: list[RelayEvent] = []
+
+    # --- output ------------------------------------------------------------------------------------
+
+    def data_to_charger(self) -> list[str]:
+        """Frames to send to the charger, in order (the returned list is the caller's)."""
+        out = self._to_charger
+        if out:
+            self._to_charger = []
+        return out
+
+    def data_to_cloud(self) -> list[str]:
+        """Frames to send to the cloud, in order."""
+        out = self._to_cloud
+        if out:
+            self._to_cloud = []
+        return out
+
+    def events(self) -> list[RelayEvent]:
+        """What the driver must do, in order."""
+        out = self._events
+        if out:
+            self._events = []
+        return out
+
+    # --- views -------------------------------------------------------------------------------------
+
+    @property
+    def wants_link(self) -> bool:
+        """The charger is connected or a backlog (or an undelivered Boot) waits for the cloud."""
+        return self.charger_connected or self.backlog > 0 or self.boot is not None
+
+    @property
+    def inbox_size(self) -> int:
+        """Charger frames waiting behind one that needs I/O (the driver pauses reading at a bound)."""
+        return len(self._inbox)
+
+    @property
+    def pending_ids(self) -> frozenset[str]:
+        return frozenset(self._pending)
+
+    @property
+    def queued(self) -> int:
+        """CALLs waiting for the charger's slot (not counting the one in it)."""
+        return len(self._queue)
+
+    @property
+    def slot_busy(self) -> bool:
+        return self._slot is not None
+
+    def next_deadline(self) -> float | None:
+        """The earliest time ``tick`` has something to do, if any."""
+        times = [p.deadline for p in self._pending.values()]
+        if self._slot is not None and self._slot.deadline is not None:
+            times.append(self._slot.deadline)
+        if self._held is not None:
+            times.append(self._held.deadline)
+        replay = self._replay
+        if replay is not None:
+            if replay.in_flight is not None:
+                times.append(replay.in_flight.deadline)
+            if replay.waiting == "due" and replay.rows:
+                times.append(replay.due.get(replay.rows[0].seq, 0.0))
+        return min(times) if times else None
+
+    def tick(self, now: float) -> None:
+        """Act on every deadline that passed by ``now``."""
+        if self._pending:
+            expired = [p for p in self._pending.values() if p.deadline <= now]
+            if expired:
+                self._cloud_timed_out(expired, now)
+        slot = self._slot
+        if slot is not None and slot.deadline is not None and slot.deadline <= now:
+            self._charger_timed_out(slot, now)
+        if self._held is not None and self._held.deadline <= now:
+            self._release_held(now)
+        replay = self._replay
+        if replay is not None:
+            flight = replay.in_flight
+            if flight is not None and flight.deadline <= now:
+                replay.in_flight = None
+                replay.waiting = ""
+                self.errors["cloud_call_timeout"] += 1
+                log.warning(
+                    "%s: cloud did not answer replayed %s %s in time",
+                    self.charger_id,
+                    flight.call.action,
+                    flight.call.message_id,
+                )
+                self._set_state(Event.CALL_TIMEOUT)
+                self._replay = None
+                self._events.append(CloseLink(1011, "call timeout"))
+            elif (
+                replay.waiting == "due"
+                and replay.rows
+                and replay.due.get(replay.rows[0].seq, 0.0) <= now
+            ):
+                replay.waiting = ""
+                self._replay_next(now)
+
+    # --- the charger's connection ------------------------------------------------------------------
+
+    def charger_attached(self, version: OcppVersion, now: float) -> None:
+        """A charger connection is served (a new one replaces the old: its slot is failed)."""
+        if self.charger_connected:
+            self._fail_charger_calls()
+        self.version = version
+        self.charger_connected = True
+
+    def charger_detached(self, now: float) -> None:
+        """The charger's connection closed: the CALLs queued for it fail; unsent frames are lost."""
+        self.charger_connected = False
+        self._fail_charger_calls()
+        self._to_charger = []
+        if (
+            self.backlog == 0
+            and self.boot is None
+            and self._replay is None
+            and self.state in (LinkState.ONLINE, LinkState.CONNECTING)
+        ):
+            self._events.append(CloseLink(1000, "charger disconnected"))
+
+    def _fail_charger_calls(self) -> None:
+        outs = ([self._slot] if self._slot is not None else []) + list(self._queue)
+        self._slot = None
+        self._queue.clear()
+        for out in outs:
+            if out.origin == "gateway":
+                self._events.append(
+                    ChargerCallFailed(out.call.message_id, out.call.action, "not_connected")
+                )
+
+    # --- the cloud link ----------------------------------------------------------------------------
+
+    def link_connecting(self, now: float, *, turn_in_s: float = 0.0) -> None:
+        """The driver starts a connection attempt; its handshake turn is ``turn_in_s`` away."""
+        self._turn_due = now + turn_in_s
+        if self.state is LinkState.OFFLINE:
+            self._set_state(Event.CONNECTING)
+
+    def link_connected(self, now: float) -> None:
+        """The upstream handshake succeeded: replay first if anything is stored, else relay."""
+        self._turn_due = None
+        if self.state is LinkState.OFFLINE:
+            self._set_state(Event.CONNECTING)
+        if self.backlog > 0 or self.boot is not None:
+            self._set_state(Event.CONNECTED_WITH_BACKLOG)
+            self._start_replay(now)
+        else:
+            self._set_state(Event.CONNECTED)
+        self._release_held(now)
+
+    def link_failed(self, now: float) -> None:
+        """The connection attempt failed; the driver waits its backoff."""
+        self._turn_due = None
+        self._set_state(Event.FAILED)
+        self._release_held(now)
+
+    def link_lost(self, now: float) -> None:
+        """The upstream connection closed: pending CALLs are answered locally, the replay stops
+        (it restarts from the store on the next link)."""
+        self._turn_due = None
+        if self.state is not LinkState.OFFLINE:
+            self._set_state(Event.LOST)
+        self._replay = None
+        pending, self._pending = self._pending, {}
+        self._answer_first([p.call for p in pending.values()])
+        self._release_held(now)
+        if not self._busy:
+            self._next_from_inbox(now)
+
+    # --- charger → gateway ---------------------------------------------------------------------------
+
+    def receive_charger(self, text: str, now: float) -> None:
+        """A text frame from the charger."""
+        if self._busy:  # an earlier frame awaits I/O: keep the charger's order
+            self._inbox.append(text)
+            return
+        self._charger_frame(text, now)
+
+    def _charger_frame(self, text: str, now: float) -> None:
+        try:
+            frame = frames.parse(text, self.version)
+        except FrameError as exc:
+            self.errors["bad_frame_from_charger"] += 1
+            log.warning("%s: bad frame from charger: %s", self.charger_id, exc.description)
+            if not self._unanswered(exc):
+                self._to_charger.append(self._error_text(exc.message_id, exc.code, exc.description))
+            return
+        if type(frame) is Call:
+            self._charger_call(frame, text, now)
+        elif type(frame) is CallResult or type(frame) is CallError:
+            self._charger_answer(frame, text, now)
+        elif type(frame) is Send:
+            self._relay_send("from_charger", self._to_cloud if self._cloud_up else None, text)
+        else:
+            assert isinstance(frame, CallResultError)
+            self._charger_result_error(frame, text)
+
+    @property
+    def _cloud_up(self) -> bool:
+        return self.state is LinkState.ONLINE or self.state is LinkState.REPLAYING
+
+    def _unanswered(self, exc: FrameError) -> bool:
+        """A bad frame that gets no CALLERROR: a 2.1 SEND (§4.2.4), or an unknown type in 1.6."""
+        return not exc.answer or (exc.code == "MessageTypeNotSupported" and self.version == "1.6")
+
+    def _relay_send(self, direction: str, out: list[str] | None, text: str) -> None:
+        """OCPP 2.1 SEND: passed on when the other side is there, else dropped; never stored or
+        answered (§4.2.4), and it needs no CALL slot (§4.1.1 note)."""
+        if out is not None:
+            out.append(text)
+            self.sends[direction + " relayed"] += 1
+        else:
+            self.sends[direction + " dropped"] += 1
+
+    def _charger_result_error(self, frame: CallResultError, text: str) -> None:
+        """The charger could not process a CALLRESULT: the cloud's goes back to the cloud; one
+        the gateway gave itself is only counted."""
+        if frame.message_id in self._answered_locally:
+            self.errors["local_answer_refused"] += 1
+            log.warning(
+                "%s: charger could not process the gateway's answer to %s: %s %s",
+                self.charger_id,
+                frame.message_id,
+                frame.code,
+                frame.description,
+            )
+        elif self._cloud_up:
+            self._to_cloud.append(text)
+
+    def _charger_call(self, call: Call, text: str, now: float) -> None:
+        if call.action in self.settings.observed_charger_calls:
+            self._events.append(ChargerCallSeen(call))
+        if self.recent_ids and call.message_id in self.recent_ids and self._cloud_up:
+            # Perhaps a resend of a CALL already stored: it must not reach the cloud twice.
+            self._busy = True
+            self._checking = text
+            self._events.append(CheckResend(call))
+            return
+        if self.state is LinkState.ONLINE and not self.txids:
+            self._forward(call, text, now)  # the common case, decided without more calls
+            return
+        self._route(call, text, now)
+
+    def _route(self, call: Call, text: str, now: float) -> None:
+        if self.state is LinkState.CONNECTING:
+            due = self._turn_due
+            if due is None or due - now <= TURN_HOLD_S:
+                # The handshake is usually quick: hold the CALL (and the frames after it) for it.
+                hold = min(self.settings.cloud_call_timeout_s, self.settings.connecting_hold_s)
+                self._busy = True
+                self._held = _Held(call, text, now + hold)
+                return
+        self._route_now(call, text, now)
+
+    def _route_now(self, call: Call, text: str, now: float) -> None:
+        if self.state is not LinkState.ONLINE:
+            self._answer_locally(call)
+            return
+        if self.txids and txmap.local_ids_in(call.action, call.payload):
+            try:
+                payload = txmap.rewrite_to_cloud(
+                    call.action, call.payload, self.txids.local_to_cloud
+                )
+            except txmap.UnmappedTransaction:
+                self._answer_locally(call)  # queued; dead-lettered on replay if never mapped
+                return
+            call = Call(call.message_id, call.action, payload)
+            text = call.serialize()
+        self._forward(call, text, now)
+
+    def _forward(self, call: Call, text: str, now: float) -> None:
+        self._pending[call.message_id] = _Pending(call, now + self.settings.cloud_call_timeout_s)
+        if call.action == "BootNotification":
+            self._events.append(SaveBoot(call))
+        self._to_cloud.append(text)
+
+    def _answer_locally(self, call: Call) -> None:
+        """Per the offline table; what needs no I/O is answered here, the rest by the driver."""
+        rule = offline.rule_for(self.version, call.action)
+        if rule.answer is offline.Answer.NOT_SUPPORTED:
+            self._to_charger.append(
+                self._error_text(
+                    call.message_id, "NotSupported", f"{call.action} is not available offline"
+                )
+            )
+            return
+        try:
+            validate_call(self.version, call.action, call.payload, call.message_id)
+        except FrameError as exc:
+            self.errors["schema_violation"] += 1
+            self._to_charger.append(self._error_text(exc.message_id, exc.code, exc.description))
+            return
+        self._busy = True
+        self._events.append(AnswerLocally(call, rule))
+
+    def answered_locally(
+        self,
+        call: Call,
+        result: dict[str, Any],
+        now: float,
+        *,
+        stored: bool,
+        local_tx_id: int | None = None,
+        resend: bool = False,
+    ) -> None:
+        """The driver answered ``call`` (its row durably stored if ``stored``): send the answer,
+        count the backlog, and go on with the charger's next frame."""
+        if resend:
+            self.errors["charger_resend"] += 1
+        elif stored:
+            self.remember_stored([call.message_id])
+            if local_tx_id is not None:
+                self.txids.add_local(local_tx_id)
+            self._backlog_grew(now)
+        self._answered_locally.append(call.message_id)
+        self._to_charger.append(CallResult(call.message_id, result).serialize())
+        if not resend and call.action in self.settings.observed_answers:
+            self._events.append(Answered(call, result, by_cloud=False))
+        self._done_with(now)
+
+    def boot_stored(self, message_id: str, payload: str, now: float) -> None:
+        """A BootNotification answered locally is stored as the latest undelivered one."""
+        self.boot = (message_id, payload)
+        if self._replay is not None:
+            self._replay.boot_done = False
+        elif self.state is LinkState.ONLINE:  # the link came up meanwhile: replay it now
+            self._set_state(Event.BACKLOG)
+            self._start_replay(now)
+
+    def local_answer_failed(self, call: Call, now: float) -> None:
+        """The driver could not answer (e.g. the store cannot write): nothing was acknowledged,
+        so the charger gets InternalError and will send it again."""
+        self._to_charger.append(self._error_text(call.message_id, "InternalError", ""))
+        self._done_with(now)
+
+    def resend_checked(self, call: Call, answer: dict[str, Any] | None, now: float) -> None:
+        """The store's answer to ``CheckResend``: the first answer again, or route it as new."""
+        if answer is not None:
+            self.answered_locally(call, answer, now, stored=False, resend=True)
+            return
+        text, self._checking = self._checking or call.serialize(), None
+        self._busy = False
+        self._route(call, text, now)
+        if not self._busy:
+            self._next_from_inbox(now)
+
+    def remember_stored(self, message_ids: Iterable[str]) -> None:
+        """Note message ids of CALLs stored for replay (the latest RECENT_IDS are kept)."""
+        for message_id in message_ids:
+            if message_id in self.recent_ids:
+                continue
+            self.recent_ids.add(message_id)
+            self._recent_order.append(message_id)
+            if len(self._recent_order) > RECENT_IDS:
+                self.recent_ids.discard(self._recent_order.popleft())
+
+    def _done_with(self, now: float) -> None:
+        self._busy = False
+        self._next_from_inbox(now)
+
+    def _answer_first(self, calls: list[Call]) -> None:
+        """CALLs whose cloud answer will not come are answered locally, in the order they came,
+        before the frames waiting in the inbox."""
+        self._inbox.extendleft(reversed(calls))
+
+    def _next_from_inbox(self, now: float) -> None:
+        inbox = self._inbox
+        while inbox and not self._busy:
+            item = inbox.popleft()
+            if isinstance(item, Call):
+                self._answer_locally(item)
+            else:
+                self._charger_frame(item, now)
+
+    def _release_held(self, now: float) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._busy = False
+            self._route_now(held.call, held.text, now)
+            self._next_from_inbox(now)
+
+    def _charger_answer(self, frame: CallResult | CallError, text: str, now: float) -> None:
+        slot = self._slot
+        if slot is not None and slot.call.message_id == frame.message_id:
+            self._slot = None
+            if slot.origin == "gateway":
+                self._events.append(ChargerAnswered(slot.call, frame, "gateway"))
+            else:
+                if self._cloud_up:
+                    self._to_cloud.append(text)
+                if slot.call.action in self.settings.observed_cloud_answers:
+                    self._events.append(ChargerAnswered(slot.call, frame, "cloud"))
+            self._pump(now)
+        elif not frame.message_id.startswith(GATEWAY_ID_PREFIX) and self._cloud_up:
+            # A late answer (after our timeout) or one we never tracked: pass it on unchanged.
+            self._to_cloud.append(text)
+
+    def _cloud_timed_out(self, expired: list[_Pending], now: float) -> None:
+        for pending in expired:
+            del self._pending[pending.call.message_id]
+            self.errors["cloud_call_timeout"] += 1
+            log.warning(
+                "%s: cloud did not answer %s %s in time; answering locally",
+                self.charger_id,
+                pending.call.action,
+                pending.call.message_id,
+            )
+        self._set_state(Event.CALL_TIMEOUT)
+        self._events.append(CloseLink(1011, "call timeout"))
+        self._replay = None
+        self._answer_first([p.call for p in expired])
+        if not self._busy:
+            self._next_from_inbox(now)
+
+    # --- cloud → charger -----------------------------------------------------------------------------
+
+    def receive_cloud(self, text: str, now: float) -> None:
+        """A text frame from the cloud."""
+        try:
+            frame = frames.parse(text, self.version)
+        except FrameError as exc:
+            self.errors["bad_frame_from_cloud"] += 1
+            log.warning("%s: bad frame from cloud: %s", self.charger_id, exc.description)
+            if exc.message_id != "-1" and not self._unanswered(exc):
+                self._to_cloud.append(self._error_text(exc.message_id, exc.code, exc.description))
+            return
+        kind = type(frame)
+        if kind is CallResult or kind is CallError:
+            assert isinstance(frame, (CallResult, CallError))
+            self._cloud_answer(frame, text, now)
+        elif kind is Call:
+            assert isinstance(frame, Call)
+            self._cloud_call(frame, text, now)
+        elif kind is Send:
+            self._relay_send(
+                "from_cloud", self._to_charger if self.charger_connected else None, text
+            )
+        elif self.charger_connected:
+            # A CALLRESULTERROR about the charger's CALLRESULT to a cloud CALL, whose slot it
+            # already freed: ids of the two directions come from different senders, so it is
+            # never matched against pending CALLs or the replay.
+            self._to_charger.append(text)
+        else:
+            log.info("%s: charger gone; cloud CALLRESULTERROR dropped", self.charger_id)
+
+    def _cloud_answer(self, frame: CallResult | CallError, text: str, now: float) -> None:
+        replay = self._replay
+        flight = replay.in_flight if replay is not None else None
+        if flight is not None and flight.call.message_id == frame.message_id:
+            assert replay is not None
+            self._replay_answered(replay, frame, now)
+            return
+        pending = self._pending.pop(frame.message_id, None)
+        if pending is None:
+            log.info(
+                "%s: dropping cloud answer to unknown id %s", self.charger_id, frame.message_id
+            )
+            return
+        if self.charger_connected:
+            self._to_charger.append(text)
+        if type(frame) is CallResult and pending.call.action in self.settings.observed_answers:
+            self._events.append(Answered(pending.call, frame.payload, by_cloud=True))
+
+    def _cloud_call(self, call: Call, text: str, now: float) -> None:
+        if not self.charger_connected:
+            self._to_cloud.append(
+                self._error_text(call.message_id, "GenericError", "charger is not connected")
+            )
+            return
+        if self.txids.cloud_to_local:
+            payload = txmap.rewrite_to_charger(call.action, call.payload, self.txids.cloud_to_local)
+            if payload is not call.payload:
+                call = Call(call.message_id, call.action, payload)
+                text = call.serialize()
+        if not self._enqueue(_OutCall(call, text, "cloud"), now):
+            log.warning(
+                "%s: %d CALLs already wait for the charger; refusing %s %s",
+                self.charger_id,
+                len(self._queue),
+                call.action,
+                call.message_id,
+            )
+            self._to_cloud.append(
+                self._error_text(call.message_id, "GenericError", "charger queue full")
+            )
+            return
+        if call.action in self.settings.observed_cloud_calls:
+            self._events.append(CloudCallSeen(call))
+
+    # --- gateway → charger ---------------------------------------------------------------------------
+
+    def call_charger(
+        self, action: str, payload: dict[str, Any], now: float, *, payload_text: str | None = None
+    ) -> str:
+        """Queue a gateway CALL for the charger's slot; its message id. The answer comes as
+        ``ChargerAnswered`` (origin "gateway"), or ``ChargerCallFailed``.
+
+        ``payload_text``: ``payload`` already serialized (one payload sent to many chargers).
+        Raises ChargerNotConnected, or ChargerQueueFull (nothing queued).
+        """
+        if not self.charger_connected:
+            raise ChargerNotConnected(self.charger_id)
+        message_id = GATEWAY_ID_PREFIX + self._new_id()
+        text = (
+            f'[{frames.CALL},"{message_id}",{frames.dumps(action)},{payload_text}]'
+            if payload_text is not None
+            else Call(message_id, action, payload).serialize()
+        )
+        if not self._enqueue(_OutCall(Call(message_id, action, payload), text, "gateway"), now):
+            raise ChargerQueueFull(
+                f"charger queue full: {len(self._queue)} CALLs already wait for {self.charger_id}"
+            )
+        return message_id
+
+    def cancel_charger_call(self, message_id: str) -> bool:
+        """The caller gave up: a CALL not yet sent is never sent; True if it was still queued."""
+        for out in self._queue:
+            if out.call.message_id == message_id:
+                self._queue.remove(out)
+                return True
+        return False
+
+    def _enqueue(self, out: _OutCall, now: float) -> bool:
+        if self._slot is not None and len(self._queue) >= self.settings.max_queued_calls:
+            self.errors["charger_queue_full"] += 1
+            return False
+        self._queue.append(out)
+        if self._slot is None:
+            self._pump(now)
+        return True
+
+    def _pump(self, now: float) -> None:
+        """Send the next queued CALL if the charger's slot is free (one outstanding CALL)."""
+        if self._slot is not None or not self._queue or not self.charger_connected:
+            return
+        out = self._queue.popleft()
+        # chargers.call_timeout_s counts from now, when the charger gets it, not from queueing.
+        out.deadline = now + self.settings.charger_call_timeout_s
+        self._slot = out
+        self._to_charger.append(out.text)
+
+    def _charger_timed_out(self, out: _OutCall, now: float) -> None:
+        self._slot = None
+        self.errors["charger_call_timeout"] += 1
+        log.warning("%s: no answer to %s %s", self.charger_id, out.call.action, out.call.message_id)
+        if out.origin == "gateway":
+            self._events.append(ChargerCallFailed(out.call.message_id, out.call.action, "timeout"))
+        self._pump(now)
+
+    # --- replay ----------------------------------------------------------------------------------------
+
+    def rows_appeared(self, count: int, now: float) -> None:
+        """Rows reached the charger's queue from outside (a requeued dead letter): replay them."""
+        self._enqueued += 1
+        self.backlog = max(self.backlog, count)
+        if self.state is LinkState.ONLINE:
+            self._set_state(Event.BACKLOG)
+            self._start_replay(now)
+
+    def _backlog_grew(self, now: float) -> None:
+        self._enqueued += 1
+        self.backlog += 1
+        if self.state is LinkState.ONLINE:
+            self._set_state(Event.BACKLOG)
+            self._start_replay(now)
+
+    def _start_replay(self, now: float) -> None:
+        if self._replay is None:
+            self._replay = _Replay()
+            self._replay_next(now)
+
+    def _replay_next(self, now: float) -> None:
+        """Send the next replayed CALL, or ask for rows, or declare the backlog drained."""
+        replay = self._replay
+        if replay is None or replay.waiting or self.state is not LinkState.REPLAYING:
+            return
+        if self.boot is not None and not replay.boot_done:
+            message_id, boot_payload = self.boot
+            self._replay_send(
+                replay, Call(message_id, "BootNotification", frames.loads(boot_payload)), None, now
+            )
+            return
+        while replay.rows:
+            row = replay.rows[0]
+            due = replay.due.get(row.seq, 0.0)
+            if due > now:
+                replay.waiting = "due"
+                return
+            replay.rows.popleft()
+            payload = frames.loads(row.payload)
+            try:
+                payload = txmap.rewrite_to_cloud(row.action, payload, self.txids.local_to_cloud)
+            except txmap.UnmappedTransaction as exc:
+                self._dead_letter(replay, row, "UnmappedTransaction", str(exc))
+                return
+            if row.action == "TransactionEvent" and not payload.get("offline"):
+                payload = {**payload, "offline": True}  # answered locally: 2.0.1/2.1 E02
+            self._replay_send(replay, Call(row.message_id, row.action, payload), row, now)
+            return
+        replay.waiting = "rows"
+        replay.enqueued_at_read = self._enqueued
+        self._events.append(ReadBacklog())
+
+    def replay_rows(self, rows: Iterable[QueuedCall], now: float, *, wall_now: float) -> None:
+        """The rows ``ReadBacklog`` asked for (oldest first); ``wall_now`` is the clock of their
+        ``next_attempt_at``. No rows, and none queued since the read: the backlog is drained."""
+        replay = self._replay
+        if replay is None or replay.waiting != "rows":
+            return
+        replay.waiting = ""
+        replay.rows = deque(rows)
+        replay.due = {
+            row.seq: now + (row.next_attempt_at - wall_now)
+            for row in replay.rows
+            if row.next_attempt_at > wall_now
+        }
+        if replay.rows:
+            self.backlog = max(self.backlog, len(replay.rows))
+            self._replay_next(now)
+            return
+        if self._enqueued != replay.enqueued_at_read:
+            self._replay_next(now)  # queued while the driver read: read again
+            return
+        self.backlog = 0
+        self._replay = None
+        self._set_state(Event.DRAINED)
+        self._events.append(Drained())
+        if not self.charger_connected:
+            self._events.append(CloseLink(1000, "backlog drained"))
+
+    def _replay_send(self, replay: _Replay, call: Call, row: QueuedCall | None, now: float) -> None:
+        replay.in_flight = _Replaying(call, row, now + self.settings.cloud_call_timeout_s)
+        replay.waiting = "answer"
+        self._to_cloud.append(call.serialize())
+
+    def _replay_answered(self, replay: _Replay, answer: CallResult | CallError, now: float) -> None:
+        flight = replay.in_flight
+        assert flight is not None
+        replay.in_flight = None
+        row = flight.row
+        if row is None:  # the stored BootNotification: a CALLERROR leaves it for the next link
+            replay.boot_done = True
+            replay.waiting = ""
+            if isinstance(answer, CallResult):
+                self._warn_if_refused(answer.payload.get("status"), "replayed BootNotification")
+                replay.waiting, replay.recording = "record", "boot"
+                replay.boot_id = flight.call.message_id
+                self._events.append(BootDelivered(flight.call.message_id, answer.payload))
+            else:
+                self._replay_next(now)
+            return
+        if isinstance(answer, CallError):
+            code = answer.code
+            if code in TRANSIENT_CODES and row.attempts + 1 < self.settings.max_replay_attempts:
+                self._retry_later(replay, row, f"{code}: {answer.description}")
+            else:
+                self._dead_letter(replay, row, code, answer.description)
+            return
+        version = frames.as_version(row.version)
+        try:
+            # An answer that breaks the schema is not a delivery: a StartTransaction answer
+            # without an integer transactionId would leave the transaction unmapped.
+            validate_result(version, row.action, answer.payload, row.message_id)
+        except FrameError as exc:
+            reason = f"the cloud's answer breaks the schema: {exc.description}"
+            if row.attempts + 1 < self.settings.max_replay_attempts:
+                self._retry_later(replay, row, f"{exc.code}: {reason}")
+            else:
+                self._dead_letter(replay, row, exc.code, reason)
+            return
+        tx = None
+        if version == "1.6" and row.action == "StartTransaction":
+            info = answer.payload.get("idTagInfo")
+            status = info.get("status") if isinstance(info, dict) else None
+            self._warn_if_refused(status, f"replayed StartTransaction {row.message_id}")
+            if row.local_tx_id is not None:
+                tx = (row.local_tx_id, int(answer.payload["transactionId"]))
+                log.info("%s: local transaction %d is cloud transaction %d", self.charger_id, *tx)
+        replay.bind = tx
+        replay.waiting, replay.recording = "record", "row"
+        self._events.append(Delivered(row, flight.call, answer.payload, tx))
+        if flight.call.action in self.settings.observed_answers:
+            self._events.append(Answered(flight.call, answer.payload, by_cloud=True))
+
+    def _retry_later(self, replay: _Replay, row: QueuedCall, error: str) -> None:
+        delay = retry_delay_s(row.attempts, self.settings.max_retry_delay_s)
+        log.warning(
+            "%s: replayed %s %s not delivered (%s); retry in %.0fs",
+            self.charger_id,
+            row.action,
+            row.message_id,
+            error,
+            delay,
+        )
+        replay.waiting, replay.recording = "record", "retry"
+        self._events.append(RetryLater(row, delay, error[:500]))
+
+    def _dead_letter(self, replay: _Replay, row: QueuedCall, code: str, description: str) -> None:
+        log.error(
+            "%s: cloud refused replayed %s %s (%s: %s); moved to dead letters",
+            self.charger_id,
+            row.action,
+            row.message_id,
+            code,
+            description,
+        )
+        replay.waiting, replay.recording = "record", "row"
+        self._events.append(DeadLetter(row, code, description))
+
+    def outcome_recorded(self, now: float, *, ok: bool = True) -> None:
+        """The driver recorded the last ``Delivered``/``RetryLater``/``DeadLetter``/
+        ``BootDelivered``. ``ok=False`` (the store failed): nothing is assumed; the replay
+        re-reads the store when the driver calls ``resume_replay``."""
+        replay = self._replay
+        if replay is None or replay.waiting != "record":
+            return
+        bind, replay.bind = replay.bind, None
+        recording, replay.recording = replay.recording, ""
+        if not ok:
+            replay.rows.clear()
+            replay.waiting = "held"  # until resume_replay
+            return
+        replay.waiting = ""
+        if bind is not None:
+            self.txids.bind(*bind)
+        if recording == "retry":
+            replay.rows.clear()  # re-read: the row now carries its next attempt time
+        elif recording == "boot":
+            if self.boot is not None and self.boot[0] == replay.boot_id:
+                self.boot = None  # else a newer Boot was stored meanwhile: replay that one
+        else:
+            self.backlog = max(0, self.backlog - 1)
+        self._replay_next(now)
+
+    def resume_replay(self, now: float) -> None:
+        """The store commits again after a failed outcome: re-read from the first row queued."""
+        replay = self._replay
+        if replay is not None and replay.waiting == "held":
+            replay.waiting = ""
+            replay.rows.clear()
+            self._replay_next(now)
+
+    def _warn_if_refused(self, status: object, what: str) -> None:
+        """The charger was answered Accepted locally; an operator should know the cloud disagreed."""
+        if status is not None and status != "Accepted":
+            log.warning("%s: cloud answered %s to the %s", self.charger_id, status, what)
+
+    # --- small helpers -------------------------------------------------------------------------------
+
+    def _set_state(self, event: Event) -> None:
+        new = transition(self.state, event)
+        if new is not self.state:
+            log.debug("%s: link %s -> %s", self.charger_id, self.state.value, new.value)
+            self.state = new
+
+    def _error_text(self, message_id: str, code: str, description: str) -> str:
+        return CallError(
+            message_id, frames.error_code_for(self.version, code), description
+        ).serialize()
