@@ -41,43 +41,39 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal
 
 from gateway import frames, offline, txmap
+from gateway.core.events import (
+    Answered,
+    AnswerLocally,
+    BootDelivered,
+    ChargerAnswered,
+    ChargerCallFailed,
+    ChargerCallSeen,
+    CheckResend,
+    CloseLink,
+    CloudCallSeen,
+    DeadLetter,
+    Delivered,
+    Drained,
+    QueuedCall,
+    ReadBacklog,
+    RelayEvent,
+    RetryLater,
+    SaveBoot,
+)
+from gateway.core.replay import decide, outgoing
 from gateway.errors import ChargerNotConnected, ChargerQueueFull, FrameError
 from gateway.frames import Call, CallError, CallResult, CallResultError, OcppVersion, Send
 from gateway.link import Event, LinkState, transition
-from gateway.validation import validate_call, validate_result
+from gateway.validation import validate_call
 
-__all__ = [
-    "GATEWAY_ID_PREFIX",
-    "AnswerLocally",
-    "Answered",
-    "BootDelivered",
-    "ChargerAnswered",
-    "ChargerCallFailed",
-    "ChargerCallSeen",
-    "ChargerRelay",
-    "CheckResend",
-    "CloseLink",
-    "CloudCallSeen",
-    "DeadLetter",
-    "Delivered",
-    "Drained",
-    "QueuedCall",
-    "ReadBacklog",
-    "RelayEvent",
-    "RelaySettings",
-    "RetryLater",
-    "SaveBoot",
-    "retry_delay_s",
-]
+__all__ = ["GATEWAY_ID_PREFIX", "ChargerRelay", "RelaySettings"]
 
 log = logging.getLogger(__name__)
 
 GATEWAY_ID_PREFIX: Final = "gw-"  # gateway-originated message ids; the cloud's never start so
-# CALLERROR codes worth retrying: the cloud failed, not the message (OCPP-J error code meanings).
-TRANSIENT_CODES: Final = frozenset({"InternalError", "GenericError", "RpcFrameworkError"})
 # Ids of the latest CALLs the gateway answered itself: a 2.1 CALLRESULTERROR for one of them is
 # about the gateway's own answer and is not the cloud's business (OCPP 2.1 Part 4 §6.4).
 LOCAL_ANSWERS_KEPT: Final = 16
@@ -102,175 +98,6 @@ class RelaySettings:
     observed_answers: frozenset[str] = frozenset()  # charger CALLs whose CALLRESULT is shown
     observed_cloud_calls: frozenset[str] = frozenset()  # cloud CALLs shown before they queue
     observed_cloud_answers: frozenset[str] = frozenset()  # cloud CALLs whose answer is shown
-
-
-class QueuedCall(Protocol):
-    """A stored charger CALL as the replay needs it (the store's outbox row)."""
-
-    @property
-    def seq(self) -> int: ...
-    @property
-    def version(self) -> str: ...
-    @property
-    def message_id(self) -> str: ...
-    @property
-    def action(self) -> str: ...
-    @property
-    def payload(self) -> str: ...
-    @property
-    def local_tx_id(self) -> int | None: ...
-    @property
-    def attempts(self) -> int: ...
-    @property
-    def next_attempt_at(self) -> float: ...
-
-
-# --- events ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerLocally:
-    """Answer ``call`` per the offline table: look up the tag, take a local transaction id, store
-    the row (or the Boot) durably, then call ``answered_locally`` (or ``local_answer_failed``).
-    The charger's later frames wait until then."""
-
-    call: Call
-    rule: offline.Rule
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResend:
-    """``call`` carries the id of a stored CALL: ask the store for the answer given the first
-    time, then call ``resend_checked``. The charger's later frames wait until then."""
-
-    call: Call
-
-
-@dataclass(frozen=True, slots=True)
-class SaveBoot:
-    """A BootNotification relayed live: keep it as the charger's latest, delivered."""
-
-    call: Call
-
-
-@dataclass(frozen=True, slots=True)
-class ChargerCallSeen:
-    """A charger CALL of an observed action (before it is relayed or answered)."""
-
-    call: Call
-
-
-@dataclass(frozen=True, slots=True)
-class CloudCallSeen:
-    """A cloud CALL of an observed action, queued toward the charger."""
-
-    call: Call
-
-
-@dataclass(frozen=True, slots=True)
-class Answered:
-    """A charger CALL of an observed action got its CALLRESULT, from the cloud or locally."""
-
-    call: Call
-    result: dict[str, Any]
-    by_cloud: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ChargerAnswered:
-    """The charger answered a CALL it had in its slot (every gateway CALL; observed cloud ones)."""
-
-    call: Call
-    answer: CallResult | CallError
-    origin: Literal["cloud", "gateway"]
-
-
-@dataclass(frozen=True, slots=True)
-class ChargerCallFailed:
-    """A gateway CALL will get no answer: the charger timed out or is gone."""
-
-    message_id: str
-    action: str
-    reason: Literal["timeout", "not_connected"]
-
-
-@dataclass(frozen=True, slots=True)
-class CloseLink:
-    """Close the upstream connection (a CALL timed out, or the backlog drained with no charger)."""
-
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReadBacklog:
-    """Read the charger's next queued rows (oldest first) and pass them to ``replay_rows``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """Record ``row`` as delivered (with ``tx`` = (local, cloud) for a 1.6 StartTransaction),
-    then call ``outcome_recorded``."""
-
-    row: QueuedCall
-    call: Call  # as sent to the cloud
-    result: dict[str, Any]
-    tx: tuple[int, int] | None
-
-
-@dataclass(frozen=True, slots=True)
-class RetryLater:
-    """Hold ``row`` for ``delay_s`` (its attempt counted), then call ``outcome_recorded``."""
-
-    row: QueuedCall
-    delay_s: float
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """Move ``row`` to the dead letters, then call ``outcome_recorded``."""
-
-    row: QueuedCall
-    code: str
-    description: str
-
-
-@dataclass(frozen=True, slots=True)
-class BootDelivered:
-    """Mark the stored BootNotification ``message_id`` delivered, then call ``outcome_recorded``."""
-
-    message_id: str
-    result: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Drained:
-    """The backlog is delivered: the link relays live now."""
-
-
-RelayEvent = (
-    AnswerLocally
-    | CheckResend
-    | SaveBoot
-    | ChargerCallSeen
-    | CloudCallSeen
-    | Answered
-    | ChargerAnswered
-    | ChargerCallFailed
-    | CloseLink
-    | ReadBacklog
-    | Delivered
-    | RetryLater
-    | DeadLetter
-    | BootDelivered
-    | Drained
-)
-
-
-def retry_delay_s(attempts: int, max_s: float = 300.0) -> float:
-    """Backoff before a replayed message's next attempt, after ``attempts`` failed ones."""
-    return min(max_s, 2.0 ** (attempts + 1))
 
 
 # --- internal values --------------------------------------------------------------------------------
@@ -964,15 +791,11 @@ class ChargerRelay:
                 replay.waiting = "due"
                 return
             replay.rows.popleft()
-            payload = frames.loads(row.payload)
-            try:
-                payload = txmap.rewrite_to_cloud(row.action, payload, self.txids.local_to_cloud)
-            except txmap.UnmappedTransaction as exc:
-                self._dead_letter(replay, row, "UnmappedTransaction", str(exc))
-                return
-            if row.action == "TransactionEvent" and not payload.get("offline"):
-                payload = {**payload, "offline": True}  # answered locally: 2.0.1/2.1 E02
-            self._replay_send(replay, Call(row.message_id, row.action, payload), row, now)
+            out = outgoing(row, self.txids.local_to_cloud)
+            if isinstance(out, DeadLetter):
+                self._record(replay, out)
+            else:
+                self._replay_send(replay, out, row, now)
             return
         replay.waiting = "rows"
         replay.enqueued_at_read = self._enqueued
@@ -1026,63 +849,53 @@ class ChargerRelay:
             else:
                 self._replay_next(now)
             return
-        if isinstance(answer, CallError):
-            code = answer.code
-            if code in TRANSIENT_CODES and row.attempts + 1 < self.settings.max_replay_attempts:
-                self._retry_later(replay, row, f"{code}: {answer.description}")
-            else:
-                self._dead_letter(replay, row, code, answer.description)
-            return
-        version = frames.as_version(row.version)
-        try:
-            # An answer that breaks the schema is not a delivery: a StartTransaction answer
-            # without an integer transactionId would leave the transaction unmapped.
-            validate_result(version, row.action, answer.payload, row.message_id)
-        except FrameError as exc:
-            reason = f"the cloud's answer breaks the schema: {exc.description}"
-            if row.attempts + 1 < self.settings.max_replay_attempts:
-                self._retry_later(replay, row, f"{exc.code}: {reason}")
-            else:
-                self._dead_letter(replay, row, exc.code, reason)
-            return
-        tx = None
-        if version == "1.6" and row.action == "StartTransaction":
-            info = answer.payload.get("idTagInfo")
+        outcome = decide(
+            row,
+            flight.call,
+            answer,
+            max_attempts=self.settings.max_replay_attempts,
+            max_delay_s=self.settings.max_retry_delay_s,
+        )
+        if isinstance(outcome, Delivered) and row.action == "StartTransaction":
+            info = outcome.result.get("idTagInfo")
             status = info.get("status") if isinstance(info, dict) else None
             self._warn_if_refused(status, f"replayed StartTransaction {row.message_id}")
-            if row.local_tx_id is not None:
-                tx = (row.local_tx_id, int(answer.payload["transactionId"]))
-                log.info("%s: local transaction %d is cloud transaction %d", self.charger_id, *tx)
-        replay.bind = tx
-        replay.waiting, replay.recording = "record", "row"
-        self._events.append(Delivered(row, flight.call, answer.payload, tx))
-        if flight.call.action in self.settings.observed_answers:
-            self._events.append(Answered(flight.call, answer.payload, by_cloud=True))
+        self._record(replay, outcome)
 
-    def _retry_later(self, replay: _Replay, row: QueuedCall, error: str) -> None:
-        delay = retry_delay_s(row.attempts, self.settings.max_retry_delay_s)
-        log.warning(
-            "%s: replayed %s %s not delivered (%s); retry in %.0fs",
-            self.charger_id,
-            row.action,
-            row.message_id,
-            error,
-            delay,
-        )
-        replay.waiting, replay.recording = "record", "retry"
-        self._events.append(RetryLater(row, delay, error[:500]))
-
-    def _dead_letter(self, replay: _Replay, row: QueuedCall, code: str, description: str) -> None:
-        log.error(
-            "%s: cloud refused replayed %s %s (%s: %s); moved to dead letters",
-            self.charger_id,
-            row.action,
-            row.message_id,
-            code,
-            description,
-        )
-        replay.waiting, replay.recording = "record", "row"
-        self._events.append(DeadLetter(row, code, description))
+    def _record(self, replay: _Replay, outcome: Delivered | RetryLater | DeadLetter) -> None:
+        """Ask the driver to record ``outcome``; the replay waits for ``outcome_recorded``."""
+        row = outcome.row
+        if isinstance(outcome, Delivered):
+            replay.bind = outcome.tx
+            replay.recording = "row"
+            if outcome.tx is not None:
+                log.info(
+                    "%s: local transaction %d is cloud transaction %d", self.charger_id, *outcome.tx
+                )
+        elif isinstance(outcome, RetryLater):
+            replay.recording = "retry"
+            log.warning(
+                "%s: replayed %s %s not delivered (%s); retry in %.0fs",
+                self.charger_id,
+                row.action,
+                row.message_id,
+                outcome.error,
+                outcome.delay_s,
+            )
+        else:
+            replay.recording = "row"
+            log.error(
+                "%s: cloud refused replayed %s %s (%s: %s); moved to dead letters",
+                self.charger_id,
+                row.action,
+                row.message_id,
+                outcome.code,
+                outcome.description,
+            )
+        replay.waiting = "record"
+        self._events.append(outcome)
+        if isinstance(outcome, Delivered) and outcome.call.action in self.settings.observed_answers:
+            self._events.append(Answered(outcome.call, outcome.result, by_cloud=True))
 
     def outcome_recorded(self, now: float, *, ok: bool = True) -> None:
         """The driver recorded the last ``Delivered``/``RetryLater``/``DeadLetter``/

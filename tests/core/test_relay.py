@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 
 from gateway import offline
-from gateway.core.relay import (
+from gateway.core.events import (
     Answered,
     AnswerLocally,
     BootDelivered,
     ChargerAnswered,
     ChargerCallFailed,
-    ChargerRelay,
     CheckResend,
     CloseLink,
     CloudCallSeen,
@@ -26,10 +25,10 @@ from gateway.core.relay import (
     Delivered,
     Drained,
     ReadBacklog,
-    RelaySettings,
     RetryLater,
     SaveBoot,
 )
+from gateway.core.relay import ChargerRelay, RelaySettings
 from gateway.errors import ChargerNotConnected, ChargerQueueFull
 from gateway.frames import Call, CallError, CallResult, OcppVersion
 from gateway.link import LinkState

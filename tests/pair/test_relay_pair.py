@@ -13,18 +13,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway import offline
-from gateway.core.relay import (
+from gateway.core.events import (
     AnswerLocally,
     BootDelivered,
-    ChargerRelay,
     CheckResend,
     CloseLink,
     DeadLetter,
     Delivered,
     ReadBacklog,
-    RelaySettings,
     RetryLater,
 )
+from gateway.core.relay import ChargerRelay, RelaySettings
 from gateway.link import LinkState
 from gateway.txmap import LOCAL_TX_MIN, is_local
 
