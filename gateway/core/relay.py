@@ -116,6 +116,7 @@ class _OutCall:
     call: Call
     text: str
     origin: Literal["cloud", "gateway"]
+    timeout_s: float | None = None  # None: settings.charger_call_timeout_s
     deadline: float | None = None  # set when sent
 
 
@@ -152,6 +153,7 @@ class _Replay:
     recording: Literal["", "row", "retry", "boot"] = ""
     boot_id: str = ""
     bind: tuple[int, int] | None = None  # applied once the delivery is recorded
+    asked: object = None  # the ReadBacklog or outcome event the replay waits on (identity)
 
 
 # --- the relay ---------------------------------------------------------------------------------------
@@ -228,8 +230,8 @@ class ChargerRelay:
 
     @property
     def wants_link(self) -> bool:
-        """The charger is connected or a backlog (or an undelivered Boot) waits for the cloud."""
-        return self.charger_connected or self.backlog > 0 or self.boot is not None
+        """The charger is connected or a backlog waits for the cloud."""
+        return self.charger_connected or self.backlog > 0
 
     @property
     def inbox_size(self) -> int:
@@ -313,12 +315,7 @@ class ChargerRelay:
         self.charger_connected = False
         self._fail_charger_calls()
         self._to_charger = []
-        if (
-            self.backlog == 0
-            and self.boot is None
-            and self._replay is None
-            and self.state in (LinkState.ONLINE, LinkState.CONNECTING)
-        ):
+        if self.backlog == 0 and self.state is not LinkState.OFFLINE:
             self._events.append(CloseLink(1000, "charger disconnected"))
 
     def _fail_charger_calls(self) -> None:
@@ -379,14 +376,18 @@ class ChargerRelay:
             return
         self._charger_frame(text, now)
 
+    def bad_charger_frame(self, exc: FrameError) -> None:
+        """A charger frame that cannot be accepted (also one the driver could not decode)."""
+        self.errors["bad_frame_from_charger"] += 1
+        log.warning("%s: bad frame from charger: %s", self.charger_id, exc.description)
+        if not self._unanswered(exc):
+            self._to_charger.append(self._error_text(exc.message_id, exc.code, exc.description))
+
     def _charger_frame(self, text: str, now: float) -> None:
         try:
             frame = frames.parse(text, self.version)
         except FrameError as exc:
-            self.errors["bad_frame_from_charger"] += 1
-            log.warning("%s: bad frame from charger: %s", self.charger_id, exc.description)
-            if not self._unanswered(exc):
-                self._to_charger.append(self._error_text(exc.message_id, exc.code, exc.description))
+            self.bad_charger_frame(exc)
             return
         if type(frame) is Call:
             self._charger_call(frame, text, now)
@@ -618,15 +619,19 @@ class ChargerRelay:
 
     # --- cloud → charger -----------------------------------------------------------------------------
 
+    def bad_cloud_frame(self, exc: FrameError) -> None:
+        """A cloud frame that cannot be accepted (also one the driver could not decode)."""
+        self.errors["bad_frame_from_cloud"] += 1
+        log.warning("%s: bad frame from cloud: %s", self.charger_id, exc.description)
+        if exc.message_id != "-1" and not self._unanswered(exc):
+            self._to_cloud.append(self._error_text(exc.message_id, exc.code, exc.description))
+
     def receive_cloud(self, text: str, now: float) -> None:
         """A text frame from the cloud."""
         try:
             frame = frames.parse(text, self.version)
         except FrameError as exc:
-            self.errors["bad_frame_from_cloud"] += 1
-            log.warning("%s: bad frame from cloud: %s", self.charger_id, exc.description)
-            if exc.message_id != "-1" and not self._unanswered(exc):
-                self._to_cloud.append(self._error_text(exc.message_id, exc.code, exc.description))
+            self.bad_cloud_frame(exc)
             return
         kind = type(frame)
         if kind is CallResult or kind is CallError:
@@ -694,13 +699,20 @@ class ChargerRelay:
     # --- gateway → charger ---------------------------------------------------------------------------
 
     def call_charger(
-        self, action: str, payload: dict[str, Any], now: float, *, payload_text: str | None = None
+        self,
+        action: str,
+        payload: dict[str, Any],
+        now: float,
+        *,
+        payload_text: str | None = None,
+        timeout_s: float | None = None,
     ) -> str:
         """Queue a gateway CALL for the charger's slot; its message id. The answer comes as
         ``ChargerAnswered`` (origin "gateway"), or ``ChargerCallFailed``.
 
         ``payload_text``: ``payload`` already serialized (one payload sent to many chargers).
-        Raises ChargerNotConnected, or ChargerQueueFull (nothing queued).
+        ``timeout_s``: how long the charger may hold the slot with it (default
+        ``charger_call_timeout_s``). Raises ChargerNotConnected, or ChargerQueueFull.
         """
         if not self.charger_connected:
             raise ChargerNotConnected(self.charger_id)
@@ -710,7 +722,8 @@ class ChargerRelay:
             if payload_text is not None
             else Call(message_id, action, payload).serialize()
         )
-        if not self._enqueue(_OutCall(Call(message_id, action, payload), text, "gateway"), now):
+        out = _OutCall(Call(message_id, action, payload), text, "gateway", timeout_s)
+        if not self._enqueue(out, now):
             raise ChargerQueueFull(
                 f"charger queue full: {len(self._queue)} CALLs already wait for {self.charger_id}"
             )
@@ -739,7 +752,8 @@ class ChargerRelay:
             return
         out = self._queue.popleft()
         # chargers.call_timeout_s counts from now, when the charger gets it, not from queueing.
-        out.deadline = now + self.settings.charger_call_timeout_s
+        timeout_s = self.settings.charger_call_timeout_s if out.timeout_s is None else out.timeout_s
+        out.deadline = now + timeout_s
         self._slot = out
         self._to_charger.append(out.text)
 
@@ -799,13 +813,17 @@ class ChargerRelay:
             return
         replay.waiting = "rows"
         replay.enqueued_at_read = self._enqueued
-        self._events.append(ReadBacklog())
+        replay.asked = request = ReadBacklog()
+        self._events.append(request)
 
-    def replay_rows(self, rows: Iterable[QueuedCall], now: float, *, wall_now: float) -> None:
-        """The rows ``ReadBacklog`` asked for (oldest first); ``wall_now`` is the clock of their
-        ``next_attempt_at``. No rows, and none queued since the read: the backlog is drained."""
+    def replay_rows(
+        self, request: ReadBacklog, rows: Iterable[QueuedCall], now: float, *, wall_now: float
+    ) -> None:
+        """The rows ``request`` asked for (oldest first); ``wall_now`` is the clock of their
+        ``next_attempt_at``. No rows, and none queued since the read: the backlog is drained.
+        An answer to a request of an earlier link (or already answered) is ignored."""
         replay = self._replay
-        if replay is None or replay.waiting != "rows":
+        if replay is None or replay.waiting != "rows" or replay.asked is not request:
             return
         replay.waiting = ""
         replay.rows = deque(rows)
@@ -845,7 +863,8 @@ class ChargerRelay:
                 self._warn_if_refused(answer.payload.get("status"), "replayed BootNotification")
                 replay.waiting, replay.recording = "record", "boot"
                 replay.boot_id = flight.call.message_id
-                self._events.append(BootDelivered(flight.call.message_id, answer.payload))
+                replay.asked = delivered = BootDelivered(flight.call.message_id, answer.payload)
+                self._events.append(delivered)
             else:
                 self._replay_next(now)
             return
@@ -893,16 +912,21 @@ class ChargerRelay:
                 outcome.description,
             )
         replay.waiting = "record"
+        replay.asked = outcome
         self._events.append(outcome)
-        if isinstance(outcome, Delivered) and outcome.call.action in self.settings.observed_answers:
-            self._events.append(Answered(outcome.call, outcome.result, by_cloud=True))
 
-    def outcome_recorded(self, now: float, *, ok: bool = True) -> None:
-        """The driver recorded the last ``Delivered``/``RetryLater``/``DeadLetter``/
-        ``BootDelivered``. ``ok=False`` (the store failed): nothing is assumed; the replay
-        re-reads the store when the driver calls ``resume_replay``."""
+    def outcome_recorded(
+        self,
+        outcome: Delivered | RetryLater | DeadLetter | BootDelivered,
+        now: float,
+        *,
+        ok: bool = True,
+    ) -> None:
+        """The driver recorded ``outcome``. ``ok=False`` (the store failed): nothing is assumed;
+        the replay re-reads the store when the driver calls ``resume_replay``. An outcome of an
+        earlier link's replay is ignored (that replay restarts from the store)."""
         replay = self._replay
-        if replay is None or replay.waiting != "record":
+        if replay is None or replay.waiting != "record" or replay.asked is not outcome:
             return
         bind, replay.bind = replay.bind, None
         recording, replay.recording = replay.recording, ""

@@ -378,9 +378,14 @@ def replaying(rows: list[Row], version: OcppVersion = "1.6", **settings: Any) ->
     r.link_connecting(T0)
     r.link_connected(T0)
     assert r.state is LinkState.REPLAYING
-    assert r.events() == [ReadBacklog()]
-    r.replay_rows(rows, T0, wall_now=WALL)
+    r.replay_rows(read_request(r), rows, T0, wall_now=WALL)
     return r
+
+
+def read_request(r: ChargerRelay) -> ReadBacklog:
+    [request] = r.events()
+    assert isinstance(request, ReadBacklog)
+    return request
 
 
 def start_row(seq: int = 1, local: int = LOCAL_TX_MIN) -> Row:
@@ -396,15 +401,16 @@ def test_replay_in_order_binds_the_transaction_and_rewrites_later_rows() -> None
     [delivered] = r.events()
     assert isinstance(delivered, Delivered) and delivered.tx == (LOCAL_TX_MIN, 77)
     assert r.data_to_cloud() == []  # nothing more until the delivery is recorded
-    r.outcome_recorded(T0)
+    assert r.txids.local_to_cloud == {}  # nor bound
+    r.outcome_recorded(delivered, T0)
+    assert r.txids.local_to_cloud == {LOCAL_TX_MIN: 77}
     [stop_sent] = parsed(r.data_to_cloud())
     assert stop_sent[1:3] == ["e2", "StopTransaction"]
     assert stop_sent[3]["transactionId"] == 77
     r.receive_cloud(result("e2", {}), T0)
-    r.events()
-    r.outcome_recorded(T0)
-    assert r.events() == [ReadBacklog()]
-    r.replay_rows([], T0, wall_now=WALL)
+    [done] = r.events()
+    r.outcome_recorded(done, T0)
+    r.replay_rows(read_request(r), [], T0, wall_now=WALL)
     assert r.events() == [Drained()]
     assert r.state is LinkState.ONLINE and r.backlog == 0
 
@@ -424,14 +430,17 @@ def test_row_queued_while_the_driver_read_is_read_again() -> None:
     r.charger_attached("1.6", T0)
     r.link_connecting(T0)
     r.link_connected(T0)
-    assert r.events() == [ReadBacklog()]
+    request = read_request(r)
     r.receive_charger(call("m9", "MeterValues", METER), T0)  # answered locally meanwhile
     [ev] = r.events()
     assert isinstance(ev, AnswerLocally)
     r.answered_locally(ev.call, {}, T0, stored=True)
-    r.replay_rows([], T0, wall_now=WALL)  # the read began before m9 was stored
-    assert r.events() == [ReadBacklog()]
-    assert r.state is LinkState.REPLAYING
+    r.replay_rows(request, [], T0, wall_now=WALL)  # the read began before m9 was stored
+    again = read_request(r)
+    assert again is not request and r.state is LinkState.REPLAYING
+    # The first request answered twice (a stale read) is ignored.
+    r.replay_rows(request, [], T0, wall_now=WALL)
+    assert r.events() == [] and r.state is LinkState.REPLAYING
 
 
 def test_transient_error_retries_with_backoff_then_dead_letters() -> None:
@@ -442,10 +451,10 @@ def test_transient_error_retries_with_backoff_then_dead_letters() -> None:
     [retry] = r.events()
     assert isinstance(retry, RetryLater) and retry.delay_s == 2.0
     assert retry.error == "InternalError: db down"
-    r.outcome_recorded(T0)
-    assert r.events() == [ReadBacklog()]  # re-read: the row carries its next attempt time
+    r.outcome_recorded(retry, T0)
+    request = read_request(r)  # re-read: the row carries its next attempt time
     later = replace(row, attempts=1, next_attempt_at=WALL + 4.0)
-    r.replay_rows([later], T0, wall_now=WALL)
+    r.replay_rows(request, [later], T0, wall_now=WALL)
     assert r.data_to_cloud() == [] and r.next_deadline() == T0 + 4.0
     r.tick(T0 + 3.9)
     assert r.data_to_cloud() == []
@@ -454,9 +463,8 @@ def test_transient_error_retries_with_backoff_then_dead_letters() -> None:
     r.receive_cloud(error("m1", "InternalError"), T0 + 4)
     [retry2] = r.events()
     assert isinstance(retry2, RetryLater) and retry2.delay_s == 4.0
-    r.outcome_recorded(T0 + 4)
-    r.events()
-    r.replay_rows([replace(row, attempts=2)], T0 + 8, wall_now=WALL + 8)
+    r.outcome_recorded(retry2, T0 + 4)
+    r.replay_rows(read_request(r), [replace(row, attempts=2)], T0 + 8, wall_now=WALL + 8)
     r.data_to_cloud()
     r.receive_cloud(error("m1", "InternalError"), T0 + 8)
     [dead] = r.events()
@@ -470,7 +478,7 @@ def test_a_refusal_is_dead_lettered_at_once() -> None:
     r.receive_cloud(error("m1", "FormationViolation", "no"), T0)
     [dead] = r.events()
     assert isinstance(dead, DeadLetter) and dead.description == "no"
-    r.outcome_recorded(T0)
+    r.outcome_recorded(dead, T0)
     assert r.backlog == 0
 
 
@@ -480,9 +488,8 @@ def test_replayed_answer_that_breaks_the_schema_is_not_a_delivery() -> None:
     r.receive_cloud(result("s1", {"idTagInfo": {"status": "Accepted"}}), T0)  # no transactionId
     [retry] = r.events()
     assert isinstance(retry, RetryLater) and "breaks the schema" in retry.error
-    r.outcome_recorded(T0)
-    r.events()
-    r.replay_rows([replace(start_row(), attempts=1)], T0, wall_now=WALL)
+    r.outcome_recorded(retry, T0)
+    r.replay_rows(read_request(r), [replace(start_row(), attempts=1)], T0, wall_now=WALL)
     r.data_to_cloud()
     r.receive_cloud(result("s1", {"transactionId": "x"}), T0)
     [dead] = r.events()
@@ -515,7 +522,7 @@ def test_replay_timeout_drops_the_link_and_replay_restarts_from_the_store() -> N
     r.link_lost(T0 + 5)
     r.link_connecting(T0 + 6)
     r.link_connected(T0 + 6)
-    assert r.events() == [ReadBacklog()]
+    read_request(r)
 
 
 def test_stored_boot_is_replayed_first_and_delivered_once() -> None:
@@ -529,10 +536,11 @@ def test_stored_boot_is_replayed_first_and_delivered_once() -> None:
     assert boot[1:3] == ["b1", "BootNotification"]
     answer = {"status": "Accepted", "currentTime": "2026-12-01T10:00:00Z", "interval": 60}
     r.receive_cloud(result("b1", answer), T0)
-    assert r.events() == [BootDelivered("b1", answer)]
-    r.outcome_recorded(T0)
+    [delivered] = r.events()
+    assert delivered == BootDelivered("b1", answer)
+    r.outcome_recorded(delivered, T0)
     assert r.boot is None and r.backlog == 1
-    assert r.events() == [ReadBacklog()]
+    read_request(r)
 
 
 def test_store_failure_holds_the_replay_until_resumed() -> None:
@@ -540,12 +548,12 @@ def test_store_failure_holds_the_replay_until_resumed() -> None:
     r = replaying([row, replace(row, seq=2, message_id="m2")])
     r.data_to_cloud()
     r.receive_cloud(result("m1", {}), T0)
-    r.events()
-    r.outcome_recorded(T0, ok=False)
+    [delivered] = r.events()
+    r.outcome_recorded(delivered, T0, ok=False)
     assert r.data_to_cloud() == [] and r.events() == []
     assert r.backlog == 2  # nothing assumed delivered
     r.resume_replay(T0 + 10)
-    assert r.events() == [ReadBacklog()]
+    read_request(r)
 
 
 def test_answers_of_observed_actions_are_shown_with_who_gave_them() -> None:

@@ -194,11 +194,11 @@ class Pair:
             stored = self._stored(call.message_id, call.action, call.payload)
             r.resend_checked(call, json.loads(stored.answer) if stored else None, self.now)
         elif isinstance(event, ReadBacklog):
-            r.replay_rows(list(self.rows), self.now, wall_now=self.now)
+            r.replay_rows(event, list(self.rows), self.now, wall_now=self.now)
         elif isinstance(event, Delivered):
             self.rows = [row for row in self.rows if row.seq != event.row.seq]
             self.delivered.append(self._find(event.row.seq, event.row))
-            r.outcome_recorded(self.now)
+            r.outcome_recorded(event, self.now)
         elif isinstance(event, RetryLater):
             self.rows = [
                 replace(row, attempts=row.attempts + 1, next_attempt_at=self.now + event.delay_s)
@@ -206,13 +206,13 @@ class Pair:
                 else row
                 for row in self.rows
             ]
-            r.outcome_recorded(self.now)
+            r.outcome_recorded(event, self.now)
         elif isinstance(event, DeadLetter):
             self.rows = [row for row in self.rows if row.seq != event.row.seq]
             self.dead.append(self._find(event.row.seq, event.row))
-            r.outcome_recorded(self.now)
+            r.outcome_recorded(event, self.now)
         elif isinstance(event, BootDelivered):
-            r.outcome_recorded(self.now)
+            r.outcome_recorded(event, self.now)
         elif isinstance(event, CloseLink):
             r.link_lost(self.now)
 
