@@ -1,4 +1,9 @@
-"""All charger sessions of one gateway and the services they share."""
+"""All charger sessions of one gateway and the services they share.
+
+The hub creates, finds and closes sessions; a session sees it only as a
+:class:`~gateway.session.SessionHost` and never the other way round for its fields: the hub
+reads a session's views and calls its methods.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,17 @@ from typing import Any
 
 from gateway import offline, txmap
 from gateway.config import Settings
-from gateway.depot import DepotView
+from gateway.core.relay import RelaySettings
+from gateway.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
 from gateway.frames import OcppVersion, as_version
 from gateway.metrics import RelayStats
-from gateway.session import Authorizer, ChargerSession, SessionHook
+from gateway.session import (
+    LEARNED_ACTIONS,
+    Authorizer,
+    ChargerSession,
+    SessionHook,
+    SessionSettings,
+)
 from gateway.store import Store
 from gateway.wsconn import ClientConnection, ServerConnection
 
@@ -30,6 +42,8 @@ STANDALONE_NOTIFICATION_RETENTION_S = 24 * 3600.0
 STANDALONE_TRANSACTION_RETENTION_S = 90 * 24 * 3600.0
 STANDALONE_MAX_ROWS = 200_000
 STANDALONE_PRUNE_EVERY_S = 600.0
+CLOUD_CALL_TIMEOUT_S = 30.0  # how long a cloud CALL may hold the charger's queue
+UNBOUNDED_QUEUE = 2**31  # the charger queue is bounded by the callers (one cloud CALL at a time)
 
 
 def _as_version(value: str) -> OcppVersion:
@@ -61,6 +75,7 @@ class Hub:
         self.hooked_charger_actions = frozenset(a for h in self.hooks for a in h.charger_actions)
         self.stats = stats or RelayStats()
         self.reconnect_max_s = reconnect_max_s
+        self.session_settings = self._session_settings(settings, reconnect_max_s)
         self.sessions: dict[str, ChargerSession] = {}
         self.rng = random.Random()  # backoff jitter for every session (one generator, ~2.5 KB)
         self.closing = False
@@ -68,8 +83,27 @@ class Hub:
         self._prune_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self._attaching: set[asyncio.Task[None]] = set()
-        # One timer for every forwarded CALL's deadline, instead of a timer per CALL.
         self._sweep_every_s = min(0.25, settings.upstream.call_timeout_s / 4)
+
+    def _session_settings(self, settings: Settings, reconnect_max_s: float) -> SessionSettings:
+        call_timeout_s = settings.upstream.call_timeout_s
+        relay = RelaySettings(
+            cloud_call_timeout_s=call_timeout_s,
+            charger_call_timeout_s=max(CLOUD_CALL_TIMEOUT_S, call_timeout_s),
+            max_queued_calls=UNBOUNDED_QUEUE,
+            connecting_hold_s=call_timeout_s,
+            observed_charger_calls=FOLDED_CALLS | self.hooked_charger_actions,
+            observed_answers=LEARNED_ACTIONS | FOLDED_ANSWERS,
+            observed_cloud_answers=frozenset(a for h in self.hooks for a in h.cloud_actions),
+        )
+        return SessionSettings(
+            upstream_url=settings.upstream.url,
+            pass_authorization=settings.upstream.pass_authorization,
+            standalone=settings.standalone,
+            heartbeat_interval_s=settings.offline.heartbeat_interval_s,
+            reconnect_max_s=reconnect_max_s,
+            relay=relay,
+        )
 
     async def start(self) -> None:
         """Load persistent state and open upstream links for chargers that have a backlog."""
@@ -79,17 +113,17 @@ class Hub:
         versions = await self.store.backlog_versions()
         for charger_id, (count, oldest) in backlog.items():
             session = await self._session(charger_id, _as_version(versions.get(charger_id, "1.6")))
-            session.backlog, session.backlog_oldest = count, oldest
+            session.restore_backlog(count, oldest)
         if backlog:
             log.info(
                 "%d queued messages for %d chargers",
                 sum(c for c, _ in backlog.values()),
                 len(backlog),
             )
+        self._sweep_task = asyncio.create_task(self._sweep_loop())
         if self.settings.standalone:
             self._prune_task = asyncio.create_task(self._prune_loop())
         else:
-            self._sweep_task = asyncio.create_task(self._sweep_loop())
             for session in self.sessions.values():
                 session.ensure_link()
 
@@ -100,8 +134,9 @@ class Hub:
             # Another connection for the same id may have created it while we read.
             session = self.sessions.get(charger_id)
             if session is None:
-                session = ChargerSession(self, charger_id, version)
-                session.txids = txids
+                session = ChargerSession(
+                    self, charger_id, version, self.session_settings, txids=txids
+                )
                 self.sessions[charger_id] = session
         return session
 
@@ -191,11 +226,17 @@ class Hub:
         return asyncio.get_running_loop().time()
 
     async def _sweep_loop(self) -> None:
+        """One timer for every session's deadlines (forwarded CALLs, the charger's slot, the
+        replay), instead of a timer per CALL."""
         while True:
             await asyncio.sleep(self._sweep_every_s)
             now = self.loop_time()
             for session in list(self.sessions.values()):
-                session.expire_pending(now)
+                try:
+                    session.tick(now)
+                except Exception:
+                    self.stats.errors["internal"] += 1
+                    log.exception("%s: failed to act on a deadline", session.charger_id)
 
     async def _prune_loop(self) -> None:
         while True:
@@ -210,8 +251,7 @@ class Hub:
                 log.info("standalone: pruned %d old queued messages", removed)
                 for charger_id, (count, oldest) in (await self.store.backlog()).items():
                     if charger_id in self.sessions:
-                        self.sessions[charger_id].backlog = count
-                        self.sessions[charger_id].backlog_oldest = oldest
+                        self.sessions[charger_id].restore_backlog(count, oldest)
             await asyncio.sleep(STANDALONE_PRUNE_EVERY_S)
 
     async def close(self) -> None:

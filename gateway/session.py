@@ -1,66 +1,48 @@
-"""One charger's session: the charger socket, its upstream link, and what moves between them.
+"""One charger's session: the driver of its :class:`~gateway.core.relay.ChargerRelay`.
 
-The decisions are made by the pure modules (``frames``, ``link``, ``offline``, ``txmap``,
-``validation``); this driver moves text between sockets, starts timers and writes rows.
+The relay core decides everything about the charger's traffic (what is relayed, answered
+locally, queued for the charger, replayed, retried or dead-lettered). This driver only moves
+text between the two sockets and the core, runs the upstream link loop, and carries out the
+core's events with the store, the tag cache, the depot view and the hooks, reporting each
+outcome back. Online, a frame is relayed within the socket's receive callback: no task, no await.
 
-Online, a frame is relayed within the socket's receive callback (``wsconn``): no task, no await.
-A charger frame that needs I/O (answered locally, or waiting for the link to open) runs in the
-session's inbox task, and the charger's later frames queue behind it, so they are handled in the
-order they came.
-
-Directions and queues (OCPP-J 1.6 §4.1.1 / 2.0.1 part 4 §4.1.1: one outstanding CALL per direction):
-
-* charger → cloud: the charger keeps its own discipline online; while the link is down or a
-  backlog drains, CALLs are answered locally and stored behind the backlog, which is replayed one
-  CALL at a time — so replayed and live CALLs never overlap toward the cloud.
-* cloud/gateway → charger: cloud CALLs and gateway-originated CALLs (reservations) share one queue;
-  the next is sent only when the previous one is answered or has timed out.
+The session knows its hub only through :class:`SessionHost` and gets its parameters as one
+:class:`SessionSettings` value; the clock and the id generator are injected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
+import random
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 from gateway import frames, offline, txmap
 from gateway.backoff import Backoff
-from gateway.depot import FOLDED_ANSWERS, FOLDED_CALLS
+from gateway.core import events as ev
+from gateway.core.relay import ChargerRelay, RelaySettings
+from gateway.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
 from gateway.errors import ChargerNotConnected, ChargerTimeout, CloudUnavailable, FrameError
-from gateway.frames import Call, CallError, CallResult, CallResultError, OcppVersion, Send
-from gateway.link import Event, LinkState, transition
-from gateway.store import OutboxRow
-from gateway.validation import validate_call, validate_result
+from gateway.frames import Call, CallError, CallResult, OcppVersion
+from gateway.link import LinkState
+from gateway.metrics import RelayStats
+from gateway.store import OutboxRow, Store
 from gateway.wsconn import ClientConnection, Message, ServerConnection, WsConnection
 
-if TYPE_CHECKING:
-    from gateway.hub import Hub
-
-__all__ = [
-    "Authorizer",
-    "ChargerSession",
-    "SessionHook",
-]
+__all__ = ["Authorizer", "ChargerSession", "SessionHook", "SessionHost", "SessionSettings"]
 
 log = logging.getLogger(__name__)
 
-GATEWAY_ID_PREFIX: Final = "gw-"  # gateway-originated message ids; the cloud's never start so
-CLOUD_CALL_TIMEOUT_S: Final = 30.0  # how long a cloud CALL may hold the charger's queue
 LEARNED_ACTIONS: Final = frozenset(
     {"Authorize", "StartTransaction", "StopTransaction", "TransactionEvent"}
 )
-# CALLERROR codes worth retrying: the cloud failed, not the message (OCPP-J error code meanings).
-TRANSIENT_CODES: Final = frozenset({"InternalError", "GenericError", "RpcFrameworkError"})
-MAX_TRANSIENT_ATTEMPTS: Final = 8
 REPLAY_BATCH: Final = 100
 # Close codes by which the cloud signals an outage rather than ending this charger's session
 # (RFC 6455 §7.4.1: going away, server error, restart, try again later): the charger stays connected.
@@ -68,12 +50,7 @@ _OUTAGE_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
 _CLOSED_BY_US: Final = (0, "closed by the gateway")
 # Charger frames waiting behind one that needs I/O (a local answer); beyond this, reading pauses.
 INBOX_HOLD: Final = 16
-# Ids of the latest CALLs the gateway answered itself: a 2.1 CALLRESULTERROR for one of them is
-# about the gateway's own answer and is not the cloud's business (OCPP 2.1 Part 4 §6.4).
-LOCAL_ANSWERS_KEPT: Final = 16
-
-# Work a frame needs beyond the synchronous relay path, run in order by the session's inbox task.
-Slow = Callable[[], Awaitable[None]]
+_NOT_UTF8: Final = FrameError("FormatViolation", "frame is not UTF-8 text")
 
 
 class Authorizer(Protocol):
@@ -99,9 +76,7 @@ class SessionHook(Protocol):
     """An observer of a session's traffic (reservations use it)."""
 
     charger_actions: frozenset[str]  # charger CALLs to show to ``on_charger_call``
-    cloud_actions: frozenset[
-        str
-    ]  # cloud CALLs whose charger answer goes to ``on_cloud_call_answered``
+    cloud_actions: frozenset[str]  # cloud CALLs whose charger answer goes to the next method
 
     async def on_charger_call(self, session: ChargerSession, call: Call) -> None: ...
 
@@ -116,86 +91,114 @@ class SessionHook(Protocol):
         ...
 
 
-class _Pending(NamedTuple):
-    """A charger CALL forwarded live to the cloud, waiting for its answer until ``deadline``."""
-
-    call: Call
-    deadline: float  # loop time; the hub's sweep answers it locally once passed
+Connector = Callable[[str, OcppVersion, dict[str, str]], Awaitable[ClientConnection]]
 
 
-@dataclass(slots=True)
-class _OutCall:
-    """A CALL waiting for (or holding) the charger's single inbound slot."""
+class SessionHost(Protocol):
+    """What a session needs from its hub: shared services, nothing of other sessions."""
 
-    message_id: str
-    action: str
-    payload: dict[str, Any]
-    text: str
-    origin: str  # "cloud" | "gateway"
-    timeout_s: float
-    future: asyncio.Future[CallResult | CallError] | None = None
-    timer: asyncio.TimerHandle | None = None
-
-
-@dataclass
-class _Replay:
-    """The single replayed CALL in flight toward the cloud."""
-
-    message_id: str
-    future: asyncio.Future[CallResult | CallError] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-
-
-def _as_text(message: Message) -> str:
-    """OCPP-J frames are text; a binary frame is accepted only if it is valid UTF-8."""
-    if isinstance(message, str):
-        return message
-    try:
-        return message.decode()
-    except UnicodeDecodeError as exc:
-        raise FrameError("FormatViolation", "frame is not UTF-8 text") from exc
+    @property
+    def store(self) -> Store: ...
+    @property
+    def stats(self) -> RelayStats: ...
+    @property
+    def authorizer(self) -> Authorizer: ...
+    @property
+    def hooks(self) -> Sequence[SessionHook]: ...
+    @property
+    def hooked_charger_actions(self) -> frozenset[str]: ...
+    @property
+    def depot(self) -> DepotView: ...
+    @property
+    def connect_upstream(self) -> Connector: ...
+    @property
+    def rng(self) -> random.Random: ...  # backoff jitter
+    @property
+    def closing(self) -> bool: ...
+    def next_local_tx_id(self) -> int: ...
+    def forget_if_idle(self, session: ChargerSession) -> None: ...
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """Every session's parameters, built once by the hub from ``Settings``."""
+
+    upstream_url: str
+    pass_authorization: bool
+    standalone: bool
+    heartbeat_interval_s: int
+    reconnect_max_s: float
+    relay: RelaySettings
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:24]
 
 
 class ChargerSession:
     """Everything about one charge point id; outlives its sockets while a backlog drains."""
 
-    def __init__(self, hub: Hub, charger_id: str, version: OcppVersion) -> None:
-        self.hub = hub
+    def __init__(
+        self,
+        host: SessionHost,
+        charger_id: str,
+        version: OcppVersion,
+        settings: SessionSettings,
+        *,
+        txids: txmap.TxIdMap | None = None,
+        clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = _new_id,
+    ) -> None:
+        self.host = host
         self.charger_id = charger_id
-        self.version: OcppVersion = version
+        self.settings = settings
+        stats = host.stats
+        self.relay = ChargerRelay(
+            charger_id,
+            version,
+            settings=settings.relay,
+            new_id=new_id,
+            txids=txids,
+            errors=stats.errors,
+            sends=stats.sends,
+        )
+        self._stats = stats
+        self._now = clock or asyncio.get_running_loop().time  # monotonic: deadlines
+        self._wall = wall_clock  # unix time: what is stored and shown
         self.charger: ServerConnection | None = None
         self.upstream: ClientConnection | None = None
-        self.state = LinkState.OFFLINE
         self.last_seen_at: float | None = None  # unix time of the charger's last frame
-        self.backlog = 0
         self.backlog_oldest: float | None = None
-        self._enqueued = 0  # messages queued by this session, ever (a change marker for replay)
-        self.txids = txmap.TxIdMap()
         self._auth_header: dict[str, str] = {}
-        self._pending: dict[str, _Pending] = {}
-        self._replay: _Replay | None = None
-        self._queue: deque[_OutCall] = deque()
-        self._slot: _OutCall | None = None
-        self._state_changed = asyncio.Event()
+        self._calls: dict[str, asyncio.Future[CallResult | CallError]] = {}
         self._wanted_changed = asyncio.Event()
         self._link_task: asyncio.Task[None] | None = None
-        self._replay_task: asyncio.Task[None] | None = None
         self._closing_upstream = False  # we, not the cloud, are closing the current link
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._inbox: deque[Message] | None = None  # set while a charger frame awaits I/O
-        self._answered_locally: deque[str] = deque(maxlen=LOCAL_ANSWERS_KEPT)
-        self._loop = asyncio.get_running_loop()
-        self._call_timeout_s = hub.settings.upstream.call_timeout_s
+        self._answering = False  # a charger CALL is being answered locally (its frames wait)
+        reconnect_max_s = settings.reconnect_max_s
         self._backoff = Backoff(
-            initial_s=min(1.0, hub.reconnect_max_s), max_s=hub.reconnect_max_s, rng=hub.rng
+            initial_s=min(1.0, reconnect_max_s), max_s=reconnect_max_s, rng=host.rng
         )
 
-    # --- small helpers -------------------------------------------------------------------------
+    # --- views ---------------------------------------------------------------------------------
+
+    @property
+    def version(self) -> OcppVersion:
+        return self.relay.version
+
+    @property
+    def state(self) -> LinkState:
+        return self.relay.state
+
+    @property
+    def backlog(self) -> int:
+        return self.relay.backlog
+
+    @property
+    def txids(self) -> txmap.TxIdMap:
+        return self.relay.txids
 
     @property
     def connected(self) -> bool:
@@ -209,6 +212,78 @@ class ChargerSession:
     def upstream_connected(self) -> bool:
         return self.upstream is not None and self.state in (LinkState.ONLINE, LinkState.REPLAYING)
 
+    def restore_backlog(self, count: int, oldest: float | None) -> None:
+        """The store's count of this charger's queued rows (at start-up, after pruning)."""
+        self.relay.backlog = count
+        self.backlog_oldest = oldest if count else None
+
+    # --- moving the core's output --------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Send what the core produced and carry out its events."""
+        relay = self.relay
+        out = relay.data_to_cloud()
+        if out:
+            ws = self.upstream
+            for text in out:
+                if ws is not None and ws.send(text):
+                    self._stats.frames_to_cloud += 1
+        out = relay.data_to_charger()
+        if out:
+            charger = self.charger
+            for text in out:
+                if charger is not None and charger.send(text):
+                    self._stats.frames_to_chargers += 1
+        events = relay.events()
+        for event in events:
+            self._handle(event)
+
+    def _handle(self, event: ev.RelayEvent) -> None:
+        host = self.host
+        if isinstance(event, ev.ChargerCallSeen):
+            call = event.call
+            if call.action in FOLDED_CALLS:  # the depot view, from the charger's own payload
+                host.depot.charger_call(
+                    self.charger_id, self.version, call.action, call.payload, self._wall()
+                )
+            for hook in host.hooks if call.action in host.hooked_charger_actions else ():
+                if call.action in hook.charger_actions:
+                    self._spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
+        elif isinstance(event, ev.AnswerLocally):
+            self._answering = True
+            self._spawn(self._answer_locally(event.call, event.rule), "answering locally")
+        elif isinstance(event, ev.CheckResend):
+            self.relay.resend_checked(event.call, None, self._now())  # no resend keys kept
+            self._flush()
+        elif isinstance(event, ev.Answered):
+            call = event.call
+            if event.by_cloud and call.action in LEARNED_ACTIONS:
+                self._learn(call, event.result)
+            if call.action in FOLDED_ANSWERS:
+                self._fold(call, event.result, by_cloud=event.by_cloud)
+        elif isinstance(event, ev.ChargerAnswered):
+            self._charger_answered(event)
+        elif isinstance(event, ev.ChargerCallFailed):
+            future = self._calls.get(event.message_id)
+            if future is not None and not future.done():
+                error = (
+                    ChargerTimeout(f"{self.charger_id} did not answer {event.action}")
+                    if event.reason == "timeout"
+                    else ChargerNotConnected(self.charger_id)
+                )
+                future.set_exception(error)
+        elif isinstance(event, ev.CloseLink):
+            self._close_upstream(event.code, event.reason)
+        elif isinstance(event, ev.Drained):
+            self.backlog_oldest = None
+            self._wanted_changed.set()
+        elif isinstance(event, ev.SaveBoot):
+            self._spawn(self._save_boot(event.call, delivered=True), "saving BootNotification")
+        elif isinstance(event, ev.ReadBacklog):
+            self._spawn(self._read_backlog(event), "reading the backlog")
+        elif isinstance(event, (ev.Delivered, ev.RetryLater, ev.DeadLetter, ev.BootDelivered)):
+            self._spawn(self._record(event), "recording a replay outcome")
+
     def _spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -216,55 +291,33 @@ class ChargerSession:
         def done(t: asyncio.Task[Any]) -> None:
             self._tasks.discard(t)
             if not t.cancelled() and t.exception() is not None:
-                self.hub.stats.errors["internal"] += 1
+                self._stats.errors["internal"] += 1
                 log.error("%s: %s failed", self.charger_id, what, exc_info=t.exception())
 
         task.add_done_callback(done)
         return task
 
-    def _set_state(self, event: Event) -> None:
-        new = transition(self.state, event)
-        if new is not self.state:
-            log.info("%s: link %s -> %s", self.charger_id, self.state.value, new.value)
-            self.state = new
-            self._state_changed.set()
-            self._state_changed = asyncio.Event()
+    def tick(self, now: float) -> None:
+        """Act on the core's deadlines (the hub's sweep calls it)."""
+        self.relay.tick(now)
+        self._flush()
 
-    def _send_charger(self, text: str) -> None:
-        ws = self.charger
-        if ws is not None and ws.send(text):
-            self.hub.stats.frames_to_chargers += 1
-
-    def _send_cloud(self, text: str) -> bool:
-        ws = self.upstream
-        if ws is None or not ws.send(text):
-            return False
-        self.hub.stats.frames_to_cloud += 1
-        return True
-
-    def _error_text(self, message_id: str, code: str, description: str) -> str:
-        return CallError(
-            message_id, frames.error_code_for(self.version, code), description
-        ).serialize()
-
-    # --- charger side ----------------------------------------------------------------------------
+    # --- charger side --------------------------------------------------------------------------
 
     def attach_charger(self, ws: ServerConnection, version: OcppVersion) -> None:
         """Serve a charger's open connection: its frames arrive in ``_charger_message``."""
         old = self.charger
         self.charger = ws  # first: the old socket's clean-up must not close the upstream link
-        self.version = version
+        self.relay.charger_attached(version, self._now())
+        self._flush()
         if old is not None:
             log.warning("%s: new connection replaces the old one", self.charger_id)
-            self._fail_charger_calls()
             old.close(1000, "replaced by a new connection")
         if self.upstream is not None:
             self.upstream.release_reading("charger-busy")
         auth = ws.request.headers.get("Authorization") if ws.request else None
         self._auth_header = (
-            {"Authorization": auth}
-            if auth and self.hub.settings.upstream.pass_authorization
-            else {}
+            {"Authorization": auth} if auth and self.settings.pass_authorization else {}
         )
         self.ensure_link()
         ws.on_close = self._charger_closed
@@ -275,13 +328,15 @@ class ChargerSession:
         log.info("%s disconnected", self.charger_id)
         if self.charger is ws:
             self.charger = None
-            self._charger_gone()
+            self.relay.charger_detached(self._now())
+            self._flush()
+            self._wanted_changed.set()
             self.forget_if_done()
 
     def forget_if_done(self) -> None:
         """Let the hub drop this session once nothing of it runs (its link loop does it last)."""
-        if not self.has_link_task and self._inbox is None:
-            self.hub.forget_if_idle(self)
+        if not self.has_link_task and not self._answering:
+            self.host.forget_if_idle(self)
 
     def _charger_write_paused(self, paused: bool) -> None:
         """The charger reads slower than the cloud sends: stop reading the cloud meanwhile."""
@@ -292,334 +347,110 @@ class ChargerSession:
         if self.charger is not None:
             self.charger.hold_reading_if(paused, "cloud-busy")
 
-    def _fail_charger_calls(self) -> None:
-        """Drop the CALLs queued for (or sent to) a charger socket that is gone."""
-        for out in ([self._slot] if self._slot else []) + list(self._queue):
-            if out.timer:
-                out.timer.cancel()
-            if out.future is not None and not out.future.done():
-                out.future.set_exception(ChargerNotConnected(self.charger_id))
-        self._slot = None
-        self._queue.clear()
-
-    def _charger_gone(self) -> None:
-        self._fail_charger_calls()
-        if self.backlog == 0:
-            self._close_upstream(1000, "charger disconnected")
-        self._wanted_changed.set()
-
     def _charger_message(self, message: Message) -> None:
-        """A charger frame: relayed within this callback, or run in order behind slower ones."""
-        self.hub.stats.frames_from_chargers += 1
-        self.last_seen_at = time.time()
-        inbox = self._inbox
-        if inbox is not None:  # an earlier frame still awaits I/O: keep the charger's order
-            inbox.append(message)
-            if len(inbox) >= INBOX_HOLD and self.charger is not None:
-                self.charger.hold_reading("inbox")
-            return
-        slow = self._handle_charger(message)
-        if slow is not None:
-            self._inbox = deque()
-            self._spawn(self._drain_inbox(slow), "handling charger frames")
-
-    def _handle_charger(self, message: Message) -> Slow | None:
+        self._stats.frames_from_chargers += 1
+        self.last_seen_at = self._wall()
+        relay = self.relay
         try:
-            return self._from_charger(message)
-        except Exception:
-            self.hub.stats.errors["internal"] += 1
-            log.exception("%s: failed to handle a charger frame", self.charger_id)
-            return None
-
-    async def _drain_inbox(self, first: Slow) -> None:
-        inbox = self._inbox
-        assert inbox is not None
-        slow: Slow | None = first
-        try:
-            while slow is not None:
+            if isinstance(message, str):
+                relay.receive_charger(message, self._now())
+            else:
                 try:
-                    await slow()
-                except Exception:
-                    self.hub.stats.errors["internal"] += 1
-                    log.exception("%s: failed to handle a charger frame", self.charger_id)
-                slow = None
-                while slow is None and inbox:
-                    slow = self._handle_charger(inbox.popleft())
-                if len(inbox) < INBOX_HOLD and self.charger is not None:
-                    self.charger.release_reading("inbox")
-        finally:
-            self._inbox = None
-            if self.charger is not None:
-                self.charger.release_reading("inbox")
-            else:
-                self.forget_if_done()
-
-    def _from_charger(self, message: Message) -> Slow | None:
-        try:
-            text = _as_text(message)
-            frame = frames.parse(text, self.version)
-        except FrameError as exc:
-            self.hub.stats.errors["bad_frame_from_charger"] += 1
-            log.warning("%s: bad frame from charger: %s", self.charger_id, exc.description)
-            if self._unanswered(exc):
-                return None
-            self._send_charger(self._error_text(exc.message_id, exc.code, exc.description))
-            return None
-        if isinstance(frame, Call):
-            return self._charger_call(frame, text)
-        if isinstance(frame, (CallResult, CallError)):
-            self._charger_answer(frame, text)
-        elif isinstance(frame, Send):
-            self._relay_send(
-                "from_charger", self._send_cloud if self.upstream_connected else None, text
-            )
-        else:
-            self._charger_result_error(frame, text)
-        return None
-
-    def _unanswered(self, exc: FrameError) -> bool:
-        """A bad frame that gets no CALLERROR: a 2.1 SEND (§4.2.4), or an unknown type in 1.6."""
-        return not exc.answer or (
-            exc.code == "MessageTypeNotSupported" and self.version == "1.6"
-        )  # OCPP-J 1.6 ignores unknown message types
-
-    def _relay_send(self, direction: str, send: Callable[[str], object] | None, text: str) -> None:
-        """OCPP 2.1 SEND: passed on unchanged when the other side is there, else dropped; counted.
-
-        Never stored and never answered (§4.2.4); it needs no CALL slot (§4.1.1 note).
-        """
-        if send is not None:
-            send(text)
-            self.hub.stats.sends[direction + " relayed"] += 1
-        else:
-            self.hub.stats.sends[direction + " dropped"] += 1
-
-    def _charger_result_error(self, frame: CallResultError, text: str) -> None:
-        """The charger could not process the CALLRESULT it got for its CALL ``frame.message_id``.
-
-        It answers a CALLRESULT, not a CALL: no pending CALL of either direction ends here. If the
-        gateway gave that CALLRESULT itself (offline), the cloud did not send it and is not told;
-        else it goes to the cloud unchanged (its CALLRESULT is the one refused).
-        """
-        if frame.message_id in self._answered_locally:
-            self.hub.stats.errors["local_answer_refused"] += 1
-            log.warning(
-                "%s: charger could not process the gateway's answer to %s: %s %s",
-                self.charger_id,
-                frame.message_id,
-                frame.code,
-                frame.description,
-            )
-        elif not self._send_cloud(text):
-            log.info("%s: no cloud link for a CALLRESULTERROR; dropped", self.charger_id)
-
-    def _charger_call(self, call: Call, text: str) -> Slow | None:
-        if call.action in FOLDED_CALLS:  # the depot view, from the charger's own payload
-            self.hub.depot.charger_call(
-                self.charger_id, self.version, call.action, call.payload, time.time()
-            )
-        if call.action in self.hub.hooked_charger_actions:
-            for hook in self.hub.hooks:
-                if call.action in hook.charger_actions:
-                    self._spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
-        if self.state is LinkState.ONLINE and not self.txids:
-            return self._forward(call, text)  # the common case, decided without more calls
-        if self.state is LinkState.CONNECTING:
-            return functools.partial(self._charger_call_after_connecting, call, text)
-        return self._charger_call_now(call, text)
-
-    async def _charger_call_after_connecting(self, call: Call, text: str) -> None:
-        # The upstream handshake is usually quicker than call_timeout_s: hold the CALL for it.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._state_changed.wait(), self._call_timeout_s)
-        slow = self._charger_call_now(call, text)
-        if slow is not None:
-            await slow()
-
-    def _charger_call_now(self, call: Call, text: str) -> Slow | None:
-        if self.state is not LinkState.ONLINE:
-            return functools.partial(self._answer_locally, call)
-        if self.txids and txmap.local_ids_in(call.action, call.payload):
-            try:
-                payload = txmap.rewrite_to_cloud(
-                    call.action, call.payload, self.txids.local_to_cloud
-                )
-            except txmap.UnmappedTransaction:
-                # queued; dead-lettered on replay if never mapped
-                return functools.partial(self._answer_locally, call)
-            call = Call(call.message_id, call.action, payload)
-            text = call.serialize()
-        return self._forward(call, text)
-
-    def _forward(self, call: Call, text: str) -> Slow | None:
-        deadline = self._loop.time() + self._call_timeout_s
-        self._pending[call.message_id] = _Pending(call, deadline)
-        if call.action == "BootNotification":
-            self._spawn(self._save_boot(call, delivered=True), "saving BootNotification")
-        if not self._send_cloud(text):
-            self._pending.pop(call.message_id, None)
-            return functools.partial(self._answer_locally, call)
-        return None
-
-    def _charger_answer(self, frame: CallResult | CallError, text: str) -> None:
-        slot = self._slot
-        if slot is not None and slot.message_id == frame.message_id:
-            if slot.timer:
-                slot.timer.cancel()
-            self._slot = None
-            if slot.origin == "gateway":
-                if slot.future is not None and not slot.future.done():
-                    slot.future.set_result(frame)
-            else:
-                self._send_cloud(text)
-                for hook in self.hub.hooks:
-                    if slot.action in hook.cloud_actions:
-                        call = Call(slot.message_id, slot.action, slot.payload)
-                        self._spawn(hook.on_cloud_call_answered(self, call, frame), "hook")
-            self._pump()
-        elif not frame.message_id.startswith(GATEWAY_ID_PREFIX):
-            # A late answer (after our timeout) or one we never tracked: pass it on unchanged.
-            self._send_cloud(text)
-
-    async def _answer_locally(self, call: Call) -> None:
-        """Answer a charger CALL per the offline action table, storing it first where required.
-
-        If that fails (e.g. the store cannot write), the charger gets InternalError and nothing
-        was acknowledged: it will send the message again (OCPP-J: an unexpected failure is an
-        InternalError without details).
-        """
-        try:
-            await self._answer_locally_or_raise(call)
+                    relay.receive_charger(message.decode(), self._now())
+                except UnicodeDecodeError:
+                    relay.bad_charger_frame(_NOT_UTF8)
+            self._flush()
         except Exception:
-            self.hub.stats.errors["internal"] += 1
-            log.exception("%s: cannot answer %s locally", self.charger_id, call.action)
-            self._send_charger(self._error_text(call.message_id, "InternalError", ""))
+            self._stats.errors["internal"] += 1
+            log.exception("%s: failed to handle a charger frame", self.charger_id)
+        if relay.inbox_size >= INBOX_HOLD and self.charger is not None:
+            self.charger.hold_reading("inbox")
 
-    async def _answer_locally_or_raise(self, call: Call) -> None:
+    async def _answer_locally(self, call: Call, rule: offline.Rule) -> None:
+        """Answer per the offline table, storing the row first where required; on failure the
+        charger gets InternalError and nothing was acknowledged (it will send it again)."""
         version = self.version
-        rule = offline.rule_for(version, call.action)
-        if rule.answer is offline.Answer.NOT_SUPPORTED:
-            self._send_charger(
-                self._error_text(
-                    call.message_id, "NotSupported", f"{call.action} is not available offline"
-                )
-            )
-            return
         try:
-            validate_call(version, call.action, call.payload, call.message_id)
-        except FrameError as exc:
-            self.hub.stats.errors["schema_violation"] += 1
-            self._send_charger(self._error_text(exc.message_id, exc.code, exc.description))
-            return
-        now = _utcnow()
-        auth_info = await self._auth_info(call, now)
-        transaction_id = None
-        if rule.answer is offline.Answer.START_TRANSACTION:
-            transaction_id = self.hub.next_local_tx_id()
-        payload_text = frames.dumps(call.payload)
-        if rule.answer is offline.Answer.BOOT:
-            await self._save_boot(call, delivered=False)
-        elif rule.stored:
-            await self.hub.store.enqueue(
-                self.charger_id,
+            now = datetime.now(UTC)
+            auth_info = await self._auth_info(call, now)
+            tx = None
+            if rule.answer is offline.Answer.START_TRANSACTION:
+                tx = self.host.next_local_tx_id()
+            payload_text = frames.dumps(call.payload)
+            if rule.answer is offline.Answer.BOOT:
+                await self._save_boot(call, delivered=False)
+            elif rule.stored:
+                await self.host.store.enqueue(
+                    self.charger_id,
+                    version,
+                    call.message_id,
+                    call.action,
+                    payload_text,
+                    now.timestamp(),
+                    local_tx_id=tx,
+                )
+            result = offline.local_result(
                 version,
-                call.message_id,
                 call.action,
-                payload_text,
-                now.timestamp(),
-                local_tx_id=transaction_id,
+                now=now,
+                heartbeat_interval_s=self.settings.heartbeat_interval_s,
+                auth_info=auth_info,
+                transaction_id=tx,
             )
-            if transaction_id is not None:
-                self.txids.add_local(transaction_id)
-            self._backlog_grew(now.timestamp())
-        result = offline.local_result(
-            version,
-            call.action,
-            now=now,
-            heartbeat_interval_s=self.hub.settings.offline.heartbeat_interval_s,
-            auth_info=auth_info,
-            transaction_id=transaction_id,
-        )
-        self.hub.stats.local_answers[call.action] += 1
-        self._answered_locally.append(call.message_id)
-        self._send_charger(CallResult(call.message_id, result).serialize())
-        if call.action in FOLDED_ANSWERS:
-            self._fold_answer(call.action, call.payload, result, False)
-
-    def _fold_answer(
-        self, action: str, request: dict[str, Any], answer: dict[str, Any], by_cloud: bool
-    ) -> None:
-        self.hub.depot.answered(
-            self.charger_id,
-            self.version,
-            action,
-            request,
-            answer,
-            by_cloud=by_cloud,
-        )
+        except Exception:
+            self._stats.errors["internal"] += 1
+            log.exception("%s: cannot answer %s locally", self.charger_id, call.action)
+            self._answering = False
+            self.relay.local_answer_failed(call, self._now())
+        else:
+            self._stats.local_answers[call.action] += 1
+            self._answering = False
+            if rule.answer is offline.Answer.BOOT:
+                self.relay.boot_stored(call.message_id, payload_text, self._now())
+            elif rule.stored and self.backlog_oldest is None:
+                self.backlog_oldest = now.timestamp()
+            self.relay.answered_locally(
+                call, result, self._now(), stored=rule.stored, local_tx_id=tx
+            )
+            if rule.stored:
+                self.ensure_link()
+        self._flush()
+        if self.charger is None:
+            self.forget_if_done()
+        elif self.relay.inbox_size < INBOX_HOLD:
+            self.charger.release_reading("inbox")
 
     async def _auth_info(self, call: Call, now: datetime) -> dict[str, Any] | None:
         tag = offline.presented_tag(self.version, call.action, call.payload)
         if tag is None:
             return None
-        info: dict[str, Any] = await self.hub.authorizer.auth_info(self.version, tag, now)
-        for hook in self.hub.hooks:
+        info: dict[str, Any] = await self.host.authorizer.auth_info(self.version, tag, now)
+        for hook in self.host.hooks:
             info = await hook.gate(self, call, info, now)
         return info
 
     async def _save_boot(self, call: Call, *, delivered: bool) -> None:
-        await self.hub.store.save_boot(
+        await self.host.store.save_boot(
             self.charger_id,
             self.version,
             call.message_id,
             frames.dumps(call.payload),
-            time.time(),
+            self._wall(),
             delivered=delivered,
         )
 
-    def _backlog_grew(self, created_at: float) -> None:
-        self._enqueued += 1
-        self.backlog += 1
-        if self.backlog_oldest is None:
-            self.backlog_oldest = created_at
-        if self.state is LinkState.ONLINE:
-            self._set_state(Event.BACKLOG)
-            self._start_replay()
-        self.ensure_link()
-
-    def _start_replay(self) -> None:
-        if self._replay_task is None or self._replay_task.done():
-            self._replay_task = self._spawn(self._replay_backlog(), "replay")
-
-    # --- cloud/gateway → charger -----------------------------------------------------------------
-
-    def _enqueue_to_charger(self, out: _OutCall) -> None:
-        self._queue.append(out)
-        if self._slot is None:
-            self._pump()
-
-    def _pump(self) -> None:
-        """Send the next queued CALL if the charger's slot is free (one outstanding CALL)."""
-        if self._slot is not None or not self._queue or self.charger is None:
-            return
-        out = self._queue.popleft()
-        self._slot = out
-        out.timer = asyncio.get_running_loop().call_later(
-            out.timeout_s, self._charger_timed_out, out
+    def _learn(self, call: Call, result: dict[str, Any]) -> None:
+        learn = self.host.authorizer.learn_from(
+            self.version, call.action, call.payload, result, datetime.now(UTC)
         )
-        self._send_charger(out.text)
+        self._spawn(learn, "learning")
 
-    def _charger_timed_out(self, out: _OutCall) -> None:
-        if self._slot is not out:
-            return
-        self._slot = None
-        self.hub.stats.errors["charger_call_timeout"] += 1
-        log.warning("%s: no answer to %s %s", self.charger_id, out.action, out.message_id)
-        if out.future is not None and not out.future.done():
-            out.future.set_exception(
-                ChargerTimeout(f"{self.charger_id} did not answer {out.action}")
-            )
-        self._pump()
+    def _fold(self, call: Call, result: dict[str, Any], *, by_cloud: bool) -> None:
+        self.host.depot.answered(
+            self.charger_id, self.version, call.action, call.payload, result, by_cloud=by_cloud
+        )
+
+    # --- gateway and cloud CALLs to the charger ------------------------------------------------
 
     async def call_charger(
         self, action: str, payload: dict[str, Any], *, timeout_s: float
@@ -631,89 +462,96 @@ class ChargerSession:
         """
         if self.charger is None:
             raise ChargerNotConnected(self.charger_id)
-        message_id = GATEWAY_ID_PREFIX + uuid.uuid4().hex[:24]
+        message_id = self.relay.call_charger(action, payload, self._now(), timeout_s=timeout_s)
         future: asyncio.Future[CallResult | CallError] = asyncio.get_running_loop().create_future()
-        out = _OutCall(
-            message_id,
-            action,
-            payload,
-            Call(message_id, action, payload).serialize(),
-            "gateway",
-            timeout_s,
-            future,
-        )
-        self._enqueue_to_charger(out)
+        self._calls[message_id] = future
         try:
+            self._flush()
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
-            with contextlib.suppress(ValueError):
-                self._queue.remove(out)
+            self.relay.cancel_charger_call(message_id)
             raise ChargerTimeout(f"{self.charger_id} did not answer {action}") from None
+        finally:
+            del self._calls[message_id]
 
-    # --- cloud side ------------------------------------------------------------------------------
+    def _charger_answered(self, event: ev.ChargerAnswered) -> None:
+        if event.origin == "gateway":
+            future = self._calls.get(event.call.message_id)
+            if future is not None and not future.done():
+                future.set_result(event.answer)
+            return
+        for hook in self.host.hooks:
+            if event.call.action in hook.cloud_actions:
+                answered = hook.on_cloud_call_answered(self, event.call, event.answer)
+                self._spawn(answered, "hook")
+
+    # --- cloud side ----------------------------------------------------------------------------
 
     def ensure_link(self) -> None:
         """Keep an upstream link while the charger is connected or a backlog waits."""
-        if self.hub.settings.standalone or (self._link_task and not self._link_task.done()):
-            return
-        if self.charger is None and self.backlog == 0:
+        if self.settings.standalone or self.has_link_task or not self.relay.wants_link:
             return
         if self.state is LinkState.OFFLINE:
-            self._set_state(Event.CONNECTING)  # now, so a CALL arriving first waits for the link
+            self.relay.link_connecting(self._now())  # now: a CALL arriving first waits for it
         self._link_task = asyncio.create_task(self._link_loop())
 
     def _wanted(self) -> bool:
-        return not self.hub.closing and (self.charger is not None or self.backlog > 0)
+        return not self.host.closing and self.relay.wants_link
 
     async def _link_loop(self) -> None:
+        relay = self.relay
         while self._wanted():
             if self.state is LinkState.OFFLINE:
-                self._set_state(Event.CONNECTING)
-            url = f"{self.hub.settings.upstream.url}/{quote(self.charger_id, safe='')}"
+                relay.link_connecting(self._now())
+            url = f"{self.settings.upstream_url}/{quote(self.charger_id, safe='')}"
             try:
-                ws = await self.hub.connect_upstream(url, self.version, self._auth_header)
+                ws = await self.host.connect_upstream(url, self.version, self._auth_header)
             except CloudUnavailable as exc:
-                self.hub.stats.upstream_failures += 1
-                self._set_state(Event.FAILED)
+                self._stats.upstream_failures += 1
+                relay.link_failed(self._now())
+                self._flush()
                 delay = self._backoff.next_delay()
                 log.warning(
                     "%s: cloud unavailable (%s); retry in %.1fs", self.charger_id, exc, delay
                 )
                 await self._sleep_unless_unwanted(delay)
                 continue
-            self.hub.stats.upstream_connects += 1
+            self._stats.upstream_connects += 1
             self._backoff.reset()
             self.upstream = ws
-            boot = await self.hub.store.undelivered_boot(self.charger_id)
-            # Decided after the await, with no await before the transition: a message queued
-            # meanwhile is counted in self.backlog and so is replayed before live traffic.
-            replay = self.backlog > 0 or boot is not None
-            self._set_state(Event.CONNECTED_WITH_BACKLOG if replay else Event.CONNECTED)
-            if replay:
-                self._start_replay()
+            boot = await self.host.store.undelivered_boot(self.charger_id)
+            if boot is not None:
+                relay.boot_stored(*boot, self._now())
+            # No await since the read: a message queued meanwhile is in the backlog, and so is
+            # replayed before live traffic.
+            relay.link_connected(self._now())
+            self._flush()
             cloud_closed = await self._read_cloud(ws)
             self.upstream = None
-            self._link_lost()
+            if self.charger is not None:
+                self.charger.release_reading("cloud-busy")
+            relay.link_lost(self._now())
+            self._flush()
             if cloud_closed is _CLOSED_BY_US:
                 continue  # e.g. after a call timeout: re-establish at once, backoff on failure
             if cloud_closed is not None and self.charger is not None:
                 # The cloud ended the connection on purpose: let the charger see it (transparency).
-                code, reason = cloud_closed
-                self.charger.close(code, reason)
+                self.charger.close(*cloud_closed)
             elif self._wanted():
                 await self._sleep_unless_unwanted(self._backoff.next_delay())
-        self._set_state(Event.LOST)
+        relay.link_lost(self._now())
+        self._flush()
         if self._wanted():
             # A charger (or backlog) arrived while this loop was finishing and saw it still
             # running: serve it rather than leave it without a link.
             self._link_task = asyncio.create_task(self._link_loop())
             return
-        if self._inbox is None:  # else the inbox task does it when it ends
-            self.hub.forget_if_idle(self)  # no await since the check: nothing can slip in
+        if not self._answering:  # else the local answer does it when it ends
+            self.host.forget_if_idle(self)  # no await since the check: nothing can slip in
 
     async def _sleep_unless_unwanted(self, delay: float) -> None:
-        deadline = time.monotonic() + delay
-        while self._wanted() and (left := deadline - time.monotonic()) > 0:
+        deadline = self._now() + delay
+        while self._wanted() and (left := deadline - self._now()) > 0:
             self._wanted_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wanted_changed.wait(), left)
@@ -727,55 +565,25 @@ class ChargerSession:
         by_us, self._closing_upstream = self._closing_upstream, False
         if by_us:
             return _CLOSED_BY_US
-        if rcvd is None or self.hub.closing or rcvd.code in _OUTAGE_CLOSE_CODES:
+        if rcvd is None or self.host.closing or rcvd.code in _OUTAGE_CLOSE_CODES:
             return None
         return rcvd.code, rcvd.reason
 
     def _cloud_message(self, message: Message) -> None:
-        self.hub.stats.frames_from_cloud += 1
+        self._stats.frames_from_cloud += 1
+        relay = self.relay
         try:
-            self._from_cloud(message)
+            if isinstance(message, str):
+                relay.receive_cloud(message, self._now())
+            else:
+                try:
+                    relay.receive_cloud(message.decode(), self._now())
+                except UnicodeDecodeError:
+                    relay.bad_cloud_frame(_NOT_UTF8)
+            self._flush()
         except Exception:
-            self.hub.stats.errors["internal"] += 1
+            self._stats.errors["internal"] += 1
             log.exception("%s: failed to handle a cloud frame", self.charger_id)
-
-    def _link_lost(self) -> None:
-        if self.charger is not None:
-            self.charger.release_reading("cloud-busy")
-        if self.state is not LinkState.OFFLINE:
-            self._set_state(Event.LOST)
-        if self._replay is not None and not self._replay.future.done():
-            self._replay.future.set_exception(CloudUnavailable("link lost"))
-        pending, self._pending = self._pending, {}
-        for p in pending.values():
-            self._spawn(self._answer_locally(p.call), "answering after link loss")
-
-    def expire_pending(self, now: float) -> None:
-        """Answer locally every forwarded CALL whose deadline passed (called by the hub's sweep)."""
-        if not self._pending:
-            return
-        expired = [mid for mid, p in self._pending.items() if p.deadline <= now]
-        for message_id in expired:
-            self._cloud_timed_out(message_id)
-
-    def _cloud_timed_out(self, message_id: str) -> None:
-        pending = self._pending.pop(message_id, None)
-        if pending is None:
-            return
-        self.hub.stats.errors["cloud_call_timeout"] += 1
-        log.warning(
-            "%s: cloud did not answer %s %s in time; answering locally",
-            self.charger_id,
-            pending.call.action,
-            message_id,
-        )
-        self._set_state(Event.CALL_TIMEOUT)
-        self._spawn(self._answer_locally(pending.call), "answering after timeout")
-        self._drop_upstream()
-
-    def _drop_upstream(self) -> None:
-        """Treat the link as down until re-established: close it; the link loop reconnects."""
-        self._close_upstream(1011, "call timeout")
 
     def _close_upstream(self, code: int, reason: str) -> None:
         ws = self.upstream
@@ -783,219 +591,45 @@ class ChargerSession:
             self._closing_upstream = True
             ws.close(code, reason)
 
-    def _from_cloud(self, message: Message) -> None:
-        try:
-            text = _as_text(message)
-            frame = frames.parse(text, self.version)
-        except FrameError as exc:
-            self.hub.stats.errors["bad_frame_from_cloud"] += 1
-            log.warning("%s: bad frame from cloud: %s", self.charger_id, exc.description)
-            if exc.message_id != "-1" and not self._unanswered(exc):
-                self._send_cloud(self._error_text(exc.message_id, exc.code, exc.description))
-            return
-        if isinstance(frame, Call):
-            self._cloud_call(frame, text)
-            return
-        if isinstance(frame, (Send, CallResultError)):
-            self._cloud_2_1(frame, text)
-            return
-        replay = self._replay
-        if replay is not None and replay.message_id == frame.message_id:
-            if not replay.future.done():
-                replay.future.set_result(frame)
-            return
-        pending = self._pending.pop(frame.message_id, None)
-        if pending is None:
-            log.info(
-                "%s: dropping cloud answer to unknown id %s", self.charger_id, frame.message_id
+    # --- replay I/O ----------------------------------------------------------------------------
+
+    async def _read_backlog(self, request: ev.ReadBacklog) -> None:
+        rows = await self.host.store.pending(self.charger_id, REPLAY_BATCH)
+        if rows:
+            self.backlog_oldest = rows[0].created_at
+        self.relay.replay_rows(request, rows, self._now(), wall_now=self._wall())
+        self._flush()
+
+    async def _record(
+        self, outcome: ev.Delivered | ev.RetryLater | ev.DeadLetter | ev.BootDelivered
+    ) -> None:
+        store, cid = self.host.store, self.charger_id
+        if isinstance(outcome, ev.BootDelivered):
+            await store.boot_delivered(cid)
+        elif isinstance(outcome, ev.RetryLater):
+            next_at = self._wall() + outcome.delay_s
+            await store.retry_later(outcome.row.seq, next_attempt_at=next_at, error=outcome.error)
+        elif isinstance(outcome, ev.DeadLetter):
+            row = outcome.row
+            assert isinstance(row, OutboxRow)
+            await store.dead_letter(
+                row, code=outcome.code, description=outcome.description, now=self._wall()
             )
-            return
-        self._send_charger(text)
-        if isinstance(frame, CallResult):
-            if pending.call.action in LEARNED_ACTIONS:
-                self._learn(pending.call, frame)
-            if pending.call.action in FOLDED_ANSWERS:
-                self._fold_answer(pending.call.action, pending.call.payload, frame.payload, True)
-
-    def _cloud_2_1(self, frame: Send | CallResultError, text: str) -> None:
-        """OCPP 2.1 SEND or CALLRESULTERROR from the cloud: to the charger unchanged.
-
-        A CALLRESULTERROR answers the charger's CALLRESULT to a cloud CALL, whose slot that
-        CALLRESULT already freed. It must not be matched against the charger's pending CALLs or
-        the replay: the ids of the two directions come from different senders and may be equal.
-        """
-        if isinstance(frame, Send):
-            self._relay_send("from_cloud", self._send_charger if self.charger else None, text)
-        elif self.charger is not None:
-            self._send_charger(text)
+            self._stats.dead_lettered += 1
         else:
-            log.info("%s: charger gone; cloud CALLRESULTERROR dropped", self.charger_id)
+            call, tx = outcome.call, outcome.tx
+            await store.delivered(outcome.row.seq, tx=(cid, *tx) if tx is not None else None)
+            if tx is not None:
+                self.host.depot.bind(cid, *tx)
+            elif call.action == "TransactionEvent":
+                self._fold(call, outcome.result, by_cloud=True)
+            self._stats.replayed += 1
+            if call.action in LEARNED_ACTIONS:
+                self._learn(call, outcome.result)
+        self.relay.outcome_recorded(outcome, self._now())
+        self._flush()
 
-    def _learn(self, call: Call, result: CallResult) -> None:
-        self._spawn(
-            self.hub.authorizer.learn_from(
-                self.version, call.action, call.payload, result.payload, _utcnow()
-            ),
-            "learning",
-        )
-
-    def _cloud_call(self, call: Call, text: str) -> None:
-        if self.charger is None:
-            self._send_cloud(
-                self._error_text(call.message_id, "GenericError", "charger is not connected")
-            )
-            return
-        payload = call.payload
-        if self.txids.cloud_to_local:
-            payload = txmap.rewrite_to_charger(call.action, call.payload, self.txids.cloud_to_local)
-            if payload is not call.payload:
-                text = Call(call.message_id, call.action, payload).serialize()
-        timeout = max(CLOUD_CALL_TIMEOUT_S, self.hub.settings.upstream.call_timeout_s)
-        self._enqueue_to_charger(
-            _OutCall(call.message_id, call.action, payload, text, "cloud", timeout)
-        )
-
-    # --- replay ----------------------------------------------------------------------------------
-
-    async def _replay_backlog(self) -> None:
-        """Deliver the stored BootNotification and backlog in order, one CALL at a time."""
-        try:
-            boot = await self.hub.store.undelivered_boot(self.charger_id)
-            if boot is not None:
-                message_id, payload = boot
-                answer = await self._replay_call(
-                    Call(message_id, "BootNotification", frames.loads(payload))
-                )
-                if isinstance(answer, CallResult):
-                    await self.hub.store.boot_delivered(self.charger_id)
-                    self._warn_if_refused(answer.payload.get("status"), "replayed BootNotification")
-            while self.state is LinkState.REPLAYING:
-                enqueued = self._enqueued
-                rows = await self.hub.store.pending(self.charger_id, REPLAY_BATCH)
-                if not rows and self._enqueued != enqueued:
-                    continue  # queued while we read: read again before declaring it drained
-                if not rows:
-                    self.backlog, self.backlog_oldest = 0, None
-                    self._set_state(Event.DRAINED)
-                    if self.charger is None:
-                        self._wanted_changed.set()
-                        self._close_upstream(1000, "backlog drained")
-                    return
-                self.backlog = max(self.backlog, len(rows))
-                self.backlog_oldest = rows[0].created_at
-                for row in rows:
-                    if self.state is not LinkState.REPLAYING:
-                        return
-                    wait = row.next_attempt_at - time.time()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                        if self.state is not LinkState.REPLAYING:
-                            return
-                    try:
-                        await self._replay_row(row)
-                    except _RetryLater:
-                        break  # re-read: the row now carries its next attempt time
-        except CloudUnavailable:
-            return  # the link loop reconnects and replay starts again from the store
-
-    async def _replay_call(self, call: Call) -> CallResult | CallError:
-        self._replay = _Replay(call.message_id)
-        try:
-            if not self._send_cloud(call.serialize()):
-                raise CloudUnavailable("link lost")
-            try:
-                return await asyncio.wait_for(
-                    asyncio.shield(self._replay.future), self.hub.settings.upstream.call_timeout_s
-                )
-            except TimeoutError:
-                self.hub.stats.errors["cloud_call_timeout"] += 1
-                self._set_state(Event.CALL_TIMEOUT)
-                self._drop_upstream()
-                raise CloudUnavailable("replayed CALL unanswered") from None
-        finally:
-            self._replay = None
-
-    async def _replay_row(self, row: OutboxRow) -> None:
-        version = frames.as_version(row.version)
-        payload = frames.loads(row.payload)
-        try:
-            payload = txmap.rewrite_to_cloud(row.action, payload, self.txids.local_to_cloud)
-        except txmap.UnmappedTransaction as exc:
-            await self._dead_letter(row, "UnmappedTransaction", str(exc))
-            return
-        if row.action == "TransactionEvent" and not payload.get("offline"):
-            payload = {**payload, "offline": True}  # answered locally: 2.0.1/2.1 E02 offline flag
-        answer = await self._replay_call(Call(row.message_id, row.action, payload))
-        if isinstance(answer, CallError):
-            code = answer.code
-            if code in TRANSIENT_CODES and row.attempts + 1 < MAX_TRANSIENT_ATTEMPTS:
-                delay = min(300.0, 2.0 ** (row.attempts + 1))
-                log.warning(
-                    "%s: cloud answered %s to replayed %s; retry in %.0fs",
-                    self.charger_id,
-                    code,
-                    row.action,
-                    delay,
-                )
-                await self.hub.store.retry_later(
-                    row.seq,
-                    next_attempt_at=time.time() + delay,
-                    error=f"{code}: {answer.description}",
-                )
-                raise _RetryLater
-            await self._dead_letter(row, code, answer.description)
-            return
-        tx = None
-        if version == "1.6" and row.action == "StartTransaction":
-            tx = await self._bind_transaction(row, answer)
-            info = answer.payload.get("idTagInfo")
-            status = info.get("status") if isinstance(info, dict) else None
-            self._warn_if_refused(status, f"replayed StartTransaction {row.message_id}")
-        await self.hub.store.delivered(row.seq, tx=tx)
-        if tx is not None:
-            self.txids.bind(tx[1], tx[2])
-            self.hub.depot.bind(self.charger_id, tx[1], tx[2])
-        elif row.action == "TransactionEvent":
-            self._fold_answer(row.action, payload, answer.payload, True)
-        self.backlog = max(0, self.backlog - 1)
-        self.hub.stats.replayed += 1
-        if row.action in LEARNED_ACTIONS:
-            self._learn(Call(row.message_id, row.action, payload), answer)
-
-    def _warn_if_refused(self, status: object, what: str) -> None:
-        """The charger was answered Accepted locally; an operator should know the cloud disagreed."""
-        if status is not None and status != "Accepted":
-            log.warning("%s: cloud answered %s to the %s", self.charger_id, status, what)
-
-    async def _bind_transaction(
-        self, row: OutboxRow, answer: CallResult
-    ) -> tuple[str, int, int] | None:
-        try:
-            validate_result("1.6", "StartTransaction", answer.payload, row.message_id)
-        except FrameError as exc:
-            log.error("%s: cloud's StartTransaction answer is invalid: %s", self.charger_id, exc)
-            return None
-        local = row.local_tx_id
-        if local is None:
-            return None
-        cloud = int(answer.payload["transactionId"])
-        log.info("%s: local transaction %d is cloud transaction %d", self.charger_id, local, cloud)
-        return (self.charger_id, local, cloud)
-
-    async def _dead_letter(self, row: OutboxRow, code: str, description: str) -> None:
-        log.error(
-            "%s: cloud refused replayed %s %s (%s: %s); moved to dead letters",
-            self.charger_id,
-            row.action,
-            row.message_id,
-            code,
-            description,
-        )
-        await self.hub.store.dead_letter(row, code=code, description=description, now=time.time())
-        self.backlog = max(0, self.backlog - 1)
-        self.hub.stats.dead_lettered += 1
-
-    # --- shutdown --------------------------------------------------------------------------------
+    # --- shutdown ------------------------------------------------------------------------------
 
     async def close(self) -> None:
         sockets: list[WsConnection] = []
@@ -1012,7 +646,3 @@ class ChargerSession:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class _RetryLater(Exception):
-    """Internal: the replay pauses on a transient error (the row holds its retry time)."""
