@@ -108,13 +108,6 @@ def build_api(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starle
     async def chargers(request: Request) -> Response:
         return JSONResponse({"data": ctx.hub.describe()})
 
-    async def dead_letters(request: Request) -> Response:
-        try:
-            limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
-        except ValueError:
-            return error(422, "limit must be an integer")
-        return JSONResponse({"data": await ctx.store.dead_letters(limit)})
-
     async def token_guard(request: Request, call_next: RequestResponseEndpoint) -> Response:
         token = ctx.settings.api.token.get_secret_value()
         if token and request.url.path.startswith("/api/"):
@@ -136,7 +129,6 @@ def build_api(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starle
         Route("/health", health),
         Route("/metrics", metrics),
         Route("/api/chargers", chargers),
-        Route("/api/outbox/dead", dead_letters),
         *extra_routes,
     ]
     return Starlette(

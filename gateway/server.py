@@ -48,10 +48,14 @@ def _ssl_context(settings: ChargersSettings) -> ssl.SSLContext | None:
 
 
 async def start_charger_server(hub: Hub, settings: ChargersSettings) -> WsServer:
-    """Listen on ``settings.host:port`` and serve chargers until the returned server is closed."""
+    """Listen on ``settings.host:port`` and serve chargers until the returned server is closed.
+
+    Each handshake is admitted with ``hub.settings.chargers`` as it is then, so a SIGHUP reload
+    of ``[chargers.passwords]`` applies to the next charger that connects.
+    """
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
-        decision = admit(request.path, request.headers.get("Authorization"), settings)
+        decision = admit(request.path, request.headers.get("Authorization"), hub.settings.chargers)
         if isinstance(decision, Refused):
             hub.stats.errors[f"refused_{decision.status.value}"] += 1
             log.warning("refused %s: %s", request.path[:80], decision.reason)
@@ -66,7 +70,9 @@ async def start_charger_server(hub: Hub, settings: ChargersSettings) -> WsServer
     def on_open(connection: ServerConnection) -> None:
         assert connection.request is not None
         decision = admit(
-            connection.request.path, connection.request.headers.get("Authorization"), settings
+            connection.request.path,
+            connection.request.headers.get("Authorization"),
+            hub.settings.chargers,
         )
         if isinstance(decision, Refused):  # cannot happen: process_request refused it already
             connection.close(1008, decision.reason)

@@ -184,6 +184,8 @@ class ChargerSession:
         self._closing_upstream = False  # we, not the cloud, are closing the current link
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inbox: deque[Message] | None = None  # set while a charger frame awaits I/O
+        # log.level = "debug": one line per frame; the hub sets it (one attribute test per frame).
+        self.trace_frames = False
         self._loop = asyncio.get_running_loop()
         self._call_timeout_s = hub.settings.upstream.call_timeout_s
         self._backoff = Backoff(
@@ -229,13 +231,30 @@ class ChargerSession:
         ws = self.charger
         if ws is not None and ws.send(text):
             self.hub.stats.frames_to_chargers += 1
+            if self.trace_frames:
+                self._trace("to charger", text)
 
     def _send_cloud(self, text: str) -> bool:
         ws = self.upstream
         if ws is None or not ws.send(text):
             return False
         self.hub.stats.frames_to_cloud += 1
+        if self.trace_frames:
+            self._trace("to cloud", text)
         return True
+
+    def _trace(self, direction: str, message: Message) -> None:
+        """The debug line of one frame: direction, charger, message type, action, message id."""
+        kind, action, message_id = frames.describe(message)
+        log.debug(
+            "%s: frame %s %s %s %s",
+            self.charger_id,
+            direction,
+            kind,
+            action,
+            message_id,
+            extra={"charger": self.charger_id},
+        )
 
     def _error_text(self, message_id: str, code: str, description: str) -> str:
         return CallError(
@@ -307,6 +326,8 @@ class ChargerSession:
         """A charger frame: relayed within this callback, or run in order behind slower ones."""
         self.hub.stats.frames_from_chargers += 1
         self.last_seen_at = time.time()
+        if self.trace_frames:
+            self._trace("from charger", message)
         inbox = self._inbox
         if inbox is not None:  # an earlier frame still awaits I/O: keep the charger's order
             inbox.append(message)
@@ -520,6 +541,18 @@ class ChargerSession:
             self._start_replay()
         self.ensure_link()
 
+    def rows_appeared(self, count: int, oldest: float) -> None:
+        """Rows reached this charger's queue from outside the session (a requeued dead letter):
+        replay them like a backlog of its own."""
+        self._enqueued += 1
+        self.backlog = max(self.backlog, count)
+        if self.backlog_oldest is None or oldest < self.backlog_oldest:
+            self.backlog_oldest = oldest
+        if self.state is LinkState.ONLINE:
+            self._set_state(Event.BACKLOG)
+            self._start_replay()
+        self.ensure_link()
+
     def _start_replay(self) -> None:
         if self._replay_task is None or self._replay_task.done():
             self._replay_task = self._spawn(self._replay_backlog(), "replay")
@@ -666,6 +699,8 @@ class ChargerSession:
 
     def _cloud_message(self, message: Message) -> None:
         self.hub.stats.frames_from_cloud += 1
+        if self.trace_frames:
+            self._trace("from cloud", message)
         try:
             self._from_cloud(message)
         except Exception:
@@ -741,6 +776,9 @@ class ChargerSession:
             )
             return
         self._send_charger(text)
+        self.hub.stats.upstream_call_s.observe(
+            self._loop.time() - pending.deadline + self._call_timeout_s
+        )
         if isinstance(frame, CallResult) and pending.call.action in LEARNED_ACTIONS:
             self._learn(pending.call, frame)
 
@@ -904,6 +942,7 @@ class ChargerSession:
         await self.hub.store.dead_letter(row, code=code, description=description, now=time.time())
         self.backlog = max(0, self.backlog - 1)
         self.hub.stats.dead_lettered += 1
+        self.hub.dead_letters += 1
 
     # --- shutdown --------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import secrets
 import sqlite3
@@ -23,7 +24,7 @@ import aiosqlite
 from gateway.errors import StoreError
 from gateway.tags import LearnedTag, SyncedTag
 
-__all__ = ["SCHEMA_VERSION", "OutboxRow", "Statement", "Store"]
+__all__ = ["SCHEMA_VERSION", "DeadLetterRow", "OutboxRow", "Statement", "Store"]
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,39 @@ class OutboxRow:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    """A replayed message the cloud refused for good; ``seq`` is its id and queue position."""
+
+    seq: int
+    charger_id: str
+    version: str
+    message_id: str
+    action: str
+    payload: str
+    created_at: float
+    failed_at: float
+    attempts: int
+    error_code: str
+    error_description: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> DeadLetterRow:
+        return cls(
+            seq=int(row["seq"]),
+            charger_id=str(row["charger_id"]),
+            version=str(row["ocpp_version"]),
+            message_id=str(row["message_id"]),
+            action=str(row["action"]),
+            payload=str(row["payload"]),
+            created_at=float(row["created_at"]),
+            failed_at=float(row["failed_at"]),
+            attempts=int(row["attempts"]),
+            error_code=str(row["error_code"]),
+            error_description=str(row["error_description"]),
+        )
+
+
 @dataclass
 class _Batch:
     statements: list[Statement]
@@ -197,9 +231,15 @@ class Store:
     # --- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: str | Path) -> Store:
-        """Open (creating if needed) the store, switch to WAL and apply pending migrations."""
+    async def open(cls, path: str | Path, *, create: bool = True) -> Store:
+        """Open (creating if needed) the store, switch to WAL and apply pending migrations.
+
+        With ``create=False`` (operator commands that read it) a missing file is a StoreError
+        naming the path: a command must not answer from an empty store it just made.
+        """
         path = str(path)
+        if not create and path != ":memory:" and not os.path.isfile(path):  # noqa: ASYNC240
+            raise StoreError(f"store not found: {path} (is store.path the service's?)")
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -677,6 +717,67 @@ class Store:
 
     async def dead_letter_count(self) -> int:
         row = await self.fetchone("SELECT COUNT(*) FROM dead_letters")
+        return int(row[0]) if row else 0
+
+    async def dead_letter_rows(self, limit: int = 100) -> list[DeadLetterRow]:
+        """The dead letters, oldest queued first (the order they would be requeued in)."""
+        rows = await self.fetchall("SELECT * FROM dead_letters ORDER BY seq LIMIT ?", (limit,))
+        return [DeadLetterRow.from_row(r) for r in rows]
+
+    async def dead_letter_row(self, seq: int) -> DeadLetterRow | None:
+        """One dead letter by id, or None."""
+        row = await self.fetchone("SELECT * FROM dead_letters WHERE seq = ?", (seq,))
+        return None if row is None else DeadLetterRow.from_row(row)
+
+    async def requeue_dead_letter(self, seq: int) -> DeadLetterRow | None:
+        """Put a dead letter back in the outbox under its original seq, so it is replayed first
+        among its charger's messages and in its original order; attempts start again at 0.
+
+        A 1.6 StartTransaction keeps its local transaction id: the ``tx_ids`` row written with it
+        (same charger, same ``created_at``, still unmapped). Returns the row, or None if unknown.
+        """
+        async with self.transaction() as db:
+            async with db.execute("SELECT * FROM dead_letters WHERE seq = ?", (seq,)) as cur:
+                found = await cur.fetchone()
+            if found is None:
+                return None
+            row = DeadLetterRow.from_row(found)
+            local_tx_id = None
+            if row.version == "1.6" and row.action == "StartTransaction":
+                async with db.execute(
+                    "SELECT local_id FROM tx_ids WHERE charger_id = ? AND created_at = ?"
+                    " AND cloud_id IS NULL ORDER BY local_id LIMIT 1",
+                    (row.charger_id, row.created_at),
+                ) as cur:
+                    tx = await cur.fetchone()
+                local_tx_id = None if tx is None else int(tx[0])
+            await db.execute(
+                "INSERT INTO outbox (seq, charger_id, ocpp_version, message_id, action, payload,"
+                " created_at, local_tx_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.seq,
+                    row.charger_id,
+                    row.version,
+                    row.message_id,
+                    row.action,
+                    row.payload,
+                    row.created_at,
+                    local_tx_id,
+                ),
+            )
+            await db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
+        return row
+
+    async def drop_dead_letter(self, seq: int) -> bool:
+        """Delete a dead letter for good; False if there is no such id."""
+        async with self.transaction() as db:
+            cur = await db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
+            return cur.rowcount > 0
+
+    async def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when another connection commits to the file
+        (an operator's ``outbox requeue`` from the shell), not on this connection's own commits."""
+        row = await self.fetchone("PRAGMA data_version")
         return int(row[0]) if row else 0
 
     async def prune_outbox(

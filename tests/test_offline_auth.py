@@ -119,7 +119,7 @@ async def test_offline_authorize_16(tmp_path: Any, flipturn_url: str) -> None:
         assert (
             'flipturn_local_authorizations_total{source="policy",status="Invalid"} 1.0' in metrics
         )
-        assert "flipturn_sync_access_ids 3.0" in metrics
+        assert "flipturn_gateway_sync_access_ids 3.0" in metrics
 
 
 @pytest.mark.parametrize(("policy", "status"), [("reject", "Invalid"), ("accept", "Accepted")])
