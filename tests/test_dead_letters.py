@@ -190,3 +190,52 @@ path = "{db}"
         assert again.returncode == 1 and "4242" in again.stderr
         usage = await run_cli_async("outbox", "requeue", "--config", str(config))
         assert usage.returncode == 2  # ID or --all
+
+
+async def test_requeued_start_transaction_keeps_its_local_id_for_the_stop(
+    tmp_path: Path, cloud: FakeCloud
+) -> None:
+    """A refused 1.6 StartTransaction takes its StopTransaction down with it (UnmappedTransaction);
+    requeued together, the Start binds the cloud's id and the Stop is sent with it."""
+    refusing = {"on": True}
+
+    def responder(cid: str, action: str, payload: dict[str, Any]) -> Any:
+        if action == "StartTransaction":
+            if refusing["on"]:
+                return ("error", "OccurrenceConstraintViolation")
+            return {"transactionId": 555, "idTagInfo": {"status": "Accepted"}}
+        if action == "StopTransaction":
+            return {"idTagInfo": {"status": "Accepted"}}
+        return {"currentTime": T0} if action == "Heartbeat" else {}
+
+    cloud.responder = responder
+    settings = make_settings(
+        tmp_path,
+        upstream={"url": cloud.url, "call_timeout_s": 1.0},
+        offline={"unknown_tags": "accept"},
+    )
+    start = {"connectorId": 1, "idTag": "TAG-1", "meterStart": 100, "timestamp": T0}
+    async with (
+        running_gateway(settings) as gw,
+        charger(gw.charger_port, "CP") as cp,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.api_port}") as api,
+    ):
+        await cp.call("Heartbeat", {})
+        await cloud.stop()
+        local_tx = (await cp.call("StartTransaction", start))[2]["transactionId"]
+        stop = {"transactionId": local_tx, "meterStop": 900, "timestamp": T0, "idTag": "TAG-1"}
+        await cp.call("StopTransaction", stop)
+        await cloud.restart()
+        await wait_for(lambda: drained_and_online(gw, "CP"), timeout=10)
+        await wait_for(lambda: gw.hub is not None and gw.hub.dead_letters == 2)
+        dead = (await api.get("/api/outbox/dead")).json()["data"]
+        assert [d["action"] for d in dead] == ["StartTransaction", "StopTransaction"]
+        assert dead[1]["error"].startswith("UnmappedTransaction")
+        assert len(cloud.calls("CP", "StopTransaction")) == 0
+
+        refusing["on"] = False
+        for d in dead:
+            assert (await api.post(f"/api/outbox/dead/{d['id']}/requeue")).status_code == 200
+        await wait_for(lambda: len(cloud.calls("CP", "StopTransaction")) == 1, timeout=10)
+    assert cloud.calls("CP", "StartTransaction")[-1][3] == start
+    assert cloud.calls("CP", "StopTransaction")[0][3] == {**stop, "transactionId": 555}
