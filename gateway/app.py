@@ -30,6 +30,7 @@ from gateway.server import start_charger_server
 from gateway.store import Store
 from gateway.sync import FlipturnClient, SyncMetrics, SyncService, sync_status
 from gateway.tags import normalise
+from gateway.tls import CertificateExpiryCollector, TlsContexts
 from gateway.upstream import UpstreamOpener
 from gateway.wsconn import WsServer
 
@@ -61,6 +62,8 @@ class Gateway:
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
         self.tag_cache: TagCache | None = None
+        self.tls: TlsContexts | None = None
+        self.upstream_opener: UpstreamOpener | None = None
         self.sync: SyncService | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self.charger_port = 0
@@ -76,6 +79,8 @@ class Gateway:
 
     async def _start(self) -> None:
         settings = self.settings
+        self.tls = tls = TlsContexts(settings)  # ConfigError naming the key if a file is bad
+        self.registry.register(CertificateExpiryCollector(tls))
         self.store = store = await Store.open(settings.store.path)
         self.tag_cache = TagCache(
             store,
@@ -88,11 +93,7 @@ class Gateway:
         self.hub = hub = Hub(
             settings,
             store,
-            connect_upstream=UpstreamOpener(
-                open_timeout_s=settings.upstream.call_timeout_s,
-                max_message_bytes=settings.chargers.max_message_bytes,
-                compression=settings.upstream.compression,
-            ),
+            connect_upstream=self._open_upstream(tls),
             stats=self.stats,
             authorizer=self.tag_cache,
             reconnect_max_s=self.reconnect_max_s,
@@ -138,7 +139,9 @@ class Gateway:
         self.api = ApiServer(build_api(context, routes), settings.api.host, settings.api.port)
         self.api_port = self.api.port
         self._api_task = asyncio.create_task(self.api.serve())
-        self.charger_server = await start_charger_server(hub, settings.chargers)
+        self.charger_server = await start_charger_server(
+            hub, settings.chargers, ssl_context=tls.charger_listener
+        )
         self.charger_port = next(iter(self.charger_server.sockets)).getsockname()[1]
         if self.sync is not None:
             self._sync_task = asyncio.create_task(self.sync.run())
@@ -154,11 +157,31 @@ class Gateway:
             f"upstream {settings.upstream.url}" if settings.upstream.url else "standalone",
         )
 
+    def _open_upstream(self, tls: TlsContexts) -> UpstreamOpener:
+        settings = self.settings
+        self.upstream_opener = UpstreamOpener(
+            open_timeout_s=settings.upstream.call_timeout_s,
+            max_message_bytes=settings.chargers.max_message_bytes,
+            compression=settings.upstream.compression,
+            ssl_context=tls.upstream,
+        )
+        return self.upstream_opener
+
+    def reload_tls(self, settings: Settings | None = None) -> bool:
+        """Re-read the TLS certificate, key and CA files; new handshakes use them (see gateway.tls)."""
+        if self.tls is None:
+            return False
+        reloaded = self.tls.reload(settings)
+        if self.upstream_opener is not None:
+            self.upstream_opener.ssl_context = self.tls.upstream
+        return reloaded
+
     def reload(self) -> list[str]:
         """SIGHUP: read the config file again and apply what can change while running.
 
         Applied at once, no connection dropped: ``api.token`` (the next API request),
-        ``[chargers.passwords]`` (the next charger handshake), ``log.level``. Every other changed
+        ``[chargers.passwords]`` (the next charger handshake), ``log.level``, and the TLS
+        certificate, key and CA files (:meth:`reload_tls`: the next handshake). Every other changed
         key is logged as needing a restart and keeps its running value. A file that does not
         load, or would be refused at start-up, changes nothing. Returns the keys applied.
         """
@@ -181,6 +204,8 @@ class Gateway:
                 "reload refused, running configuration kept: %s", "; ".join(map(str, refused))
             )
             return []
+        if self.reload_tls(new):  # new handshakes use the (new) files; see TlsContexts.reload
+            applied = _with_tls_files(applied, self.tls.settings if self.tls else new)
         before, after, wanted = _flatten(old), _flatten(applied), _flatten(new)
         changed = sorted(k for k in after if after[k] != before.get(k))
         for key in sorted(k for k in wanted if wanted[k] != after.get(k)):
@@ -254,3 +279,18 @@ def _flatten(settings: Settings) -> dict[str, Any]:
 
     walk("", settings)
     return out
+
+
+_TLS_FILE_KEYS = {
+    "chargers": ("tls_cert", "tls_key", "tls_ca"),
+    "upstream": ("tls_ca", "tls_cert", "tls_key"),
+}
+
+
+def _with_tls_files(settings: Settings, tls: Settings) -> Settings:
+    """``settings`` with the TLS file paths that ``tls`` (what the TLS contexts use) has."""
+    update: dict[str, Any] = {}
+    for section, keys in _TLS_FILE_KEYS.items():
+        current, loaded = getattr(settings, section), getattr(tls, section)
+        update[section] = current.model_copy(update={k: getattr(loaded, k) for k in keys})
+    return settings.model_copy(update=update)

@@ -85,6 +85,9 @@ class RelayStats:
     upstream_failures: int = 0
     # Cloud answer time of CALLs relayed live (charger → cloud → charger).
     upstream_call_s: Histogram = field(default_factory=lambda: Histogram(CALL_DURATION_BOUNDS_S))
+    # OCPP 2.1 SEND frames (no answer, never stored) by "<direction> <outcome>",
+    # e.g. "from_charger relayed", "from_charger dropped" (no link to pass it on).
+    sends: Counter[str] = field(default_factory=Counter)
 
 
 class GatewayCollector(Collector):
@@ -144,6 +147,14 @@ class GatewayCollector(Collector):
         for kind, n in sorted(s.errors.items()):
             errors.add_metric([kind], n)
         yield errors
+        sends = CounterMetricFamily(
+            PREFIX + "send_frames",
+            "OCPP 2.1 SEND frames (never answered, never stored), relayed or dropped",
+            labels=["direction", "outcome"],
+        )
+        for key, n in sorted(s.sends.items()):
+            sends.add_metric(key.split(" ", 1), n)
+        yield sends
         yield CounterMetricFamily(
             PREFIX + "replayed_messages", "Queued messages delivered to the cloud", value=s.replayed
         )
