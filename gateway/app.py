@@ -63,6 +63,7 @@ class Gateway:
     async def _start(self) -> None:
         settings = self.settings
         self.store = store = await Store.open(settings.store.path)
+        store.start_monitoring()  # /health and the watchdog follow the store's real state
         self.tag_cache = TagCache(
             store,
             unknown_tags=settings.offline.unknown_tags,

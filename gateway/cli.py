@@ -129,6 +129,35 @@ def cmd_tags_lookup(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+def cmd_store_check(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.store import check_file
+
+    try:
+        problems = check_file(settings.store.path)
+    except GatewayError as exc:
+        print(f"flipturn-gateway: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if problems:
+        print(f"store {settings.store.path} failed PRAGMA integrity_check:", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"store {settings.store.path}: integrity_check ok")
+    return EXIT_OK
+
+
+def cmd_store_backup(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.store import backup_file
+
+    try:
+        size = backup_file(settings.store.path, args.path)
+    except (GatewayError, OSError) as exc:
+        print(f"flipturn-gateway: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps({"source": settings.store.path, "path": args.path, "bytes": size}))
+    return EXIT_OK
+
+
 def cmd_version(settings: Settings | None, args: argparse.Namespace) -> int:
     print(__version__)
     return EXIT_OK
@@ -157,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lookup.add_argument("tag", metavar="TAG")
     lookup.set_defaults(func=cmd_tags_lookup)
+    store = commands.add_parser("store", help="check or back up the SQLite store")
+    store_commands = store.add_subparsers(dest="store_command", metavar="COMMAND", required=True)
+    store_commands.add_parser(
+        "check", help="run SQLite's integrity check on the store (exit 1 if it fails)"
+    ).set_defaults(func=cmd_store_check)
+    backup = store_commands.add_parser(
+        "backup", help="write a consistent copy of the store to PATH, also while the gateway runs"
+    )
+    backup.add_argument("path", metavar="PATH")
+    backup.set_defaults(func=cmd_store_backup)
     commands.add_parser("version", help="print the version").set_defaults(
         func=cmd_version, needs_config=False
     )
