@@ -158,7 +158,7 @@ class Gateway:
             await self._api_task
         if self.store is not None:
             await self.store.close()
-        log.info("stopped")
+            log.info("stopped")
 
     async def run(self, stop: asyncio.Event, notifier: Notifier | None = None) -> None:
         """Serve until ``stop`` is set, telling systemd (if it listens) when ready and alive."""

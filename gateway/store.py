@@ -322,7 +322,7 @@ class Store:
             existed = path != ":memory:" and _nonempty_file(path)
             db = await cls._connect(path)
         except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open store {path}: {exc}") from exc
+            raise StoreError(f"cannot open store {path}: {exc}{_unwritable(path)}") from exc
         try:
             store = cls(db, path)
             if existed and quick_check:
@@ -335,7 +335,7 @@ class Store:
         except BaseException as exc:
             await db.close()
             if isinstance(exc, (sqlite3.Error, OSError)):
-                raise StoreError(f"cannot open store {path}: {exc}") from exc
+                raise StoreError(f"cannot open store {path}: {exc}{_unwritable(path)}") from exc
             raise
         return store
 
@@ -360,7 +360,8 @@ class Store:
             problems = [str(r[0]) for r in rows if str(r[0]) != "ok"]
         except sqlite3.Error as exc:
             problems = [str(exc)]
-        if problems:
+        if problems:  # one line: SQLite puts several findings in one row
+            problems = [" ".join(p.split()) for p in problems]
             raise StoreError(f"store {self.path} failed PRAGMA quick_check: {'; '.join(problems)}")
 
     async def _migrate(self) -> None:
@@ -445,6 +446,13 @@ class Store:
             health.error = reason
             health.checkpoint_tried = False
         self._usable.clear()
+
+    def _check_before_commit(self) -> None:
+        try:
+            self._check_file()
+        except StoreError as exc:
+            self._fault(str(exc))
+            raise
 
     def _committed(self) -> None:
         """A commit went through: usable again, unless the file lost its name (raises)."""
@@ -612,9 +620,12 @@ class Store:
                     log.error("store write failed: %r", exc)
 
     async def _commit_group(self, batches: list[_Batch]) -> None:
+        # A stat before and after: nothing is written into a file already without a name, and
+        # nothing is acknowledged whose file lost its name during the commit (_committed).
+        self._check_before_commit()
         try:
             await self._commit([st for batch in batches for st in batch.statements])
-        except (sqlite3.Error, ValueError) as exc:
+        except Exception as exc:  # e.g. a parameter that cannot be bound raises its own error
             if len(batches) == 1 or fault_of(exc) is not None:
                 error = self._failed(exc)
                 for batch in batches:
@@ -624,7 +635,7 @@ class Store:
             for batch in batches:
                 try:
                     await self._commit(batch.statements)
-                except (sqlite3.Error, ValueError) as one:
+                except Exception as one:
                     batch.settle(self._failed(one))
                 else:
                     self._committed()
@@ -1245,6 +1256,23 @@ def _nonempty_file(path: str) -> bool:
         return False
 
 
+def _unwritable(path: str) -> str:
+    """Why the store cannot be written, as a suffix for an error message ("" if no reason seen)."""
+    if path == ":memory:":
+        return ""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return " (read-only file system)"
+    except OSError:
+        return ""
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return " (the file is read-only for this user)"
+    if not os.access(directory, os.W_OK):
+        return " (its directory is read-only for this user)"
+    return ""
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -1272,7 +1300,7 @@ def check_file(path: str | Path, *, max_rows: int = 100) -> list[str]:
         return [str(exc)]
     finally:
         db.close()
-    return [str(r[0]) for r in rows if str(r[0]) != "ok"]
+    return [line for r in rows if str(r[0]) != "ok" for line in str(r[0]).splitlines()]
 
 
 def backup_file(path: str | Path, target: str | Path) -> int:
