@@ -483,14 +483,15 @@ class ChargerSession:
             log.exception("%s: cannot answer %s locally", self.charger_id, call.action)
             self._send_charger(self._error_text(call.message_id, "InternalError", ""))
 
-    async def _answer_resend(self, call: Call) -> bool:
+    async def _answer_resend(self, call: Call, digest: bytes | None = None) -> bool:
         """Answer a resend of a stored CALL (same id, action and payload, queued or delivered
         within the last 24 h) with the answer the charger got the first time; True if it was one.
         The 1.6 StartTransaction gets the same transactionId; nothing is stored or sent again."""
         rule = offline.rule_for(self.version, call.action)
         if not rule.stored:
             return False
-        digest = call_digest(call.action, call.payload)
+        if digest is None:
+            digest = call_digest(call.action, call.payload)
         answer = await self.hub.store.earlier_answer(
             self.charger_id, call.message_id, digest, now=time.time()
         )
@@ -516,7 +517,8 @@ class ChargerSession:
                 )
             )
             return
-        if rule.stored and await self._answer_resend(call):
+        digest = call_digest(call.action, call.payload) if rule.stored else None
+        if digest is not None and await self._answer_resend(call, digest):
             return
         try:
             # Validation never writes defaults into the payload (gateway.validation): what is
@@ -550,7 +552,7 @@ class ChargerSession:
                 frames.dumps(call.payload),
                 now.timestamp(),
                 local_tx_id=transaction_id,
-                digest=call_digest(call.action, call.payload),
+                digest=digest,
                 answer=frames.dumps(result),
             )
             if transaction_id is not None:

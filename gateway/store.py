@@ -168,6 +168,15 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (charger_id, message_id, digest)
     ) WITHOUT ROWID;
     CREATE INDEX answered_by_age ON answered (done_at);
+    -- Whatever removes a queued CALL (delivered, dead-lettered, pruned) keeps its key: in the
+    -- DELETE's own statement, so a delivery stays one statement (one database-thread hop).
+    CREATE TRIGGER outbox_keeps_answered AFTER DELETE ON outbox
+    WHEN old.digest IS NOT NULL AND old.answer IS NOT NULL
+    BEGIN
+        INSERT OR REPLACE INTO answered (charger_id, message_id, digest, answer, done_at)
+        VALUES (old.charger_id, old.message_id, old.digest, old.answer,
+                (julianday('now') - 2440587.5) * 86400.0);
+    END;
     CREATE TABLE store_probe (                 -- one row, rewritten by the health probe
         id INTEGER PRIMARY KEY,
         at REAL NOT NULL
@@ -1046,23 +1055,12 @@ class Store:
         )
         return {str(r[0]): str(r[1]) for r in rows}
 
-    # A delivered (or dead-lettered) CALL keeps its key for RESEND_WINDOW_S: a resend of it is
-    # answered as the first time and neither stored nor sent again.
-    _KEEP_ANSWERED = (
-        "INSERT OR REPLACE INTO answered (charger_id, message_id, digest, answer, done_at)"
-        " SELECT charger_id, message_id, digest, answer, ? FROM outbox"
-        " WHERE seq = ? AND digest IS NOT NULL AND answer IS NOT NULL"
-    )
+    async def delivered(self, seq: int, *, tx: tuple[str, int, int] | None = None) -> None:
+        """Remove a message the cloud answered; ``tx`` = (charger, local id, cloud id) to bind.
 
-    async def delivered(
-        self, seq: int, *, tx: tuple[str, int, int] | None = None, now: float | None = None
-    ) -> None:
-        """Remove a message the cloud answered; ``tx`` = (charger, local id, cloud id) to bind."""
-        done_at = time.time() if now is None else now
-        statements: list[Statement] = [
-            (self._KEEP_ANSWERED, (done_at, seq)),
-            ("DELETE FROM outbox WHERE seq = ?", (seq,)),
-        ]
+        Its resend key moves to ``answered`` (trigger outbox_keeps_answered) for RESEND_WINDOW_S.
+        """
+        statements: list[Statement] = [("DELETE FROM outbox WHERE seq = ?", (seq,))]
         if tx is not None:
             statements.append(
                 (
@@ -1106,7 +1104,6 @@ class Store:
                         description,
                     ),
                 ),
-                (self._KEEP_ANSWERED, (now, row.seq)),
                 ("DELETE FROM outbox WHERE seq = ?", (row.seq,)),
             ]
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -340,26 +341,30 @@ async def test_resend_keys_are_kept_24h_after_delivery_and_pruned(tmp_path: Path
         assert key == call_digest("StatusNotification", dict(reversed(list(payload.items()))))
         assert key != call_digest("StatusNotification", {**payload, "status": "Charging"})
         assert key != call_digest("MeterValues", payload)
+        now = time.time()
         await store.enqueue(
             "CP",
             "1.6",
             "m1",
             "StatusNotification",
             json.dumps(payload),
-            100.0,
+            now,
             digest=key,
             answer="{}",
         )
-        assert await store.earlier_answer("CP", "m1", key, now=100.0) == "{}"
-        assert await store.earlier_answer("CP", "m2", key, now=100.0) is None
-        assert await store.earlier_answer("OTHER", "m1", key, now=100.0) is None
+        assert await store.earlier_answer("CP", "m1", key, now=now) == "{}"
+        assert await store.earlier_answer("CP", "m2", key, now=now) is None
+        assert await store.earlier_answer("OTHER", "m1", key, now=now) is None
         (row,) = await store.pending("CP")
-        await store.delivered(row.seq, now=200.0)
+        await store.delivered(row.seq)
+        delivered_at = time.time()
         assert await store.pending("CP") == []
-        assert await store.earlier_answer("CP", "m1", key, now=200.0 + RESEND_WINDOW_S) == "{}"
-        assert await store.earlier_answer("CP", "m1", key, now=201.0 + RESEND_WINDOW_S) is None
+        assert await store.earlier_answer("CP", "m1", key, now=now + RESEND_WINDOW_S - 1) == "{}"
+        later = delivered_at + RESEND_WINDOW_S + 1
+        assert await store.earlier_answer("CP", "m1", key, now=later) is None
         assert await store.recent_message_ids("CP", 10) == ["m1"]
-        assert await store.prune_answered(201.0 + RESEND_WINDOW_S) == 1
+        assert await store.prune_answered(now + 60) == 0  # still within the window
+        assert await store.prune_answered(later) == 1
         assert await store.recent_message_ids("CP", 10) == []
     finally:
         await store.close()
