@@ -167,7 +167,10 @@ class Gateway:
         watchdog: asyncio.Task[None] | None = None
         interval = watchdog_interval_s()
         if interval is not None and self.store is not None:
-            watchdog = asyncio.create_task(watchdog_loop(notifier, interval, self.store.healthy))
+            store = self.store
+            watchdog = asyncio.create_task(
+                watchdog_loop(notifier, interval, store.healthy, lambda: store.status()["error"])
+            )
         notifier.ready(f"serving chargers on port {self.charger_port}")
         try:
             await stop.wait()
