@@ -990,10 +990,15 @@ class Store:
         """The answer given to the same CALL (id and digest) if it is queued or was delivered
         within RESEND_WINDOW_S; None for a CALL not seen before."""
         params = (charger_id, message_id, digest, now - RESEND_WINDOW_S)
-        rows = self._read_now(self._EARLIER_ANSWER_SQL, params)
-        if rows is None:
-            rows = await self.fetchall(self._EARLIER_ANSWER_SQL, params)
-        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+        row: Any
+        try:  # on the event loop thread, as lookup_tag: the thread hop would cost more
+            reader = self._reader()
+            if reader is None:
+                raise sqlite3.OperationalError("no separate reader for an in-memory store")
+            row = reader.execute(self._EARLIER_ANSWER_SQL, params).fetchone()
+        except sqlite3.Error:
+            row = await self.fetchone(self._EARLIER_ANSWER_SQL, params)
+        return None if row is None or row[0] is None else str(row[0])
 
     async def recent_message_ids(self, charger_id: str, limit: int) -> list[str]:
         """Message ids of the latest CALLs of a charger stored for replay (queued or answered)."""
