@@ -243,3 +243,19 @@ async def test_every_writer_is_released_whatever_the_exception(tmp_path: Path) -
         assert store.ok
     finally:
         await store.close()
+
+
+async def test_corruption_met_while_running_keeps_the_store_down(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    await make_store(path)
+    spoil(path, "zeroed")
+    store = await Store.open(path, quick_check=False)  # as if the pages went bad after start-up
+    try:
+        with pytest.raises(sqlite3.DatabaseError):
+            await store.pending("CP", 10_000)
+        assert store.status()["ok"] is False
+        assert "corrupt" in store.status()["error"]
+        await store.probe()  # a probe commit elsewhere in the file proves nothing: still down
+        assert store.status()["ok"] is False and not await store.healthy()
+    finally:
+        await store.close()
