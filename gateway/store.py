@@ -501,6 +501,8 @@ class Store:
         health.free_bytes = self._free_bytes()
         if self._file_id is not None and not _exists(self.path):
             await self._restore_deleted()
+            if not _exists(self.path):
+                return  # nothing to probe; the fault stays as _restore_deleted put it
         if health.sticky:
             return
         if health.error is None:
@@ -1311,6 +1313,9 @@ def backup_file(path: str | Path, target: str | Path) -> int:
     once complete and fsync'd. Returns the copy's size in bytes."""
     target = Path(target)
     partial = target.with_name(f".{target.name}.partial")
+    store_files = {Path(f"{path}{suffix}").resolve() for suffix in ("", "-wal", "-shm")}
+    if target.resolve() in store_files:
+        raise StoreError(f"{target} is the store itself; back it up elsewhere")
     source = _open_existing(path)
     try:
         with contextlib.suppress(FileNotFoundError):

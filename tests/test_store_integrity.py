@@ -192,6 +192,15 @@ async def test_backup_is_a_consistent_copy_while_the_gateway_writes(tmp_path: Pa
     assert not list(copy.parent.glob("*.partial"))
 
 
+async def test_backup_never_writes_over_the_store(tmp_path: Path) -> None:
+    store = tmp_path / "gw.db"
+    await make_store(store, rows=100)
+    before = digest(store)
+    done = run_cli(config(tmp_path, store), "store", "backup", str(store))
+    assert done.returncode == 1 and "the store itself" in done.stderr
+    assert digest(store) == before
+
+
 async def test_failed_commit_is_rolled_back_and_the_next_one_works(tmp_path: Path) -> None:
     # A deferred foreign key fails at COMMIT itself, which leaves the transaction open unless
     # the store rolls it back; the next BEGIN would then fail for ever.
