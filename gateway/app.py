@@ -90,6 +90,7 @@ class Gateway:
         self.tls = tls = TlsContexts(settings)  # ConfigError naming the key if a file is bad
         self.registry.register(CertificateExpiryCollector(tls))
         self.store = store = await Store.open(settings.store.path)
+        store.start_monitoring()  # /health and the watchdog follow the store's real state
         self.depot_recorder = DepotRecorder(self.depot, store)
         await self.depot_recorder.load()
         self.tag_cache = TagCache(
@@ -275,7 +276,7 @@ class Gateway:
             await self._api_task
         if self.store is not None:
             await self.store.close()
-        log.info("stopped")
+            log.info("stopped")
 
     async def run(self, stop: asyncio.Event, notifier: Notifier | None = None) -> None:
         """Serve until ``stop`` is set, telling systemd (if it listens) when ready and alive."""
@@ -284,7 +285,10 @@ class Gateway:
         watchdog: asyncio.Task[None] | None = None
         interval = watchdog_interval_s()
         if interval is not None and self.store is not None:
-            watchdog = asyncio.create_task(watchdog_loop(notifier, interval, self.store.healthy))
+            store = self.store
+            watchdog = asyncio.create_task(
+                watchdog_loop(notifier, interval, store.healthy, lambda: store.status()["error"])
+            )
         notifier.ready(f"serving chargers on port {self.charger_port}")
         try:
             await stop.wait()

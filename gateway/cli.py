@@ -157,6 +157,35 @@ def cmd_tags_lookup(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+def cmd_store_check(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.store import check_file
+
+    try:
+        problems = check_file(settings.store.path)
+    except GatewayError as exc:
+        print(f"flipturn-gateway: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if problems:
+        print(f"store {settings.store.path} failed PRAGMA integrity_check:", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"store {settings.store.path}: integrity_check ok")
+    return EXIT_OK
+
+
+def cmd_store_backup(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.store import backup_file
+
+    try:
+        size = backup_file(settings.store.path, args.path)
+    except (GatewayError, OSError) as exc:
+        print(f"flipturn-gateway: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps({"source": settings.store.path, "path": args.path, "bytes": size}))
+    return EXIT_OK
+
+
 def cmd_version(settings: Settings | None, args: argparse.Namespace) -> int:
     print(__version__)
     return EXIT_OK
@@ -300,6 +329,21 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every dead letter, oldest first")
     drop = command(outbox_commands, "drop", "delete a dead letter for good", cmd_outbox_drop)
     drop.add_argument("id", metavar="ID", type=int)
+    store = command(commands, "store", "check or back up the SQLite store")
+    store_commands = store.add_subparsers(dest="store_command", metavar="COMMAND", required=True)
+    command(
+        store_commands,
+        "check",
+        "run SQLite's integrity check on the store (exit 1 if it fails)",
+        cmd_store_check,
+    )
+    backup = command(
+        store_commands,
+        "backup",
+        "write a consistent copy of the store to PATH, also while the gateway runs",
+        cmd_store_backup,
+    )
+    backup.add_argument("path", metavar="PATH")
     command(commands, "version", "print the version", cmd_version, needs_config=False)
     return parser
 

@@ -15,7 +15,7 @@ from gateway.config import Settings
 from gateway.depot import DepotView
 from gateway.frames import OcppVersion, as_version
 from gateway.metrics import RelayStats
-from gateway.session import Authorizer, ChargerSession, SessionHook
+from gateway.session import RECENT_IDS, Authorizer, ChargerSession, SessionHook
 from gateway.store import Store
 from gateway.wsconn import ClientConnection, ServerConnection
 
@@ -104,12 +104,14 @@ class Hub:
         session = self.sessions.get(charger_id)
         if session is None:
             txids = txmap.TxIdMap(await self.store.tx_ids(charger_id))
+            stored = await self.store.recent_message_ids(charger_id, RECENT_IDS)
             # Another connection for the same id may have created it while we read.
             session = self.sessions.get(charger_id)
             if session is None:
                 session = ChargerSession(self, charger_id, version)
                 session.trace_frames = self.trace_frames
                 session.txids = txids
+                session.remember_stored(stored)
                 self.sessions[charger_id] = session
         return session
 
