@@ -29,11 +29,17 @@ from gateway.backoff import Backoff
 from gateway.core import events as ev
 from gateway.core.relay import ChargerRelay, RelaySettings
 from gateway.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
-from gateway.errors import ChargerNotConnected, ChargerTimeout, CloudUnavailable, FrameError
+from gateway.errors import (
+    ChargerNotConnected,
+    ChargerTimeout,
+    CloudUnavailable,
+    FrameError,
+    StoreError,
+)
 from gateway.frames import Call, CallError, CallResult, OcppVersion
 from gateway.link import LinkState
 from gateway.metrics import RelayStats
-from gateway.store import OutboxRow, Store
+from gateway.store import OutboxRow, Store, call_digest
 from gateway.wsconn import ClientConnection, Message, ServerConnection, WsConnection
 
 __all__ = ["Authorizer", "ChargerSession", "SessionHook", "SessionHost", "SessionSettings"]
@@ -117,6 +123,7 @@ class SessionHost(Protocol):
     def closing(self) -> bool: ...
     def next_local_tx_id(self) -> int: ...
     def forget_if_idle(self, session: ChargerSession) -> None: ...
+    def dead_letter_added(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +169,7 @@ class ChargerSession:
             txids=txids,
             errors=stats.errors,
             sends=stats.sends,
+            observe_answer_s=stats.upstream_call_s.observe,
         )
         self._stats = stats
         self._now = clock or asyncio.get_running_loop().time  # monotonic: deadlines
@@ -177,6 +185,8 @@ class ChargerSession:
         self._closing_upstream = False  # we, not the cloud, are closing the current link
         self._tasks: set[asyncio.Task[Any]] = set()
         self._answering = False  # a charger CALL is being answered locally (its frames wait)
+        # log.level = "debug": one line per frame (one attribute test per frame otherwise).
+        self._trace_frames = False
         reconnect_max_s = settings.reconnect_max_s
         self._backoff = Backoff(
             initial_s=min(1.0, reconnect_max_s), max_s=reconnect_max_s, rng=host.rng
@@ -217,6 +227,35 @@ class ChargerSession:
         self.relay.backlog = count
         self.backlog_oldest = oldest if count else None
 
+    def rows_appeared(self, count: int, oldest: float) -> None:
+        """Rows reached this charger's queue from outside the session (a requeued dead letter):
+        replay them like a backlog of its own."""
+        if self.backlog_oldest is None or oldest < self.backlog_oldest:
+            self.backlog_oldest = oldest
+        self.relay.rows_appeared(count, self._now())
+        self._flush()
+        self.ensure_link()
+
+    def remember_stored(self, message_ids: list[str]) -> None:
+        """Message ids of CALLs stored for replay: a charger CALL with one may be a resend."""
+        self.relay.remember_stored(message_ids)
+
+    def set_trace_frames(self, on: bool) -> None:
+        self._trace_frames = on
+
+    def _trace(self, direction: str, message: Message) -> None:
+        """The debug line of one frame: direction, charger, message type, action, message id."""
+        kind, action, message_id = frames.describe(message)
+        log.debug(
+            "%s: frame %s %s %s %s",
+            self.charger_id,
+            direction,
+            kind,
+            action,
+            message_id,
+            extra={"charger": self.charger_id},
+        )
+
     # --- moving the core's output --------------------------------------------------------------
 
     def _flush(self) -> None:
@@ -228,12 +267,16 @@ class ChargerSession:
             for text in out:
                 if ws is not None and ws.send(text):
                     self._stats.frames_to_cloud += 1
+                    if self._trace_frames:
+                        self._trace("to cloud", text)
         out = relay.data_to_charger()
         if out:
             charger = self.charger
             for text in out:
                 if charger is not None and charger.send(text):
                     self._stats.frames_to_chargers += 1
+                    if self._trace_frames:
+                        self._trace("to charger", text)
         events = relay.events()
         for event in events:
             self._handle(event)
@@ -253,8 +296,8 @@ class ChargerSession:
             self._answering = True
             self._spawn(self._answer_locally(event.call, event.rule), "answering locally")
         elif isinstance(event, ev.CheckResend):
-            self.relay.resend_checked(event.call, None, self._now())  # no resend keys kept
-            self._flush()
+            self._answering = True
+            self._spawn(self._check_resend(event.call), "checking a resend")
         elif isinstance(event, ev.Answered):
             call = event.call
             if event.by_cloud and call.action in LEARNED_ACTIONS:
@@ -350,6 +393,8 @@ class ChargerSession:
     def _charger_message(self, message: Message) -> None:
         self._stats.frames_from_chargers += 1
         self.last_seen_at = self._wall()
+        if self._trace_frames:
+            self._trace("from charger", message)
         relay = self.relay
         try:
             if isinstance(message, str):
@@ -366,16 +411,64 @@ class ChargerSession:
         if relay.inbox_size >= INBOX_HOLD and self.charger is not None:
             self.charger.hold_reading("inbox")
 
+    async def _check_resend(self, call: Call) -> None:
+        """A CALL with the id of a stored one: answered as the first time if it is a resend."""
+        try:
+            answer = await self._earlier_answer(call, None)
+        except Exception:
+            answer = None  # the store cannot tell: relay it as new (the cloud dedupes by id)
+            log.debug("%s: resend lookup failed", self.charger_id, exc_info=True)
+        self._answering = False
+        self.relay.resend_checked(call, answer, self._now())
+        self._after_answer()
+
+    async def _earlier_answer(self, call: Call, digest: bytes | None) -> dict[str, Any] | None:
+        """The answer given the first time to a stored CALL with the same id, action and
+        payload (queued or delivered within the last 24 h), if ``call`` is its resend."""
+        if not offline.rule_for(self.version, call.action).stored:
+            return None
+        answer = await self.host.store.earlier_answer(
+            self.charger_id,
+            call.message_id,
+            digest or call_digest(call.action, call.payload),
+            now=self._wall(),
+        )
+        if answer is None:
+            return None
+        log.info(
+            "%s: %s %s was stored before; answered as the first time",
+            self.charger_id,
+            call.action,
+            call.message_id,
+        )
+        result: dict[str, Any] = frames.loads(answer)
+        return result
+
     async def _answer_locally(self, call: Call, rule: offline.Rule) -> None:
         """Answer per the offline table, storing the row first where required; on failure the
         charger gets InternalError and nothing was acknowledged (it will send it again)."""
         version = self.version
+        tx = None
         try:
+            digest = call_digest(call.action, call.payload) if rule.stored else None
+            earlier = await self._earlier_answer(call, digest) if digest is not None else None
+            if earlier is not None:  # a resend: the first answer; nothing stored or sent again
+                self._answering = False
+                self.relay.answered_locally(call, earlier, self._now(), stored=False, resend=True)
+                self._after_answer()
+                return
             now = datetime.now(UTC)
             auth_info = await self._auth_info(call, now)
-            tx = None
             if rule.answer is offline.Answer.START_TRANSACTION:
                 tx = self.host.next_local_tx_id()
+            result = offline.local_result(
+                version,
+                call.action,
+                now=now,
+                heartbeat_interval_s=self.settings.heartbeat_interval_s,
+                auth_info=auth_info,
+                transaction_id=tx,
+            )
             payload_text = frames.dumps(call.payload)
             if rule.answer is offline.Answer.BOOT:
                 await self._save_boot(call, delivered=False)
@@ -388,15 +481,15 @@ class ChargerSession:
                     payload_text,
                     now.timestamp(),
                     local_tx_id=tx,
+                    digest=digest,
+                    answer=frames.dumps(result),
                 )
-            result = offline.local_result(
-                version,
-                call.action,
-                now=now,
-                heartbeat_interval_s=self.settings.heartbeat_interval_s,
-                auth_info=auth_info,
-                transaction_id=tx,
-            )
+        except StoreError as exc:
+            # The store logs each change of its state once; a line per message would flood.
+            self._stats.errors["store"] += 1
+            log.debug("%s: cannot store %s: %s", self.charger_id, call.action, exc)
+            self._answering = False
+            self.relay.local_answer_failed(call, self._now())
         except Exception:
             self._stats.errors["internal"] += 1
             log.exception("%s: cannot answer %s locally", self.charger_id, call.action)
@@ -414,6 +507,9 @@ class ChargerSession:
             )
             if rule.stored:
                 self.ensure_link()
+        self._after_answer()
+
+    def _after_answer(self) -> None:
         self._flush()
         if self.charger is None:
             self.forget_if_done()
@@ -571,6 +667,8 @@ class ChargerSession:
 
     def _cloud_message(self, message: Message) -> None:
         self._stats.frames_from_cloud += 1
+        if self._trace_frames:
+            self._trace("from cloud", message)
         relay = self.relay
         try:
             if isinstance(message, str):
@@ -603,6 +701,21 @@ class ChargerSession:
     async def _record(
         self, outcome: ev.Delivered | ev.RetryLater | ev.DeadLetter | ev.BootDelivered
     ) -> None:
+        try:
+            await self._write_outcome(outcome)
+        except StoreError:
+            # The outcome could not be recorded: hold the replay until the store commits
+            # again, then resume from the first row still queued.
+            self.relay.outcome_recorded(outcome, self._now(), ok=False)
+            await self.host.store.wait_usable()
+            self.relay.resume_replay(self._now())
+        else:
+            self.relay.outcome_recorded(outcome, self._now())
+        self._flush()
+
+    async def _write_outcome(
+        self, outcome: ev.Delivered | ev.RetryLater | ev.DeadLetter | ev.BootDelivered
+    ) -> None:
         store, cid = self.host.store, self.charger_id
         if isinstance(outcome, ev.BootDelivered):
             await store.boot_delivered(cid)
@@ -616,6 +729,7 @@ class ChargerSession:
                 row, code=outcome.code, description=outcome.description, now=self._wall()
             )
             self._stats.dead_lettered += 1
+            self.host.dead_letter_added()
         else:
             call, tx = outcome.call, outcome.tx
             await store.delivered(outcome.row.seq, tx=(cid, *tx) if tx is not None else None)
@@ -626,8 +740,6 @@ class ChargerSession:
             self._stats.replayed += 1
             if call.action in LEARNED_ACTIONS:
                 self._learn(call, outcome.result)
-        self.relay.outcome_recorded(outcome, self._now())
-        self._flush()
 
     # --- shutdown ------------------------------------------------------------------------------
 

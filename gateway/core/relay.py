@@ -172,6 +172,7 @@ class ChargerRelay:
         txids: txmap.TxIdMap | None = None,
         errors: Counter[str] | None = None,
         sends: Counter[str] | None = None,
+        observe_answer_s: Callable[[float], None] | None = None,
     ) -> None:
         self.charger_id = charger_id
         self.version: OcppVersion = version
@@ -180,6 +181,8 @@ class ChargerRelay:
         self.txids = txids if txids is not None else txmap.TxIdMap()
         self.errors: Counter[str] = errors if errors is not None else Counter()
         self.sends: Counter[str] = sends if sends is not None else Counter()
+        # Told how long the cloud took to answer each live CALL (a histogram's observe).
+        self._observe_answer_s = observe_answer_s
         self.state = LinkState.OFFLINE
         self.charger_connected = False
         self.backlog = 0
@@ -434,7 +437,11 @@ class ChargerRelay:
     def _charger_call(self, call: Call, text: str, now: float) -> None:
         if call.action in self.settings.observed_charger_calls:
             self._events.append(ChargerCallSeen(call))
-        if self.recent_ids and call.message_id in self.recent_ids and self._cloud_up:
+        if (
+            self.recent_ids
+            and call.message_id in self.recent_ids
+            and self.state is LinkState.ONLINE
+        ):
             # Perhaps a resend of a CALL already stored: it must not reach the cloud twice.
             self._busy = True
             self._checking = text
@@ -667,6 +674,8 @@ class ChargerRelay:
             return
         if self.charger_connected:
             self._to_charger.append(text)
+        if self._observe_answer_s is not None:
+            self._observe_answer_s(now - pending.deadline + self.settings.cloud_call_timeout_s)
         if type(frame) is CallResult and pending.call.action in self.settings.observed_answers:
             self._events.append(Answered(pending.call, frame.payload, by_cloud=True))
 
