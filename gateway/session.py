@@ -342,8 +342,10 @@ class ChargerSession:
 
     def tick(self, now: float) -> None:
         """Act on the core's deadlines (the hub's sweep calls it)."""
-        self.relay.tick(now)
-        self._flush()
+        relay = self.relay
+        if relay.has_deadlines:
+            relay.tick(now)
+            self._flush()
 
     # --- charger side --------------------------------------------------------------------------
 

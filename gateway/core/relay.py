@@ -254,6 +254,13 @@ class ChargerRelay:
     def slot_busy(self) -> bool:
         return self._slot is not None
 
+    @property
+    def has_deadlines(self) -> bool:
+        """Whether ``tick`` may have anything to do (a cheap test for a sweep over many)."""
+        return bool(self._pending) or (
+            self._slot is not None or self._held is not None or self._replay is not None
+        )
+
     def next_deadline(self) -> float | None:
         """The earliest time ``tick`` has something to do, if any."""
         times = [p.deadline for p in self._pending.values()]

@@ -116,7 +116,7 @@ def test_online_call_and_answer_pass_through_unchanged() -> None:
     r.receive_cloud(answer, T0 + 0.1)
     assert r.data_to_charger() == [answer]
     assert r.events() == []
-    assert r.next_deadline() is None
+    assert r.next_deadline() is None and not r.has_deadlines
 
 
 def test_forwarded_boot_is_saved_as_delivered() -> None:
@@ -289,7 +289,7 @@ def test_charger_timeout_counts_from_receipt_not_from_queueing() -> None:
     assert r.events() == [ChargerCallFailed(mid, "GetConfiguration", "timeout")]
     assert r.errors["charger_call_timeout"] == 1
     # Nothing more arrives: no timer left, later ticks do nothing.
-    assert r.next_deadline() is None
+    assert r.next_deadline() is None and not r.has_deadlines
     r.tick(T0 + 500)
     assert r.events() == [] and r.data_to_charger() == [] and r.data_to_cloud() == []
 
