@@ -89,7 +89,7 @@ class ChargerCallSeen:
 
 @dataclass(frozen=True, slots=True)
 class CloudCallSeen:
-    """A cloud CALL of an observed action, queued toward the charger."""
+    """A cloud CALL of an observed action, shown before it is queued toward the charger."""
 
     call: Call
 

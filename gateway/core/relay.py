@@ -79,8 +79,6 @@ GATEWAY_ID_PREFIX: Final = "gw-"  # gateway-originated message ids; the cloud's 
 LOCAL_ANSWERS_KEPT: Final = 16
 # Message ids of a charger's latest stored CALLs, checked for resends on the online path.
 RECENT_IDS: Final = 64
-# A link whose handshake turn is further away than this does not hold charger CALLs at all.
-TURN_HOLD_S: Final = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +89,7 @@ class RelaySettings:
     charger_call_timeout_s: float = 30.0  # chargers.call_timeout_s, from when the charger got it
     max_queued_calls: int = 16  # chargers.max_queued_calls
     connecting_hold_s: float = 1.5  # a charger CALL waits this long for a connecting link
+    turn_hold_s: float = 1.0  # ...unless the link's handshake turn is further away than this
     max_replay_attempts: int = 8  # a replayed message is dead-lettered after this many
     max_retry_delay_s: float = 300.0
     # Actions whose traffic the driver wants to see (the depot view, hooks, the tag cache).
@@ -462,7 +461,7 @@ class ChargerRelay:
     def _route(self, call: Call, text: str, now: float) -> None:
         if self.state is LinkState.CONNECTING:
             due = self._turn_due
-            if due is None or due - now <= TURN_HOLD_S:
+            if due is None or due - now <= self.settings.turn_hold_s:
                 # The handshake is usually quick: hold the CALL (and the frames after it) for it.
                 hold = min(self.settings.cloud_call_timeout_s, self.settings.connecting_hold_s)
                 self._busy = True
@@ -687,6 +686,8 @@ class ChargerRelay:
             self._events.append(Answered(pending.call, frame.payload, by_cloud=True))
 
     def _cloud_call(self, call: Call, text: str, now: float) -> None:
+        if call.action in self.settings.observed_cloud_calls:
+            self._events.append(CloudCallSeen(call))  # before it is queued or refused
         if not self.charger_connected:
             self._to_cloud.append(
                 self._error_text(call.message_id, "GenericError", "charger is not connected")
@@ -709,8 +710,6 @@ class ChargerRelay:
                 self._error_text(call.message_id, "GenericError", "charger queue full")
             )
             return
-        if call.action in self.settings.observed_cloud_calls:
-            self._events.append(CloudCallSeen(call))
 
     # --- gateway → charger ---------------------------------------------------------------------------
 
