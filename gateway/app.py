@@ -11,6 +11,7 @@ import time
 from starlette.routing import BaseRoute
 
 from gateway.api import ApiContext, ApiServer, build_api
+from gateway.backoff import BackoffPolicy
 from gateway.cache import CacheMetrics, TagCache
 from gateway.cache_api import cache_routes
 from gateway.config import Settings
@@ -35,9 +36,18 @@ log = logging.getLogger(__name__)
 class Gateway:
     """One running gateway. ``await start()``, then ``await stop()``; or ``await run(stop_event)``."""
 
-    def __init__(self, settings: Settings, *, reconnect_max_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        reconnect_max_s: float | None = None,
+        backoff: BackoffPolicy | None = None,
+    ) -> None:
+        """``reconnect_max_s`` overrides ``upstream.reconnect_max_s`` and ``backoff`` how fast the
+        delays grow (tests use both to reach the cap without waiting for it)."""
         self.settings = settings
         self.reconnect_max_s = reconnect_max_s
+        self.backoff = backoff
         self.stats = RelayStats()
         self.registry = new_registry()
         self.store: Store | None = None
@@ -82,6 +92,7 @@ class Gateway:
             stats=self.stats,
             authorizer=self.tag_cache,
             reconnect_max_s=self.reconnect_max_s,
+            backoff=self.backoff,
             hooks=[ReservationHook(reservations)],
         )
         self.registry.register(
@@ -111,12 +122,7 @@ class Gateway:
         )
         routes: list[BaseRoute] = [
             *cache_routes(store, self.sync),
-            *reservation_routes(
-                reservations,
-                hub,
-                settings.ports,
-                charger_timeout_s=settings.upstream.call_timeout_s,
-            ),
+            *reservation_routes(reservations, hub, settings.ports),
         ]
         self.api = ApiServer(build_api(context, routes), settings.api.host, settings.api.port)
         self.api_port = self.api.port

@@ -15,7 +15,8 @@
     │   └── UnknownPort             portId not in [[ports]] (HTTP 404)
     └── ChargerCallError            a gateway-originated CALL to a charger failed
         ├── ChargerNotConnected
-        ├── ChargerTimeout
+        ├── ChargerTimeout          the charger did not answer within chargers.call_timeout_s
+        ├── ChargerQueueFull        chargers.max_queued_calls CALLs already wait (HTTP 503)
         ├── ChargerCallRefused      the charger answered with a CALLERROR (``code``)
         └── ChargerBadAnswer        the charger's CALLRESULT breaks the schema
 
@@ -30,6 +31,7 @@ __all__ = [
     "ChargerCallError",
     "ChargerCallRefused",
     "ChargerNotConnected",
+    "ChargerQueueFull",
     "ChargerTimeout",
     "CloudUnavailable",
     "ConfigError",
@@ -101,6 +103,10 @@ class ChargerNotConnected(ChargerCallError):
 
 class ChargerTimeout(ChargerCallError):
     """The charger did not answer in time."""
+
+
+class ChargerQueueFull(ChargerCallError):
+    """``chargers.max_queued_calls`` CALLs already wait for this charger; nothing was sent."""
 
 
 class ChargerCallRefused(ChargerCallError):

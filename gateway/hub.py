@@ -1,4 +1,11 @@
-"""All charger sessions of one gateway and the services they share."""
+"""All charger sessions of one gateway and the services they share.
+
+Shared by every session: the connect pacer (``upstream.max_connects_per_s`` new upstream
+handshakes per second) and recovery (a link that connects after failures wakes every link
+waiting in its backoff; while no link is up, one waiting link is tried every ``PROBE_EVERY_S``).
+A new charger's state (transaction-id map, undelivered BootNotification) is read in one store
+query for every charger that arrived meanwhile, not one query each.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway import offline, txmap
+from gateway.backoff import BackoffPolicy, ConnectPacer, Recovery
 from gateway.config import Settings
 from gateway.frames import OcppVersion
 from gateway.metrics import RelayStats
 from gateway.session import Authorizer, ChargerSession, SessionHook
-from gateway.store import Store
+from gateway.store import ChargerState, Store
 from gateway.wsconn import ClientConnection, ServerConnection
 
 __all__ = ["Hub"]
@@ -29,6 +37,9 @@ STANDALONE_NOTIFICATION_RETENTION_S = 24 * 3600.0
 STANDALONE_TRANSACTION_RETENTION_S = 90 * 24 * 3600.0
 STANDALONE_MAX_ROWS = 200_000
 STANDALONE_PRUNE_EVERY_S = 600.0
+# While no link is up, one link waiting in its backoff is tried this often: the cloud's return is
+# noticed within this (plus one handshake) whatever the backoff has grown to.
+PROBE_EVERY_S = 3.0
 
 
 def _as_version(value: str) -> OcppVersion:
@@ -47,7 +58,8 @@ class Hub:
         authorizer: Authorizer,
         hooks: Sequence[SessionHook] = (),
         stats: RelayStats | None = None,
-        reconnect_max_s: float = 60.0,
+        reconnect_max_s: float | None = None,
+        backoff: BackoffPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -57,14 +69,22 @@ class Hub:
         # Tested once per charger CALL instead of asking every hook.
         self.hooked_charger_actions = frozenset(a for h in self.hooks for a in h.charger_actions)
         self.stats = stats or RelayStats()
-        self.reconnect_max_s = reconnect_max_s
+        self.reconnect_max_s = (
+            settings.upstream.reconnect_max_s if reconnect_max_s is None else reconnect_max_s
+        )
+        self.backoff = backoff or BackoffPolicy()
+        self.pacer = ConnectPacer(settings.upstream.max_connects_per_s)
+        self.recovery = Recovery(PROBE_EVERY_S)
+        # Sessions sleeping in their reconnect backoff, longest-waiting first (dicts keep order).
+        self.retrying: dict[str, ChargerSession] = {}
         self.sessions: dict[str, ChargerSession] = {}
         self.rng = random.Random()  # backoff jitter for every session (one generator, ~2.5 KB)
         self.closing = False
         self._next_local_tx = txmap.LOCAL_TX_MIN
         self._prune_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
-        self._attaching: set[asyncio.Task[None]] = set()
+        self._to_attach: list[tuple[str, OcppVersion, ServerConnection]] = []
+        self._attach_task: asyncio.Task[None] | None = None
         # One timer for every forwarded CALL's deadline, instead of a timer per CALL.
         self._sweep_every_s = min(0.25, settings.upstream.call_timeout_s / 4)
 
@@ -74,8 +94,10 @@ class Hub:
         self._next_local_tx = txmap.LOCAL_TX_MIN if highest is None else highest + 1
         backlog = await self.store.backlog()
         versions = await self.store.backlog_versions()
+        states = await self.store.charger_states(sorted(backlog))
         for charger_id, (count, oldest) in backlog.items():
-            session = await self._session(charger_id, _as_version(versions.get(charger_id, "1.6")))
+            version = _as_version(versions.get(charger_id, "1.6"))
+            session = self._new_session(charger_id, version, states.get(charger_id))
             session.backlog, session.backlog_oldest = count, oldest
         if backlog:
             log.info(
@@ -84,47 +106,78 @@ class Hub:
                 len(backlog),
             )
         if self.settings.standalone:
-            self._prune_task = asyncio.create_task(self._prune_loop())
+            self._prune_task = self._own(self._prune_loop(), "pruning the queue")
         else:
-            self._sweep_task = asyncio.create_task(self._sweep_loop())
+            self._sweep_task = self._own(self._sweep_loop(), "the deadline sweep")
             for session in self.sessions.values():
                 session.ensure_link()
 
-    async def _session(self, charger_id: str, version: OcppVersion) -> ChargerSession:
-        session = self.sessions.get(charger_id)
-        if session is None:
-            txids = txmap.TxIdMap(await self.store.tx_ids(charger_id))
-            # Another connection for the same id may have created it while we read.
-            session = self.sessions.get(charger_id)
-            if session is None:
-                session = ChargerSession(self, charger_id, version)
-                session.txids = txids
-                self.sessions[charger_id] = session
+    def _own(self, coro: Any, what: str) -> asyncio.Task[Any]:
+        """A task whose failure is logged (its outcome is always retrieved)."""
+        task = asyncio.create_task(coro)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                self.stats.errors["internal"] += 1
+                log.error("%s failed", what, exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    def _new_session(
+        self, charger_id: str, version: OcppVersion, state: ChargerState | None
+    ) -> ChargerSession:
+        session = ChargerSession(self, charger_id, version)
+        if state is not None:
+            session.txids = txmap.TxIdMap(state.tx_ids)
+            session.boot_undelivered = state.boot_undelivered
+        self.sessions[charger_id] = session
         return session
 
     def accept(self, charger_id: str, version: OcppVersion, ws: ServerConnection) -> None:
-        """Hand a charger's open connection to its session (its frames wait until then)."""
-        task = asyncio.create_task(self._attach(charger_id, version, ws))
-        self._attaching.add(task)
-        task.add_done_callback(self._attached)
+        """Hand a charger's open connection to its session (its frames wait until then).
 
-    async def _attach(self, charger_id: str, version: OcppVersion, ws: ServerConnection) -> None:
+        A charger with a session in memory is served at once; for the others, the chargers that
+        arrive while a store read is running share the next read.
+        """
+        if charger_id in self.sessions and not self._to_attach:
+            self._attach(charger_id, version, ws)
+            return
+        self._to_attach.append((charger_id, version, ws))
+        if self._attach_task is None:
+            self._attach_task = self._own(self._attach_batches(), "serving new chargers")
+
+    async def _attach_batches(self) -> None:
         try:
-            session = await self._session(charger_id, version)
-        except Exception:
-            ws.close(1011, "gateway error")
-            raise
+            while self._to_attach:
+                batch, self._to_attach = self._to_attach, []
+                new = sorted({cid for cid, _, _ in batch if cid not in self.sessions})
+                try:
+                    states = await self.store.charger_states(new) if new else {}
+                except Exception:
+                    self.stats.errors["internal"] += 1
+                    log.exception("cannot read the state of %d new chargers", len(new))
+                    for _, _, ws in batch:
+                        ws.close(1011, "gateway error")
+                    continue
+                except BaseException:  # cancelled: the gateway is closing
+                    for _, _, ws in batch:
+                        ws.close(1001, "gateway shutting down")
+                    raise
+                for charger_id, version, ws in batch:
+                    if charger_id not in self.sessions:
+                        self._new_session(charger_id, version, states.get(charger_id))
+                    self._attach(charger_id, version, ws)
+        finally:
+            self._attach_task = None
+
+    def _attach(self, charger_id: str, version: OcppVersion, ws: ServerConnection) -> None:
+        session = self.sessions[charger_id]
         if ws.closed.done() or self.closing:
             ws.close(1001, "gateway shutting down")
             session.forget_if_done()
             return
         session.attach_charger(ws, version)
-
-    def _attached(self, task: asyncio.Task[None]) -> None:
-        self._attaching.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.stats.errors["internal"] += 1
-            log.error("cannot serve a charger", exc_info=task.exception())
 
     def forget_if_idle(self, session: ChargerSession) -> None:
         """Drop a session with no charger and no backlog: memory follows the connected chargers,
@@ -138,6 +191,33 @@ class Hub:
 
     def get(self, charger_id: str) -> ChargerSession | None:
         return self.sessions.get(charger_id)
+
+    # --- upstream links: pacing and recovery ---------------------------------------------------
+
+    def connect_delay(self) -> float:
+        """Book a handshake slot for a link about to connect; the seconds to wait for it."""
+        now = self.loop_time()
+        delay = self.pacer.reserve(now)
+        self.recovery.attempt_started(now + delay)
+        return delay
+
+    def link_failed(self) -> None:
+        self.recovery.failed()
+
+    def link_connected(self) -> None:
+        """A link is up: if links failed before it, the cloud is back; wake the waiting ones."""
+        if self.recovery.connected() and self.retrying:
+            log.info("cloud reachable again: reconnecting %d waiting links", len(self.retrying))
+            for session in list(self.retrying.values()):
+                session.retry_now(recovery=True)
+
+    def _probe(self, now: float) -> None:
+        if self.recovery.probe_due(
+            now, waiting=len(self.retrying), links_up=self.upstreams_connected()
+        ):
+            session = next(iter(self.retrying.values()))
+            self.recovery.attempt_started(now)  # the session books its slot when it wakes
+            session.retry_now(recovery=False)
 
     def next_local_tx_id(self) -> int:
         """A fresh 1.6 transaction id from the reserved range (persisted with its StartTransaction)."""
@@ -154,6 +234,10 @@ class Hub:
 
     def upstreams_connected(self) -> int:
         return sum(1 for s in self.sessions.values() if s.upstream_connected)
+
+    def links_waiting(self) -> int:
+        """Links that want the cloud and are not up (connecting, or waiting to retry)."""
+        return sum(1 for s in self.sessions.values() if s.wants_link and not s.upstream_connected)
 
     def outbox(self) -> dict[str, tuple[int, float]]:
         """charger id → (pending, oldest created_at) from memory (no SQL on scrape)."""
@@ -193,6 +277,8 @@ class Hub:
             now = self.loop_time()
             for session in list(self.sessions.values()):
                 session.expire_pending(now)
+            if self.retrying:
+                self._probe(now)
 
     async def _prune_loop(self) -> None:
         while True:
@@ -214,7 +300,10 @@ class Hub:
     async def close(self) -> None:
         """Close every charger and upstream socket; queued writes finish first."""
         self.closing = True
-        for task in (self._prune_task, self._sweep_task, *self._attaching):
+        for _, _, ws in self._to_attach:
+            ws.close(1001, "gateway shutting down")
+        self._to_attach.clear()
+        for task in (self._prune_task, self._sweep_task, self._attach_task):
             if task is not None:
                 task.cancel()
         await asyncio.gather(

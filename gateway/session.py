@@ -13,8 +13,18 @@ Directions and queues (OCPP-J 1.6 §4.1.1 / 2.0.1 part 4 §4.1.1: one outstandin
 * charger → cloud: the charger keeps its own discipline online; while the link is down or a
   backlog drains, CALLs are answered locally and stored behind the backlog, which is replayed one
   CALL at a time — so replayed and live CALLs never overlap toward the cloud.
-* cloud/gateway → charger: cloud CALLs and gateway-originated CALLs (reservations) share one queue;
-  the next is sent only when the previous one is answered or has timed out.
+* cloud/gateway → charger: cloud CALLs and gateway-originated CALLs (reservations) share one queue
+  of at most ``chargers.max_queued_calls``; the next is sent only when the previous one is answered
+  or ``chargers.call_timeout_s`` passed since it was sent. A full queue refuses at once (the cloud
+  gets CALLERROR GenericError, the local API ChargerQueueFull → 503).
+
+The link to the cloud: each attempt books a handshake slot from the hub's pacer
+(``upstream.max_connects_per_s``); a failed attempt waits its backoff (capped at
+``upstream.reconnect_max_s``), cut short when another link shows the cloud is back or the hub
+picks it as the probe. A charger CALL that arrives while the link is connecting waits for it at
+most ``CONNECTING_HOLD_S`` and is then answered locally (a BootNotification is stored as the latest
+undelivered one and replayed first once the link is up), so a storm of chargers queued behind the
+pacer is served within seconds.
 """
 
 from __future__ import annotations
@@ -33,8 +43,14 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 from urllib.parse import quote
 
 from gateway import frames, offline, txmap
-from gateway.backoff import Backoff
-from gateway.errors import ChargerNotConnected, ChargerTimeout, CloudUnavailable, FrameError
+from gateway.backoff import Backoff, Quiet
+from gateway.errors import (
+    ChargerNotConnected,
+    ChargerQueueFull,
+    ChargerTimeout,
+    CloudUnavailable,
+    FrameError,
+)
 from gateway.frames import Call, CallError, CallResult, OcppVersion
 from gateway.link import Event, LinkState, transition
 from gateway.store import OutboxRow
@@ -53,7 +69,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GATEWAY_ID_PREFIX: Final = "gw-"  # gateway-originated message ids; the cloud's never start so
-CLOUD_CALL_TIMEOUT_S: Final = 30.0  # how long a cloud CALL may hold the charger's queue
+# How long a charger CALL waits for a link that is connecting before it is answered locally: a
+# handshake usually takes less (200-600 ms over TLS on a cellular link); a link queued behind the
+# connect pacer takes longer, and the charger must not wait for it (docs/offline-behaviour.md).
+CONNECTING_HOLD_S: Final = 2.0
+# While a link stays down: one warning when it goes down, then at most one line per this.
+DOWN_LOG_EVERY_S: Final = 60.0
 LEARNED_ACTIONS: Final = frozenset(
     {"Authorize", "StartTransaction", "StopTransaction", "TransactionEvent"}
 )
@@ -128,9 +149,20 @@ class _OutCall:
     payload: dict[str, Any]
     text: str
     origin: str  # "cloud" | "gateway"
-    timeout_s: float
     future: asyncio.Future[CallResult | CallError] | None = None
     timer: asyncio.TimerHandle | None = None
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # the outcome is the awaiting code's; never "never retrieved"
+
+
+def _owned_future() -> asyncio.Future[CallResult | CallError]:
+    """A future that may be settled after its waiter gave up (a lost link, a timeout)."""
+    future: asyncio.Future[CallResult | CallError] = asyncio.get_running_loop().create_future()
+    future.add_done_callback(_retrieve)
+    return future
 
 
 @dataclass
@@ -138,9 +170,7 @@ class _Replay:
     """The single replayed CALL in flight toward the cloud."""
 
     message_id: str
-    future: asyncio.Future[CallResult | CallError] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    future: asyncio.Future[CallResult | CallError] = field(default_factory=_owned_future)
 
 
 def _as_text(message: Message) -> str:
@@ -170,6 +200,9 @@ class ChargerSession:
         self.last_seen_at: float | None = None  # unix time of the charger's last frame
         self.backlog = 0
         self.backlog_oldest: float | None = None
+        self.boot_undelivered = False  # the store holds a Boot the cloud has not seen
+        self._boot_saves = 0  # Boots saved by this session, ever (a change marker for replay)
+        self._boot_replayed_on_link = False
         self._enqueued = 0  # messages queued by this session, ever (a change marker for replay)
         self.txids = txmap.TxIdMap()
         self._auth_header: dict[str, str] = {}
@@ -186,9 +219,19 @@ class ChargerSession:
         self._inbox: deque[Message] | None = None  # set while a charger frame awaits I/O
         self._loop = asyncio.get_running_loop()
         self._call_timeout_s = hub.settings.upstream.call_timeout_s
+        self._charger_timeout_s = hub.settings.chargers.call_timeout_s
+        self._max_queued = hub.settings.chargers.max_queued_calls
         self._backoff = Backoff(
-            initial_s=min(1.0, hub.reconnect_max_s), max_s=hub.reconnect_max_s, rng=hub.rng
+            initial_s=min(hub.backoff.initial_s, hub.reconnect_max_s),
+            max_s=hub.reconnect_max_s,
+            factor=hub.backoff.factor,
+            rng=hub.rng,
         )
+        self._retry_early = False  # set by the hub: try the cloud before the backoff ends
+        self._woken_by_recovery = False  # at most once per failure streak
+        self._down_since: float | None = None  # loop time the link went down
+        self._down_attempts = 0
+        self._down_log = Quiet(DOWN_LOG_EVERY_S)
 
     # --- small helpers -------------------------------------------------------------------------
 
@@ -199,6 +242,15 @@ class ChargerSession:
     @property
     def has_link_task(self) -> bool:
         return self._link_task is not None and not self._link_task.done()
+
+    @property
+    def wants_link(self) -> bool:
+        return self._wanted()
+
+    @property
+    def backoff_capped(self) -> bool:
+        """The link's reconnect delay has reached ``upstream.reconnect_max_s``."""
+        return self._backoff.capped
 
     @property
     def upstream_connected(self) -> bool:
@@ -220,7 +272,8 @@ class ChargerSession:
     def _set_state(self, event: Event) -> None:
         new = transition(self.state, event)
         if new is not self.state:
-            log.info("%s: link %s -> %s", self.charger_id, self.state.value, new.value)
+            # debug: while the cloud is down every attempt changes the state twice
+            log.debug("%s: link %s -> %s", self.charger_id, self.state.value, new.value)
             self.state = new
             self._state_changed.set()
             self._state_changed = asyncio.Event()
@@ -377,9 +430,12 @@ class ChargerSession:
         return self._charger_call_now(call, text)
 
     async def _charger_call_after_connecting(self, call: Call, text: str) -> None:
-        # The upstream handshake is usually quicker than call_timeout_s: hold the CALL for it.
+        # The upstream handshake is usually quick: hold the CALL for it, briefly (the link may be
+        # queued behind the connect pacer); then it is answered locally.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._state_changed.wait(), self._call_timeout_s)
+            await asyncio.wait_for(
+                self._state_changed.wait(), min(self._call_timeout_s, CONNECTING_HOLD_S)
+            )
         slow = self._charger_call_now(call, text)
         if slow is not None:
             await slow()
@@ -501,6 +557,7 @@ class ChargerSession:
         return info
 
     async def _save_boot(self, call: Call, *, delivered: bool) -> None:
+        self._boot_saves += 1
         await self.hub.store.save_boot(
             self.charger_id,
             self.version,
@@ -509,6 +566,13 @@ class ChargerSession:
             time.time(),
             delivered=delivered,
         )
+        # Known once committed (writes commit in call order): the latest saved Boot decides.
+        self.boot_undelivered = not delivered
+        if not delivered:
+            self._boot_replayed_on_link = False
+            if self.state is LinkState.ONLINE:  # the link came up meanwhile: replay it now
+                self._set_state(Event.BACKLOG)
+                self._start_replay()
 
     def _backlog_grew(self, created_at: float) -> None:
         self._enqueued += 1
@@ -526,10 +590,15 @@ class ChargerSession:
 
     # --- cloud/gateway → charger -----------------------------------------------------------------
 
-    def _enqueue_to_charger(self, out: _OutCall) -> None:
+    def _enqueue_to_charger(self, out: _OutCall) -> bool:
+        """Queue a CALL for the charger's slot; False if the queue is full (nothing queued)."""
+        if self._slot is not None and len(self._queue) >= self._max_queued:
+            self.hub.stats.errors["charger_queue_full"] += 1
+            return False
         self._queue.append(out)
         if self._slot is None:
             self._pump()
+        return True
 
     def _pump(self) -> None:
         """Send the next queued CALL if the charger's slot is free (one outstanding CALL)."""
@@ -537,9 +606,8 @@ class ChargerSession:
             return
         out = self._queue.popleft()
         self._slot = out
-        out.timer = asyncio.get_running_loop().call_later(
-            out.timeout_s, self._charger_timed_out, out
-        )
+        # chargers.call_timeout_s counts from now, when the charger gets it, not from queueing.
+        out.timer = self._loop.call_later(self._charger_timeout_s, self._charger_timed_out, out)
         self._send_charger(out.text)
 
     def _charger_timed_out(self, out: _OutCall) -> None:
@@ -554,34 +622,30 @@ class ChargerSession:
             )
         self._pump()
 
-    async def call_charger(
-        self, action: str, payload: dict[str, Any], *, timeout_s: float
-    ) -> CallResult | CallError:
+    async def call_charger(self, action: str, payload: dict[str, Any]) -> CallResult | CallError:
         """Send a gateway-originated CALL through the charger's queue and wait for its answer.
 
-        Raises ChargerNotConnected, or ChargerTimeout when no answer came within ``timeout_s``
-        (time spent waiting behind a cloud CALL included).
+        It waits its turn behind the CALLs queued before it, then up to ``chargers.call_timeout_s``
+        for the charger's answer. Raises ChargerQueueFull at once when
+        ``chargers.max_queued_calls`` are waiting, ChargerNotConnected when the charger goes
+        away, ChargerTimeout when the charger did not answer in time after receiving it.
         """
         if self.charger is None:
             raise ChargerNotConnected(self.charger_id)
         message_id = GATEWAY_ID_PREFIX + uuid.uuid4().hex[:24]
-        future: asyncio.Future[CallResult | CallError] = asyncio.get_running_loop().create_future()
-        out = _OutCall(
-            message_id,
-            action,
-            payload,
-            Call(message_id, action, payload).serialize(),
-            "gateway",
-            timeout_s,
-            future,
-        )
-        self._enqueue_to_charger(out)
+        future = _owned_future()
+        text = Call(message_id, action, payload).serialize()
+        out = _OutCall(message_id, action, payload, text, "gateway", future)
+        if not self._enqueue_to_charger(out):
+            raise ChargerQueueFull(
+                f"charger queue full: {len(self._queue)} CALLs already wait for {self.charger_id}"
+            )
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
+            return await future
+        except asyncio.CancelledError:  # the caller gave up (e.g. the HTTP client went away)
             with contextlib.suppress(ValueError):
-                self._queue.remove(out)
-            raise ChargerTimeout(f"{self.charger_id} did not answer {action}") from None
+                self._queue.remove(out)  # not sent yet: never send it
+            raise
 
     # --- cloud side ------------------------------------------------------------------------------
 
@@ -593,35 +657,66 @@ class ChargerSession:
             return
         if self.state is LinkState.OFFLINE:
             self._set_state(Event.CONNECTING)  # now, so a CALL arriving first waits for the link
-        self._link_task = asyncio.create_task(self._link_loop())
+        self._start_link_loop()
+
+    def _start_link_loop(self) -> None:
+        task = asyncio.create_task(self._link_loop())
+        self._link_task = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                self.hub.stats.errors["internal"] += 1
+                log.error("%s: link loop failed", self.charger_id, exc_info=t.exception())
+
+        task.add_done_callback(done)
 
     def _wanted(self) -> bool:
         return not self.hub.closing and (self.charger is not None or self.backlog > 0)
+
+    def retry_now(self, *, recovery: bool) -> None:
+        """Cut the backoff short (the hub saw the cloud come back, or picked this link to probe).
+
+        A recovery wake-up counts once per failure streak: a link the cloud keeps refusing (e.g.
+        an unknown charger id) then follows its own backoff while others connect.
+        """
+        if recovery:
+            if self._woken_by_recovery:
+                return
+            self._woken_by_recovery = True
+        self._retry_early = True
+        self._wanted_changed.set()
 
     async def _link_loop(self) -> None:
         while self._wanted():
             if self.state is LinkState.OFFLINE:
                 self._set_state(Event.CONNECTING)
+            pace = self.hub.connect_delay()
+            if pace > 0:
+                await self._sleep_unless_unwanted(pace)
+                if not self._wanted():
+                    break
             url = f"{self.hub.settings.upstream.url}/{quote(self.charger_id, safe='')}"
             try:
                 ws = await self.hub.connect_upstream(url, self.version, self._auth_header)
             except CloudUnavailable as exc:
                 self.hub.stats.upstream_failures += 1
+                self.hub.link_failed()
                 self._set_state(Event.FAILED)
                 delay = self._backoff.next_delay()
-                log.warning(
-                    "%s: cloud unavailable (%s); retry in %.1fs", self.charger_id, exc, delay
-                )
-                await self._sleep_unless_unwanted(delay)
+                self._log_down(str(exc), delay)
+                await self._wait_to_retry(delay)
                 continue
             self.hub.stats.upstream_connects += 1
             self._backoff.reset()
+            self._woken_by_recovery = False
+            self._boot_replayed_on_link = False
             self.upstream = ws
-            boot = await self.hub.store.undelivered_boot(self.charger_id)
-            # Decided after the await, with no await before the transition: a message queued
-            # meanwhile is counted in self.backlog and so is replayed before live traffic.
-            replay = self.backlog > 0 or boot is not None
+            # Decided with no await since the handshake: a message queued meanwhile is counted
+            # in self.backlog (a Boot in boot_undelivered) and so is replayed before live traffic.
+            replay = self.backlog > 0 or self.boot_undelivered
             self._set_state(Event.CONNECTED_WITH_BACKLOG if replay else Event.CONNECTED)
+            self._log_up()
+            self.hub.link_connected()
             if replay:
                 self._start_replay()
             cloud_closed = await self._read_cloud(ws)
@@ -634,19 +729,66 @@ class ChargerSession:
                 code, reason = cloud_closed
                 self.charger.close(code, reason)
             elif self._wanted():
-                await self._sleep_unless_unwanted(self._backoff.next_delay())
+                delay = self._backoff.next_delay()
+                self._log_down("connection lost", delay)
+                await self._wait_to_retry(delay)
         self._set_state(Event.LOST)
+        self._down_since = None
         if self._wanted():
             # A charger (or backlog) arrived while this loop was finishing and saw it still
             # running: serve it rather than leave it without a link.
-            self._link_task = asyncio.create_task(self._link_loop())
+            self._start_link_loop()
             return
         if self._inbox is None:  # else the inbox task does it when it ends
             self.hub.forget_if_idle(self)  # no await since the check: nothing can slip in
 
+    def _log_down(self, reason: str, delay: float) -> None:
+        """One warning when the link goes down, then at most one line per DOWN_LOG_EVERY_S."""
+        now = self._loop.time()
+        self._down_attempts += 1
+        if self._down_since is None:
+            self._down_since = now
+            self._down_attempts = 1
+            self._down_log.reset()
+            self._down_log.allow(now)
+            log.warning(
+                "%s: cloud link down (%s); retrying in %.1fs", self.charger_id, reason, delay
+            )
+        elif self._down_log.allow(now):
+            log.warning(
+                "%s: cloud link still down after %.0fs, %d attempts (%s); next in %.1fs",
+                self.charger_id,
+                now - self._down_since,
+                self._down_attempts,
+                reason,
+                delay,
+            )
+
+    def _log_up(self) -> None:
+        if self._down_since is not None:
+            log.info(
+                "%s: cloud link up again after %.1fs down",
+                self.charger_id,
+                self._loop.time() - self._down_since,
+            )
+            self._down_since = None
+
+    async def _wait_to_retry(self, delay: float) -> None:
+        """Sleep the backoff, or less if the hub wakes this link (see retry_now)."""
+        self._retry_early = False
+        self.hub.retrying[self.charger_id] = self
+        try:
+            await self._sleep_unless_unwanted(delay)
+        finally:
+            if self.hub.retrying.get(self.charger_id) is self:
+                del self.hub.retrying[self.charger_id]
+            self._retry_early = False
+
     async def _sleep_unless_unwanted(self, delay: float) -> None:
-        deadline = time.monotonic() + delay
-        while self._wanted() and (left := deadline - time.monotonic()) > 0:
+        deadline = self._loop.time() + delay
+        while (
+            self._wanted() and not self._retry_early and (left := deadline - self._loop.time()) > 0
+        ):
             self._wanted_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wanted_changed.wait(), left)
@@ -763,26 +905,28 @@ class ChargerSession:
             payload = txmap.rewrite_to_charger(call.action, call.payload, self.txids.cloud_to_local)
             if payload is not call.payload:
                 text = Call(call.message_id, call.action, payload).serialize()
-        timeout = max(CLOUD_CALL_TIMEOUT_S, self.hub.settings.upstream.call_timeout_s)
-        self._enqueue_to_charger(
-            _OutCall(call.message_id, call.action, payload, text, "cloud", timeout)
-        )
+        out = _OutCall(call.message_id, call.action, payload, text, "cloud")
+        if not self._enqueue_to_charger(out):
+            log.warning(
+                "%s: %d CALLs already wait for the charger; refusing %s %s",
+                self.charger_id,
+                len(self._queue),
+                call.action,
+                call.message_id,
+            )
+            self._send_cloud(
+                self._error_text(call.message_id, "GenericError", "charger queue full")
+            )
 
     # --- replay ----------------------------------------------------------------------------------
 
     async def _replay_backlog(self) -> None:
         """Deliver the stored BootNotification and backlog in order, one CALL at a time."""
         try:
-            boot = await self.hub.store.undelivered_boot(self.charger_id)
-            if boot is not None:
-                message_id, payload = boot
-                answer = await self._replay_call(
-                    Call(message_id, "BootNotification", frames.loads(payload))
-                )
-                if isinstance(answer, CallResult):
-                    await self.hub.store.boot_delivered(self.charger_id)
-                    self._warn_if_refused(answer.payload.get("status"), "replayed BootNotification")
             while self.state is LinkState.REPLAYING:
+                if self.boot_undelivered and not self._boot_replayed_on_link:
+                    await self._replay_boot()
+                    continue  # a Boot saved meanwhile goes first too
                 enqueued = self._enqueued
                 rows = await self.hub.store.pending(self.charger_id, REPLAY_BATCH)
                 if not rows and self._enqueued != enqueued:
@@ -811,6 +955,26 @@ class ChargerSession:
         except CloudUnavailable:
             return  # the link loop reconnects and replay starts again from the store
 
+    async def _replay_boot(self) -> None:
+        """Replay the stored undelivered BootNotification (once per link: a CALLERROR leaves it
+        for the next link)."""
+        saves = self._boot_saves
+        boot = await self.hub.store.undelivered_boot(self.charger_id)
+        delivered = boot is None
+        if boot is not None:
+            message_id, payload = boot
+            answer = await self._replay_call(
+                Call(message_id, "BootNotification", frames.loads(payload))
+            )
+            if isinstance(answer, CallResult):
+                await self.hub.store.mark_boot_delivered(self.charger_id, message_id)
+                self._warn_if_refused(answer.payload.get("status"), "replayed BootNotification")
+                delivered = True
+        if saves == self._boot_saves:  # else a newer Boot was saved meanwhile: replay that one
+            self._boot_replayed_on_link = True
+            if delivered:
+                self.boot_undelivered = False
+
     async def _replay_call(self, call: Call) -> CallResult | CallError:
         self._replay = _Replay(call.message_id)
         try:
@@ -818,7 +982,7 @@ class ChargerSession:
                 raise CloudUnavailable("link lost")
             try:
                 return await asyncio.wait_for(
-                    asyncio.shield(self._replay.future), self.hub.settings.upstream.call_timeout_s
+                    self._replay.future, self.hub.settings.upstream.call_timeout_s
                 )
             except TimeoutError:
                 self.hub.stats.errors["cloud_call_timeout"] += 1

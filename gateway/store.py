@@ -23,7 +23,7 @@ import aiosqlite
 from gateway.errors import StoreError
 from gateway.tags import LearnedTag, SyncedTag
 
-__all__ = ["SCHEMA_VERSION", "OutboxRow", "Statement", "Store"]
+__all__ = ["SCHEMA_VERSION", "ChargerState", "OutboxRow", "Statement", "Store"]
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,14 @@ class _Batch:
             self.done.set_result(None)
         else:
             self.done.set_exception(error)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerState:
+    """What a charger's session needs from the store when the charger connects."""
+
+    tx_ids: list[tuple[int, int | None]]  # (local id, cloud id or None), as ``tx_ids``
+    boot_undelivered: bool  # a BootNotification the cloud has not seen is stored
 
 
 class Store:
@@ -595,6 +603,46 @@ class Store:
             "SELECT local_id, cloud_id FROM tx_ids WHERE charger_id = ?", (charger_id,)
         )
         return [(int(r[0]), None if r[1] is None else int(r[1])) for r in rows]
+
+    _STATES_CHUNK = 500  # ids per statement (SQLite's variable limit is 999 in old builds)
+
+    async def charger_states(self, charger_ids: Sequence[str]) -> dict[str, ChargerState]:
+        """:class:`ChargerState` of many chargers in one query per 500 (ids with no rows are left
+        out): a power-restore storm of new chargers costs one read, not one per charger."""
+        tx: dict[str, list[tuple[int, int | None]]] = {}
+        boots: set[str] = set()
+        for start in range(0, len(charger_ids), self._STATES_CHUNK):
+            chunk = list(charger_ids[start : start + self._STATES_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            sql = (
+                f"SELECT 0, charger_id, local_id, cloud_id FROM tx_ids WHERE charger_id IN ({marks})"
+                " UNION ALL SELECT 1, charger_id, NULL, NULL FROM boot_notifications"
+                f" WHERE delivered = 0 AND charger_id IN ({marks})"
+            )
+            params = (*chunk, *chunk)
+            rows = self._read_now(sql, params)
+            if rows is None:
+                rows = await self.fetchall(sql, params)
+            for kind, charger_id, local, cloud in rows:
+                if kind:
+                    boots.add(str(charger_id))
+                else:
+                    tx.setdefault(str(charger_id), []).append(
+                        (int(local), None if cloud is None else int(cloud))
+                    )
+        return {cid: ChargerState(tx.get(cid, []), cid in boots) for cid in sorted({*tx, *boots})}
+
+    async def mark_boot_delivered(self, charger_id: str, message_id: str) -> None:
+        """The cloud answered this BootNotification (a newer one saved meanwhile stays undelivered)."""
+        await self.write(
+            [
+                (
+                    "UPDATE boot_notifications SET delivered = 1"
+                    " WHERE charger_id = ? AND message_id = ?",
+                    (charger_id, message_id),
+                )
+            ]
+        )
 
     async def pending(self, charger_id: str, limit: int = 100) -> list[OutboxRow]:
         """The oldest queued messages of a charger, in order."""
