@@ -18,6 +18,9 @@ the charger's link is up: exactly one per charger); ``peakConnectsPerS`` the bus
 upstream handshakes at the cloud. The target's CPU is utime + stime over the whole storm (from the
 start until the links are up), its peak RSS VmHWM (reset before the storm).
 
+``--targets minimal,baseline,gateway --baseline-src DIR`` adds the gateway's code from DIR (e.g.
+``git archive <commit> | tar -x -C DIR``) as target ``baseline``: before and after in one run.
+
 Run: ``python -m bench.bench_storm`` (~3 min); ``--chargers 1000 --delays 0.3 --targets gateway``.
 Writes ``bench/results/storm-latest.json``.
 """
@@ -29,6 +32,8 @@ import asyncio
 import json
 import multiprocessing as mp
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -139,6 +144,7 @@ def _storm(
     boot_timeout_s: float,
     links_timeout_s: float,
     id_prefix: str,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     ids = [f"{id_prefix}{i:05d}" for i in range(chargers)]
@@ -156,6 +162,15 @@ def _storm(
             raise RuntimeError("storm worker not ready")
     before = _cloud_stats(cloud_port)
     assert target.pid is not None
+    spy = None
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if profile is not None and py_spy:
+        spy = subprocess.Popen(
+            [py_spy, "record", "--pid", str(target.pid), "--format", "raw", "--rate", "250",
+             "--nonblocking", "--output", str(profile)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1.0)  # attached
     hwm_reset = procfs.reset_peak_rss(target.pid)
     cpu0 = procfs.cpu_seconds(target.pid)
     start_ns = time.monotonic_ns() + int(START_DELAY_S * 1e9)
@@ -176,6 +191,9 @@ def _storm(
         time.sleep(0.1)
     time.sleep(1.0)  # let replayed Boots arrive
     cpu_s = procfs.cpu_seconds(target.pid) - cpu0
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
     mem = procfs.memory(target.pid)
     after = _cloud_stats(cloud_port)
     for pipe in pipes:
@@ -214,9 +232,13 @@ def _storm(
     }
 
 
-def _target(name: str, cloud_port: int, workdir: Path) -> Target:
+def _target(name: str, cloud_port: int, workdir: Path, baseline_src: str | None) -> Target:
     if name == "minimal":
         return MinimalRelayTarget(cloud_port, workdir)
+    if name == "baseline":
+        if not baseline_src:
+            raise TargetUnavailable("needs --baseline-src")
+        return GatewayTarget(cloud_port, workdir, source=baseline_src)
     return GatewayTarget(cloud_port, workdir)
 
 
@@ -227,6 +249,7 @@ def _start_cloud(delay: float, log: IO[bytes]) -> tuple[subprocess.Popen[bytes],
 
 def run_storm(args: argparse.Namespace) -> dict[str, Any]:
     runs = []
+    RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp:
         workdir = Path(tmp)
         log = (workdir / "cloud.log").open("wb")
@@ -238,7 +261,7 @@ def run_storm(args: argparse.Namespace) -> dict[str, Any]:
                     run_dir = workdir / f"{name}-{chargers}-{delay}"
                     run_dir.mkdir()
                     try:
-                        target = _target(name, cloud_port, run_dir)
+                        target = _target(name, cloud_port, run_dir, args.baseline_src)
                     except TargetUnavailable as exc:
                         print(f"[storm] {name}: {exc}", file=sys.stderr)
                         cloud.terminate()
@@ -254,6 +277,11 @@ def run_storm(args: argparse.Namespace) -> dict[str, Any]:
                             boot_timeout_s=args.boot_timeout,
                             links_timeout_s=args.links_timeout,
                             id_prefix=f"STORM-{chargers}-",
+                            profile=(
+                                RESULTS / f"profile-storm-{name}-{chargers}-{delay}.txt"
+                                if args.profile and name != "minimal"
+                                else None
+                            ),
                         )
                     finally:
                         target.stop()
@@ -290,7 +318,18 @@ def main(argv: list[str] | None = None) -> int:
 
     parser.add_argument("--chargers", type=numbers(int), default=[100, 1000, 2000])
     parser.add_argument("--delays", type=numbers(float), default=[0.0, 0.3])
-    parser.add_argument("--targets", type=lambda t: t.split(","), default=["minimal", "gateway"])
+    parser.add_argument(
+        "--targets",
+        type=lambda t: t.split(","),
+        default=["minimal", "gateway"],
+        help="minimal, gateway, baseline (the gateway's code from --baseline-src)",
+    )
+    parser.add_argument("--baseline-src", help="directory holding an earlier gateway's code")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the gateway targets (bench/results/profile-storm-*.txt, collapsed stacks)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--boot-timeout", type=float, default=10.0)
     parser.add_argument("--links-timeout", type=float, default=90.0)

@@ -221,7 +221,11 @@ path = "{db}"
 class GatewayTarget(Target):
     name = "gateway"
 
-    def __init__(self, cloud_port: int, workdir: Path) -> None:
+    def __init__(self, cloud_port: int, workdir: Path, *, source: str | None = None) -> None:
+        """``source``: run the gateway's code from this directory (e.g. an export of an earlier
+        commit) instead of the installed one, as the target named ``baseline``."""
+        if source:
+            self.name = "baseline"
         port, api_port = free_port(), free_port()
         gw_dir = workdir / "gateway"
         gw_dir.mkdir(exist_ok=True)
@@ -236,6 +240,9 @@ class GatewayTarget(Target):
         log_path = gw_dir / "gateway.log"
         log = log_path.open("wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLIPTURN_GATEWAY_")}
+        if source:
+            env["PYTHONPATH"] = source
+            command = [sys.executable, "-m", "gateway"]
         self._proc = subprocess.Popen(
             [*command, "--config", str(config), "run"],
             stdout=log,

@@ -60,7 +60,8 @@ class ConnectPacer:
 
     ``reserve(now)`` books the next free slot and returns how long to wait for it (0 when the pacer
     is idle). No burst: the cloud never sees more than ``rate_per_s`` new connections in any second
-    (one more at most, at the edges of a second).
+    (one more at most, at the edges of a second). The hub books each slot when it starts the
+    handshake (``backlog_s(now) == 0``), so turns delayed by a busy loop are not made up at once.
     """
 
     def __init__(self, rate_per_s: float) -> None:

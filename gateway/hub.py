@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -77,6 +78,8 @@ class Hub:
         self.recovery = Recovery(PROBE_EVERY_S)
         # Sessions sleeping in their reconnect backoff, longest-waiting first (dicts keep order).
         self.retrying: dict[str, ChargerSession] = {}
+        self._turns: deque[asyncio.Future[None]] = deque()  # links waiting to start a handshake
+        self._turn_timer: asyncio.TimerHandle | None = None
         self.sessions: dict[str, ChargerSession] = {}
         self.rng = random.Random()  # backoff jitter for every session (one generator, ~2.5 KB)
         self.closing = False
@@ -194,12 +197,40 @@ class Hub:
 
     # --- upstream links: pacing and recovery ---------------------------------------------------
 
-    def connect_delay(self) -> float:
-        """Book a handshake slot for a link about to connect; the seconds to wait for it."""
+    def turn_eta_s(self) -> float:
+        """How long a link asking for its handshake turn now would wait for it."""
+        return self.pacer.backlog_s(self.loop_time()) + len(self._turns) * self.pacer.interval_s
+
+    async def connect_turn(self) -> None:
+        """Wait for this link's turn to start a handshake (first come, first served).
+
+        One timer hands out the turns, each when the pacer allows it at the time it fires: if the
+        loop was busy, turns that came due meanwhile do not all start at once.
+        """
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._turns.append(turn)
+        if self._turn_timer is None:
+            self._next_turn()
+        await turn
+
+    def _next_turn(self) -> None:
+        self._turn_timer = None
+        turns = self._turns
+        while turns and turns[0].done():  # its link loop was cancelled
+            turns.popleft()
+        if not turns:
+            return
         now = self.loop_time()
-        delay = self.pacer.reserve(now)
-        self.recovery.attempt_started(now + delay)
-        return delay
+        loop = asyncio.get_running_loop()
+        wait = self.pacer.backlog_s(now)
+        if wait > 0:
+            self._turn_timer = loop.call_later(wait, self._next_turn)
+            return
+        self.pacer.reserve(now)
+        self.recovery.attempt_started(now)
+        turns.popleft().set_result(None)
+        if turns:
+            self._turn_timer = loop.call_later(self.pacer.interval_s, self._next_turn)
 
     def link_failed(self) -> None:
         self.recovery.failed()
@@ -216,7 +247,7 @@ class Hub:
             now, waiting=len(self.retrying), links_up=self.upstreams_connected()
         ):
             session = next(iter(self.retrying.values()))
-            self.recovery.attempt_started(now)  # the session books its slot when it wakes
+            self.recovery.attempt_started(now)  # and again when its turn comes
             session.retry_now(recovery=False)
 
     def next_local_tx_id(self) -> int:
@@ -306,6 +337,8 @@ class Hub:
         for task in (self._prune_task, self._sweep_task, self._attach_task):
             if task is not None:
                 task.cancel()
+        if self._turn_timer is not None:
+            self._turn_timer.cancel()
         await asyncio.gather(
             *(s.close() for s in list(self.sessions.values())), return_exceptions=True
         )

@@ -72,7 +72,7 @@ GATEWAY_ID_PREFIX: Final = "gw-"  # gateway-originated message ids; the cloud's 
 # How long a charger CALL waits for a link that is connecting before it is answered locally: a
 # handshake usually takes less (200-600 ms over TLS on a cellular link); a link queued behind the
 # connect pacer takes longer, and the charger must not wait for it (docs/offline-behaviour.md).
-CONNECTING_HOLD_S: Final = 2.0
+CONNECTING_HOLD_S: Final = 1.5
 # While a link stays down: one warning when it goes down, then at most one line per this.
 DOWN_LOG_EVERY_S: Final = 60.0
 LEARNED_ACTIONS: Final = frozenset(
@@ -202,6 +202,8 @@ class ChargerSession:
         self.backlog_oldest: float | None = None
         self.boot_undelivered = False  # the store holds a Boot the cloud has not seen
         self._boot_saves = 0  # Boots saved by this session, ever (a change marker for replay)
+        self._boot_saved: tuple[str, str] | None = None  # (id, payload) of that undelivered Boot
+        self._turn_due: float | None = None  # loop time the link's handshake turn is expected
         self._boot_replayed_on_link = False
         self._enqueued = 0  # messages queued by this session, ever (a change marker for replay)
         self.txids = txmap.TxIdMap()
@@ -426,6 +428,9 @@ class ChargerSession:
         if self.state is LinkState.ONLINE and not self.txids:
             return self._forward(call, text)  # the common case, decided without more calls
         if self.state is LinkState.CONNECTING:
+            due = self._turn_due
+            if due is not None and due - self._loop.time() > CONNECTING_HOLD_S:
+                return self._charger_call_now(call, text)  # queued behind the pacer: answer now
             return functools.partial(self._charger_call_after_connecting, call, text)
         return self._charger_call_now(call, text)
 
@@ -558,16 +563,18 @@ class ChargerSession:
 
     async def _save_boot(self, call: Call, *, delivered: bool) -> None:
         self._boot_saves += 1
+        payload = frames.dumps(call.payload)
         await self.hub.store.save_boot(
             self.charger_id,
             self.version,
             call.message_id,
-            frames.dumps(call.payload),
+            payload,
             time.time(),
             delivered=delivered,
         )
         # Known once committed (writes commit in call order): the latest saved Boot decides.
         self.boot_undelivered = not delivered
+        self._boot_saved = None if delivered else (call.message_id, payload)  # replay: no read
         if not delivered:
             self._boot_replayed_on_link = False
             if self.state is LinkState.ONLINE:  # the link came up meanwhile: replay it now
@@ -690,11 +697,13 @@ class ChargerSession:
         while self._wanted():
             if self.state is LinkState.OFFLINE:
                 self._set_state(Event.CONNECTING)
-            pace = self.hub.connect_delay()
-            if pace > 0:
-                await self._sleep_unless_unwanted(pace)
-                if not self._wanted():
-                    break
+            self._turn_due = self._loop.time() + self.hub.turn_eta_s()
+            try:
+                await self.hub.connect_turn()  # upstream.max_connects_per_s across all links
+            finally:
+                self._turn_due = None
+            if not self._wanted():
+                break
             url = f"{self.hub.settings.upstream.url}/{quote(self.charger_id, safe='')}"
             try:
                 ws = await self.hub.connect_upstream(url, self.version, self._auth_header)
@@ -959,7 +968,7 @@ class ChargerSession:
         """Replay the stored undelivered BootNotification (once per link: a CALLERROR leaves it
         for the next link)."""
         saves = self._boot_saves
-        boot = await self.hub.store.undelivered_boot(self.charger_id)
+        boot = self._boot_saved or await self.hub.store.undelivered_boot(self.charger_id)
         delivered = boot is None
         if boot is not None:
             message_id, payload = boot
@@ -974,6 +983,7 @@ class ChargerSession:
             self._boot_replayed_on_link = True
             if delivered:
                 self.boot_undelivered = False
+                self._boot_saved = None
 
     async def _replay_call(self, call: Call) -> CallResult | CallError:
         self._replay = _Replay(call.message_id)
