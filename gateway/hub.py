@@ -201,17 +201,19 @@ class Hub:
         """How long a link asking for its handshake turn now would wait for it."""
         return self.pacer.backlog_s(self.loop_time()) + len(self._turns) * self.pacer.interval_s
 
-    async def connect_turn(self) -> None:
-        """Wait for this link's turn to start a handshake (first come, first served).
+    def book_turn(self) -> tuple[asyncio.Future[None], float]:
+        """Queue a link for its turn to start a handshake (first come, first served): the future
+        that resolves at its turn, and the seconds it is expected to wait.
 
         One timer hands out the turns, each when the pacer allows it at the time it fires: if the
         loop was busy, turns that came due meanwhile do not all start at once.
         """
+        eta = self.turn_eta_s()
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._turns.append(turn)
         if self._turn_timer is None:
             self._next_turn()
-        await turn
+        return turn, eta
 
     def _next_turn(self) -> None:
         self._turn_timer = None
@@ -265,10 +267,6 @@ class Hub:
 
     def upstreams_connected(self) -> int:
         return sum(1 for s in self.sessions.values() if s.upstream_connected)
-
-    def links_waiting(self) -> int:
-        """Links that want the cloud and are not up (connecting, or waiting to retry)."""
-        return sum(1 for s in self.sessions.values() if s.wants_link and not s.upstream_connected)
 
     def outbox(self) -> dict[str, tuple[int, float]]:
         """charger id → (pending, oldest created_at) from memory (no SQL on scrape)."""

@@ -73,6 +73,9 @@ GATEWAY_ID_PREFIX: Final = "gw-"  # gateway-originated message ids; the cloud's 
 # handshake usually takes less (200-600 ms over TLS on a cellular link); a link queued behind the
 # connect pacer takes longer, and the charger must not wait for it (docs/offline-behaviour.md).
 CONNECTING_HOLD_S: Final = 1.5
+# A link whose handshake turn at the pacer is further away than this does not hold its CALLs at
+# all: they are answered locally at once (a storm's chargers are served in milliseconds).
+TURN_HOLD_S: Final = 0.25
 # While a link stays down: one warning when it goes down, then at most one line per this.
 DOWN_LOG_EVERY_S: Final = 60.0
 LEARNED_ACTIONS: Final = frozenset(
@@ -204,6 +207,7 @@ class ChargerSession:
         self._boot_saves = 0  # Boots saved by this session, ever (a change marker for replay)
         self._boot_saved: tuple[str, str] | None = None  # (id, payload) of that undelivered Boot
         self._turn_due: float | None = None  # loop time the link's handshake turn is expected
+        self._booked_turn: asyncio.Future[None] | None = None
         self._boot_replayed_on_link = False
         self._enqueued = 0  # messages queued by this session, ever (a change marker for replay)
         self.txids = txmap.TxIdMap()
@@ -244,10 +248,6 @@ class ChargerSession:
     @property
     def has_link_task(self) -> bool:
         return self._link_task is not None and not self._link_task.done()
-
-    @property
-    def wants_link(self) -> bool:
-        return self._wanted()
 
     @property
     def backoff_capped(self) -> bool:
@@ -429,7 +429,7 @@ class ChargerSession:
             return self._forward(call, text)  # the common case, decided without more calls
         if self.state is LinkState.CONNECTING:
             due = self._turn_due
-            if due is not None and due - self._loop.time() > CONNECTING_HOLD_S:
+            if due is not None and due - self._loop.time() > TURN_HOLD_S:
                 return self._charger_call_now(call, text)  # queued behind the pacer: answer now
             return functools.partial(self._charger_call_after_connecting, call, text)
         return self._charger_call_now(call, text)
@@ -666,7 +666,15 @@ class ChargerSession:
             self._set_state(Event.CONNECTING)  # now, so a CALL arriving first waits for the link
         self._start_link_loop()
 
+    def _book_turn(self) -> asyncio.Future[None]:
+        turn, eta = self.hub.book_turn()
+        self._turn_due = self._loop.time() + eta
+        return turn
+
     def _start_link_loop(self) -> None:
+        # Booked now, not when the task first runs: a CALL handled before then (frames that came
+        # with the connection) already knows how long the link will take.
+        self._booked_turn = self._book_turn()
         task = asyncio.create_task(self._link_loop())
         self._link_task = task
 
@@ -697,9 +705,9 @@ class ChargerSession:
         while self._wanted():
             if self.state is LinkState.OFFLINE:
                 self._set_state(Event.CONNECTING)
-            self._turn_due = self._loop.time() + self.hub.turn_eta_s()
+            turn, self._booked_turn = self._booked_turn or self._book_turn(), None
             try:
-                await self.hub.connect_turn()  # upstream.max_connects_per_s across all links
+                await turn  # upstream.max_connects_per_s across all links
             finally:
                 self._turn_due = None
             if not self._wanted():
