@@ -15,7 +15,8 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.backoff import BackoffPolicy
-from gateway.config import PortMapping, Settings
+from gateway.config import PortMapping, Settings, load_settings
+from gateway.errors import ConfigError
 from gateway.link import LinkState
 from tests.support import Charger, FakeCloud, charger, make_settings, wait_for
 
@@ -50,6 +51,24 @@ def sessions(gw: Gateway) -> dict[str, Any]:
 def all_drained_and_online(gw: Gateway, ids: list[str]) -> bool:
     s = sessions(gw)
     return all(cid in s and s[cid].backlog == 0 and s[cid].state is LinkState.ONLINE for cid in ids)
+
+
+def test_recovery_settings_defaults_and_bounds(tmp_path: Any) -> None:
+    settings = load_settings(None)
+    assert settings.upstream.reconnect_max_s == 60.0
+    assert settings.upstream.max_connects_per_s == 50.0
+    assert settings.chargers.call_timeout_s == 30.0
+    assert settings.chargers.max_queued_calls == 100
+    for text, key in [
+        ("[upstream]\nreconnect_max_s = 0\n", "upstream.reconnect_max_s"),
+        ("[upstream]\nmax_connects_per_s = -1\n", "upstream.max_connects_per_s"),
+        ("[chargers]\ncall_timeout_s = 0\n", "chargers.call_timeout_s"),
+        ("[chargers]\nmax_queued_calls = 0\n", "chargers.max_queued_calls"),
+    ]:
+        path = tmp_path / "config.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=key):
+            load_settings(path)
 
 
 async def test_long_outage_every_link_back_within_the_bound(
