@@ -238,7 +238,7 @@ def _target(name: str, cloud_port: int, workdir: Path, baseline_src: str | None)
     if name == "baseline":
         if not baseline_src:
             raise TargetUnavailable("needs --baseline-src")
-        return GatewayTarget(cloud_port, workdir, source=baseline_src)
+        return GatewayTarget(cloud_port, workdir, source=Path(baseline_src))
     return GatewayTarget(cloud_port, workdir)
 
 

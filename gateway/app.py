@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
+from datetime import UTC, datetime
+from typing import Any
 
 from starlette.routing import BaseRoute
 
@@ -15,6 +18,9 @@ from gateway.backoff import BackoffPolicy
 from gateway.cache import CacheMetrics, TagCache
 from gateway.cache_api import cache_routes
 from gateway.config import Settings
+from gateway.depot import DepotView
+from gateway.depot_api import depot_routes
+from gateway.depot_recorder import DepotRecorder
 from gateway.hub import Hub
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
 from gateway.reservation_api import reservation_routes
@@ -25,6 +31,7 @@ from gateway.server import start_charger_server
 from gateway.store import Store
 from gateway.sync import FlipturnClient, SyncMetrics, SyncService, sync_status
 from gateway.tags import normalise
+from gateway.tls import CertificateExpiryCollector, TlsContexts
 from gateway.upstream import UpstreamOpener
 from gateway.wsconn import WsServer
 
@@ -57,8 +64,13 @@ class Gateway:
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
         self.tag_cache: TagCache | None = None
+        self.tls: TlsContexts | None = None
+        self.upstream_opener: UpstreamOpener | None = None
         self.sync: SyncService | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self.depot = DepotView()
+        self.depot_recorder: DepotRecorder | None = None
+        self._depot_task: asyncio.Task[None] | None = None
         self.charger_port = 0
         self.api_port = 0
 
@@ -72,7 +84,11 @@ class Gateway:
 
     async def _start(self) -> None:
         settings = self.settings
+        self.tls = tls = TlsContexts(settings)  # ConfigError naming the key if a file is bad
+        self.registry.register(CertificateExpiryCollector(tls))
         self.store = store = await Store.open(settings.store.path)
+        self.depot_recorder = DepotRecorder(self.depot, store)
+        await self.depot_recorder.load()
         self.tag_cache = TagCache(
             store,
             unknown_tags=settings.offline.unknown_tags,
@@ -84,16 +100,13 @@ class Gateway:
         self.hub = hub = Hub(
             settings,
             store,
-            connect_upstream=UpstreamOpener(
-                open_timeout_s=settings.upstream.call_timeout_s,
-                max_message_bytes=settings.chargers.max_message_bytes,
-                compression=settings.upstream.compression,
-            ),
+            connect_upstream=self._open_upstream(tls),
             stats=self.stats,
             authorizer=self.tag_cache,
             reconnect_max_s=self.reconnect_max_s,
             backoff=self.backoff,
             hooks=[ReservationHook(reservations)],
+            depot=self.depot,
         )
         self.registry.register(
             GatewayCollector(
@@ -121,16 +134,20 @@ class Gateway:
             sync_status=functools.partial(sync_status, store),
         )
         routes: list[BaseRoute] = [
+            *depot_routes(context, self.depot, certificates=self.certificates),
             *cache_routes(store, self.sync),
             *reservation_routes(reservations, hub, settings.ports),
         ]
         self.api = ApiServer(build_api(context, routes), settings.api.host, settings.api.port)
         self.api_port = self.api.port
         self._api_task = asyncio.create_task(self.api.serve())
-        self.charger_server = await start_charger_server(hub, settings.chargers)
+        self.charger_server = await start_charger_server(
+            hub, settings.chargers, ssl_context=tls.charger_listener
+        )
         self.charger_port = next(iter(self.charger_server.sockets)).getsockname()[1]
         if self.sync is not None:
             self._sync_task = asyncio.create_task(self.sync.run())
+        self._depot_task = asyncio.create_task(self.depot_recorder.run())
         scheme = "wss" if settings.chargers.tls_cert else "ws"
         log.info(
             "listening for chargers on %s://%s:%d%s/{chargePointId}; API on http://%s:%d; %s",
@@ -142,6 +159,42 @@ class Gateway:
             self.api_port,
             f"upstream {settings.upstream.url}" if settings.upstream.url else "standalone",
         )
+
+    def certificates(self) -> list[dict[str, Any]]:
+        """The TLS files in use and when their earliest certificate ends (for the dashboard)."""
+        now = time.time()
+        expiry = self.tls.expiry if self.tls is not None else {}
+        return [
+            {
+                "name": which,
+                "notAfter": datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z"),
+                "daysLeft": math.floor((ts - now) / 86400),
+            }
+            for which, ts in sorted(expiry.items())
+        ]
+
+    def _open_upstream(self, tls: TlsContexts) -> UpstreamOpener:
+        settings = self.settings
+        self.upstream_opener = UpstreamOpener(
+            open_timeout_s=settings.upstream.call_timeout_s,
+            max_message_bytes=settings.chargers.max_message_bytes,
+            compression=settings.upstream.compression,
+            ssl_context=tls.upstream,
+        )
+        return self.upstream_opener
+
+    def reload(self) -> None:
+        """SIGHUP: re-read what can change without dropping a connection."""
+        self.reload_tls()
+
+    def reload_tls(self, settings: Settings | None = None) -> bool:
+        """Re-read the TLS certificate, key and CA files; new handshakes use them (see gateway.tls)."""
+        if self.tls is None:
+            return False
+        reloaded = self.tls.reload(settings)
+        if self.upstream_opener is not None:
+            self.upstream_opener.ssl_context = self.tls.upstream
+        return reloaded
 
     async def stop(self) -> None:
         """Stop accepting, close chargers and upstreams, finish pending writes, close the store."""
@@ -157,6 +210,12 @@ class Gateway:
             await self.hub.close()
         if self.charger_server is not None:
             await self.charger_server.wait_closed()
+        if self._depot_task is not None:
+            self._depot_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._depot_task
+        if self.depot_recorder is not None and self.store is not None:
+            await self.depot_recorder.flush(meters=True)  # what the next start shows
         if self.api is not None:
             self.api.stop()
         if self._api_task is not None:

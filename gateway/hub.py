@@ -21,7 +21,8 @@ from typing import Any
 from gateway import offline, txmap
 from gateway.backoff import BackoffPolicy, ConnectPacer, Recovery
 from gateway.config import Settings
-from gateway.frames import OcppVersion
+from gateway.depot import DepotView
+from gateway.frames import OcppVersion, as_version
 from gateway.metrics import RelayStats
 from gateway.session import Authorizer, ChargerSession, SessionHook
 from gateway.store import ChargerState, Store
@@ -44,7 +45,7 @@ PROBE_EVERY_S = 3.0
 
 
 def _as_version(value: str) -> OcppVersion:
-    return "1.6" if value == "1.6" else "2.0.1"
+    return as_version(value)
 
 
 class Hub:
@@ -61,12 +62,14 @@ class Hub:
         stats: RelayStats | None = None,
         reconnect_max_s: float | None = None,
         backoff: BackoffPolicy | None = None,
+        depot: DepotView | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.connect_upstream = connect_upstream
         self.authorizer = authorizer
         self.hooks: list[SessionHook] = list(hooks)
+        self.depot = depot if depot is not None else DepotView()  # what every charger is doing
         # Tested once per charger CALL instead of asking every hook.
         self.hooked_charger_actions = frozenset(a for h in self.hooks for a in h.charger_actions)
         self.stats = stats or RelayStats()
