@@ -75,8 +75,9 @@ GATEWAY_ID_PREFIX: Final = "gw-"  # gateway-originated message ids; the cloud's 
 # connect pacer takes longer, and the charger must not wait for it (docs/offline-behaviour.md).
 CONNECTING_HOLD_S: Final = 1.5
 # A link whose handshake turn at the pacer is further away than this does not hold its CALLs at
-# all: they are answered locally at once (a storm's chargers are served in milliseconds).
-TURN_HOLD_S: Final = 0.25
+# all: they are answered locally at once (a storm's chargers are served in milliseconds). Nearer
+# turns are held (up to CONNECTING_HOLD_S), leaving 0.5 s for the handshake: those are relayed live.
+TURN_HOLD_S: Final = 1.0
 # While a link stays down: one warning when it goes down, then at most one line per this.
 DOWN_LOG_EVERY_S: Final = 60.0
 LEARNED_ACTIONS: Final = frozenset(
