@@ -35,6 +35,7 @@ __all__ = [
     "ApiSettings",
     "ChargersSettings",
     "FlipturnSettings",
+    "LogSettings",
     "OfflineSettings",
     "PortMapping",
     "Settings",
@@ -190,6 +191,11 @@ class ApiSettings(_Section):
     _port = field_validator("port")(_check_port)
 
 
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
 class PortMapping(_Section):
     id: int
     charger: str = Field(min_length=1, max_length=48)
@@ -212,6 +218,7 @@ class Settings(BaseSettings):
     offline: OfflineSettings = OfflineSettings()
     store: StoreSettings = StoreSettings()
     api: ApiSettings = ApiSettings()
+    log: LogSettings = LogSettings()
     ports: tuple[PortMapping, ...] = ()
 
     @field_validator("ports")

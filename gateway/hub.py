@@ -24,7 +24,7 @@ from gateway.config import Settings
 from gateway.depot import DepotView
 from gateway.frames import OcppVersion, as_version
 from gateway.metrics import RelayStats
-from gateway.session import Authorizer, ChargerSession, SessionHook
+from gateway.session import RECENT_IDS, Authorizer, ChargerSession, SessionHook
 from gateway.store import ChargerState, Store
 from gateway.wsconn import ClientConnection, ServerConnection
 
@@ -42,6 +42,8 @@ STANDALONE_PRUNE_EVERY_S = 600.0
 # While no link is up, one link waiting in its backoff is tried this often: the cloud's return is
 # noticed within this (plus one handshake) whatever the backoff has grown to.
 PROBE_EVERY_S = 3.0
+# How often the store is asked whether another process (an operator's CLI) changed it.
+STORE_WATCH_EVERY_S = 1.0
 
 
 def _as_version(value: str) -> OcppVersion:
@@ -91,16 +93,20 @@ class Hub:
         self._sweep_task: asyncio.Task[None] | None = None
         self._to_attach: list[tuple[str, OcppVersion, ServerConnection]] = []
         self._attach_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self.dead_letters = 0  # rows in the store's dead letters (for /metrics, no SQL on scrape)
+        self.trace_frames = False  # log.level = "debug": sessions log every frame
         # One timer for every forwarded CALL's deadline, instead of a timer per CALL.
         self._sweep_every_s = min(0.25, settings.upstream.call_timeout_s / 4)
 
     async def start(self) -> None:
         """Load persistent state and open upstream links for chargers that have a backlog."""
+        self.dead_letters = await self.store.dead_letter_count()
         highest = await self.store.max_local_tx_id()
         self._next_local_tx = txmap.LOCAL_TX_MIN if highest is None else highest + 1
         backlog = await self.store.backlog()
         versions = await self.store.backlog_versions()
-        states = await self.store.charger_states(sorted(backlog))
+        states = await self.store.charger_states(sorted(backlog), recent=RECENT_IDS)
         for charger_id, (count, oldest) in backlog.items():
             version = _as_version(versions.get(charger_id, "1.6"))
             session = self._new_session(charger_id, version, states.get(charger_id))
@@ -111,6 +117,7 @@ class Hub:
                 sum(c for c, _ in backlog.values()),
                 len(backlog),
             )
+        self._watch_task = asyncio.create_task(self._watch_loop())
         if self.settings.standalone:
             self._prune_task = self._own(self._prune_loop(), "pruning the queue")
         else:
@@ -134,10 +141,22 @@ class Hub:
         self, charger_id: str, version: OcppVersion, state: ChargerState | None
     ) -> ChargerSession:
         session = ChargerSession(self, charger_id, version)
+        session.trace_frames = self.trace_frames
         if state is not None:
             session.txids = txmap.TxIdMap(state.tx_ids)
             session.boot_undelivered = state.boot_undelivered
+            session.remember_stored(state.recent_ids)
         self.sessions[charger_id] = session
+        return session
+
+    async def _session(self, charger_id: str, version: OcppVersion) -> ChargerSession:
+        session = self.sessions.get(charger_id)
+        if session is None:
+            states = await self.store.charger_states([charger_id], recent=RECENT_IDS)
+            # Another connection for the same id may have created it while we read.
+            session = self.sessions.get(charger_id)
+            if session is None:
+                session = self._new_session(charger_id, version, states.get(charger_id))
         return session
 
     def accept(self, charger_id: str, version: OcppVersion, ws: ServerConnection) -> None:
@@ -159,7 +178,7 @@ class Hub:
                 batch, self._to_attach = self._to_attach, []
                 new = sorted({cid for cid, _, _ in batch if cid not in self.sessions})
                 try:
-                    states = await self.store.charger_states(new) if new else {}
+                    states = await self.store.charger_states(new, recent=RECENT_IDS) if new else {}
                 except Exception:
                     self.stats.errors["internal"] += 1
                     log.exception("cannot read the state of %d new chargers", len(new))
@@ -179,6 +198,8 @@ class Hub:
 
     def _attach(self, charger_id: str, version: OcppVersion, ws: ServerConnection) -> None:
         session = self.sessions[charger_id]
+        if session.charger is ws:  # already served (never replace a socket by itself)
+            return
         if ws.closed.done() or self.closing:
             ws.close(1001, "gateway shutting down")
             session.forget_if_done()
@@ -263,6 +284,61 @@ class Hub:
         self._next_local_tx += 1
         return tx
 
+    def set_trace_frames(self, on: bool) -> None:
+        """Log one debug line per frame (``log.level = "debug"``) in every session from now on."""
+        self.trace_frames = on
+        for session in self.sessions.values():
+            session.trace_frames = on
+
+    # --- dead letters ----------------------------------------------------------------------------
+
+    async def requeue_dead_letter(self, seq: int) -> bool:
+        """Put a dead letter back at the head of its charger's queue and replay it; False if
+        there is no such id."""
+        row = await self.store.requeue_dead_letter(seq)
+        if row is None:
+            return False
+        self.dead_letters = max(0, self.dead_letters - 1)
+        session = await self._session(row.charger_id, _as_version(row.version))
+        session.rows_appeared(session.backlog + 1, row.created_at)
+        return True
+
+    async def drop_dead_letter(self, seq: int) -> bool:
+        """Delete a dead letter for good; False if there is no such id."""
+        dropped = await self.store.drop_dead_letter(seq)
+        if dropped:
+            self.dead_letters = max(0, self.dead_letters - 1)
+        return dropped
+
+    async def refresh_from_store(self) -> None:
+        """Another process changed the store (``outbox requeue`` from a shell): pick up rows
+        that appeared in the outbox and recount the dead letters."""
+        self.dead_letters = await self.store.dead_letter_count()
+        backlog = await self.store.backlog()
+        if not backlog:
+            return
+        versions = await self.store.backlog_versions()
+        for charger_id, (count, oldest) in backlog.items():
+            session = self.sessions.get(charger_id)
+            if session is not None and session.backlog >= count:
+                continue
+            if session is None:
+                version = _as_version(versions.get(charger_id, "1.6"))
+                session = await self._session(charger_id, version)
+            session.rows_appeared(count, oldest)
+
+    async def _watch_loop(self) -> None:
+        seen = await self.store.data_version()
+        while True:
+            await asyncio.sleep(STORE_WATCH_EVERY_S)
+            try:
+                version = await self.store.data_version()
+                if version != seen:
+                    seen = version
+                    await self.refresh_from_store()
+            except Exception:  # the store's own health check reports a broken file
+                log.debug("store watch failed", exc_info=True)
+
     # --- views -----------------------------------------------------------------------------------
 
     def chargers_connected(self) -> int:
@@ -335,7 +411,7 @@ class Hub:
         for _, _, ws in self._to_attach:
             ws.close(1001, "gateway shutting down")
         self._to_attach.clear()
-        for task in (self._prune_task, self._sweep_task, self._attach_task):
+        for task in (self._prune_task, self._sweep_task, self._watch_task, self._attach_task):
             if task is not None:
                 task.cancel()
         if self._turn_timer is not None:

@@ -27,13 +27,19 @@ class RecordingStore(Store):
     state_reads: list[int]
     single_reads = 0
 
-    async def charger_states(self, charger_ids: Sequence[str]) -> dict[str, ChargerState]:
+    async def charger_states(
+        self, charger_ids: Sequence[str], *, recent: int = 0
+    ) -> dict[str, ChargerState]:
         self.state_reads.append(len(charger_ids))
-        return await super().charger_states(charger_ids)
+        return await super().charger_states(charger_ids, recent=recent)
 
     async def tx_ids(self, charger_id: str) -> list[tuple[int, int | None]]:
         self.single_reads += 1
         return await super().tx_ids(charger_id)
+
+    async def recent_message_ids(self, charger_id: str, limit: int) -> list[str]:
+        self.single_reads += 1
+        return await super().recent_message_ids(charger_id, limit)
 
 
 async def _boot(port: int, charger_id: str) -> tuple[ClientConnection, float]:
