@@ -9,9 +9,14 @@ receives (answers to CALLs it never sends) are dropped.
 permessage-deflate is not negotiated, so every target in a comparison relays the same plain
 frames (the chargers of the load generator do not offer it either, like most 1.6 firmware).
 
-``GET /_stats`` (plain HTTP, no upgrade) returns ``{"calls": N, "connections": N}``: the bench
-runner compares the CALLs the cloud answered with those the chargers saw answered, to show that
-a relay forwarded every frame rather than answering some itself.
+``GET /_stats`` (plain HTTP, no upgrade) returns ``{"calls": N, "connections": N, "handshakes": N,
+"peakHandshakesPerS": N, "byAction": {...}}``: the bench runner compares the CALLs the cloud
+answered with those the chargers saw answered, to show that a relay forwarded every frame rather
+than answering some itself; the storm and recovery benchmarks read how fast new connections came
+(handshakes per wall-clock second, the busiest second).
+
+``--handshake-delay S`` holds each WebSocket handshake response for S seconds (a cloud behind TLS
+over a cellular link answers its handshakes in 200-600 ms); frames are answered at once.
 
 Run: ``python -m bench.fake_cloud --port 0``; the first line on stdout is ``LISTENING <port>``.
 """
@@ -24,6 +29,7 @@ import itertools
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -47,9 +53,28 @@ class CloudStats:
     def __init__(self) -> None:
         self.calls = 0
         self.connections = 0
+        self.handshakes = 0
+        self.by_second: Counter[int] = Counter()  # accepted handshakes per wall-clock second
+        self.by_action: Counter[str] = Counter()
+
+    def handshake(self) -> None:
+        self.handshakes += 1
+        self.by_second[int(time.time())] += 1
+
+    @property
+    def peak_handshakes_per_s(self) -> int:
+        return max(self.by_second.values(), default=0)
 
     def as_json(self) -> bytes:
-        return orjson.dumps({"calls": self.calls, "connections": self.connections})
+        return orjson.dumps(
+            {
+                "calls": self.calls,
+                "connections": self.connections,
+                "handshakes": self.handshakes,
+                "peakHandshakesPerS": self.peak_handshakes_per_s,
+                "byAction": self.by_action,
+            }
+        )
 
 
 class _Clock:
@@ -112,7 +137,9 @@ _REPLIES: dict[str, Callable[[bool], bytes]] = {
 }
 
 
-def reply_for(frame: str | bytes | bytearray | memoryview, v201: bool) -> bytes | None:
+def reply_for(
+    frame: str | bytes | bytearray | memoryview, v201: bool, by_action: Counter[str] | None = None
+) -> bytes | None:
     """The answer to one frame from a charger, or ``None`` when it needs none."""
     try:
         raw: Any = orjson.loads(frame)
@@ -123,6 +150,8 @@ def reply_for(frame: str | bytes | bytearray | memoryview, v201: bool) -> bytes 
         return None
     mid = orjson.dumps(message_id)
     make = _REPLIES.get(raw[2]) if len(raw) == 4 and isinstance(raw[2], str) else None
+    if by_action is not None and make is not None:
+        by_action[raw[2]] += 1
     if make is None:
         return b'[4,%s,"NotImplemented","",{}]' % mid
     return b"[3,%s,%s]" % (mid, make(v201))
@@ -134,8 +163,9 @@ class _CloudConnection(asyncio.Protocol):
     No task, future or queue per frame: the cloud must cost little next to the target measured.
     """
 
-    def __init__(self, stats: CloudStats) -> None:
+    def __init__(self, stats: CloudStats, handshake_delay_s: float = 0.0) -> None:
         self.stats = stats
+        self.handshake_delay_s = handshake_delay_s
         self.ws = ServerProtocol(subprotocols=SUBPROTOCOLS, max_size=1 << 20)
         self.v201 = False
         self.transport: asyncio.Transport | None = None
@@ -153,13 +183,23 @@ class _CloudConnection(asyncio.Protocol):
         ws.receive_data(data)
         for event in ws.events_received():
             if isinstance(event, Request):
-                ws.send_response(self._handshake(event))
+                if self.handshake_delay_s and event.path != "/_stats":
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(self.handshake_delay_s, self._respond, event)
+                else:
+                    ws.send_response(self._handshake(event))
             elif isinstance(event, Frame):
                 self._frame(event)
         self._flush()
 
     def eof_received(self) -> None:
         self.ws.receive_eof()
+        self._flush()
+
+    def _respond(self, request: Request) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.ws.send_response(self._handshake(request))
         self._flush()
 
     def _handshake(self, request: Request) -> Response:
@@ -170,6 +210,8 @@ class _CloudConnection(asyncio.Protocol):
             return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
         response = self.ws.accept(request)
         self.v201 = self.ws.subprotocol == "ocpp2.0.1"
+        if response.status_code == 101:
+            self.stats.handshake()
         return response
 
     def _frame(self, frame: Frame) -> None:
@@ -180,7 +222,7 @@ class _CloudConnection(asyncio.Protocol):
             return
         data = b"".join([*self.fragments, bytes(frame.data)]) if self.fragments else frame.data
         self.fragments = []
-        reply = reply_for(data, self.v201)
+        reply = reply_for(data, self.v201, self.stats.by_action)
         if reply is not None:
             self.stats.calls += 1
             self.ws.send_text(reply)
@@ -197,17 +239,19 @@ class _CloudConnection(asyncio.Protocol):
 
 
 async def start_fake_cloud(
-    host: str = "127.0.0.1", port: int = 0
+    host: str = "127.0.0.1", port: int = 0, *, handshake_delay_s: float = 0.0
 ) -> tuple[asyncio.Server, CloudStats]:
     """Start the fake cloud in the running loop; return the server and its counters."""
     stats = CloudStats()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _CloudConnection(stats), host, port, backlog=4096)
+    server = await loop.create_server(
+        lambda: _CloudConnection(stats, handshake_delay_s), host, port, backlog=4096
+    )
     return server, stats
 
 
-async def _serve_forever(host: str, port: int) -> None:
-    server, _stats = await start_fake_cloud(host, port)
+async def _serve_forever(host: str, port: int, handshake_delay_s: float) -> None:
+    server, _stats = await start_fake_cloud(host, port, handshake_delay_s=handshake_delay_s)
     bound = server.sockets[0].getsockname()[1]
     print(f"LISTENING {bound}", flush=True)
     stop = asyncio.get_running_loop().create_future()
@@ -221,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--handshake-delay", type=float, default=0.0, help="seconds before each handshake answer"
+    )
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -228,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    runner(_serve_forever(args.host, args.port))
+    runner(_serve_forever(args.host, args.port, args.handshake_delay))
     return 0
 
 

@@ -389,8 +389,10 @@ def run_load(
     spec: LoadSpec,
     on_window_start: Callable[[], None] | None = None,
     on_window_end: Callable[[], None] | None = None,
+    before_start: Callable[[], None] | None = None,
 ) -> LoadResult:
-    """Run one load in ``spec.workers`` processes; call the hooks at the measured window's edges."""
+    """Run one load in ``spec.workers`` processes; call the hooks at the measured window's edges
+    (and ``before_start`` once every charger is connected, before the load starts)."""
     ctx = mp.get_context("spawn")
     workers = max(1, min(spec.workers, spec.chargers))
     pipes: list[Connection] = []
@@ -415,6 +417,8 @@ def run_load(
                 live.append(pipe)
             else:
                 failures.append(str(payload))
+        if before_start:
+            before_start()
         start = time.monotonic_ns() + int(START_DELAY_S * 1e9)
         for pipe in live:
             pipe.send(start)

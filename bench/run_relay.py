@@ -71,6 +71,17 @@ def _cloud_calls(port: int) -> int:
         return calls
 
 
+def _wait_for_links(port: int, chargers: int, timeout_s: float = 60.0) -> None:
+    """Until the cloud has a connection per charger: a relay that paces its upstream handshakes
+    (the gateway: upstream.max_connects_per_s) is measured relaying, not still connecting."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stats", timeout=5) as response:
+            if json.loads(response.read())["connections"] >= chargers:
+                return
+        time.sleep(0.1)
+
+
 def _baseline(cloud_port: int, workdir: Path) -> Target:
     source = os.environ.get(BASELINE_ENV)
     if not source or not (Path(source) / "gateway" / "__init__.py").is_file():
@@ -115,7 +126,12 @@ def _run_one(
             written[edge] = procfs.write_bytes(target.pid)
 
     cloud_before = _cloud_calls(cloud_port)
-    result = run_load(spec, lambda: sample("start"), lambda: sample("end"))
+    result = run_load(
+        spec,
+        lambda: sample("start"),
+        lambda: sample("end"),
+        before_start=lambda: _wait_for_links(cloud_port, spec.chargers),
+    )
     cloud_answered = _cloud_calls(cloud_port) - cloud_before
     frames = 2 * result.calls
     record: dict[str, Any] = {

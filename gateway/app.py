@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute
 
 from gateway import checks, logs
 from gateway.api import ApiContext, ApiServer, build_api
+from gateway.backoff import BackoffPolicy
 from gateway.cache import CacheMetrics, TagCache
 from gateway.cache_api import cache_routes
 from gateway.config import Settings, load_settings
@@ -51,13 +52,17 @@ class Gateway:
         self,
         settings: Settings,
         *,
-        reconnect_max_s: float = 60.0,
+        reconnect_max_s: float | None = None,
+        backoff: BackoffPolicy | None = None,
         config_path: Path | None = None,
     ) -> None:
+        """``reconnect_max_s`` overrides ``upstream.reconnect_max_s`` and ``backoff`` how fast the
+        delays grow (tests use both to reach the cap without waiting for it)."""
         self.settings = settings
         self.config_path = config_path  # read again by reload()
         self._api_context: ApiContext | None = None
         self.reconnect_max_s = reconnect_max_s
+        self.backoff = backoff
         self.stats = RelayStats()
         self.registry = new_registry()
         self.store: Store | None = None
@@ -108,6 +113,7 @@ class Gateway:
             stats=self.stats,
             authorizer=self.tag_cache,
             reconnect_max_s=self.reconnect_max_s,
+            backoff=self.backoff,
             hooks=[ReservationHook(reservations)],
             depot=self.depot,
         )
@@ -142,12 +148,7 @@ class Gateway:
             *depot_routes(context, self.depot, certificates=self.certificates),
             *cache_routes(store, self.sync),
             *dead_letter_routes(store, hub),
-            *reservation_routes(
-                reservations,
-                hub,
-                settings.ports,
-                charger_timeout_s=settings.upstream.call_timeout_s,
-            ),
+            *reservation_routes(reservations, hub, settings.ports),
         ]
         self.api = ApiServer(build_api(context, routes), settings.api.host, settings.api.port)
         self.api_port = self.api.port

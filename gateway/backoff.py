@@ -1,11 +1,32 @@
-"""Exponential backoff with jitter, as a value: the driver asks for the next delay and sleeps."""
+"""Retry timing for the cloud links, as values: the driver passes ``now`` in and sleeps itself.
+
+- :class:`Backoff`: one link's delay before its next attempt (exponential, jittered, capped at
+  ``upstream.reconnect_max_s``).
+- :class:`ConnectPacer`: new upstream handshakes across every charger, at most
+  ``upstream.max_connects_per_s``, evenly spaced, so a returning cloud is not hit by every charger
+  at once.
+- :class:`Recovery`: when to try the cloud before a link's own backoff says so. A link that
+  connects shows that the cloud is back: every link waiting in its backoff retries at once
+  (through the pacer). While no link is up, one waiting link is tried every ``probe_every_s``
+  (the probe is a real handshake, the only test that the cloud accepts connections again), so
+  the time to recover does not grow with the backoff, whatever the outage length.
+- :class:`Quiet`: at most one log line per interval while a condition lasts.
+"""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "BackoffPolicy", "ConnectPacer", "Quiet", "Recovery"]
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffPolicy:
+    """How one link's delays grow: ``initial_s · factor^n``, capped by the caller's ``max_s``."""
+
+    initial_s: float = 1.0
+    factor: float = 2.0
 
 
 @dataclass
@@ -23,5 +44,88 @@ class Backoff:
         self.attempts += 1
         return base * self.rng.uniform(0.5, 1.0)
 
+    @property
+    def capped(self) -> bool:
+        """The last delay given was at the cap (the link has failed for a while)."""
+        return (
+            self.attempts > 0 and self.initial_s * self.factor ** (self.attempts - 1) >= self.max_s
+        )
+
     def reset(self) -> None:
         self.attempts = 0
+
+
+class ConnectPacer:
+    """Hands out start times for new upstream handshakes, ``1 / rate_per_s`` apart.
+
+    ``reserve(now)`` books the next free slot and returns how long to wait for it (0 when the pacer
+    is idle). No burst: the cloud never sees more than ``rate_per_s`` new connections in any second
+    (one more at most, at the edges of a second). The hub books each slot when it starts the
+    handshake (``backlog_s(now) == 0``), so turns delayed by a busy loop are not made up at once.
+    """
+
+    def __init__(self, rate_per_s: float) -> None:
+        if rate_per_s <= 0:
+            raise ValueError("rate_per_s must be positive")
+        self.interval_s = 1.0 / rate_per_s
+        self._next_free = float("-inf")
+
+    def reserve(self, now: float) -> float:
+        start = max(now, self._next_free)
+        self._next_free = start + self.interval_s
+        return start - now
+
+    def backlog_s(self, now: float) -> float:
+        """How long a handshake booked now would wait."""
+        return max(0.0, self._next_free - now)
+
+
+class Recovery:
+    """The hub-wide view of the links' retries: when to probe, whom to wake.
+
+    The driver reports each attempt and its outcome and keeps the links that wait in their backoff;
+    this decides when one of them is tried early (a probe) and whether a success ends an outage
+    (then every waiting link is woken).
+    """
+
+    def __init__(self, probe_every_s: float) -> None:
+        self.probe_every_s = probe_every_s
+        self._last_attempt = float("-inf")
+        self._failures_since_success = 0
+
+    def attempt_started(self, now: float) -> None:
+        self._last_attempt = now
+
+    def failed(self) -> None:
+        self._failures_since_success += 1
+
+    def connected(self) -> bool:
+        """A link is up; True if links failed since the last success (wake the waiting ones)."""
+        ended_outage = self._failures_since_success > 0
+        self._failures_since_success = 0
+        return ended_outage
+
+    def probe_due(self, now: float, *, waiting: int, links_up: int) -> bool:
+        """Try one waiting link now? Only while none is up and none was tried for a while."""
+        return waiting > 0 and links_up == 0 and now - self._last_attempt >= self.probe_every_s
+
+
+class Quiet:
+    """Rate limit for one recurring log line: the first is shown, then one per ``every_s``."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._last = float("-inf")
+        self.suppressed = 0
+
+    def allow(self, now: float) -> bool:
+        if now - self._last >= self.every_s:
+            self._last = now
+            return True
+        self.suppressed += 1
+        return False
+
+    def reset(self) -> None:
+        """The condition ended: the next occurrence is shown at once."""
+        self._last = float("-inf")
+        self.suppressed = 0

@@ -83,6 +83,12 @@ class ChargersSettings(_Section):
     tls_ca: str = ""  # CA bundle that signs the chargers' client certificates (profile 3)
     client_certs: Literal["none", "optional", "required"] = "none"
     max_message_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    # How long a CALL sent to a charger (by the cloud or the gateway) may wait for its answer,
+    # counted from when it was sent to the charger (after waiting its turn in the queue).
+    call_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    # CALLs waiting for one charger's slot (OCPP-J: one outstanding CALL); beyond it the cloud gets
+    # CALLERROR GenericError and the local API 503.
+    max_queued_calls: int = Field(default=100, ge=1, le=100_000)
     passwords: dict[str, SecretStr] = Field(default_factory=dict)
 
     _port = field_validator("port")(_check_port)
@@ -126,6 +132,11 @@ class UpstreamSettings(_Section):
     # Offer permessage-deflate to the cloud: ~3x fewer bytes on the link, ~35-45 KB of zlib
     # state per charger if the cloud accepts (docs/benchmarks.md).
     compression: bool = True
+    # Backoff cap of one link's reconnect attempts (a returning cloud is noticed sooner: any link
+    # that connects, or a probe every few seconds, wakes every waiting link).
+    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
+    # New upstream handshakes per second across all chargers (no herd at a returning cloud).
+    max_connects_per_s: float = Field(default=50.0, gt=0, le=10_000)
     tls_ca: str = ""  # verify the cloud against this CA bundle instead of the system store
     tls_cert: str = ""  # the gateway's client certificate toward the cloud (profile 3)
     tls_key: str = ""

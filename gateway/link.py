@@ -10,9 +10,9 @@ Everything that decides whether the gateway relays a charger's CALL or answers i
        ▲                                                                                │
        └──────────────lost / call_timeout (from REPLAYING or ONLINE)────────────────────┘
 
-Only ONLINE relays charger CALLs live. CONNECTING holds a CALL briefly (the upstream handshake is
-usually quicker than ``call_timeout_s``); OFFLINE and REPLAYING answer locally so that live messages
-queue behind the backlog and order is kept.
+Only ONLINE relays charger CALLs live. CONNECTING (the handshake, or waiting for its turn at the
+connect pacer) holds a CALL briefly, at most ``session.CONNECTING_HOLD_S``; OFFLINE and REPLAYING
+answer locally so that live messages queue behind the backlog and order is kept.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
 ``POST /api/ocpp/reservations``, ``POST /api/ocpp/reservations/cancel`` and
 ``GET /api/ocpp/reservations``. Errors are ``{"error": "<message>"}``: 422 invalid body, 404 unknown
-portId, 409 charger not connected, 504 the charger did not answer in time, 502 the charger answered
-something unusable. The CALLs go through the charger session's queue (``call_charger``), shared with
-the cloud's CALLs; their ids and answers never reach the cloud.
+portId, 409 charger not connected, 503 the charger's queue is full (``chargers.max_queued_calls``),
+504 the charger did not answer within ``chargers.call_timeout_s`` of receiving the CALL, 502 the
+charger answered something unusable. The CALLs go through the charger session's queue
+(``call_charger``), shared with the cloud's CALLs, and wait their turn there (a slow cloud CALL
+ahead is no timeout of ours); their ids and answers never reach the cloud.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from gateway.errors import (
     ChargerCallError,
     ChargerCallRefused,
     ChargerNotConnected,
+    ChargerQueueFull,
     ChargerTimeout,
     InvalidReservationRequest,
     UnknownPort,
@@ -60,12 +63,10 @@ class _Routes:
         book: ReservationBook,
         hub: Hub,
         ports: Sequence[PortMapping],
-        charger_timeout_s: float,
     ) -> None:
         self.book = book
         self.hub = hub
         self.ports = tuple(ports)
-        self.timeout_s = charger_timeout_s
 
     async def reserve(self, request: Request) -> JSONResponse:
         return await self._guard(self._reserve(request), "ReserveNow")
@@ -127,7 +128,7 @@ class _Routes:
         if session is None:
             raise ChargerNotConnected(f"charger {charger_id} is not connected")
         try:
-            answer = await session.call_charger(action, payload, timeout_s=self.timeout_s)
+            answer = await session.call_charger(action, payload)
             if isinstance(answer, CallError):
                 raise ChargerCallRefused(answer.code, answer.description)
             status = status_of(version, answer.payload)
@@ -157,6 +158,8 @@ class _Routes:
             return error(409, str(exc) or "charger is not connected")
         except ChargerTimeout as exc:
             return error(504, str(exc) or "charger did not answer in time")
+        except ChargerQueueFull as exc:
+            return error(503, str(exc) or "charger queue full")
         except ChargerCallError as exc:
             return error(502, str(exc) or "charger answered with an error")
 
@@ -169,10 +172,10 @@ async def _body(request: Request) -> Any:
 
 
 def reservation_routes(
-    book: ReservationBook, hub: Hub, ports: Sequence[PortMapping], *, charger_timeout_s: float
+    book: ReservationBook, hub: Hub, ports: Sequence[PortMapping]
 ) -> list[Route]:
     """The three reservation routes, to be mounted in the local API app."""
-    routes = _Routes(book, hub, ports, charger_timeout_s)
+    routes = _Routes(book, hub, ports)
     return [
         Route("/api/ocpp/reservations", routes.reserve, methods=["POST"]),
         Route("/api/ocpp/reservations/cancel", routes.cancel, methods=["POST"]),

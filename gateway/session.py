@@ -6,6 +6,13 @@ text between the two sockets and the core, runs the upstream link loop, and carr
 core's events with the store, the tag cache, the depot view and the hooks, reporting each
 outcome back. Online, a frame is relayed within the socket's receive callback: no task, no await.
 
+The link to the cloud: each attempt books a handshake turn from the hub's pacer
+(``upstream.max_connects_per_s``); a failed attempt waits its backoff (capped at
+``upstream.reconnect_max_s``), cut short when another link shows the cloud is back or the hub
+picks it as the probe. A charger CALL that arrives while the link is connecting is held by the
+core at most ``CONNECTING_HOLD_S`` (not at all when the turn is more than ``TURN_HOLD_S`` away)
+and then answered locally.
+
 The session knows its hub only through :class:`SessionHost` and gets its parameters as one
 :class:`SessionSettings` value; the clock and the id generator are injected.
 """
@@ -25,12 +32,13 @@ from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 from gateway import frames, offline, txmap
-from gateway.backoff import Backoff
+from gateway.backoff import Backoff, BackoffPolicy, Quiet
 from gateway.core import events as ev
 from gateway.core.relay import ChargerRelay, RelaySettings
 from gateway.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
 from gateway.errors import (
     ChargerNotConnected,
+    ChargerQueueFull,
     ChargerTimeout,
     CloudUnavailable,
     FrameError,
@@ -56,6 +64,16 @@ _OUTAGE_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
 _CLOSED_BY_US: Final = (0, "closed by the gateway")
 # Charger frames waiting behind one that needs I/O (a local answer); beyond this, reading pauses.
 INBOX_HOLD: Final = 16
+# How long a charger CALL waits for a link that is connecting before it is answered locally: a
+# handshake usually takes less (200-600 ms over TLS on a cellular link); a link queued behind the
+# connect pacer takes longer, and the charger must not wait for it (docs/offline-behaviour.md).
+CONNECTING_HOLD_S: Final = 1.5
+# A link whose handshake turn at the pacer is further away than this does not hold its CALLs at
+# all: they are answered locally at once (a storm's chargers are served in milliseconds). Nearer
+# turns are held (up to CONNECTING_HOLD_S), leaving 0.5 s for the handshake: those are relayed live.
+TURN_HOLD_S: Final = 1.0
+# While a link stays down: one warning when it goes down, then at most one line per this.
+DOWN_LOG_EVERY_S: Final = 60.0
 _NOT_UTF8: Final = FrameError("FormatViolation", "frame is not UTF-8 text")
 
 
@@ -123,6 +141,18 @@ class SessionHost(Protocol):
     def closing(self) -> bool: ...
     def next_local_tx_id(self) -> int: ...
     def forget_if_idle(self, session: ChargerSession) -> None: ...
+    @property
+    def backoff(self) -> BackoffPolicy: ...
+    def book_turn(self) -> tuple[asyncio.Future[None], float]:
+        """A handshake turn (``upstream.max_connects_per_s``) and the seconds until it."""
+        ...
+
+    def link_failed(self) -> None: ...
+    def link_connected(self) -> None: ...
+    def retry_wait(self, session: ChargerSession, waiting: bool) -> None:
+        """The session starts (True) or ends (False) waiting in its reconnect backoff."""
+        ...
+
     def dead_letter_added(self) -> None: ...
 
 
@@ -136,6 +166,11 @@ class SessionSettings:
     heartbeat_interval_s: int
     reconnect_max_s: float
     relay: RelaySettings
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # the outcome is the awaiting code's; never "never retrieved"
 
 
 def _new_id() -> str:
@@ -153,6 +188,7 @@ class ChargerSession:
         settings: SessionSettings,
         *,
         txids: txmap.TxIdMap | None = None,
+        boot_undelivered: bool = False,
         clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = _new_id,
@@ -188,9 +224,20 @@ class ChargerSession:
         # log.level = "debug": one line per frame (one attribute test per frame otherwise).
         self._trace_frames = False
         reconnect_max_s = settings.reconnect_max_s
+        policy = host.backoff
         self._backoff = Backoff(
-            initial_s=min(1.0, reconnect_max_s), max_s=reconnect_max_s, rng=host.rng
+            initial_s=min(policy.initial_s, reconnect_max_s),
+            max_s=reconnect_max_s,
+            factor=policy.factor,
+            rng=host.rng,
         )
+        self._boot_undelivered = boot_undelivered  # the store holds a Boot not yet read
+        self._booked_turn: asyncio.Future[None] | None = None
+        self._retry_early = False  # set by the hub: try the cloud before the backoff ends
+        self._woken_by_recovery = False  # at most once per failure streak
+        self._down_since: float | None = None  # monotonic time the link went down
+        self._down_attempts = 0
+        self._down_log = Quiet(DOWN_LOG_EVERY_S)
 
     # --- views ---------------------------------------------------------------------------------
 
@@ -217,6 +264,16 @@ class ChargerSession:
     @property
     def has_link_task(self) -> bool:
         return self._link_task is not None and not self._link_task.done()
+
+    @property
+    def boot_undelivered(self) -> bool:
+        """The store holds a BootNotification the cloud has not seen."""
+        return self._boot_undelivered or self.relay.boot is not None
+
+    @property
+    def backoff_capped(self) -> bool:
+        """The link's reconnect delay has reached ``upstream.reconnect_max_s``."""
+        return self._backoff.capped
 
     @property
     def upstream_connected(self) -> bool:
@@ -551,24 +608,34 @@ class ChargerSession:
     # --- gateway and cloud CALLs to the charger ------------------------------------------------
 
     async def call_charger(
-        self, action: str, payload: dict[str, Any], *, timeout_s: float
+        self, action: str, payload: dict[str, Any], *, payload_text: str | None = None
     ) -> CallResult | CallError:
         """Send a gateway-originated CALL through the charger's queue and wait for its answer.
 
-        Raises ChargerNotConnected, or ChargerTimeout when no answer came within ``timeout_s``
-        (time spent waiting behind a cloud CALL included).
+        It waits its turn behind the CALLs queued before it, then up to ``chargers.call_timeout_s``
+        for the charger's answer. ``payload_text``: ``payload`` already serialized (one large
+        payload sent to many chargers is serialized once). Raises ChargerQueueFull at once when
+        ``chargers.max_queued_calls`` are waiting, ChargerNotConnected when the charger goes
+        away, ChargerTimeout when the charger did not answer in time after receiving it.
         """
         if self.charger is None:
             raise ChargerNotConnected(self.charger_id)
-        message_id = self.relay.call_charger(action, payload, self._now(), timeout_s=timeout_s)
+        try:
+            message_id = self.relay.call_charger(
+                action, payload, self._now(), payload_text=payload_text
+            )
+        except ChargerQueueFull:
+            self._flush()
+            raise
         future: asyncio.Future[CallResult | CallError] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
         self._calls[message_id] = future
         try:
             self._flush()
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
-            self.relay.cancel_charger_call(message_id)
-            raise ChargerTimeout(f"{self.charger_id} did not answer {action}") from None
+            return await future
+        except asyncio.CancelledError:  # the caller gave up (e.g. the HTTP client went away)
+            self.relay.cancel_charger_call(message_id)  # not sent yet: never send it
+            raise
         finally:
             del self._calls[message_id]
 
@@ -589,40 +656,76 @@ class ChargerSession:
         """Keep an upstream link while the charger is connected or a backlog waits."""
         if self.settings.standalone or self.has_link_task or not self.relay.wants_link:
             return
-        if self.state is LinkState.OFFLINE:
-            self.relay.link_connecting(self._now())  # now: a CALL arriving first waits for it
-        self._link_task = asyncio.create_task(self._link_loop())
+        self._start_link_loop()
+
+    def _book_turn(self) -> asyncio.Future[None]:
+        turn, eta = self.host.book_turn()
+        self.relay.link_connecting(self._now(), turn_in_s=eta)
+        return turn
+
+    def _start_link_loop(self) -> None:
+        # Booked now, not when the task first runs: a CALL handled before then (frames that came
+        # with the connection) already knows how long the link will take.
+        self._booked_turn = self._book_turn()
+        task = asyncio.create_task(self._link_loop())
+        self._link_task = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                self._stats.errors["internal"] += 1
+                log.error("%s: link loop failed", self.charger_id, exc_info=t.exception())
+
+        task.add_done_callback(done)
 
     def _wanted(self) -> bool:
         return not self.host.closing and self.relay.wants_link
 
+    def retry_now(self, *, recovery: bool) -> None:
+        """Cut the backoff short (the hub saw the cloud come back, or picked this link to probe).
+
+        A recovery wake-up counts once per failure streak: a link the cloud keeps refusing (e.g.
+        an unknown charger id) then follows its own backoff while others connect.
+        """
+        if recovery:
+            if self._woken_by_recovery:
+                return
+            self._woken_by_recovery = True
+        self._retry_early = True
+        self._wanted_changed.set()
+
     async def _link_loop(self) -> None:
         relay = self.relay
         while self._wanted():
-            if self.state is LinkState.OFFLINE:
-                relay.link_connecting(self._now())
+            turn, self._booked_turn = self._booked_turn or self._book_turn(), None
+            await turn  # upstream.max_connects_per_s across all links
+            if not self._wanted():
+                break
             url = f"{self.settings.upstream_url}/{quote(self.charger_id, safe='')}"
             try:
                 ws = await self.host.connect_upstream(url, self.version, self._auth_header)
             except CloudUnavailable as exc:
                 self._stats.upstream_failures += 1
+                self.host.link_failed()
                 relay.link_failed(self._now())
                 self._flush()
                 delay = self._backoff.next_delay()
-                log.warning(
-                    "%s: cloud unavailable (%s); retry in %.1fs", self.charger_id, exc, delay
-                )
-                await self._sleep_unless_unwanted(delay)
+                self._log_down(str(exc), delay)
+                await self._wait_to_retry(delay)
                 continue
             self._stats.upstream_connects += 1
             self._backoff.reset()
+            self._woken_by_recovery = False
             self.upstream = ws
-            boot = await self.host.store.undelivered_boot(self.charger_id)
-            if boot is not None:
-                relay.boot_stored(*boot, self._now())
-            # No await since the read: a message queued meanwhile is in the backlog, and so is
-            # replayed before live traffic.
+            if self._boot_undelivered and relay.boot is None:
+                boot = await self.host.store.undelivered_boot(self.charger_id)
+                if boot is not None:
+                    relay.boot_stored(*boot, self._now())
+            self._boot_undelivered = False
+            # Decided now: a message queued meanwhile is in the backlog, and so is replayed
+            # before live traffic.
             relay.link_connected(self._now())
+            self._log_up()
+            self.host.link_connected()
             self._flush()
             cloud_closed = await self._read_cloud(ws)
             self.upstream = None
@@ -636,20 +739,64 @@ class ChargerSession:
                 # The cloud ended the connection on purpose: let the charger see it (transparency).
                 self.charger.close(*cloud_closed)
             elif self._wanted():
-                await self._sleep_unless_unwanted(self._backoff.next_delay())
+                delay = self._backoff.next_delay()
+                self._log_down("connection lost", delay)
+                await self._wait_to_retry(delay)
         relay.link_lost(self._now())
         self._flush()
+        self._down_since = None
         if self._wanted():
             # A charger (or backlog) arrived while this loop was finishing and saw it still
             # running: serve it rather than leave it without a link.
-            self._link_task = asyncio.create_task(self._link_loop())
+            self._start_link_loop()
             return
         if not self._answering:  # else the local answer does it when it ends
             self.host.forget_if_idle(self)  # no await since the check: nothing can slip in
 
+    def _log_down(self, reason: str, delay: float) -> None:
+        """One warning when the link goes down, then at most one line per DOWN_LOG_EVERY_S."""
+        now = self._now()
+        self._down_attempts += 1
+        if self._down_since is None:
+            self._down_since = now
+            self._down_attempts = 1
+            self._down_log.reset()
+            self._down_log.allow(now)
+            log.warning(
+                "%s: cloud link down (%s); retrying in %.1fs", self.charger_id, reason, delay
+            )
+        elif self._down_log.allow(now):
+            log.warning(
+                "%s: cloud link still down after %.0fs, %d attempts (%s); next in %.1fs",
+                self.charger_id,
+                now - self._down_since,
+                self._down_attempts,
+                reason,
+                delay,
+            )
+
+    def _log_up(self) -> None:
+        if self._down_since is not None:
+            log.info(
+                "%s: cloud link up again after %.1fs down",
+                self.charger_id,
+                self._now() - self._down_since,
+            )
+            self._down_since = None
+
+    async def _wait_to_retry(self, delay: float) -> None:
+        """Sleep the backoff, or less if the hub wakes this link (see retry_now)."""
+        self._retry_early = False
+        self.host.retry_wait(self, True)
+        try:
+            await self._sleep_unless_unwanted(delay)
+        finally:
+            self.host.retry_wait(self, False)
+            self._retry_early = False
+
     async def _sleep_unless_unwanted(self, delay: float) -> None:
         deadline = self._now() + delay
-        while self._wanted() and (left := deadline - self._now()) > 0:
+        while self._wanted() and not self._retry_early and (left := deadline - self._now()) > 0:
             self._wanted_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wanted_changed.wait(), left)
@@ -720,7 +867,7 @@ class ChargerSession:
     ) -> None:
         store, cid = self.host.store, self.charger_id
         if isinstance(outcome, ev.BootDelivered):
-            await store.boot_delivered(cid)
+            await store.mark_boot_delivered(cid, outcome.message_id)
         elif isinstance(outcome, ev.RetryLater):
             next_at = self._wall() + outcome.delay_s
             await store.retry_later(outcome.row.seq, next_attempt_at=next_at, error=outcome.error)

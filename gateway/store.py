@@ -36,6 +36,7 @@ from gateway.tags import LearnedTag, SyncedTag
 __all__ = [
     "RESEND_WINDOW_S",
     "SCHEMA_VERSION",
+    "ChargerState",
     "DeadLetterRow",
     "OutboxRow",
     "Statement",
@@ -328,6 +329,15 @@ class _Batch:
             self.done.set_result(None)
         else:
             self.done.set_exception(error)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerState:
+    """What a charger's session needs from the store when the charger connects."""
+
+    tx_ids: list[tuple[int, int | None]]  # (local id, cloud id or None), as ``tx_ids``
+    boot_undelivered: bool  # a BootNotification the cloud has not seen is stored
+    recent_ids: list[str]  # message ids of its latest stored CALLs, as ``recent_message_ids``
 
 
 @dataclass(slots=True)
@@ -1087,6 +1097,63 @@ class Store:
             "SELECT local_id, cloud_id FROM tx_ids WHERE charger_id = ?", (charger_id,)
         )
         return [(int(r[0]), None if r[1] is None else int(r[1])) for r in rows]
+
+    _STATES_CHUNK = 500  # ids per statement (SQLite's variable limit is 999 in old builds)
+
+    async def charger_states(
+        self, charger_ids: Sequence[str], *, recent: int = 0
+    ) -> dict[str, ChargerState]:
+        """:class:`ChargerState` of many chargers in one query per 500 (ids with no rows are left
+        out): a power-restore storm of new chargers costs one read, not one per charger.
+        ``recent``: how many message ids of each charger's latest stored CALLs to include (as
+        ``recent_message_ids``)."""
+        tx: dict[str, list[tuple[int, int | None]]] = {}
+        boots: set[str] = set()
+        ids: dict[str, list[str]] = {}
+        for start in range(0, len(charger_ids), self._STATES_CHUNK):
+            chunk = list(charger_ids[start : start + self._STATES_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            sql = (
+                f"SELECT 0, charger_id, local_id, cloud_id FROM tx_ids WHERE charger_id IN ({marks})"
+                " UNION ALL SELECT 1, charger_id, NULL, NULL FROM boot_notifications"
+                f" WHERE delivered = 0 AND charger_id IN ({marks})"
+                " UNION ALL SELECT 2, charger_id, message_id, NULL FROM (SELECT charger_id,"
+                " message_id, ROW_NUMBER() OVER (PARTITION BY charger_id ORDER BY seq DESC) AS n"
+                f" FROM outbox WHERE digest IS NOT NULL AND charger_id IN ({marks})) WHERE n <= ?"
+                " UNION ALL SELECT 2, charger_id, message_id, NULL FROM (SELECT charger_id,"
+                " message_id, ROW_NUMBER() OVER (PARTITION BY charger_id ORDER BY done_at DESC)"
+                f" AS n FROM answered WHERE charger_id IN ({marks})) WHERE n <= ?"
+            )
+            params = (*chunk, *chunk, *chunk, recent, *chunk, recent)
+            rows = self._read_now(sql, params)
+            if rows is None:
+                rows = await self.fetchall(sql, params)
+            for kind, charger_id, first, second in rows:
+                cid = str(charger_id)
+                if kind == 0:
+                    tx.setdefault(cid, []).append(
+                        (int(first), None if second is None else int(second))
+                    )
+                elif kind == 1:
+                    boots.add(cid)
+                elif str(first) not in ids.setdefault(cid, []):
+                    ids[cid].append(str(first))
+        return {
+            cid: ChargerState(tx.get(cid, []), cid in boots, ids.get(cid, []))
+            for cid in sorted({*tx, *boots, *ids})
+        }
+
+    async def mark_boot_delivered(self, charger_id: str, message_id: str) -> None:
+        """The cloud answered this BootNotification (a newer one saved meanwhile stays undelivered)."""
+        await self.write(
+            [
+                (
+                    "UPDATE boot_notifications SET delivered = 1"
+                    " WHERE charger_id = ? AND message_id = ?",
+                    (charger_id, message_id),
+                )
+            ]
+        )
 
     async def pending(self, charger_id: str, limit: int = 100) -> list[OutboxRow]:
         """The oldest queued messages of a charger, in order."""

@@ -54,6 +54,8 @@ class FakeCloud:
     headers: list[dict[str, str]] = field(default_factory=list)
     port: int = 0
     delay_s: float = 0.0  # how long the cloud takes to answer each CALL
+    handshake_delay_s: float = 0.0  # how long the cloud takes to accept a WebSocket handshake
+    connected_at: list[float] = field(default_factory=list)  # loop time of each accepted link
     ssl_context: ssl.SSLContext | None = None  # serve wss:// with this context
     server: Server | None = None
     _answers: dict[str, asyncio.Future[list[Any]]] = field(default_factory=dict)
@@ -65,6 +67,7 @@ class FakeCloud:
             "127.0.0.1",
             self.port,
             subprotocols=["ocpp1.6", "ocpp2.0.1"],
+            process_request=self._slow_handshake,
             ssl=self.ssl_context,
         )
         self.port = next(iter(self.server.sockets)).getsockname()[1]
@@ -91,8 +94,13 @@ class FakeCloud:
             self.server = None
             self.connections.clear()
 
+    async def _slow_handshake(self, ws: ServerConnection, request: Any) -> None:
+        if self.handshake_delay_s:
+            await asyncio.sleep(self.handshake_delay_s)
+
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
+        self.connected_at.append(asyncio.get_running_loop().time())
         charger_id = ws.request.path.rsplit("/", 1)[-1]
         self.paths.append(ws.request.path)
         self.headers.append(dict(ws.request.headers.raw_items()))

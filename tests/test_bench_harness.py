@@ -222,3 +222,18 @@ def test_tiny_relay_run_through_gateway_and_nginx(tmp_path: Path) -> None:
     gateway = report["summary"]["S1"]["gateway"]
     assert gateway["idle_rss_kb"] > 10_000
     assert gateway["peak_rss_kb"] > 10_000
+
+
+def test_fake_cloud_counts_handshakes_per_second_and_calls_by_action() -> None:
+    from collections import Counter
+
+    from bench.fake_cloud import CloudStats
+
+    stats = CloudStats()
+    for _ in range(3):
+        stats.handshake()
+    assert stats.handshakes == 3 and 1 <= stats.peak_handshakes_per_s <= 3
+    by_action: Counter[str] = Counter()
+    reply_for('[2,"1","BootNotification",{}]', False, by_action)
+    reply_for('[2,"2","Nope",{}]', False, by_action)
+    assert by_action == {"BootNotification": 1}

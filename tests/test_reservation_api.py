@@ -26,8 +26,13 @@ PORTS = (
 PORT_OF = {"1.6": (101, "CP-16"), "2.0.1": (201, "CP-201")}
 
 
-def settings_for(tmp_path: Any, cloud: FakeCloud | None, **upstream: Any) -> Settings:
-    sections: dict[str, Any] = {}
+def settings_for(
+    tmp_path: Any,
+    cloud: FakeCloud | None,
+    chargers: dict[str, Any] | None = None,
+    **upstream: Any,
+) -> Settings:
+    sections: dict[str, Any] = {"chargers": chargers or {}}
     if cloud is not None:
         sections["upstream"] = {"url": cloud.url, **upstream}
     settings = make_settings(tmp_path, **sections)
@@ -64,7 +69,7 @@ def expected_payload(version: str, connector: int, reservation_id: int = 42) -> 
 async def api_and(
     tmp_path: Any, cloud: FakeCloud
 ) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
-    settings = settings_for(tmp_path, cloud, call_timeout_s=1.0)
+    settings = settings_for(tmp_path, cloud, {"call_timeout_s": 1.0}, call_timeout_s=1.0)
     async with (
         running_gateway(settings) as gw,
         httpx.AsyncClient(

@@ -1,0 +1,220 @@
+"""Outage recovery: how soon after the cloud returns is every link back and every backlog drained.
+
+For each charger count (``--chargers``, default 10, 100, 1,000) the gateway runs with its defaults
+(``reconnect_max_s = 60``, ``max_connects_per_s = 50``) and its cloud down (nothing listens on the
+port: each attempt is refused at once). N chargers connect and each sends ``--per-charger``
+messages (BootNotification, then StatusNotification and MeterValues), all answered locally and
+queued. The cloud stays down ``--outage`` seconds (default 70: a link's 7th attempt, the first with
+the 60 s cap, comes at most 63 s after its first failure), then the fast fake cloud starts on the
+port. Measured from that moment: when the cloud has one connection per charger (``linksBackS``),
+when it has received every queued message (``drainedS``), and the busiest second of new
+handshakes it saw (``peakConnectsPerS``). The contract's bound is 5 s + chargers / 50.
+
+``--baseline-src DIR`` runs the same against the gateway's code in DIR too (e.g. an export of an
+earlier commit: ``git archive <commit> | tar -x -C DIR``), interleaved, in the same run.
+
+Run: ``python -m bench.bench_recovery`` (~5 min). Writes ``bench/results/recovery-latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import re
+import resource
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from bench.fake_cloud import start_fake_cloud
+from bench.loadgen import meter_values
+from bench.machine import describe_machine
+
+__all__ = ["BENCH_SUITE", "main"]
+
+BENCH_SUITE = "recovery"
+RESULTS = Path(__file__).resolve().parent / "results"
+LISTENING = re.compile(r"listening for chargers on ws://[^:]+:(\d+)")
+_TASKS: set[asyncio.Task[None]] = set()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _start_gateway(
+    tmp: Path, cloud_port: int, src: str | None
+) -> tuple[asyncio.subprocess.Process, int]:
+    config = tmp / "gateway.toml"
+    config.write_text(
+        f'[chargers]\nhost = "127.0.0.1"\nport = 0\n'
+        f'[upstream]\nurl = "ws://127.0.0.1:{cloud_port}/ocpp"\n'
+        f'[api]\nport = 0\n[store]\npath = "{tmp / "gateway.db"}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLIPTURN_GATEWAY_")}
+    if src:
+        env["PYTHONPATH"] = src
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "--config",
+        str(config),
+        "run",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=src or None,
+    )
+    assert proc.stderr is not None
+    while True:
+        line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+        if not line:
+            raise RuntimeError("gateway exited during start-up")
+        match = LISTENING.search(line)
+        if match:
+            break
+    task = asyncio.create_task(_drain(proc))
+    _TASKS.add(task)
+    return proc, int(match[1])
+
+
+async def _drain(proc: asyncio.subprocess.Process) -> None:
+    assert proc.stderr is not None
+    while await proc.stderr.readline():
+        pass
+
+
+async def _charger(port: int, charger_id: str, count: int) -> ClientConnection:
+    ws = await connect(
+        f"ws://127.0.0.1:{port}/ocpp/{charger_id}",
+        subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+        compression=None,
+        open_timeout=60,
+    )
+    ids = itertools.count(1)
+    stamp = "2026-11-21T12:00:00Z"
+    for n in range(count):
+        mid = str(next(ids))
+        if n == 0:
+            frame = [
+                2,
+                mid,
+                "BootNotification",
+                {"chargePointVendor": "B", "chargePointModel": "M"},
+            ]
+        elif n % 2:
+            frame = [2, mid, "StatusNotification", {"connectorId": 1, "errorCode": "NoError",
+                                                    "status": "Charging"}]  # fmt: skip
+        else:
+            frame = [2, mid, "MeterValues", meter_values(1, 7, n, stamp)]
+        await ws.send(orjson.dumps(frame).decode())
+        answer = orjson.loads(await asyncio.wait_for(ws.recv(), 60))
+        if answer[0] != 3 or answer[1] != mid:
+            raise RuntimeError(f"{charger_id}: unexpected answer {answer!r}")
+    return ws
+
+
+async def _one(chargers: int, per_charger: int, outage_s: float, src: str | None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmpdir:
+        cloud_port = _free_port()
+        proc, port = await _start_gateway(Path(tmpdir), cloud_port, src)
+        down_at = time.monotonic()
+        gate = asyncio.Semaphore(100)
+
+        async def one(i: int) -> ClientConnection:
+            async with gate:
+                return await _charger(port, f"REC-{chargers}-{i:05d}", per_charger)
+
+        conns = await asyncio.gather(*(one(i) for i in range(chargers)))
+        queued_s = time.monotonic() - down_at
+        await asyncio.sleep(max(0.0, outage_s - queued_s))
+        server, stats = await start_fake_cloud("127.0.0.1", cloud_port)
+        up = time.monotonic()
+        total = chargers * per_charger
+        links_back = drained = None
+        deadline = up + 300
+        while time.monotonic() < deadline and (links_back is None or drained is None):
+            now = time.monotonic()
+            if links_back is None and stats.connections >= chargers:
+                links_back = now - up
+            if drained is None and stats.calls >= total:
+                drained = now - up
+            await asyncio.sleep(0.02)
+        outage = up - down_at
+        await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+        server.close()
+        await server.wait_closed()
+    return {
+        "gateway": "baseline" if src else "this",
+        "chargers": chargers,
+        "messages": total,
+        "outageS": round(outage, 1),
+        "linksBackS": None if links_back is None else round(links_back, 2),
+        "drainedS": None if drained is None else round(drained, 2),
+        "delivered": stats.calls,
+        "boundS": round(5.0 + chargers / 50.0, 1),
+        "peakConnectsPerS": stats.peak_handshakes_per_s,
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    runs = []
+    sources: list[str | None] = [None] if not args.baseline_src else [args.baseline_src, None]
+    for chargers in args.chargers:
+        for src in sources:
+            result = await _one(chargers, args.per_charger, args.outage, src)
+            print(json.dumps(result), file=sys.stderr)
+            runs.append(result)
+    return {"machine": describe_machine(), "runs": runs}
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| gateway | chargers | messages | outage (s) | links back (s) | drained (s) "
+        "| bound (s) | peak connects/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["runs"]:
+        lines.append(
+            f"| {r['gateway']} | {r['chargers']:,} | {r['messages']:,} | {r['outageS']} "
+            f"| {r['linksBackS']} | {r['drainedS']} | {r['boundS']} | {r['peakConnectsPerS']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--chargers", type=lambda t: [int(x) for x in t.split(",")], default=[10, 100, 1000]
+    )
+    parser.add_argument("--per-charger", type=int, default=5)
+    parser.add_argument("--outage", type=float, default=70.0)
+    parser.add_argument("--baseline-src", help="also run the gateway's code from this directory")
+    args = parser.parse_args(argv)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    result = asyncio.run(run(args))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "recovery-latest.json").write_text(json.dumps(result, indent=2))
+    text = _markdown(result)
+    print(text)
+    ok = all(r["drainedS"] is not None and r["delivered"] >= r["messages"] for r in result["runs"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
