@@ -35,6 +35,7 @@ __all__ = [
     "ApiSettings",
     "ChargersSettings",
     "FlipturnSettings",
+    "LocalListSettings",
     "OfflineSettings",
     "PortMapping",
     "Settings",
@@ -160,6 +161,13 @@ class ApiSettings(_Section):
     _port = field_validator("port")(_check_port)
 
 
+class LocalListSettings(_Section):
+    # Keep each charger's Local Authorization List equal to the synced Authorized access ids
+    # (docs/tag-cache.md). Off by default: a CSMS may manage the list itself.
+    push: bool = False
+    max_entries: int = Field(default=0, ge=0)  # 0: the charger's own limit
+
+
 class PortMapping(_Section):
     id: int
     charger: str = Field(min_length=1, max_length=48)
@@ -182,6 +190,7 @@ class Settings(BaseSettings):
     offline: OfflineSettings = OfflineSettings()
     store: StoreSettings = StoreSettings()
     api: ApiSettings = ApiSettings()
+    local_list: LocalListSettings = LocalListSettings()
     ports: tuple[PortMapping, ...] = ()
 
     @field_validator("ports")
