@@ -14,7 +14,7 @@ from gateway import offline, txmap
 from gateway.config import Settings
 from gateway.frames import OcppVersion
 from gateway.metrics import RelayStats
-from gateway.session import Authorizer, ChargerSession, SessionHook
+from gateway.session import Authorizer, ChargerSession, ChargerWatcher, SessionHook
 from gateway.store import Store
 from gateway.wsconn import ClientConnection, ServerConnection
 
@@ -46,6 +46,7 @@ class Hub:
         connect_upstream: Connector,
         authorizer: Authorizer,
         hooks: Sequence[SessionHook] = (),
+        watchers: Sequence[ChargerWatcher] = (),
         stats: RelayStats | None = None,
         reconnect_max_s: float = 60.0,
     ) -> None:
@@ -56,6 +57,8 @@ class Hub:
         self.hooks: list[SessionHook] = list(hooks)
         # Tested once per charger CALL instead of asking every hook.
         self.hooked_charger_actions = frozenset(a for h in self.hooks for a in h.charger_actions)
+        self.watchers: list[ChargerWatcher] = list(watchers)
+        self.watched_cloud_calls = frozenset(a for w in self.watchers for a in w.cloud_calls)
         self.stats = stats or RelayStats()
         self.reconnect_max_s = reconnect_max_s
         self.sessions: dict[str, ChargerSession] = {}
@@ -119,6 +122,8 @@ class Hub:
             session.forget_if_done()
             return
         session.attach_charger(ws, version)
+        for watcher in self.watchers:
+            watcher.charger_attached(session)
 
     def _attached(self, task: asyncio.Task[None]) -> None:
         self._attaching.discard(task)

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Authorizer",
     "ChargerSession",
+    "ChargerWatcher",
     "SessionHook",
 ]
 
@@ -110,6 +111,18 @@ class SessionHook(Protocol):
     ) -> dict[str, Any]:
         """The auth info to answer offline with (e.g. refusing a tag on a reserved connector)."""
         ...
+
+
+class ChargerWatcher(Protocol):
+    """Told synchronously when a charger attaches and before a watched cloud CALL is queued
+    toward it (the local list push uses it: a CALL of its own queued after the cloud's
+    SendLocalList would undo the cloud's list)."""
+
+    cloud_calls: frozenset[str]
+
+    def charger_attached(self, session: ChargerSession) -> None: ...
+
+    def cloud_call(self, session: ChargerSession, call: Call) -> None: ...
 
 
 class _Pending(NamedTuple):
@@ -753,6 +766,10 @@ class ChargerSession:
         )
 
     def _cloud_call(self, call: Call, text: str) -> None:
+        if call.action in self.hub.watched_cloud_calls:
+            for watcher in self.hub.watchers:
+                if call.action in watcher.cloud_calls:
+                    watcher.cloud_call(self, call)
         if self.charger is None:
             self._send_cloud(
                 self._error_text(call.message_id, "GenericError", "charger is not connected")
