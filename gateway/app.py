@@ -15,12 +15,14 @@ from gateway.cache import CacheMetrics, TagCache
 from gateway.cache_api import cache_routes
 from gateway.config import Settings
 from gateway.hub import Hub
+from gateway.local_list_push import LocalListPusher
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
 from gateway.reservation_api import reservation_routes
 from gateway.reservation_book import ReservationBook
 from gateway.reservation_hook import ReservationHook
 from gateway.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
 from gateway.server import start_charger_server
+from gateway.session import SessionHook
 from gateway.store import Store
 from gateway.sync import FlipturnClient, SyncMetrics, SyncService, sync_status
 from gateway.tags import normalise
@@ -43,6 +45,7 @@ class Gateway:
         self.store: Store | None = None
         self.reservations: ReservationBook | None = None
         self.hub: Hub | None = None
+        self.local_list: LocalListPusher | None = None
         self.charger_server: WsServer | None = None
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
@@ -71,6 +74,16 @@ class Gateway:
         self.reservations = reservations = ReservationBook(
             store, registry=self.registry, normalise=normalise, ports=settings.ports
         )
+        self.local_list = local_list = LocalListPusher(
+            store,
+            push=settings.local_list.push,
+            max_entries=settings.local_list.max_entries,
+            charger_timeout_s=max(30.0, settings.upstream.call_timeout_s),
+            registry=self.registry,
+        )
+        hooks: list[SessionHook] = [ReservationHook(reservations)]
+        if settings.local_list.push:  # only then are Authorize/Start/TransactionEvent observed
+            hooks.append(local_list)
         self.hub = hub = Hub(
             settings,
             store,
@@ -82,7 +95,8 @@ class Gateway:
             stats=self.stats,
             authorizer=self.tag_cache,
             reconnect_max_s=self.reconnect_max_s,
-            hooks=[ReservationHook(reservations)],
+            hooks=hooks,
+            watchers=[local_list],
         )
         self.registry.register(
             GatewayCollector(
@@ -93,6 +107,7 @@ class Gateway:
                 now=time.time,
             )
         )
+        await local_list.start(hub)
         await hub.start()
         api_key = settings.flipturn.api_key.get_secret_value()
         if api_key:  # design.md: api_key = "" disables sync
@@ -101,6 +116,7 @@ class Gateway:
                 FlipturnClient(settings.flipturn.api_url, api_key),
                 interval_s=settings.flipturn.sync_interval_s,
                 metrics=SyncMetrics(self.registry),
+                after_sync=local_list.after_sync,
             )
         context = ApiContext(
             settings=settings,
@@ -108,6 +124,7 @@ class Gateway:
             store=store,
             registry=self.registry,
             sync_status=functools.partial(sync_status, store),
+            local_list=local_list.describe,
         )
         routes: list[BaseRoute] = [
             *cache_routes(store, self.sync),
@@ -147,6 +164,8 @@ class Gateway:
             await self.sync.aclose()
         if self.charger_server is not None:
             self.charger_server.close(close_connections=False)
+        if self.local_list is not None:
+            await self.local_list.close()
         if self.hub is not None:
             await self.hub.close()
         if self.charger_server is not None:
