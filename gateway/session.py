@@ -568,22 +568,33 @@ class ChargerSession:
         self._pump()
 
     async def call_charger(
-        self, action: str, payload: dict[str, Any], *, timeout_s: float
+        self,
+        action: str,
+        payload: dict[str, Any],
+        *,
+        timeout_s: float,
+        payload_text: str | None = None,
     ) -> CallResult | CallError:
         """Send a gateway-originated CALL through the charger's queue and wait for its answer.
 
-        Raises ChargerNotConnected, or ChargerTimeout when no answer came within ``timeout_s``
-        (time spent waiting behind a cloud CALL included).
+        ``payload_text``: ``payload`` already serialized (one large payload sent to many chargers
+        is serialized once). Raises ChargerNotConnected, or ChargerTimeout when no answer came
+        within ``timeout_s`` (time spent waiting behind a cloud CALL included).
         """
         if self.charger is None:
             raise ChargerNotConnected(self.charger_id)
         message_id = GATEWAY_ID_PREFIX + uuid.uuid4().hex[:24]
         future: asyncio.Future[CallResult | CallError] = asyncio.get_running_loop().create_future()
+        text = (
+            f'[{frames.CALL},"{message_id}",{frames.dumps(action)},{payload_text}]'
+            if payload_text is not None
+            else Call(message_id, action, payload).serialize()
+        )
         out = _OutCall(
             message_id,
             action,
             payload,
-            Call(message_id, action, payload).serialize(),
+            text,
             "gateway",
             timeout_s,
             future,
