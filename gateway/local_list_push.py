@@ -32,6 +32,7 @@ import logging
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -39,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from gateway import local_list
 from gateway.errors import ChargerNotConnected, ChargerTimeout, FrameError, StoreError
-from gateway.frames import Call, CallError, CallResult
+from gateway.frames import Call, CallError, CallResult, dumps
 from gateway.local_list import Capacity, Entry, Outcome, Plan, Sent
 from gateway.store import LocalListRow, Store
 from gateway.tags import normalise
@@ -56,6 +57,46 @@ log = logging.getLogger(__name__)
 USAGE_ACTIONS: Final = frozenset({"Authorize", "StartTransaction", "TransactionEvent"})
 REORDER_AFTER_S: Final = 60.0  # a truncated list follows new usage at most this often
 _SNAPSHOT_CACHE: Final = 8
+_PLAN_CACHE: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A plan with what sending and recording it need, computed once for every charger it fits."""
+
+    plan: Plan
+    payloads: tuple[dict[str, Any], ...]  # one SendLocalList payload per step
+    texts: tuple[str, ...]  # the same serialized, once for every charger
+    entries: frozenset[Entry]
+    digest: str
+    body: bytes  # the stored snapshot (zlib)
+
+
+def _make_plan(
+    family: str,
+    desired: tuple[Entry, ...],
+    capacity: Capacity,
+    charger_version: int,
+    last: Sent | None,
+    max_entries: int,
+) -> _Planned:
+    result = local_list.plan(
+        desired,
+        capacity=capacity,
+        charger_version=charger_version,
+        last=last,
+        max_entries=max_entries,
+    )
+    entries = frozenset(result.entries)
+    payloads = tuple(local_list.payload(family, step) for step in result.steps)
+    return _Planned(
+        result,
+        payloads,
+        tuple(dumps(body) for body in payloads),
+        entries,
+        local_list.digest(entries),
+        zlib.compress(local_list.snapshot_body(result.entries)),
+    )
 
 
 class _Refused(Exception):
@@ -108,7 +149,8 @@ class LocalListPusher:
         self._access: list[tuple[str, str, str]] | None = None
         self._access_digest: str | None = None
         self._generation = 0
-        self._desired: dict[str, tuple[int, int, float, tuple[Entry, ...]]] = {}
+        self._desired: dict[str, tuple[int, int, float, asyncio.Future[tuple[Entry, ...]]]] = {}
+        self._plans: dict[tuple[Any, ...], asyncio.Future[_Planned]] = {}
         self._snapshots: dict[str, frozenset[Entry]] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
@@ -253,8 +295,9 @@ class LocalListPusher:
         if not self.push:
             return
         rows = await self._store.authorized_access_ids()
-        changed = _rows_digest(rows) != self._access_digest
-        self._set_access(rows)
+        name = await asyncio.to_thread(_rows_digest, rows)
+        changed = name != self._access_digest
+        self._set_access(rows, name)
         if not changed or self._hub is None:
             return
         for charger_id, session in list(self._hub.sessions.items()):
@@ -295,32 +338,20 @@ class LocalListPusher:
                     charger_id,
                 )
             family = _family(session.version)
-            desired = await self._desired_list(family)
             state = self._states.get(charger_id)
             last = await self._last_sent(state)
-            result = local_list.plan(
-                desired,
-                capacity=capacity,
-                charger_version=charger_version,
-                last=last,
-                max_entries=self._max_entries,
-            )
-            if not result.steps:
-                if state is not None and state.truncated != result.truncated:
-                    await self._record(charger_id, result)
+            planned = await self._plan(family, capacity, charger_version, last, state)
+            if not planned.plan.steps:
+                if state is not None and state.truncated != planned.plan.truncated:
+                    await self._record(charger_id, planned)
                 return
-            retry = await self._send(session, result)
+            retry = await self._send(session, planned)
             if retry:  # a Differential failed: send the whole list (1.6 §5.15)
-                result = local_list.plan(
-                    desired,
-                    capacity=capacity,
-                    charger_version=max(charger_version, result.final_version),
-                    last=None,
-                    max_entries=self._max_entries,
-                )
-                if await self._send(session, result, retried=True):
+                version = max(charger_version, planned.plan.final_version)
+                planned = await self._plan(family, capacity, version, None, None)
+                if await self._send(session, planned, retried=True):
                     raise _Skip("the charger refused the list again")
-            await self._record(charger_id, result)
+            await self._record(charger_id, planned)
         except _Refused as exc:
             await self._refuse(charger_id, str(exc))
         except _Skip as exc:
@@ -331,9 +362,15 @@ class LocalListPusher:
             log.info("%s: local list not pushed this time: %s", charger_id, exc)
 
     async def _call(
-        self, session: ChargerSession, action: str, payload: dict[str, Any]
+        self,
+        session: ChargerSession,
+        action: str,
+        payload: dict[str, Any],
+        payload_text: str | None = None,
     ) -> CallResult | CallError:
-        answer = await session.call_charger(action, payload, timeout_s=self._timeout_s)
+        answer = await session.call_charger(
+            action, payload, timeout_s=self._timeout_s, payload_text=payload_text
+        )
         if isinstance(answer, CallResult):
             try:
                 validate_result(session.version, action, answer.payload, answer.message_id)
@@ -365,17 +402,17 @@ class LocalListPusher:
             raise _Refused("the charger reports no local authorization list (version -1)")
         return number
 
-    async def _send(self, session: ChargerSession, result: Plan, *, retried: bool = False) -> bool:
+    async def _send(
+        self, session: ChargerSession, planned: _Planned, *, retried: bool = False
+    ) -> bool:
         """Send every step; True if a Differential failed and a Full update should follow."""
         cid = session.charger_id
-        family = _family(session.version)
-        for step in result.steps:
+        steps = zip(planned.plan.steps, planned.payloads, planned.texts, strict=True)
+        for step, body, text in steps:
             if self._left_alone(cid):
                 raise _Skip("the cloud took over the list")
             try:
-                answer = await self._call(
-                    session, "SendLocalList", local_list.payload(family, step)
-                )
+                answer = await self._call(session, "SendLocalList", body, text)
             except ChargerTimeout:
                 self._count("timeout")
                 raise
@@ -397,13 +434,12 @@ class LocalListPusher:
             raise _Skip(f"{what} answered {status.name}")
         return False
 
-    async def _record(self, charger_id: str, result: Plan) -> None:
-        entries = frozenset(result.entries)
-        name = local_list.digest(entries)
+    async def _record(self, charger_id: str, planned: _Planned) -> None:
+        result, name = planned.plan, planned.digest
         body = None
         if name not in self._snapshots:
-            body = zlib.compress(local_list.snapshot_body(result.entries))
-            self._cache_snapshot(name, entries)
+            body = planned.body
+            self._cache_snapshot(name, planned.entries)
         row = LocalListRow(
             charger_id,
             "gateway",
@@ -450,27 +486,63 @@ class LocalListPusher:
 
     # --- the lists -------------------------------------------------------------------------
 
-    def _set_access(self, rows: list[tuple[str, str, str]]) -> None:
-        name = _rows_digest(rows)
+    def _set_access(self, rows: list[tuple[str, str, str]], name: str) -> None:
         if name != self._access_digest:
             self._access, self._access_digest = rows, name
             self._generation += 1
 
-    async def _desired_list(self, family: str) -> tuple[Entry, ...]:
+    async def _desired_list(self, family: str) -> tuple[tuple[int, int], tuple[Entry, ...]]:
+        """The desired list of a version family and a key naming it (cached, built once)."""
         if self._access is None:
-            self._set_access(await self._store.authorized_access_ids())
-        assert self._access is not None
+            rows = await self._store.authorized_access_ids()
+            if self._access is None:
+                self._set_access(rows, await asyncio.to_thread(_rows_digest, rows))
+        access = self._access
+        assert access is not None
         now = self._clock()
         cached = self._desired.get(family)
         if cached is not None:
-            generation, changes, built_at, entries = cached
+            generation, changes, built_at, task = cached
             if generation == self._generation and (
                 changes == self._usage_changes or now - built_at < REORDER_AFTER_S
             ):
-                return entries
-        entries = local_list.desired_entries(family, self._access, self._usage)
-        self._desired[family] = (self._generation, self._usage_changes, now, entries)
-        return entries
+                return (generation, changes), await task
+        # Built in a thread: 10,000 tags take tens of ms, which would stall every relayed frame.
+        task = asyncio.ensure_future(
+            asyncio.to_thread(local_list.desired_entries, family, access, dict(self._usage))
+        )
+        key = (self._generation, self._usage_changes)
+        self._desired[family] = (*key, now, task)
+        return key, await task
+
+    async def _plan(
+        self,
+        family: str,
+        capacity: Capacity,
+        charger_version: int,
+        last: Sent | None,
+        state: LocalListRow | None,
+    ) -> _Planned:
+        """The plan for one charger; chargers in the same situation share one (built once)."""
+        desired_key, desired = await self._desired_list(family)
+        key = (
+            family,
+            desired_key,
+            capacity,
+            charger_version,
+            None if last is None else (last.version, state.snapshot if state else None),
+        )
+        task = self._plans.get(key)
+        if task is None:
+            task = asyncio.ensure_future(
+                asyncio.to_thread(
+                    _make_plan, family, desired, capacity, charger_version, last, self._max_entries
+                )
+            )
+            if len(self._plans) >= _PLAN_CACHE:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = task
+        return await task
 
     async def _last_sent(self, state: LocalListRow | None) -> Sent | None:
         if state is None or state.owner != "gateway" or state.snapshot is None:
@@ -482,7 +554,9 @@ class LocalListPusher:
             body = await self._store.local_list_snapshot(state.snapshot)
             if body is None:
                 return None
-            entries = local_list.entries_from_body(zlib.decompress(body))
+            entries = await asyncio.to_thread(
+                lambda: local_list.entries_from_body(zlib.decompress(body))
+            )
             self._cache_snapshot(state.snapshot, entries)
         return Sent(state.version, entries)
 
