@@ -53,6 +53,7 @@ __all__ = [
     "outcome",
     "payload",
     "plan",
+    "presented",
     "refuses",
     "snapshot_body",
 ]
@@ -190,6 +191,26 @@ def digest(entries: Iterable[Entry]) -> str:
     """A name for a list's contents, independent of order."""
     text = "\n".join(sorted(f"{e.id_tag}\t{e.token_type or ''}" for e in entries))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def presented(version: str, action: str, payload: dict[str, Any]) -> tuple[str, str | None] | None:
+    """(tag, 2.0.1 idToken type) a charger CALL presents, if any: what tag usage is learned from.
+
+    1.6 Authorize and StartTransaction ``idTag``; 2.0.1 Authorize and TransactionEvent ``idToken``
+    (not of type NoAuthorization, which names no one).
+    """
+    if version == "1.6":
+        if action in ("Authorize", "StartTransaction"):
+            tag = payload.get("idTag")
+            return (tag, None) if isinstance(tag, str) and tag.strip() else None
+        return None
+    token = payload.get("idToken")
+    if action not in ("Authorize", "TransactionEvent") or not isinstance(token, dict):
+        return None
+    tag, kind = token.get("idToken"), token.get("type")
+    if not isinstance(tag, str) or not tag.strip() or kind == "NoAuthorization":
+        return None
+    return tag, kind if isinstance(kind, str) else None
 
 
 # --- the planner -----------------------------------------------------------------------------

@@ -56,8 +56,9 @@ log = logging.getLogger(__name__)
 
 USAGE_ACTIONS: Final = frozenset({"Authorize", "StartTransaction", "TransactionEvent"})
 REORDER_AFTER_S: Final = 60.0  # a truncated list follows new usage at most this often
-_SNAPSHOT_CACHE: Final = 8
-_PLAN_CACHE: Final = 16
+# Bounded memory: a plan of 10,000 tags holds ~3 MB of payloads, a snapshot ~1.5 MB of entries.
+_SNAPSHOT_CACHE: Final = 4
+_PLAN_CACHE: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +214,7 @@ class LocalListPusher:
         if call.action == "BootNotification":
             self.trigger(session.charger_id)
             return
-        presented = _presented(session.version, call.action, call.payload)
+        presented = local_list.presented(session.version, call.action, call.payload)
         if presented is None:
             return
         tag, token_type = presented
@@ -312,12 +313,16 @@ class LocalListPusher:
     # --- one round -------------------------------------------------------------------------
 
     async def _run(self, charger_id: str) -> None:
-        while True:
-            self._again.discard(charger_id)
-            async with self._slots:
-                await self._round(charger_id)
-            if charger_id not in self._again:
-                return
+        try:
+            while True:
+                self._again.discard(charger_id)
+                async with self._slots:
+                    await self._round(charger_id)
+                if charger_id not in self._again:
+                    return
+        finally:
+            if all(t is asyncio.current_task() for t in self._running.values()):
+                self._plans.clear()  # the last round ended: its payloads are not needed now
 
     def _left_alone(self, charger_id: str) -> bool:
         state = self._states.get(charger_id)
@@ -602,19 +607,3 @@ class LocalListPusher:
 def _rows_digest(rows: list[tuple[str, str, str]]) -> str:
     text = "\n".join("\t".join(row) for row in sorted(rows))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _presented(version: str, action: str, payload: dict[str, Any]) -> tuple[str, str | None] | None:
-    """(tag, 2.0.1 idToken type) a charger CALL presents, if any."""
-    if version == "1.6":
-        if action in ("Authorize", "StartTransaction"):
-            tag = payload.get("idTag")
-            return (tag, None) if isinstance(tag, str) and tag.strip() else None
-        return None
-    token = payload.get("idToken")
-    if action not in ("Authorize", "TransactionEvent") or not isinstance(token, dict):
-        return None
-    tag, kind = token.get("idToken"), token.get("type")
-    if not isinstance(tag, str) or not tag.strip() or kind == "NoAuthorization":
-        return None
-    return tag, kind if isinstance(kind, str) else None

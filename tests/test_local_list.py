@@ -26,6 +26,7 @@ from gateway.local_list import (
     outcome,
     payload,
     plan,
+    presented,
     snapshot_body,
 )
 
@@ -264,3 +265,20 @@ def test_list_version_and_outcomes() -> None:
     assert outcome(CallError("1", "NotImplemented", "")) is Outcome.NOT_SUPPORTED
     assert outcome(CallError("1", "NotSupported", "")) is Outcome.NOT_SUPPORTED
     assert outcome(CallError("1", "InternalError", "")) is Outcome.ERROR
+
+
+def test_presented_tags_for_usage() -> None:
+    assert presented("1.6", "Authorize", {"idTag": "AB12"}) == ("AB12", None)
+    start = {"connectorId": 1, "idTag": "AB12", "meterStart": 0, "timestamp": "t"}
+    assert presented("1.6", "StartTransaction", start) == ("AB12", None)
+    assert presented("1.6", "StopTransaction", {"idTag": "AB12"}) is None
+    assert presented("1.6", "Authorize", {"idTag": "  "}) is None
+    token = {"idToken": {"idToken": "CD34", "type": "ISO15693"}}
+    assert presented("2.0.1", "Authorize", token) == ("CD34", "ISO15693")
+    assert presented("2.0.1", "TransactionEvent", {"eventType": "Started", **token}) == (
+        "CD34", "ISO15693"
+    )  # fmt: skip
+    assert presented("2.0.1", "TransactionEvent", {"eventType": "Updated"}) is None
+    anonymous = {"idToken": {"idToken": "", "type": "NoAuthorization"}}
+    assert presented("2.0.1", "TransactionEvent", anonymous) is None
+    assert presented("2.1", "Authorize", token) == ("CD34", "ISO15693")  # 2.1 as 2.0.1

@@ -313,23 +313,29 @@ async def test_no_resend_when_the_version_matches(
         assert [(s["type"], s["version"]) for s in keeper.sends[1:]] == [("Full", 2)]
 
 
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
 async def test_over_capacity_the_most_recently_used_tags_go_first(
-    tmp_path: Any, flipturn: tuple[FakeFlipturn, str]
+    tmp_path: Any, flipturn: tuple[FakeFlipturn, str], version: str
 ) -> None:
     fake, url = flipturn
     keeper = ListKeeper(max_entries=3, per_message=10)
     settings = settings_for(tmp_path, url)
     async with (
         synced_gateway(settings) as gw,
-        simulated(gw.charger_port, "CP-1", "1.6", keeper) as cp,
+        simulated(gw.charger_port, "CP-1", version, keeper) as cp,
     ):
         await wait_for(lambda: len(keeper.entries) == 3)
         await settle(gw)
         assert set(keeper.entries) == {tag(1), tag(2), tag(3)}  # nothing used yet: key order
         assert (await local_list_of(gw, "CP-1"))["truncated"] is True
         for n in (5, 4):  # drivers use tags 5 then 4 (answered by the gateway)
-            answer = await cp.call(call16.Authorize(id_tag=tag(n)))
-            assert answer.id_tag_info["status"] == "Accepted"
+            if version == "1.6":
+                answer = await cp.call(call16.Authorize(id_tag=tag(n)))
+                assert answer.id_tag_info["status"] == "Accepted"
+            else:
+                token = {"id_token": tag(n), "type": "ISO15693"}
+                answer = await cp.call(call201.Authorize(id_token=token))
+                assert answer.id_token_info["status"] == "Accepted"
         assert usage_rows(settings.store.path) == set()  # not written per frame
         fake.access_ids = [*fake.access_ids, access_id(6)]
         assert gw.sync is not None
@@ -337,6 +343,8 @@ async def test_over_capacity_the_most_recently_used_tags_go_first(
         await settle(gw)
         assert set(keeper.entries) == {tag(4), tag(5), tag(1)}
         assert keeper.sends[-1]["type"] == "Differential"
+        if version == "2.0.1":  # the type the charger presented is the type pushed
+            assert keeper.entries[tag(4)] == "ISO15693" and keeper.entries[tag(1)] == "ISO14443"
     assert usage_rows(settings.store.path) == {tag(4), tag(5)}  # written at the latest on stop
 
 
