@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import sqlite3
 import statistics
@@ -53,6 +54,7 @@ __all__ = ["BENCH_SUITE", "main"]
 BENCH_SUITE = "local_list"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_P99_RATIO = 1.10
+_LIST_VERSION = re.compile(r'"listVersion":(\d+)')
 
 _CONFIG = """\
 [chargers]
@@ -78,24 +80,48 @@ push = {push}
 
 
 async def _list_charger(
-    url: str, cid: str, *, per_message: int, expected: int, done: asyncio.Queue[tuple[str, float]]
+    url: str,
+    cid: str,
+    *,
+    per_message: int,
+    expected: int,
+    done: asyncio.Queue[tuple[str, float]],
+    first_call: list[float],
 ) -> tuple[ClientConnection, dict[str, int]]:
     ws = await connect(f"{url}/{cid}", subprotocols=[Subprotocol("ocpp1.6")], compression=None,
                        max_size=16 << 20, ping_interval=None)  # fmt: skip
     counts = {"calls": 0, "sends": 0}
-    entries: set[str] = set()
+    held = 0  # entries the charger holds
     version = 0
 
     async def serve() -> None:
-        nonlocal entries, version
+        nonlocal held, version
         async for text in ws:
+            assert isinstance(text, str)
+            if text.startswith('[2,"') and '"SendLocalList"' in text[:80]:
+                # The cheapest reading that still checks the list: the message id, the update
+                # type and the number of entries with idTagInfo (a push has no removals), so that
+                # this process's CPU does not crowd out the gateway and the load it is measured by.
+                counts["calls"] += 1
+                counts["sends"] += 1
+                mid = text[4 : text.index('"', 4)]
+                head = _LIST_VERSION.search(text, 0, 200)
+                version = int(head[1]) if head else version
+                if '"updateType":"Full"' in text[:200]:
+                    held = 0
+                held += text.count('"idTagInfo"')
+                await ws.send(f'[3,"{mid}",{{"status":"Accepted"}}]')
+                if held >= expected:
+                    done.put_nowait((cid, time.perf_counter()))
+                continue
             frame = orjson.loads(text)
             if frame[0] == 3 and frame[1] == "hb" and expected == 0:
                 done.put_nowait((cid, time.perf_counter()))  # the baseline: served, no list
             if frame[0] != 2:
                 continue
             counts["calls"] += 1
-            mid, action, payload = frame[1], frame[2], frame[3]
+            first_call.append(time.perf_counter())
+            mid, action = frame[1], frame[2]
             answer: dict[str, Any]
             if action == "GetConfiguration":
                 answer = {"configurationKey": [
@@ -104,20 +130,6 @@ async def _list_charger(
                 ]}  # fmt: skip
             elif action == "GetLocalListVersion":
                 answer = {"listVersion": version}
-            elif action == "SendLocalList":
-                counts["sends"] += 1
-                items = payload.get("localAuthorizationList", [])
-                if payload["updateType"] == "Full":
-                    entries = set()
-                for item in items:
-                    if "idTagInfo" in item:
-                        entries.add(item["idTag"])
-                    else:
-                        entries.discard(item["idTag"])
-                version = payload["listVersion"]
-                answer = {"status": "Accepted"}
-                if len(entries) >= expected:
-                    done.put_nowait((cid, time.perf_counter()))
             else:
                 answer = {}
             await ws.send(orjson.dumps([3, mid, answer]).decode())
@@ -130,11 +142,17 @@ async def _list_charger(
 
 async def _children(url: str, chargers: int, per_message: int, expected: int) -> dict[str, Any]:
     done: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
+    first_call: list[float] = []
     started = time.perf_counter()
     made = await asyncio.gather(
         *(
             _list_charger(
-                url, f"LIST-{i:04d}", per_message=per_message, expected=expected, done=done
+                url,
+                f"LIST-{i:04d}",
+                per_message=per_message,
+                expected=expected,
+                done=done,
+                first_call=first_call,
             )
             for i in range(chargers)
         )
@@ -150,7 +168,11 @@ async def _children(url: str, chargers: int, per_message: int, expected: int) ->
     result = {
         "chargers": chargers,
         "complete": len(finished),
-        "wall_s": round(max(finished.values(), default=started) - started, 3),
+        "connect_to_done_s": round(max(finished.values(), default=started) - started, 3),
+        # from the gateway's first CALL to any of them (after its settle time) to the last list
+        "wall_s": round(
+            max(finished.values(), default=started) - min(first_call, default=started), 3
+        ),
         "send_local_list": sum(c["sends"] for _, c in made),
         "calls": sum(c["calls"] for _, c in made),
     }
@@ -320,7 +342,8 @@ def render(report: dict[str, Any]) -> str:
         f"| gateway CPU over the window (s) | {cpu['baseline']:.2f} | {cpu['push']:.2f} | "
         f"+{cpu['push_extra']:.2f} s |",
         "",
-        f"Push wall time (first connection to the last complete list): {s['push_wall_s']:.2f} s; "
+        f"Push wall time (the gateway's first CALL to these chargers to the last complete list): "
+        f"{s['push_wall_s']:.2f} s; "
         f"{s['send_local_list']:.0f} SendLocalList CALLs; lists complete: {s['push_complete']}/"
         f"{s['list_chargers']}; errors in the load: {s['errors']}.",
     ]

@@ -10,6 +10,7 @@ import time
 
 from starlette.routing import BaseRoute
 
+from gateway import local_list_push
 from gateway.api import ApiContext, ApiServer, build_api
 from gateway.cache import CacheMetrics, TagCache
 from gateway.cache_api import cache_routes
@@ -37,9 +38,16 @@ log = logging.getLogger(__name__)
 class Gateway:
     """One running gateway. ``await start()``, then ``await stop()``; or ``await run(stop_event)``."""
 
-    def __init__(self, settings: Settings, *, reconnect_max_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        reconnect_max_s: float = 60.0,
+        local_list_settle_s: float = local_list_push.SETTLE_S,
+    ) -> None:
         self.settings = settings
         self.reconnect_max_s = reconnect_max_s
+        self.local_list_settle_s = local_list_settle_s
         self.stats = RelayStats()
         self.registry = new_registry()
         self.store: Store | None = None
@@ -80,6 +88,7 @@ class Gateway:
             max_entries=settings.local_list.max_entries,
             charger_timeout_s=max(30.0, settings.upstream.call_timeout_s),
             registry=self.registry,
+            settle_s=self.local_list_settle_s,
         )
         hooks: list[SessionHook] = [ReservationHook(reservations)]
         if settings.local_list.push:  # only then are Authorize/Start/TransactionEvent observed

@@ -55,7 +55,8 @@ __all__ = ["LocalListPusher"]
 log = logging.getLogger(__name__)
 
 USAGE_ACTIONS: Final = frozenset({"Authorize", "StartTransaction", "TransactionEvent"})
-REORDER_AFTER_S: Final = 60.0  # a truncated list follows new usage at most this often
+REORDER_AFTER_S: Final = 60.0
+SETTLE_S: Final = 5.0  # after a connect or BootNotification, before the charger is asked  # a truncated list follows new usage at most this often
 # Bounded memory: a plan of 10,000 tags holds ~3 MB of payloads, a snapshot ~1.5 MB of entries.
 _SNAPSHOT_CACHE: Final = 4
 _PLAN_CACHE: Final = 4
@@ -133,6 +134,7 @@ class LocalListPusher:
         registry: CollectorRegistry | None = None,
         usage_flush_s: float = 60.0,
         concurrency: int = 16,
+        settle_s: float = SETTLE_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.push = push
@@ -141,6 +143,9 @@ class LocalListPusher:
         self._timeout_s = charger_timeout_s
         self._usage_flush_s = usage_flush_s
         self._clock = clock
+        self._settle_s = settle_s
+        self._closed = False
+        self._delayed: dict[str, asyncio.TimerHandle] = {}
         self._hub: Hub | None = None
         self._slots = asyncio.Semaphore(concurrency)
         self._states: dict[str, LocalListRow] = {}
@@ -181,6 +186,9 @@ class LocalListPusher:
 
     async def close(self) -> None:
         """Stop rounds and write the usage not yet written."""
+        self._closed = True
+        for handle in self._delayed.values():
+            handle.cancel()
         tasks = [t for t in (self._flusher, *self._running.values(), *self._tasks) if t]
         for task in tasks:
             task.cancel()
@@ -212,7 +220,7 @@ class LocalListPusher:
     async def on_charger_call(self, session: ChargerSession, call: Call) -> None:
         """Note who presented which tag; a BootNotification re-checks the charger's list."""
         if call.action == "BootNotification":
-            self.trigger(session.charger_id)
+            self.trigger(session.charger_id, self._settle_s)  # once the boot has been answered
             return
         presented = local_list.presented(session.version, call.action, call.payload)
         if presented is None:
@@ -236,7 +244,9 @@ class LocalListPusher:
     # --- charger watcher -------------------------------------------------------------------
 
     def charger_attached(self, session: ChargerSession) -> None:
-        self.trigger(session.charger_id)
+        # Not at once: a charger that just connected usually sends its BootNotification first,
+        # and some refuse CSMS requests until it is answered.
+        self.trigger(session.charger_id, self._settle_s)
 
     def cloud_call(self, session: ChargerSession, call: Call) -> None:
         """The cloud sends SendLocalList: from now on the cloud owns this charger's list.
@@ -273,9 +283,16 @@ class LocalListPusher:
 
     # --- triggers --------------------------------------------------------------------------
 
-    def trigger(self, charger_id: str) -> None:
-        """Run a round for ``charger_id`` now, or again once the running one ends."""
-        if not self.push:
+    def trigger(self, charger_id: str, delay_s: float = 0.0) -> None:
+        """Run a round for ``charger_id`` (after ``delay_s``), or again once the running one ends."""
+        if not self.push or self._closed:
+            return
+        if delay_s > 0:
+            if charger_id not in self._delayed:  # one waiting trigger per charger is enough
+                loop = asyncio.get_running_loop()
+                self._delayed[charger_id] = loop.call_later(
+                    delay_s, self._delayed_trigger, charger_id
+                )
             return
         if charger_id in self._running:
             self._again.add(charger_id)
@@ -290,6 +307,10 @@ class LocalListPusher:
                 log.error("%s: local list push failed", charger_id, exc_info=t.exception())
 
         task.add_done_callback(done)
+
+    def _delayed_trigger(self, charger_id: str) -> None:
+        self._delayed.pop(charger_id, None)
+        self.trigger(charger_id)
 
     async def after_sync(self) -> None:
         """After a successful sync: push to every connected charger if the Authorized ids changed."""
@@ -306,8 +327,11 @@ class LocalListPusher:
                 self.trigger(charger_id)
 
     async def idle(self) -> None:
-        """Wait until no round runs (tests, benchmarks)."""
-        while self._running:
+        """Wait until no round runs or waits to run (tests, benchmarks)."""
+        while self._running or self._delayed:
+            if not self._running:
+                await asyncio.sleep(0.01)  # a delayed trigger (settle_s) is still due
+                continue
             await asyncio.gather(*list(self._running.values()), return_exceptions=True)
 
     # --- one round -------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from websockets.asyncio.client import connect
 
 from gateway.app import Gateway
 from tests.flipturn_fake import FakeFlipturn, access_id, serving
-from tests.support import FakeCloud, make_settings, running_gateway, wait_for
+from tests.support import FakeCloud, make_settings, wait_for
 
 # --- simulated chargers ----------------------------------------------------------------------
 
@@ -198,11 +198,15 @@ def settings_for(tmp_path: Any, url: str, *, push: bool = True, **sections: Any)
 
 
 @contextlib.asynccontextmanager
-async def synced_gateway(settings: Any) -> AsyncIterator[Gateway]:
-    async with running_gateway(settings) as gw:
+async def synced_gateway(settings: Any, settle_s: float = 0.0) -> AsyncIterator[Gateway]:
+    gw = Gateway(settings, reconnect_max_s=0.3, local_list_settle_s=settle_s)
+    await gw.start()
+    try:
         assert gw.sync is not None
         await gw.sync.sync_now()  # the tags are in the cache before any charger connects
         yield gw
+    finally:
+        await gw.stop()
 
 
 def usage_rows(path: str) -> set[str]:
@@ -477,3 +481,24 @@ async def test_a_differential_the_charger_refuses_is_followed_by_a_full_update(
         assert [s["type"] for s in keeper.sends[-2:]] == ["Differential", "Full"]
         assert set(keeper.entries) == {tag(n) for n in (1, 2, 3, 4, 5, 9)}
         assert await pushes(gw, "failed") == 1
+
+
+async def test_a_boot_notification_rechecks_the_list_after_the_settle_time(
+    tmp_path: Any, flipturn: tuple[FakeFlipturn, str]
+) -> None:
+    _, url = flipturn
+    keeper = ListKeeper(max_entries=100, per_message=100)
+    async with (
+        synced_gateway(settings_for(tmp_path, url), settle_s=0.05) as gw,
+        simulated(gw.charger_port, "CP-1", "1.6", keeper) as cp,
+    ):
+        await wait_for(lambda: len(keeper.entries) == 5)  # after connect + settle_s
+        await settle(gw)
+        keeper.version, keeper.entries = 0, {}  # the charger rebooted with its list wiped
+        boot = await cp.call(
+            call16.BootNotification(charge_point_model="M", charge_point_vendor="V")
+        )
+        assert boot.status == "Accepted"
+        await wait_for(lambda: len(keeper.entries) == 5)
+        await settle(gw)
+        assert [(s["type"], s["version"]) for s in keeper.sends] == [("Full", 1), ("Full", 2)]
