@@ -27,6 +27,7 @@ from gateway.session import SessionHook
 from gateway.store import Store
 from gateway.sync import FlipturnClient, SyncMetrics, SyncService, sync_status
 from gateway.tags import normalise
+from gateway.tls import CertificateExpiryCollector, TlsContexts
 from gateway.upstream import UpstreamOpener
 from gateway.wsconn import WsServer
 
@@ -58,6 +59,8 @@ class Gateway:
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
         self.tag_cache: TagCache | None = None
+        self.tls: TlsContexts | None = None
+        self.upstream_opener: UpstreamOpener | None = None
         self.sync: SyncService | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self.charger_port = 0
@@ -73,6 +76,8 @@ class Gateway:
 
     async def _start(self) -> None:
         settings = self.settings
+        self.tls = tls = TlsContexts(settings)  # ConfigError naming the key if a file is bad
+        self.registry.register(CertificateExpiryCollector(tls))
         self.store = store = await Store.open(settings.store.path)
         self.tag_cache = TagCache(
             store,
@@ -96,11 +101,7 @@ class Gateway:
         self.hub = hub = Hub(
             settings,
             store,
-            connect_upstream=UpstreamOpener(
-                open_timeout_s=settings.upstream.call_timeout_s,
-                max_message_bytes=settings.chargers.max_message_bytes,
-                compression=settings.upstream.compression,
-            ),
+            connect_upstream=self._open_upstream(tls),
             stats=self.stats,
             authorizer=self.tag_cache,
             reconnect_max_s=self.reconnect_max_s,
@@ -147,7 +148,9 @@ class Gateway:
         self.api = ApiServer(build_api(context, routes), settings.api.host, settings.api.port)
         self.api_port = self.api.port
         self._api_task = asyncio.create_task(self.api.serve())
-        self.charger_server = await start_charger_server(hub, settings.chargers)
+        self.charger_server = await start_charger_server(
+            hub, settings.chargers, ssl_context=tls.charger_listener
+        )
         self.charger_port = next(iter(self.charger_server.sockets)).getsockname()[1]
         if self.sync is not None:
             self._sync_task = asyncio.create_task(self.sync.run())
@@ -162,6 +165,29 @@ class Gateway:
             self.api_port,
             f"upstream {settings.upstream.url}" if settings.upstream.url else "standalone",
         )
+
+    def _open_upstream(self, tls: TlsContexts) -> UpstreamOpener:
+        settings = self.settings
+        self.upstream_opener = UpstreamOpener(
+            open_timeout_s=settings.upstream.call_timeout_s,
+            max_message_bytes=settings.chargers.max_message_bytes,
+            compression=settings.upstream.compression,
+            ssl_context=tls.upstream,
+        )
+        return self.upstream_opener
+
+    def reload(self) -> None:
+        """SIGHUP: re-read what can change without dropping a connection."""
+        self.reload_tls()
+
+    def reload_tls(self, settings: Settings | None = None) -> bool:
+        """Re-read the TLS certificate, key and CA files; new handshakes use them (see gateway.tls)."""
+        if self.tls is None:
+            return False
+        reloaded = self.tls.reload(settings)
+        if self.upstream_opener is not None:
+            self.upstream_opener.ssl_context = self.tls.upstream
+        return reloaded
 
     async def stop(self) -> None:
         """Stop accepting, close chargers and upstreams, finish pending writes, close the store."""

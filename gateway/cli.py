@@ -43,9 +43,26 @@ def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return runner.run(main())
 
 
+def _check_tls(settings: Settings, *, warn: bool = True) -> bool:
+    """Refuse (False, message on stderr) TLS files that cannot be used; warn of near expiry."""
+    from gateway.tls import check_tls_files
+
+    try:
+        check = check_tls_files(settings)
+    except ConfigError as exc:
+        print(f"flipturn-gateway: {exc}", file=sys.stderr)
+        return False
+    for warning in check.warnings if warn else ():
+        print(f"flipturn-gateway: warning: {warning}", file=sys.stderr)
+    return True
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.app import Gateway
     from gateway.sdnotify import Notifier
+
+    if not _check_tls(settings, warn=False):  # the gateway logs the warnings as it starts
+        return EXIT_USAGE
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -53,6 +70,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         gateway = Gateway(settings)
+        loop.add_signal_handler(signal.SIGHUP, gateway.reload)
         try:
             await gateway.run(stop, Notifier.from_env())
         except GatewayError as exc:
@@ -67,6 +85,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
+    if not _check_tls(settings):
+        return EXIT_USAGE
     print(json.dumps(redacted(settings), indent=2))
     print("configuration OK", file=sys.stderr)
     return EXIT_OK

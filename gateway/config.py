@@ -80,6 +80,8 @@ class ChargersSettings(_Section):
     allow_unknown: bool = True
     tls_cert: str = ""
     tls_key: str = ""
+    tls_ca: str = ""  # CA bundle that signs the chargers' client certificates (profile 3)
+    client_certs: Literal["none", "optional", "required"] = "none"
     max_message_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     passwords: dict[str, SecretStr] = Field(default_factory=dict)
 
@@ -96,6 +98,10 @@ class ChargersSettings(_Section):
         if bool(self.tls_cert) != bool(self.tls_key):
             missing = "tls_key" if self.tls_cert else "tls_cert"
             raise ValueError(f"{missing} must be set together with the other (tls_cert, tls_key)")
+        if self.client_certs != "none" and not self.tls_cert:
+            raise ValueError("client_certs needs TLS: set tls_cert and tls_key")
+        if self.client_certs != "none" and not self.tls_ca:
+            raise ValueError("client_certs needs tls_ca, the CA bundle that signs the chargers")
         return self
 
     def password_for(self, charge_point_id: str) -> str | None:
@@ -120,6 +126,9 @@ class UpstreamSettings(_Section):
     # Offer permessage-deflate to the cloud: ~3x fewer bytes on the link, ~35-45 KB of zlib
     # state per charger if the cloud accepts (docs/benchmarks.md).
     compression: bool = True
+    tls_ca: str = ""  # verify the cloud against this CA bundle instead of the system store
+    tls_cert: str = ""  # the gateway's client certificate toward the cloud (profile 3)
+    tls_key: str = ""
 
     @field_validator("url")
     @classmethod
@@ -128,6 +137,16 @@ class UpstreamSettings(_Section):
         if value and not value.startswith(("ws://", "wss://")):
             raise ValueError("must start with ws:// or wss:// (or be empty for standalone mode)")
         return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> UpstreamSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            missing = "tls_key" if self.tls_cert else "tls_cert"
+            raise ValueError(f"{missing} must be set together with the other (tls_cert, tls_key)")
+        if self.url.startswith("ws://") and (self.tls_ca or self.tls_cert):
+            key = "tls_ca" if self.tls_ca else "tls_cert"
+            raise ValueError(f"{key} is set but url is ws:// (TLS needs wss://)")
+        return self
 
 
 class FlipturnSettings(_Section):

@@ -58,13 +58,18 @@ class FrameError(GatewayError):
 
     ``code`` is the OCPP-J error code (2.0.1 spelling; see ``frames.error_code_for``), ``message_id``
     the id to answer with (``"-1"`` when it could not be read, OCPP-J 1.6 §4.2.3 errata).
+    ``answer`` is False for a frame that must get no answer at all: a 2.1 SEND (OCPP 2.1 Part 4
+    §4.2.4: "The receiver SHALL NOT respond to a SEND message with a CALLRESULT or CALLERROR").
     """
 
-    def __init__(self, code: str, description: str, message_id: str = "-1") -> None:
+    def __init__(
+        self, code: str, description: str, message_id: str = "-1", *, answer: bool = True
+    ) -> None:
         super().__init__(description)
         self.code = code
         self.description = description
         self.message_id = message_id
+        self.answer = answer
 
 
 class StoreError(GatewayError):

@@ -2,6 +2,11 @@
 
 No I/O here. ``parse`` does the check every relayed frame gets (a JSON array of the right shape,
 a readable message id); full schema validation is done only for what the gateway acts on.
+
+Message types per version (OCPP 2.1 Part 4 §4.1.3): CALL 2, CALLRESULT 3 and CALLERROR 4 in
+every version; CALLRESULTERROR 5 (an error answer to a CALLRESULT) and SEND 6 (a message that
+gets no answer) only in 2.1. Any other type is :class:`FrameError` ``MessageTypeNotSupported``;
+the session answers it (2.0.1, 2.1) or ignores it (1.6).
 """
 
 from __future__ import annotations
@@ -34,18 +39,25 @@ __all__ = [
     "CALL",
     "CALLERROR",
     "CALLRESULT",
+    "CALLRESULTERROR",
+    "SEND",
+    "VERSIONS",
     "Call",
     "CallError",
     "CallResult",
+    "CallResultError",
     "Frame",
     "OcppVersion",
+    "Send",
+    "as_version",
     "dumps",
     "error_code_for",
     "loads",
     "parse",
 ]
 
-OcppVersion = Literal["1.6", "2.0.1"]
+OcppVersion = Literal["1.6", "2.0.1", "2.1"]
+VERSIONS: Final[tuple[OcppVersion, ...]] = ("1.6", "2.0.1", "2.1")
 
 CALL: Final = 2
 CALLRESULT: Final = 3
@@ -89,7 +101,32 @@ class CallError:
         return _dumps([CALLERROR, self.message_id, self.code, self.description, self.details])
 
 
-Frame = Call | CallResult | CallError
+@dataclass(frozen=True, slots=True)
+class CallResultError:
+    """OCPP 2.1: the receiver of the CALLRESULT with this id could not process it (§4.2.3)."""
+
+    message_id: str
+    code: str
+    description: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def serialize(self) -> str:
+        return _dumps([CALLRESULTERROR, self.message_id, self.code, self.description, self.details])
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """OCPP 2.1: a message that gets no answer, e.g. NotifyPeriodicEventStream (§4.2.4)."""
+
+    message_id: str
+    action: str
+    payload: dict[str, Any]
+
+    def serialize(self) -> str:
+        return _dumps([SEND, self.message_id, self.action, self.payload])
+
+
+Frame = Call | CallResult | CallError | CallResultError | Send
 
 # 1.6 spells two codes differently (OCPP-J 1.6 §4.2.3, sic); 2.0.1 has one code 1.6 lacks.
 _V16_SPELLING: Final = {
@@ -98,6 +135,13 @@ _V16_SPELLING: Final = {
     "MessageTypeNotSupported": "NotSupported",
     "RpcFrameworkError": "GenericError",
 }
+
+
+def as_version(value: str) -> OcppVersion:
+    """A stored version string as :data:`OcppVersion` (rows written before 2.1 hold 1.6/2.0.1)."""
+    if value == "1.6":
+        return "1.6"
+    return "2.1" if value == "2.1" else "2.0.1"
 
 
 def error_code_for(version: OcppVersion, code: str) -> str:
@@ -114,8 +158,11 @@ def _message_id(raw: list[Any]) -> str:
     return mid
 
 
-def parse(text: str | bytes) -> Frame:
-    """Parse one OCPP-J message; raise :class:`FrameError` carrying the id to answer with."""
+def parse(text: str | bytes, version: OcppVersion = "2.0.1") -> Frame:
+    """Parse one OCPP-J message of ``version``; raise :class:`FrameError` carrying the id to answer.
+
+    Types 5 and 6 exist only in 2.1: for 1.6 and 2.0.1 they are MessageTypeNotSupported.
+    """
     try:
         raw = _loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -126,7 +173,7 @@ def parse(text: str | bytes) -> Frame:
     if type(kind) is not int:  # 2.0 or true must not pass for 2
         raise FrameError("FormatViolation", "message type must be an integer", _readable_id(raw))
     mid = _message_id(raw)
-    if kind == CALL:
+    if kind == CALL:  # inline, not via _action_and_payload: this is the relay path
         if len(raw) != 4:
             raise FrameError("FormatViolation", "CALL must have 4 elements", mid)
         action, payload = raw[2], raw[3]
@@ -144,7 +191,32 @@ def parse(text: str | bytes) -> Frame:
             raise FrameError("FormatViolation", "CALLERROR must be [4, id, code, text, {}]", mid)
         details = raw[4] if isinstance(raw[4], dict) else {}
         return CallError(mid, raw[2], raw[3], details)
+    if version == "2.1":  # OCPP 2.1 Part 4 §4.1.3: types 5 and 6 are new in 2.1
+        if kind == SEND:
+            try:
+                action, payload = _action_and_payload(raw, "SEND", mid)
+            except FrameError as exc:  # §4.2.4: a SEND gets no answer, not even an error
+                raise FrameError(exc.code, exc.description, mid, answer=False) from None
+            return Send(mid, action, payload)
+        if kind == CALLRESULTERROR:
+            if len(raw) != 5 or not isinstance(raw[2], str) or not isinstance(raw[3], str):
+                raise FrameError(
+                    "FormatViolation", "CALLRESULTERROR must be [5, id, code, text, {}]", mid
+                )
+            details = raw[4] if isinstance(raw[4], dict) else {}
+            return CallResultError(mid, raw[2], raw[3], details)
     raise FrameError("MessageTypeNotSupported", f"message type {kind} is not supported", mid)
+
+
+def _action_and_payload(raw: list[Any], name: str, mid: str) -> tuple[str, dict[str, Any]]:
+    if len(raw) != 4:
+        raise FrameError("FormatViolation", f"{name} must have 4 elements", mid)
+    action, payload = raw[2], raw[3]
+    if not isinstance(action, str) or not action:
+        raise FrameError("FormatViolation", f"{name} action must be a non-empty string", mid)
+    if not isinstance(payload, dict):
+        raise FrameError("FormatViolation", f"{name} payload must be a JSON object", mid)
+    return action, payload
 
 
 def _readable_id(raw: list[Any]) -> str:

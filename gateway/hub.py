@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway import offline, txmap
 from gateway.config import Settings
-from gateway.frames import OcppVersion
+from gateway.frames import OcppVersion, as_version
 from gateway.metrics import RelayStats
 from gateway.session import Authorizer, ChargerSession, ChargerWatcher, SessionHook
 from gateway.store import Store
@@ -32,7 +32,7 @@ STANDALONE_PRUNE_EVERY_S = 600.0
 
 
 def _as_version(value: str) -> OcppVersion:
-    return "1.6" if value == "1.6" else "2.0.1"
+    return as_version(value)
 
 
 class Hub:

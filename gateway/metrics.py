@@ -30,6 +30,9 @@ class RelayStats:
     dead_lettered: int = 0
     upstream_connects: int = 0
     upstream_failures: int = 0
+    # OCPP 2.1 SEND frames (no answer, never stored) by "<direction> <outcome>",
+    # e.g. "from_charger relayed", "from_charger dropped" (no link to pass it on).
+    sends: Counter[str] = field(default_factory=Counter)
 
 
 class GatewayCollector(Collector):
@@ -82,6 +85,14 @@ class GatewayCollector(Collector):
         for kind, n in sorted(s.errors.items()):
             errors.add_metric([kind], n)
         yield errors
+        sends = CounterMetricFamily(
+            "flipturn_gateway_send_frames",
+            "OCPP 2.1 SEND frames (never answered, never stored), relayed or dropped",
+            labels=["direction", "outcome"],
+        )
+        for key, n in sorted(s.sends.items()):
+            sends.add_metric(key.split(" ", 1), n)
+        yield sends
         yield CounterMetricFamily(
             "flipturn_replayed_messages", "Queued messages delivered to the cloud", value=s.replayed
         )

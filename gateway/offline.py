@@ -31,7 +31,9 @@ class Answer(enum.Enum):
     AUTHORIZE = "authorize"
     START_TRANSACTION = "start_transaction"  # 1.6: idTagInfo + local transactionId
     STOP_TRANSACTION = "stop_transaction"  # 1.6: idTagInfo when an idTag is present
-    TRANSACTION_EVENT = "transaction_event"  # 2.0.1: {} + idTokenInfo when an idToken is present
+    TRANSACTION_EVENT = (
+        "transaction_event"  # 2.0.1/2.1: {} + idTokenInfo when an idToken is present
+    )
     EMPTY = "empty"  # notifications: {}
     NOT_SUPPORTED = "not_supported"
 
@@ -90,7 +92,30 @@ _V201: Final[dict[str, Rule]] = {
     },
 }
 
-_TABLES: Final = {"1.6": _V16, "2.0.1": _V201}
+# OCPP 2.1: the 2.0.1 table (same actions, answered with the 2.1 schemas), plus the charger
+# CALLs new in 2.1 whose responses have no required field (OCPP 2.1 Part 3 schemas). New 2.1
+# CALLs whose answer is a decision only the CSMS can make (OpenPeriodicEventStream,
+# PullDynamicScheduleUpdate, VatNumberValidation, GetCertificateChainStatus, ...) get
+# NotSupported like any action not listed. SEND frames (NotifyPeriodicEventStream) get no
+# answer at all and are not stored: the session counts and drops them while offline.
+_V21: Final[dict[str, Rule]] = {
+    **_V201,
+    **{
+        action: _NOTIFICATION
+        for action in (
+            "BatterySwap",
+            "ClosePeriodicEventStream",
+            "NotifyDERAlarm",
+            "NotifyDERStartStop",
+            "NotifyPriorityCharging",
+            "ReportDERControl",
+        )
+    },
+    # A payment terminal's settlement is billing data: kept as long as transaction messages.
+    "NotifySettlement": Rule(Answer.EMPTY, stored=True, transactional=True),
+}
+
+_TABLES: Final = {"1.6": _V16, "2.0.1": _V201, "2.1": _V21}
 
 TRANSACTIONAL_ACTIONS: Final = frozenset(
     action for table in _TABLES.values() for action, rule in table.items() if rule.transactional
@@ -119,7 +144,7 @@ def local_result(
 ) -> dict[str, Any]:
     """The CALLRESULT payload the gateway gives for ``action`` when it answers itself.
 
-    ``auth_info`` is the idTagInfo (1.6) or idTokenInfo (2.0.1) for the presented tag, if any;
+    ``auth_info`` is the idTagInfo (1.6) or idTokenInfo (2.0.1, 2.1) for the presented tag, if any;
     ``transaction_id`` the local id for a 1.6 StartTransaction.
     """
     answer = rule_for(version, action).answer

@@ -215,7 +215,7 @@ def check_for_version(request: ReserveRequest, version: OcppVersion) -> None:
     ``groupIdToken``, whose semantics differ; refusing beats silently dropping the group.
     ``idTokenType`` is "ignored for OCPP 1.6 chargers" (Flipturn), so it is not an error there.
     """
-    if version == "2.0.1" and request.parent_id_tag is not None:
+    if version != "1.6" and request.parent_id_tag is not None:
         raise InvalidReservationRequest(
             "parentIdTag", "parentIdTag is only supported by OCPP 1.6 chargers"
         )
@@ -239,6 +239,8 @@ def reserve_now_payload(
 
     1.6 §6.45: connectorId 0 reserves the charger as a whole. 2.0.1 ReserveNowRequest: evseId is
     optional and its absence means "any EVSE" (H01), so connector 0 maps to no evseId there.
+    OCPP 2.1 keeps the 2.0.1 shape (Part 3 ReserveNowRequest: id, expiryDateTime, idToken,
+    evseId?, connectorType?, groupIdToken?); its answer is checked against the 2.1 schema.
     """
     expiry = format_time(request.expiry_date)
     if version == "1.6":
@@ -262,8 +264,8 @@ def reserve_now_payload(
 
 
 def cancel_payload(version: OcppVersion, reservation_id: int) -> dict[str, Any]:
-    """CancelReservation is ``{reservationId}`` in 1.6 (§6.5) and 2.0.1 alike."""
-    del version  # same shape in both versions; kept for symmetry with reserve_now_payload
+    """CancelReservation is ``{reservationId}`` in 1.6 (§6.5), 2.0.1 and 2.1 alike."""
+    del version  # same shape in every version; kept for symmetry with reserve_now_payload
     return {"reservationId": reservation_id}
 
 
@@ -503,8 +505,8 @@ def closing_of(version: OcppVersion, action: str, payload: Any) -> Closing | Non
     """Whether a charger CALL ends a reservation.
 
     - 1.6 StartTransaction with ``reservationId`` (§5.13: the transaction ends the reservation);
-    - 2.0.1 TransactionEvent with ``reservationId`` (same meaning, E01/H01);
-    - 2.0.1 ReservationStatusUpdate ``Expired`` / ``Removed`` (H05).
+    - 2.0.1/2.1 TransactionEvent with ``reservationId`` (same meaning, E01/H01);
+    - 2.0.1/2.1 ReservationStatusUpdate ``Expired`` / ``Removed`` (H05).
     """
     if not isinstance(payload, Mapping):
         return None
@@ -513,9 +515,9 @@ def closing_of(version: OcppVersion, action: str, payload: Any) -> Closing | Non
         return None
     if version == "1.6" and action == "StartTransaction":
         return Closing(rid, "used")
-    if version == "2.0.1" and action == "TransactionEvent":
+    if version != "1.6" and action == "TransactionEvent":
         return Closing(rid, "used")
-    if version == "2.0.1" and action == "ReservationStatusUpdate":
+    if version != "1.6" and action == "ReservationStatusUpdate":
         update = payload.get("reservationUpdateStatus")
         if update == "Expired":
             return Closing(rid, "expired")

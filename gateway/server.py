@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Sequence
+from http import HTTPStatus
 
 from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.http11 import Request, Response
@@ -12,6 +13,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from gateway.admission import Refused, admit
+from gateway.certs import check_client_certificate
 from gateway.config import ChargersSettings
 from gateway.frames import OcppVersion
 from gateway.hub import Hub
@@ -21,7 +23,9 @@ __all__ = ["SUBPROTOCOLS", "start_charger_server"]
 
 log = logging.getLogger(__name__)
 
+# OCPP 2.1 Part 4 §3.1.2: the charger lists the versions it speaks in its order of preference.
 SUBPROTOCOLS: dict[Subprotocol, OcppVersion] = {
+    Subprotocol("ocpp2.1"): "2.1",
     Subprotocol("ocpp2.0.1"): "2.0.1",
     Subprotocol("ocpp1.6"): "1.6",
 }
@@ -38,17 +42,14 @@ def _select_subprotocol(
     return None
 
 
-def _ssl_context(settings: ChargersSettings) -> ssl.SSLContext | None:
-    if not settings.tls_cert:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2  # OCPP security profile 2
-    context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    return context
+async def start_charger_server(
+    hub: Hub, settings: ChargersSettings, *, ssl_context: ssl.SSLContext | None = None
+) -> WsServer:
+    """Listen on ``settings.host:port`` and serve chargers until the returned server is closed.
 
-
-async def start_charger_server(hub: Hub, settings: ChargersSettings) -> WsServer:
-    """Listen on ``settings.host:port`` and serve chargers until the returned server is closed."""
+    With ``ssl_context`` (see :mod:`gateway.tls`) the server speaks wss://; with
+    ``settings.client_certs`` a verified client certificate must name the charger (else 403).
+    """
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
         decision = admit(request.path, request.headers.get("Authorization"), settings)
@@ -61,6 +62,14 @@ async def start_charger_server(hub: Hub, settings: ChargersSettings) -> WsServer
                     'Basic realm="flipturn-gateway", charset="UTF-8"'
                 )
             return response
+        if settings.client_certs != "none":
+            transport = connection.transport
+            peercert = None if transport is None else transport.get_extra_info("peercert")
+            why = check_client_certificate(decision.charger_id, peercert, settings.client_certs)
+            if why is not None:
+                hub.stats.errors["refused_403"] += 1
+                log.warning("refused %s: %s", decision.charger_id, why)
+                return connection.reject(HTTPStatus.FORBIDDEN, "client certificate refused\n")
         return None
 
     def on_open(connection: ServerConnection) -> None:
@@ -74,7 +83,7 @@ async def start_charger_server(hub: Hub, settings: ChargersSettings) -> WsServer
         if connection.subprotocol is None:
             hub.stats.errors["no_subprotocol"] += 1
             log.warning("%s: no supported OCPP subprotocol offered; closing", decision.charger_id)
-            connection.close(1002, "no supported OCPP subprotocol (ocpp1.6, ocpp2.0.1)")
+            connection.close(1002, "no supported OCPP subprotocol (ocpp1.6, ocpp2.0.1, ocpp2.1)")
             return
         version = SUBPROTOCOLS[connection.subprotocol]
         log.info(
@@ -91,9 +100,11 @@ async def start_charger_server(hub: Hub, settings: ChargersSettings) -> WsServer
         subprotocols=list(SUBPROTOCOLS),
         select_subprotocol=_select_subprotocol,
         max_size=settings.max_message_bytes,
+        # RFC 7692 accepted from every charger that offers it: OCPP 2.0.1 Part 4 §3.3 and 2.1
+        # Part 4 §3.4 make it required for the CSMS and the Local Controller.
         extensions=enable_server_permessage_deflate(None),
         timeouts=Timeouts(open_s=10.0, close_s=2.0),
         keepalive=Keepalive(interval_s=20.0, timeout_s=20.0),
     )
-    await server.listen(settings.host, settings.port, ssl=_ssl_context(settings))
+    await server.listen(settings.host, settings.port, ssl=ssl_context)
     return server

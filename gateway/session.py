@@ -35,7 +35,7 @@ from urllib.parse import quote
 from gateway import frames, offline, txmap
 from gateway.backoff import Backoff
 from gateway.errors import ChargerNotConnected, ChargerTimeout, CloudUnavailable, FrameError
-from gateway.frames import Call, CallError, CallResult, OcppVersion
+from gateway.frames import Call, CallError, CallResult, CallResultError, OcppVersion, Send
 from gateway.link import Event, LinkState, transition
 from gateway.store import OutboxRow
 from gateway.validation import validate_call, validate_result
@@ -68,6 +68,9 @@ _OUTAGE_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
 _CLOSED_BY_US: Final = (0, "closed by the gateway")
 # Charger frames waiting behind one that needs I/O (a local answer); beyond this, reading pauses.
 INBOX_HOLD: Final = 16
+# Ids of the latest CALLs the gateway answered itself: a 2.1 CALLRESULTERROR for one of them is
+# about the gateway's own answer and is not the cloud's business (OCPP 2.1 Part 4 §6.4).
+LOCAL_ANSWERS_KEPT: Final = 16
 
 # Work a frame needs beyond the synchronous relay path, run in order by the session's inbox task.
 Slow = Callable[[], Awaitable[None]]
@@ -197,6 +200,7 @@ class ChargerSession:
         self._closing_upstream = False  # we, not the cloud, are closing the current link
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inbox: deque[Message] | None = None  # set while a charger frame awaits I/O
+        self._answered_locally: deque[str] = deque(maxlen=LOCAL_ANSWERS_KEPT)
         self._loop = asyncio.get_running_loop()
         self._call_timeout_s = hub.settings.upstream.call_timeout_s
         self._backoff = Backoff(
@@ -365,18 +369,61 @@ class ChargerSession:
     def _from_charger(self, message: Message) -> Slow | None:
         try:
             text = _as_text(message)
-            frame = frames.parse(text)
+            frame = frames.parse(text, self.version)
         except FrameError as exc:
             self.hub.stats.errors["bad_frame_from_charger"] += 1
             log.warning("%s: bad frame from charger: %s", self.charger_id, exc.description)
-            if exc.code == "MessageTypeNotSupported" and self.version == "1.6":
-                return None  # OCPP-J 1.6 ignores unknown message types
+            if self._unanswered(exc):
+                return None
             self._send_charger(self._error_text(exc.message_id, exc.code, exc.description))
             return None
         if isinstance(frame, Call):
             return self._charger_call(frame, text)
-        self._charger_answer(frame, text)
+        if isinstance(frame, (CallResult, CallError)):
+            self._charger_answer(frame, text)
+        elif isinstance(frame, Send):
+            self._relay_send(
+                "from_charger", self._send_cloud if self.upstream_connected else None, text
+            )
+        else:
+            self._charger_result_error(frame, text)
         return None
+
+    def _unanswered(self, exc: FrameError) -> bool:
+        """A bad frame that gets no CALLERROR: a 2.1 SEND (§4.2.4), or an unknown type in 1.6."""
+        return not exc.answer or (
+            exc.code == "MessageTypeNotSupported" and self.version == "1.6"
+        )  # OCPP-J 1.6 ignores unknown message types
+
+    def _relay_send(self, direction: str, send: Callable[[str], object] | None, text: str) -> None:
+        """OCPP 2.1 SEND: passed on unchanged when the other side is there, else dropped; counted.
+
+        Never stored and never answered (§4.2.4); it needs no CALL slot (§4.1.1 note).
+        """
+        if send is not None:
+            send(text)
+            self.hub.stats.sends[direction + " relayed"] += 1
+        else:
+            self.hub.stats.sends[direction + " dropped"] += 1
+
+    def _charger_result_error(self, frame: CallResultError, text: str) -> None:
+        """The charger could not process the CALLRESULT it got for its CALL ``frame.message_id``.
+
+        It answers a CALLRESULT, not a CALL: no pending CALL of either direction ends here. If the
+        gateway gave that CALLRESULT itself (offline), the cloud did not send it and is not told;
+        else it goes to the cloud unchanged (its CALLRESULT is the one refused).
+        """
+        if frame.message_id in self._answered_locally:
+            self.hub.stats.errors["local_answer_refused"] += 1
+            log.warning(
+                "%s: charger could not process the gateway's answer to %s: %s %s",
+                self.charger_id,
+                frame.message_id,
+                frame.code,
+                frame.description,
+            )
+        elif not self._send_cloud(text):
+            log.info("%s: no cloud link for a CALLRESULTERROR; dropped", self.charger_id)
 
     def _charger_call(self, call: Call, text: str) -> Slow | None:
         if call.action in self.hub.hooked_charger_actions:
@@ -502,6 +549,7 @@ class ChargerSession:
             transaction_id=transaction_id,
         )
         self.hub.stats.local_answers[call.action] += 1
+        self._answered_locally.append(call.message_id)
         self._send_charger(CallResult(call.message_id, result).serialize())
 
     async def _auth_info(self, call: Call, now: datetime) -> dict[str, Any] | None:
@@ -743,15 +791,18 @@ class ChargerSession:
     def _from_cloud(self, message: Message) -> None:
         try:
             text = _as_text(message)
-            frame = frames.parse(text)
+            frame = frames.parse(text, self.version)
         except FrameError as exc:
             self.hub.stats.errors["bad_frame_from_cloud"] += 1
             log.warning("%s: bad frame from cloud: %s", self.charger_id, exc.description)
-            if exc.message_id != "-1":
+            if exc.message_id != "-1" and not self._unanswered(exc):
                 self._send_cloud(self._error_text(exc.message_id, exc.code, exc.description))
             return
         if isinstance(frame, Call):
             self._cloud_call(frame, text)
+            return
+        if isinstance(frame, (Send, CallResultError)):
+            self._cloud_2_1(frame, text)
             return
         replay = self._replay
         if replay is not None and replay.message_id == frame.message_id:
@@ -767,6 +818,20 @@ class ChargerSession:
         self._send_charger(text)
         if isinstance(frame, CallResult) and pending.call.action in LEARNED_ACTIONS:
             self._learn(pending.call, frame)
+
+    def _cloud_2_1(self, frame: Send | CallResultError, text: str) -> None:
+        """OCPP 2.1 SEND or CALLRESULTERROR from the cloud: to the charger unchanged.
+
+        A CALLRESULTERROR answers the charger's CALLRESULT to a cloud CALL, whose slot that
+        CALLRESULT already freed. It must not be matched against the charger's pending CALLs or
+        the replay: the ids of the two directions come from different senders and may be equal.
+        """
+        if isinstance(frame, Send):
+            self._relay_send("from_cloud", self._send_charger if self.charger else None, text)
+        elif self.charger is not None:
+            self._send_charger(text)
+        else:
+            log.info("%s: charger gone; cloud CALLRESULTERROR dropped", self.charger_id)
 
     def _learn(self, call: Call, result: CallResult) -> None:
         self._spawn(
@@ -857,7 +922,7 @@ class ChargerSession:
             self._replay = None
 
     async def _replay_row(self, row: OutboxRow) -> None:
-        version: OcppVersion = "1.6" if row.version == "1.6" else "2.0.1"
+        version = frames.as_version(row.version)
         payload = frames.loads(row.payload)
         try:
             payload = txmap.rewrite_to_cloud(row.action, payload, self.txids.local_to_cloud)
@@ -865,7 +930,7 @@ class ChargerSession:
             await self._dead_letter(row, "UnmappedTransaction", str(exc))
             return
         if row.action == "TransactionEvent" and not payload.get("offline"):
-            payload = {**payload, "offline": True}  # answered locally: 2.0.1 E02 offline flag
+            payload = {**payload, "offline": True}  # answered locally: 2.0.1/2.1 E02 offline flag
         answer = await self._replay_call(Call(row.message_id, row.action, payload))
         if isinstance(answer, CallError):
             code = answer.code

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
 from websockets.typing import Subprotocol
@@ -20,13 +22,20 @@ class UpstreamOpener:
     """``await opener(url, version, headers)`` → an open connection speaking the same subprotocol."""
 
     def __init__(
-        self, *, open_timeout_s: float, max_message_bytes: int, compression: bool = True
+        self,
+        *,
+        open_timeout_s: float,
+        max_message_bytes: int,
+        compression: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._timeouts = Timeouts(open_s=open_timeout_s, close_s=2.0)
         # The cloud may send larger frames than a charger may (e.g. charging profiles).
         self._max_size = max(max_message_bytes, 1 << 20)
         self._keepalive = Keepalive(interval_s=20.0, timeout_s=20.0)
         self._extensions = enable_client_permessage_deflate(None) if compression else []
+        # For wss:// (gateway.tls.client_context); replaced on reload, read at every connect.
+        self.ssl_context = ssl_context
 
     async def __call__(
         self, url: str, version: OcppVersion, headers: dict[str, str]
@@ -41,6 +50,7 @@ class UpstreamOpener:
                 extensions=self._extensions,
                 timeouts=self._timeouts,
                 keepalive=self._keepalive,
+                ssl_context=self.ssl_context,
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI, WebSocketException) as exc:
             raise CloudUnavailable(f"{url}: {str(exc) or type(exc).__name__}") from exc

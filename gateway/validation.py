@@ -34,11 +34,13 @@ _CODES: Final = {
     "enum": "PropertyConstraintViolation",
 }
 _ANY_FORMAT: Final = {"date-time": lambda _: True, "uri": lambda _: True}
+# The ``ocpp`` package's schema folder per version (2.1: OCPP 2.1 Part 3, edition 1).
+_FOLDERS: Final[dict[str, str]] = {"1.6": "v16", "2.0.1": "v201", "2.1": "v21"}
 
 
 @cache
 def _validator(kind: int, action: str, version: OcppVersion) -> Validator | None:
-    folder = "v16" if version == "1.6" else "v201"
+    folder = _FOLDERS[version]
     name = action
     if kind == CALLRESULT:
         name += "Response"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import ssl
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -53,20 +54,26 @@ class FakeCloud:
     headers: list[dict[str, str]] = field(default_factory=list)
     port: int = 0
     delay_s: float = 0.0  # how long the cloud takes to answer each CALL
+    ssl_context: ssl.SSLContext | None = None  # serve wss:// with this context
     server: Server | None = None
     _answers: dict[str, asyncio.Future[list[Any]]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def start(self) -> FakeCloud:
         self.server = await serve(
-            self._handler, "127.0.0.1", self.port, subprotocols=["ocpp1.6", "ocpp2.0.1"]
+            self._handler,
+            "127.0.0.1",
+            self.port,
+            subprotocols=["ocpp1.6", "ocpp2.0.1"],
+            ssl=self.ssl_context,
         )
         self.port = next(iter(self.server.sockets)).getsockname()[1]
         return self
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ocpp"
+        scheme = "ws" if self.ssl_context is None else "wss"
+        return f"{scheme}://127.0.0.1:{self.port}/ocpp"
 
     async def restart(self) -> None:
         """Bring the cloud back on the same port."""
@@ -208,8 +215,9 @@ class Charger:
 async def charger(
     port: int, charger_id: str, version: str = "1.6", **kwargs: Any
 ) -> AsyncIterator[Charger]:
+    scheme = "wss" if kwargs.get("ssl") is not None else "ws"
     ws = await connect(
-        f"ws://127.0.0.1:{port}/ocpp/{charger_id}", subprotocols=[f"ocpp{version}"], **kwargs
+        f"{scheme}://127.0.0.1:{port}/ocpp/{charger_id}", subprotocols=[f"ocpp{version}"], **kwargs
     )
     c = Charger(ws)
     try:

@@ -221,5 +221,6 @@ def test_transactional_actions_come_from_the_table() -> None:
         "StopTransaction",
         "MeterValues",
         "TransactionEvent",
+        "NotifySettlement",  # 2.1: a payment terminal's settlement
     } == offline.TRANSACTIONAL_ACTIONS
     assert all(offline.rule_for("1.6", a).stored for a in ("StartTransaction", "MeterValues"))

@@ -15,10 +15,17 @@ from gateway.frames import (
     CALL,
     CALLERROR,
     CALLRESULT,
+    CALLRESULTERROR,
+    SEND,
+    VERSIONS,
     Call,
     CallError,
     CallResult,
+    CallResultError,
     Frame,
+    OcppVersion,
+    Send,
+    as_version,
     dumps,
     error_code_for,
     loads,
@@ -28,9 +35,9 @@ from gateway.frames import (
 ID36 = "0123456789abcdef0123456789abcdef0123"  # a UUID's length: the longest id allowed
 
 
-def frame_error(text: str | bytes) -> FrameError:
+def frame_error(text: str | bytes, version: OcppVersion = "2.0.1") -> FrameError:
     with pytest.raises(FrameError) as info:
-        parse(text)
+        parse(text, version)
     return info.value
 
 
@@ -190,12 +197,106 @@ def test_wrong_shape_keeps_the_message_id(text: str, description: str) -> None:
     assert description in error.description
 
 
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
 @pytest.mark.parametrize("kind", [0, 1, 5, 6, 7, -2, 99])
-def test_unknown_message_type(kind: int) -> None:
-    # 2.0.1: MessageTypeNotSupported (2.1 CALLRESULTERROR=5 and SEND=6 are not relayed either).
-    error = frame_error(f'[{kind},"m1","Heartbeat",{{}}]')
+def test_unknown_message_type(kind: int, version: OcppVersion) -> None:
+    # 1.6 and 2.0.1 have no CALLRESULTERROR (5) or SEND (6): MessageTypeNotSupported, which the
+    # session answers (2.0.1) or ignores (1.6).
+    error = frame_error(f'[{kind},"m1","Heartbeat",{{}}]', version)
     assert (error.code, error.message_id) == ("MessageTypeNotSupported", "m1")
     assert str(kind) in error.description
+    assert error.answer
+
+
+@pytest.mark.parametrize("kind", [0, 1, 7, -2, 99])
+def test_unknown_message_type_in_2_1(kind: int) -> None:
+    error = frame_error(f'[{kind},"m1","Heartbeat",{{}}]', "2.1")
+    assert (error.code, error.message_id) == ("MessageTypeNotSupported", "m1")
+
+
+def test_5_and_6_are_errors_without_a_version_that_has_them() -> None:
+    # The default is 2.0.1: a caller that forgets the version cannot let 2.1 types through.
+    assert frame_error('[6,"m1","NotifyPeriodicEventStream",{}]').code == "MessageTypeNotSupported"
+    assert frame_error('[5,"m1","FormatViolation","",{}]').code == "MessageTypeNotSupported"
+
+
+# --- OCPP 2.1: CALLRESULTERROR and SEND ----------------------------------------------------------
+
+
+def test_message_type_constants_2_1() -> None:
+    # OCPP 2.1 Part 4 §4.1.3, Table 3.
+    assert (CALLRESULTERROR, SEND) == (5, 6)
+    assert VERSIONS == ("1.6", "2.0.1", "2.1")
+
+
+def test_call_result_error_2_1() -> None:
+    frame = parse('[5,"19223201","FormatViolation","interval is not an integer",{"f":1}]', "2.1")
+    assert frame == CallResultError(
+        "19223201", "FormatViolation", "interval is not an integer", {"f": 1}
+    )
+    assert parse('[5,"x","GenericError","",null]', "2.1") == CallResultError("x", "GenericError")
+
+
+def test_send_2_1() -> None:
+    # The example of OCPP 2.1 Part 4 §4.2.4.
+    text = (
+        '[6,"19223201","NotifyPeriodicEventStream",{"id":123,"pending":0,'
+        '"data":[{"t":"2024-08-27T12:30:40Z","v":"230.4"}]}]'
+    )
+    frame = parse(text, "2.1")
+    assert frame == Send(
+        "19223201",
+        "NotifyPeriodicEventStream",
+        {"id": 123, "pending": 0, "data": [{"t": "2024-08-27T12:30:40Z", "v": "230.4"}]},
+    )
+
+
+def test_the_2_0_1_types_parse_the_same_in_2_1() -> None:
+    for text in ('[2,"a","Heartbeat",{}]', '[3,"a",{}]', '[4,"a","NotSupported","",{}]'):
+        assert parse(text, "2.1") == parse(text, "2.0.1") == parse(text, "1.6")
+
+
+def test_serialize_2_1_kinds() -> None:
+    assert CallResultError("1", "GenericError").serialize() == '[5,"1","GenericError","",{}]'
+    assert Send("1", "NotifyPeriodicEventStream", {"id": 1}).serialize() == (
+        '[6,"1","NotifyPeriodicEventStream",{"id":1}]'
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "description"),
+    [
+        ('[6,"m1","NotifyPeriodicEventStream"]', "SEND must have 4 elements"),
+        ('[6,"m1","A",{},{}]', "SEND must have 4 elements"),
+        ('[6,"m1","",{}]', "SEND action must be a non-empty string"),
+        ('[6,"m1",6,{}]', "SEND action must be a non-empty string"),
+        ('[6,"m1","A",[]]', "SEND payload must be a JSON object"),
+    ],
+)
+def test_malformed_send_gets_no_answer(text: str, description: str) -> None:
+    # §4.2.4: "The receiver SHALL NOT respond to a SEND message with a CALLRESULT or CALLERROR".
+    error = frame_error(text, "2.1")
+    assert (error.code, error.message_id, error.answer) == ("FormatViolation", "m1", False)
+    assert description in error.description
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['[5,"m1","GenericError",""]', '[5,"m1",5,"",{}]', '[5,"m1","GenericError",null,{}]'],
+)
+def test_malformed_call_result_error_keeps_the_id(text: str) -> None:
+    error = frame_error(text, "2.1")
+    assert (error.code, error.message_id, error.answer) == ("FormatViolation", "m1", True)
+    assert "CALLRESULTERROR must be" in error.description
+
+
+def test_stored_version_strings() -> None:
+    assert [as_version(v) for v in ("1.6", "2.0.1", "2.1", "2.0")] == [
+        "1.6",
+        "2.0.1",
+        "2.1",
+        "2.0.1",
+    ]
 
 
 @pytest.mark.parametrize("kind", ["true", "false", '"2"', "null", "[2]", "{}"])
@@ -265,7 +366,7 @@ message_ids = st.text(min_size=1, max_size=36)
 # Lists that look like frames, so the fuzz reaches every branch past the JSON decoder.
 frame_like = st.builds(
     lambda kind, mid, rest: [kind, mid, *rest],
-    st.sampled_from([2, 3, 4, 5, 6, 0, True, False, 2.0, "2", None]),
+    st.sampled_from([2, 3, 4, 5, 6, 7, 0, True, False, 2.0, "2", None]),
     message_ids | json_scalars,
     st.lists(json_values, max_size=5),
 )
@@ -275,20 +376,33 @@ valid_frames: st.SearchStrategy[Frame] = st.one_of(
     st.builds(CallResult, message_ids, payloads),
     st.builds(CallError, message_ids, st.text(), st.text(), payloads),
 )
+valid_frames_2_1: st.SearchStrategy[Frame] = valid_frames | st.one_of(
+    st.builds(CallResultError, message_ids, st.text(), st.text(), payloads),
+    st.builds(Send, message_ids, st.text(min_size=1), payloads),
+)
 
 
 def check(text: str | bytes) -> None:
-    """parse() either returns a well-formed frame or raises FrameError, never anything else."""
+    """For every version, parse() returns a well-formed frame of that version or raises
+    FrameError, never anything else; types 5 and 6 come out of 2.1 only."""
+    for version in VERSIONS:
+        check_version(text, version)
+
+
+def check_version(text: str | bytes, version: OcppVersion) -> None:
     try:
-        frame = parse(text)
+        frame = parse(text, version)
     except FrameError as error:
         assert error.code in ("FormatViolation", "MessageTypeNotSupported")
         assert error.message_id == "-1" or 1 <= len(error.message_id) <= 36
+        if not error.answer:  # only a SEND goes unanswered, and only in 2.1
+            assert version == "2.1" and loads(text)[0] == SEND
         return
-    assert isinstance(frame, (Call, CallResult, CallError))
+    kinds = (Call, CallResult, CallError, CallResultError, Send)
+    assert isinstance(frame, kinds if version == "2.1" else kinds[:3])
     assert isinstance(frame.message_id, str)
     assert 1 <= len(frame.message_id) <= 36
-    if isinstance(frame, (Call, CallResult)):
+    if isinstance(frame, (Call, CallResult, Send)):
         assert isinstance(frame.payload, dict)
     else:
         assert isinstance(frame.details, dict)
@@ -322,6 +436,17 @@ def test_round_trip(frame: Frame) -> None:
     assert parsed == frame
     assert parsed.serialize() == text
     assert parse(text.encode()) == frame
+
+
+@settings(max_examples=300, deadline=None)
+@given(valid_frames_2_1)
+def test_round_trip_2_1(frame: Frame) -> None:
+    text = frame.serialize()
+    assert parse(text, "2.1") == frame
+    assert parse(text.encode(), "2.1").serialize() == text
+    if isinstance(frame, (CallResultError, Send)):
+        assert frame_error(text, "2.0.1").code == "MessageTypeNotSupported"
+        assert frame_error(text, "1.6").code == "MessageTypeNotSupported"
 
 
 @pytest.mark.parametrize("kind", ["2.0", "true", '"2"'])

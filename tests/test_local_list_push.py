@@ -22,6 +22,7 @@ from ocpp.v16 import ChargePoint as ChargePoint16
 from ocpp.v16 import call as call16
 from ocpp.v16 import call_result as result16
 from ocpp.v16.enums import Action as Action16
+from ocpp.v21 import ChargePoint as ChargePoint21
 from ocpp.v201 import ChargePoint as ChargePoint201
 from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
@@ -108,9 +109,14 @@ class Charger16(ChargePoint16):
         return result16.SendLocalList(status=self.keeper.apply(list_version, update_type, items))
 
 
-class Charger201(ChargePoint201):
-    def __init__(self, cid: str, ws: Any, keeper: ListKeeper, *, supported: bool = True) -> None:
-        super().__init__(cid, ws)
+class ListHandlers201:
+    """The 2.0.1 handlers; OCPP 2.1 has the same messages (the ``ocpp`` package checks each
+    request and answer against the schemas of the charger's version)."""
+
+    keeper: ListKeeper
+
+    def __init__(self, cid: str, ws: Any, keeper: ListKeeper) -> None:
+        super().__init__(cid, ws)  # type: ignore[call-arg]
         self.keeper = keeper
 
     @on(Action201.get_variables)
@@ -153,6 +159,14 @@ class Charger201(ChargePoint201):
         return result201.SendLocalList(status=self.keeper.apply(version_number, update_type, items))
 
 
+class Charger201(ListHandlers201, ChargePoint201):
+    pass
+
+
+class Charger21(ListHandlers201, ChargePoint21):
+    pass
+
+
 class Unsupporting201(ChargePoint201):
     """A 2.0.1 charger without the local list: the ``ocpp`` package answers NotImplemented."""
 
@@ -166,7 +180,7 @@ async def simulated(
     port: int, cid: str, version: str, keeper: ListKeeper, kind: type[Any] | None = None
 ) -> AsyncIterator[Any]:
     ws = await connect(f"ws://127.0.0.1:{port}/ocpp/{cid}", subprotocols=[f"ocpp{version}"])
-    cls = kind or (Charger16 if version == "1.6" else Charger201)
+    cls = kind or {"1.6": Charger16, "2.0.1": Charger201, "2.1": Charger21}[version]
     cp = cls(cid, ws, keeper)
     task = asyncio.create_task(cp.start())
     try:
@@ -248,7 +262,7 @@ async def pushes(gw: Gateway, result: str) -> float:
 # --- tests -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+@pytest.mark.parametrize("version", ["1.6", "2.0.1", "2.1"])
 async def test_full_then_differential_after_a_sync_that_revokes_and_adds(
     tmp_path: Any, flipturn: tuple[FakeFlipturn, str], version: str
 ) -> None:
@@ -264,7 +278,7 @@ async def test_full_then_differential_after_a_sync_that_revokes_and_adds(
         assert [(s["type"], s["version"], len(s["items"])) for s in keeper.sends] == [
             ("Full", 1, 2), ("Differential", 2, 2), ("Differential", 3, 1)
         ]  # fmt: skip
-        if version == "2.0.1":
+        if version != "1.6":
             assert set(keeper.entries.values()) == {"ISO14443"}
         assert await local_list_of(gw, "CP-1") == {
             "owner": "gateway", "version": 3, "entries": 5, "truncated": False,
