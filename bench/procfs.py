@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Memory", "cpu_seconds", "memory", "process_tree", "reset_peak_rss"]
+__all__ = ["Memory", "cpu_seconds", "memory", "process_tree", "reset_peak_rss", "write_bytes"]
 
 _PROC = Path("/proc")
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -51,6 +51,19 @@ def cpu_seconds(pid: int) -> float:
         if fields is not None:
             ticks += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
     return ticks / _TICKS_PER_S
+
+
+def write_bytes(pid: int) -> int | None:
+    """Bytes ``pid`` and its descendants caused to be written to storage (/proc/PID/io)."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/io") as f:
+                fields = dict(line.split(":", 1) for line in f)
+        except OSError:
+            return None
+        total += int(fields["write_bytes"])
+    return total
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -49,10 +50,13 @@ from bench.targets import (
 __all__ = ["ALL_TARGETS", "BENCH_SUITE", "main", "run_relay", "summarise", "write_report"]
 
 BENCH_SUITE = "relay"
-ALL_TARGETS = ("direct", "minimal", "nginx", "gateway", "sansio")
+ALL_TARGETS = ("direct", "minimal", "nginx", "gateway", "sansio", "baseline")
 DEFAULT_TARGETS = ("direct", "minimal", "nginx", "gateway")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 IDLE_SETTLE_S = 1.0
+# The "baseline" target: the gateway package of an earlier commit, e.g. extracted with
+# `git archive <commit> gateway | tar -x -C DIR`, run beside this tree's for before/after ratios.
+BASELINE_ENV = "BENCH_BASELINE_SOURCE"
 
 
 def _raise_fd_limit() -> None:
@@ -67,6 +71,13 @@ def _cloud_calls(port: int) -> int:
         return calls
 
 
+def _baseline(cloud_port: int, workdir: Path) -> Target:
+    source = os.environ.get(BASELINE_ENV)
+    if not source or not (Path(source) / "gateway" / "__init__.py").is_file():
+        raise TargetUnavailable(f"set {BASELINE_ENV} to a directory holding an earlier gateway/")
+    return GatewayTarget(cloud_port, workdir, source=Path(source))
+
+
 def _start_target(name: str, cloud_port: int, workdir: Path, install_nginx: bool) -> Target:
     factories: dict[str, Callable[[], Target]] = {
         "direct": lambda: DirectTarget(cloud_port, workdir),
@@ -74,6 +85,7 @@ def _start_target(name: str, cloud_port: int, workdir: Path, install_nginx: bool
         "nginx": lambda: NginxTarget(cloud_port, workdir, install=install_nginx),
         "gateway": lambda: GatewayTarget(cloud_port, workdir),
         "sansio": lambda: SansIoRelayTarget(cloud_port, workdir),
+        "baseline": lambda: _baseline(cloud_port, workdir),
     }
     return factories[name]()
 
@@ -93,12 +105,14 @@ def _run_one(
         id_prefix=f"{scenario}-",
     )
     cpu: dict[str, float] = {}
+    written: dict[str, int | None] = {}
     hwm_reset = procfs.reset_peak_rss(target.pid) if target.pid else False
 
     def sample(edge: str) -> None:
         cpu[f"cloud_{edge}"] = procfs.cpu_seconds(cloud.pid)
         if target.pid:
             cpu[f"target_{edge}"] = procfs.cpu_seconds(target.pid)
+            written[edge] = procfs.write_bytes(target.pid)
 
     cloud_before = _cloud_calls(cloud_port)
     result = run_load(spec, lambda: sample("start"), lambda: sample("end"))
@@ -124,6 +138,10 @@ def _run_one(
             peak_rss_kb=mem.hwm_kb,
             rss_kb=mem.rss_kb,
         )
+        start, end = written.get("start"), written.get("end")
+        if start is not None and end is not None and frames:
+            # Storage writes per relayed frame over the measured window (/proc/PID/io).
+            record["write_bytes_per_frame"] = round((end - start) / frames, 3)
     return record
 
 

@@ -219,11 +219,16 @@ path = "{db}"
 
 
 class GatewayTarget(Target):
+    """``flipturn-gateway run`` of this tree; or, with ``source``, of the ``gateway`` package in
+    that directory (an earlier version, for before/after runs side by side)."""
+
     name = "gateway"
 
-    def __init__(self, cloud_port: int, workdir: Path) -> None:
+    def __init__(self, cloud_port: int, workdir: Path, *, source: Path | None = None) -> None:
+        if source is not None:
+            self.name = "baseline"
         port, api_port = free_port(), free_port()
-        gw_dir = workdir / "gateway"
+        gw_dir = workdir / self.name
         gw_dir.mkdir(exist_ok=True)
         config = gw_dir / "config.toml"
         config.write_text(
@@ -236,6 +241,8 @@ class GatewayTarget(Target):
         log_path = gw_dir / "gateway.log"
         log = log_path.open("wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLIPTURN_GATEWAY_")}
+        if source is not None:
+            env["PYTHONPATH"] = str(source)  # found before the installed (editable) package
         self._proc = subprocess.Popen(
             [*command, "--config", str(config), "run"],
             stdout=log,

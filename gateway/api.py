@@ -1,12 +1,14 @@
 """The local HTTP API: health, metrics and operator views (Starlette, served by uvicorn in-process).
 
 Errors are JSON ``{"error": "..."}`` with the right status, never a stack trace. When ``api.token``
-is set, ``/api/*`` needs ``Authorization: Bearer <token>``; ``/health`` and ``/metrics`` stay open.
+is set, ``/api/*`` needs ``Authorization: Bearer <token>`` or the dashboard's session cookie (set by
+``POST /api/login``); ``/health`` and ``/metrics`` stay open.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import logging
 import socket
@@ -31,9 +33,20 @@ from gateway.config import Settings
 from gateway.hub import Hub
 from gateway.store import Store
 
-__all__ = ["ApiContext", "ApiServer", "build_api", "error"]
+__all__ = ["SESSION_COOKIE", "ApiContext", "ApiServer", "build_api", "error", "session_value"]
 
 log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "flipturn_gateway_session"
+LOGIN_PATH = "/api/login"  # open: it is where the token is given
+
+
+def session_value(token: str) -> str:
+    """The dashboard's cookie for ``token``: derived from it, so the cookie is not the token
+    itself, and a changed token ends every session."""
+    return hmac.new(
+        token.encode(), b"flipturn-gateway dashboard session", hashlib.sha256
+    ).hexdigest()
 
 
 @dataclass
@@ -123,9 +136,12 @@ def build_api(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starle
 
     async def token_guard(request: Request, call_next: RequestResponseEndpoint) -> Response:
         token = ctx.settings.api.token.get_secret_value()
-        if token and request.url.path.startswith("/api/"):
+        if token and request.url.path.startswith("/api/") and request.url.path != LOGIN_PATH:
             given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            cookie = request.cookies.get(SESSION_COOKIE, "")
+            if not hmac.compare_digest(
+                given.encode(), f"Bearer {token}".encode()
+            ) and not hmac.compare_digest(cookie.encode(), session_value(token).encode()):
                 return error(401, "missing or invalid bearer token")
         return await call_next(request)
 

@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
+from datetime import UTC, datetime
+from typing import Any
 
 from starlette.routing import BaseRoute
 
@@ -15,6 +18,9 @@ from gateway.api import ApiContext, ApiServer, build_api
 from gateway.cache import CacheMetrics, TagCache
 from gateway.cache_api import cache_routes
 from gateway.config import Settings
+from gateway.depot import DepotView
+from gateway.depot_api import depot_routes
+from gateway.depot_recorder import DepotRecorder
 from gateway.hub import Hub
 from gateway.local_list_push import LocalListPusher
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
@@ -63,6 +69,9 @@ class Gateway:
         self.upstream_opener: UpstreamOpener | None = None
         self.sync: SyncService | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self.depot = DepotView()
+        self.depot_recorder: DepotRecorder | None = None
+        self._depot_task: asyncio.Task[None] | None = None
         self.charger_port = 0
         self.api_port = 0
 
@@ -79,6 +88,8 @@ class Gateway:
         self.tls = tls = TlsContexts(settings)  # ConfigError naming the key if a file is bad
         self.registry.register(CertificateExpiryCollector(tls))
         self.store = store = await Store.open(settings.store.path)
+        self.depot_recorder = DepotRecorder(self.depot, store)
+        await self.depot_recorder.load()
         self.tag_cache = TagCache(
             store,
             unknown_tags=settings.offline.unknown_tags,
@@ -107,6 +118,7 @@ class Gateway:
             reconnect_max_s=self.reconnect_max_s,
             hooks=hooks,
             watchers=[local_list],
+            depot=self.depot,
         )
         self.registry.register(
             GatewayCollector(
@@ -137,6 +149,12 @@ class Gateway:
             local_list=local_list.describe,
         )
         routes: list[BaseRoute] = [
+            *depot_routes(
+                context,
+                self.depot,
+                certificates=self.certificates,
+                local_list=local_list.describe,
+            ),
             *cache_routes(store, self.sync),
             *reservation_routes(
                 reservations,
@@ -154,6 +172,7 @@ class Gateway:
         self.charger_port = next(iter(self.charger_server.sockets)).getsockname()[1]
         if self.sync is not None:
             self._sync_task = asyncio.create_task(self.sync.run())
+        self._depot_task = asyncio.create_task(self.depot_recorder.run())
         scheme = "wss" if settings.chargers.tls_cert else "ws"
         log.info(
             "listening for chargers on %s://%s:%d%s/{chargePointId}; API on http://%s:%d; %s",
@@ -165,6 +184,19 @@ class Gateway:
             self.api_port,
             f"upstream {settings.upstream.url}" if settings.upstream.url else "standalone",
         )
+
+    def certificates(self) -> list[dict[str, Any]]:
+        """The TLS files in use and when their earliest certificate ends (for the dashboard)."""
+        now = time.time()
+        expiry = self.tls.expiry if self.tls is not None else {}
+        return [
+            {
+                "name": which,
+                "notAfter": datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z"),
+                "daysLeft": math.floor((ts - now) / 86400),
+            }
+            for which, ts in sorted(expiry.items())
+        ]
 
     def _open_upstream(self, tls: TlsContexts) -> UpstreamOpener:
         settings = self.settings
@@ -205,6 +237,12 @@ class Gateway:
             await self.hub.close()
         if self.charger_server is not None:
             await self.charger_server.wait_closed()
+        if self._depot_task is not None:
+            self._depot_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._depot_task
+        if self.depot_recorder is not None and self.store is not None:
+            await self.depot_recorder.flush(meters=True)  # what the next start shows
         if self.api is not None:
             self.api.stop()
         if self._api_task is not None:

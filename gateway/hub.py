@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway import offline, txmap
 from gateway.config import Settings
+from gateway.depot import DepotView
 from gateway.frames import OcppVersion, as_version
 from gateway.metrics import RelayStats
 from gateway.session import Authorizer, ChargerSession, ChargerWatcher, SessionHook
@@ -49,12 +50,14 @@ class Hub:
         watchers: Sequence[ChargerWatcher] = (),
         stats: RelayStats | None = None,
         reconnect_max_s: float = 60.0,
+        depot: DepotView | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.connect_upstream = connect_upstream
         self.authorizer = authorizer
         self.hooks: list[SessionHook] = list(hooks)
+        self.depot = depot if depot is not None else DepotView()  # what every charger is doing
         # Tested once per charger CALL instead of asking every hook.
         self.hooked_charger_actions = frozenset(a for h in self.hooks for a in h.charger_actions)
         self.watchers: list[ChargerWatcher] = list(watchers)

@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 from gateway import frames, offline, txmap
 from gateway.backoff import Backoff
+from gateway.depot import FOLDED_ANSWERS, FOLDED_CALLS
 from gateway.errors import ChargerNotConnected, ChargerTimeout, CloudUnavailable, FrameError
 from gateway.frames import Call, CallError, CallResult, CallResultError, OcppVersion, Send
 from gateway.link import Event, LinkState, transition
@@ -426,6 +427,10 @@ class ChargerSession:
             log.info("%s: no cloud link for a CALLRESULTERROR; dropped", self.charger_id)
 
     def _charger_call(self, call: Call, text: str) -> Slow | None:
+        if call.action in FOLDED_CALLS:  # the depot view, from the charger's own payload
+            self.hub.depot.charger_call(
+                self.charger_id, self.version, call.action, call.payload, time.time()
+            )
         if call.action in self.hub.hooked_charger_actions:
             for hook in self.hub.hooks:
                 if call.action in hook.charger_actions:
@@ -551,6 +556,20 @@ class ChargerSession:
         self.hub.stats.local_answers[call.action] += 1
         self._answered_locally.append(call.message_id)
         self._send_charger(CallResult(call.message_id, result).serialize())
+        if call.action in FOLDED_ANSWERS:
+            self._fold_answer(call.action, call.payload, result, False)
+
+    def _fold_answer(
+        self, action: str, request: dict[str, Any], answer: dict[str, Any], by_cloud: bool
+    ) -> None:
+        self.hub.depot.answered(
+            self.charger_id,
+            self.version,
+            action,
+            request,
+            answer,
+            by_cloud=by_cloud,
+        )
 
     async def _auth_info(self, call: Call, now: datetime) -> dict[str, Any] | None:
         tag = offline.presented_tag(self.version, call.action, call.payload)
@@ -816,8 +835,11 @@ class ChargerSession:
             )
             return
         self._send_charger(text)
-        if isinstance(frame, CallResult) and pending.call.action in LEARNED_ACTIONS:
-            self._learn(pending.call, frame)
+        if isinstance(frame, CallResult):
+            if pending.call.action in LEARNED_ACTIONS:
+                self._learn(pending.call, frame)
+            if pending.call.action in FOLDED_ANSWERS:
+                self._fold_answer(pending.call.action, pending.call.payload, frame.payload, True)
 
     def _cloud_2_1(self, frame: Send | CallResultError, text: str) -> None:
         """OCPP 2.1 SEND or CALLRESULTERROR from the cloud: to the charger unchanged.
@@ -960,6 +982,9 @@ class ChargerSession:
         await self.hub.store.delivered(row.seq, tx=tx)
         if tx is not None:
             self.txids.bind(tx[1], tx[2])
+            self.hub.depot.bind(self.charger_id, tx[1], tx[2])
+        elif row.action == "TransactionEvent":
+            self._fold_answer(row.action, payload, answer.payload, True)
         self.backlog = max(0, self.backlog - 1)
         self.hub.stats.replayed += 1
         if row.action in LEARNED_ACTIONS:

@@ -134,7 +134,15 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX reservations_by_state ON reservations (state, charger_id);
     """,
-    # 2: the chargers' Local Authorization Lists (gateway.local_list)
+    # 2: the depot view (gateway.depot), one JSON record per charger, written in batches
+    """
+    CREATE TABLE depot_chargers (
+        charger_id TEXT PRIMARY KEY,
+        record TEXT NOT NULL,                  -- JSON (gateway.depot.DepotView.record)
+        updated_at REAL NOT NULL               -- unix seconds
+    );
+    """,
+    # 3: the chargers' Local Authorization Lists (gateway.local_list)
     """
     CREATE TABLE local_lists (                 -- per charger: who owns its list, what is on it
         charger_id TEXT PRIMARY KEY,
@@ -833,6 +841,26 @@ class Store:
                 cache = self._active_cache = {}
             cache[charger_id] = rows
         return list(rows)
+
+    # --- depot view -------------------------------------------------------------------------
+
+    async def save_depot(self, records: Sequence[tuple[str, str]], now: float) -> None:
+        """Replace the depot records ``(charger id, JSON)`` in one transaction."""
+        await self.write(
+            [
+                (
+                    "INSERT OR REPLACE INTO depot_chargers (charger_id, record, updated_at)"
+                    " VALUES (?, ?, ?)",
+                    (charger_id, record, now),
+                )
+                for charger_id, record in records
+            ]
+        )
+
+    async def depot_records(self) -> list[tuple[str, str]]:
+        """Every charger's depot record ``(charger id, JSON)``."""
+        rows = await self.fetchall("SELECT charger_id, record FROM depot_chargers")
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     # --- local authorization lists (gateway.local_list_push) --------------------------------
 

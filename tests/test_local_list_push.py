@@ -243,10 +243,13 @@ async def settle(gw: Gateway) -> None:
 
 
 async def local_list_of(gw: Gateway, cid: str) -> dict[str, Any]:
+    """``localList`` as GET /api/chargers/{id} shows it (and the GET /api/chargers row, the same)."""
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.api_port}") as api:
         rows = (await api.get("/api/chargers")).json()["data"]
+        detail = (await api.get(f"/api/chargers/{cid}")).json()
     (row,) = [r for r in rows if r["id"] == cid]
-    result: dict[str, Any] = row["localList"]
+    assert row["localList"] == detail["localList"]
+    result: dict[str, Any] = detail["localList"]
     return result
 
 
