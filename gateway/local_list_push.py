@@ -206,11 +206,10 @@ class LocalListPusher:
     # --- what the API shows ----------------------------------------------------------------
 
     def describe(self, charger_id: str) -> dict[str, Any]:
-        """``localList`` of ``/api/chargers/{id}``: owner, version, entries, truncated (+ refused)."""
+        """``localList`` of ``/api/chargers/{id}``: owner, version, entries, truncated."""
         state = self._states.get(charger_id)
         if state is None:
-            return {"owner": "none", "version": None, "entries": 0, "truncated": False,
-                    "refused": None}  # fmt: skip
+            return {"owner": "none", "version": None, "entries": 0, "truncated": False}
         owner = state.owner
         if state.refused is not None or (owner == "gateway" and not self.push):
             owner = "none"
@@ -219,8 +218,12 @@ class LocalListPusher:
             "version": state.version,
             "entries": state.entries,
             "truncated": state.truncated,
-            "refused": state.refused,
         }
+
+    def refusal(self, charger_id: str) -> str | None:
+        """Why the gateway leaves this charger's list alone after it refused, if it did."""
+        state = self._states.get(charger_id)
+        return state.refused if state is not None else None
 
     # --- session hook ----------------------------------------------------------------------
 
@@ -552,14 +555,14 @@ class LocalListPusher:
             if generation == self._generation and (
                 changes == self._usage_changes or now - built_at < REORDER_AFTER_S
             ):
-                return (generation, changes), await task
+                return (generation, changes), await asyncio.shield(task)
         # Built in a thread: 10,000 tags take tens of ms, which would stall every relayed frame.
         task = asyncio.ensure_future(
             asyncio.to_thread(local_list.desired_entries, family, access, dict(self._usage))
         )
         key = (self._generation, self._usage_changes)
         self._desired[family] = (*key, now, task)
-        return key, await task
+        return key, await asyncio.shield(task)
 
     async def _plan(
         self,
@@ -588,7 +591,7 @@ class LocalListPusher:
             if len(self._plans) >= _PLAN_CACHE:
                 self._plans.pop(next(iter(self._plans)))
             self._plans[key] = task
-        return await task
+        return await asyncio.shield(task)  # shared: one round cancelled must not cancel it
 
     async def _last_sent(self, state: LocalListRow | None) -> Sent | None:
         if state is None or state.owner != "gateway" or state.snapshot is None:
