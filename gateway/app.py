@@ -9,21 +9,25 @@ import logging
 import math
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.routing import BaseRoute
 
-from gateway import local_list_push
+from gateway import checks, local_list_push, logs
 from gateway.api import ApiContext, ApiServer, build_api
 from gateway.cache import CacheMetrics, TagCache
 from gateway.cache_api import cache_routes
-from gateway.config import Settings
+from gateway.config import Settings, load_settings
 from gateway.depot import DepotView
 from gateway.depot_api import depot_routes
 from gateway.depot_recorder import DepotRecorder
+from gateway.errors import ConfigError
 from gateway.hub import Hub
 from gateway.local_list_push import LocalListPusher
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
+from gateway.outbox_api import dead_letter_routes
 from gateway.reservation_api import reservation_routes
 from gateway.reservation_book import ReservationBook
 from gateway.reservation_hook import ReservationHook
@@ -51,8 +55,11 @@ class Gateway:
         *,
         reconnect_max_s: float = 60.0,
         local_list_settle_s: float = local_list_push.SETTLE_S,
+        config_path: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.config_path = config_path  # read again by reload()
+        self._api_context: ApiContext | None = None
         self.reconnect_max_s = reconnect_max_s
         self.local_list_settle_s = local_list_settle_s
         self.stats = RelayStats()
@@ -88,6 +95,7 @@ class Gateway:
         self.tls = tls = TlsContexts(settings)  # ConfigError naming the key if a file is bad
         self.registry.register(CertificateExpiryCollector(tls))
         self.store = store = await Store.open(settings.store.path)
+        store.start_monitoring()  # /health and the watchdog follow the store's real state
         self.depot_recorder = DepotRecorder(self.depot, store)
         await self.depot_recorder.load()
         self.tag_cache = TagCache(
@@ -126,10 +134,12 @@ class Gateway:
                 chargers_connected=hub.chargers_connected,
                 upstreams_connected=hub.upstreams_connected,
                 outbox=hub.outbox,
+                dead_letters=lambda: hub.dead_letters,
                 now=time.time,
             )
         )
         await local_list.start(hub)
+        hub.set_trace_frames(settings.log.level == "debug")
         await hub.start()
         api_key = settings.flipturn.api_key.get_secret_value()
         if api_key:  # design.md: api_key = "" disables sync
@@ -140,7 +150,7 @@ class Gateway:
                 metrics=SyncMetrics(self.registry),
                 after_sync=local_list.after_sync,
             )
-        context = ApiContext(
+        self._api_context = context = ApiContext(
             settings=settings,
             hub=hub,
             store=store,
@@ -156,6 +166,7 @@ class Gateway:
                 local_list=local_list.describe,
             ),
             *cache_routes(store, self.sync),
+            *dead_letter_routes(store, hub),
             *reservation_routes(
                 reservations,
                 hub,
@@ -208,10 +219,6 @@ class Gateway:
         )
         return self.upstream_opener
 
-    def reload(self) -> None:
-        """SIGHUP: re-read what can change without dropping a connection."""
-        self.reload_tls()
-
     def reload_tls(self, settings: Settings | None = None) -> bool:
         """Re-read the TLS certificate, key and CA files; new handshakes use them (see gateway.tls)."""
         if self.tls is None:
@@ -220,6 +227,53 @@ class Gateway:
         if self.upstream_opener is not None:
             self.upstream_opener.ssl_context = self.tls.upstream
         return reloaded
+
+    def reload(self) -> list[str]:
+        """SIGHUP: read the config file again and apply what can change while running.
+
+        Applied at once, no connection dropped: ``api.token`` (the next API request),
+        ``[chargers.passwords]`` (the next charger handshake), ``log.level``, and the TLS
+        certificate, key and CA files (:meth:`reload_tls`: the next handshake). Every other changed
+        key is logged as needing a restart and keeps its running value. A file that does not
+        load, or would be refused at start-up, changes nothing. Returns the keys applied.
+        """
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("reload failed, running configuration kept: %s", exc)
+            return []
+        old = self.settings
+        applied = old.model_copy(
+            update={
+                "api": old.api.model_copy(update={"token": new.api.token}),
+                "chargers": old.chargers.model_copy(update={"passwords": new.chargers.passwords}),
+                "log": old.log.model_copy(update={"level": new.log.level}),
+            }
+        )
+        refused = checks.refusals(applied)
+        if refused:
+            log.error(
+                "reload refused, running configuration kept: %s", "; ".join(map(str, refused))
+            )
+            return []
+        if self.reload_tls(new):  # new handshakes use the (new) files; see TlsContexts.reload
+            applied = _with_tls_files(applied, self.tls.settings if self.tls else new)
+        before, after, wanted = _flatten(old), _flatten(applied), _flatten(new)
+        changed = sorted(k for k in after if after[k] != before.get(k))
+        for key in sorted(k for k in wanted if wanted[k] != after.get(k)):
+            log.warning("reload: %s changed; needs a restart", key)
+        self._apply(applied)
+        log.info("reloaded %s", ", ".join(changed) if changed else "(nothing changed)")
+        return changed
+
+    def _apply(self, settings: Settings) -> None:
+        self.settings = settings
+        if self.hub is not None:
+            self.hub.settings = settings
+            self.hub.set_trace_frames(settings.log.level == "debug")
+        if self._api_context is not None:
+            self._api_context.settings = settings
+        logs.set_level(settings.log.level)
 
     async def stop(self) -> None:
         """Stop accepting, close chargers and upstreams, finish pending writes, close the store."""
@@ -249,7 +303,7 @@ class Gateway:
             await self._api_task
         if self.store is not None:
             await self.store.close()
-        log.info("stopped")
+            log.info("stopped")
 
     async def run(self, stop: asyncio.Event, notifier: Notifier | None = None) -> None:
         """Serve until ``stop`` is set, telling systemd (if it listens) when ready and alive."""
@@ -258,7 +312,10 @@ class Gateway:
         watchdog: asyncio.Task[None] | None = None
         interval = watchdog_interval_s()
         if interval is not None and self.store is not None:
-            watchdog = asyncio.create_task(watchdog_loop(notifier, interval, self.store.healthy))
+            store = self.store
+            watchdog = asyncio.create_task(
+                watchdog_loop(notifier, interval, store.healthy, lambda: store.status()["error"])
+            )
         notifier.ready(f"serving chargers on port {self.charger_port}")
         try:
             await stop.wait()
@@ -268,3 +325,35 @@ class Gateway:
                 watchdog.cancel()
             await self.stop()
             notifier.close()
+
+
+def _flatten(settings: Settings) -> dict[str, Any]:
+    """Dotted key → value (secrets stay SecretStr, which compare by value)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(f"{prefix}{name}.", getattr(value, name))
+        elif isinstance(value, dict) and prefix.endswith("passwords."):
+            out[prefix.rstrip(".")] = dict(value)
+        else:
+            out[prefix.rstrip(".")] = value
+
+    walk("", settings)
+    return out
+
+
+_TLS_FILE_KEYS = {
+    "chargers": ("tls_cert", "tls_key", "tls_ca"),
+    "upstream": ("tls_ca", "tls_cert", "tls_key"),
+}
+
+
+def _with_tls_files(settings: Settings, tls: Settings) -> Settings:
+    """``settings`` with the TLS file paths that ``tls`` (what the TLS contexts use) has."""
+    update: dict[str, Any] = {}
+    for section, keys in _TLS_FILE_KEYS.items():
+        current, loaded = getattr(settings, section), getattr(tls, section)
+        update[section] = current.model_copy(update={k: getattr(loaded, k) for k in keys})
+    return settings.model_copy(update=update)

@@ -26,14 +26,14 @@ class CacheMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.authorizations = Counter(
-            "flipturn_local_authorizations",
+            "flipturn_gateway_local_authorizations",
             "Authorizations the gateway answered itself, by status and by source"
             " (synced, learned, policy)",
             ["status", "source"],
             registry=registry,
         )
         self.learned = Counter(
-            "flipturn_learned_tags",
+            "flipturn_gateway_learned_tags",
             "idTagInfo / idTokenInfo answers of the cloud written to the learned cache",
             registry=registry,
         )

@@ -36,6 +36,7 @@ __all__ = [
     "ChargersSettings",
     "FlipturnSettings",
     "LocalListSettings",
+    "LogSettings",
     "OfflineSettings",
     "PortMapping",
     "Settings",
@@ -180,6 +181,11 @@ class ApiSettings(_Section):
     _port = field_validator("port")(_check_port)
 
 
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
 class LocalListSettings(_Section):
     # Keep each charger's Local Authorization List equal to the synced Authorized access ids
     # (docs/tag-cache.md). Off by default: a CSMS may manage the list itself.
@@ -210,6 +216,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     api: ApiSettings = ApiSettings()
     local_list: LocalListSettings = LocalListSettings()
+    log: LogSettings = LogSettings()
     ports: tuple[PortMapping, ...] = ()
 
     @field_validator("ports")

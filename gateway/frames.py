@@ -50,6 +50,7 @@ __all__ = [
     "OcppVersion",
     "Send",
     "as_version",
+    "describe",
     "dumps",
     "error_code_for",
     "loads",
@@ -224,3 +225,25 @@ def _readable_id(raw: list[Any]) -> str:
         return _message_id(raw)
     except FrameError:
         return "-1"
+
+
+_KIND_NAMES: Final = {
+    CALL: "CALL",
+    CALLRESULT: "CALLRESULT",
+    CALLERROR: "CALLERROR",
+    CALLRESULTERROR: "CALLRESULTERROR",
+    SEND: "SEND",
+}
+
+
+def describe(message: str | bytes) -> tuple[str, str, str]:
+    """(message type, action or "-", message id) of a frame, for a trace line; never raises."""
+    try:
+        value = _loads(message)
+    except ValueError:
+        return ("unparsable", "-", "-")
+    if not isinstance(value, list) or len(value) < 2:
+        return ("unparsable", "-", "-")
+    kind = _KIND_NAMES.get(value[0], str(value[0])[:12]) if isinstance(value[0], int) else "?"
+    action = value[2] if value[0] in (CALL, SEND) and len(value) > 2 else "-"
+    return (kind, str(action)[:64], str(value[1])[:36])

@@ -15,7 +15,7 @@ from gateway.config import Settings
 from gateway.depot import DepotView
 from gateway.frames import OcppVersion, as_version
 from gateway.metrics import RelayStats
-from gateway.session import Authorizer, ChargerSession, ChargerWatcher, SessionHook
+from gateway.session import RECENT_IDS, Authorizer, ChargerSession, ChargerWatcher, SessionHook
 from gateway.store import Store
 from gateway.wsconn import ClientConnection, ServerConnection
 
@@ -30,6 +30,8 @@ STANDALONE_NOTIFICATION_RETENTION_S = 24 * 3600.0
 STANDALONE_TRANSACTION_RETENTION_S = 90 * 24 * 3600.0
 STANDALONE_MAX_ROWS = 200_000
 STANDALONE_PRUNE_EVERY_S = 600.0
+# How often the store is asked whether another process (an operator's CLI) changed it.
+STORE_WATCH_EVERY_S = 1.0
 
 
 def _as_version(value: str) -> OcppVersion:
@@ -70,12 +72,16 @@ class Hub:
         self._next_local_tx = txmap.LOCAL_TX_MIN
         self._prune_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self.dead_letters = 0  # rows in the store's dead letters (for /metrics, no SQL on scrape)
+        self.trace_frames = False  # log.level = "debug": sessions log every frame
         self._attaching: set[asyncio.Task[None]] = set()
         # One timer for every forwarded CALL's deadline, instead of a timer per CALL.
         self._sweep_every_s = min(0.25, settings.upstream.call_timeout_s / 4)
 
     async def start(self) -> None:
         """Load persistent state and open upstream links for chargers that have a backlog."""
+        self.dead_letters = await self.store.dead_letter_count()
         highest = await self.store.max_local_tx_id()
         self._next_local_tx = txmap.LOCAL_TX_MIN if highest is None else highest + 1
         backlog = await self.store.backlog()
@@ -89,6 +95,7 @@ class Hub:
                 sum(c for c, _ in backlog.values()),
                 len(backlog),
             )
+        self._watch_task = asyncio.create_task(self._watch_loop())
         if self.settings.standalone:
             self._prune_task = asyncio.create_task(self._prune_loop())
         else:
@@ -100,11 +107,14 @@ class Hub:
         session = self.sessions.get(charger_id)
         if session is None:
             txids = txmap.TxIdMap(await self.store.tx_ids(charger_id))
+            stored = await self.store.recent_message_ids(charger_id, RECENT_IDS)
             # Another connection for the same id may have created it while we read.
             session = self.sessions.get(charger_id)
             if session is None:
                 session = ChargerSession(self, charger_id, version)
+                session.trace_frames = self.trace_frames
                 session.txids = txids
+                session.remember_stored(stored)
                 self.sessions[charger_id] = session
         return session
 
@@ -154,6 +164,61 @@ class Hub:
             raise RuntimeError("local transaction id range exhausted")
         self._next_local_tx += 1
         return tx
+
+    def set_trace_frames(self, on: bool) -> None:
+        """Log one debug line per frame (``log.level = "debug"``) in every session from now on."""
+        self.trace_frames = on
+        for session in self.sessions.values():
+            session.trace_frames = on
+
+    # --- dead letters ----------------------------------------------------------------------------
+
+    async def requeue_dead_letter(self, seq: int) -> bool:
+        """Put a dead letter back at the head of its charger's queue and replay it; False if
+        there is no such id."""
+        row = await self.store.requeue_dead_letter(seq)
+        if row is None:
+            return False
+        self.dead_letters = max(0, self.dead_letters - 1)
+        session = await self._session(row.charger_id, _as_version(row.version))
+        session.rows_appeared(session.backlog + 1, row.created_at)
+        return True
+
+    async def drop_dead_letter(self, seq: int) -> bool:
+        """Delete a dead letter for good; False if there is no such id."""
+        dropped = await self.store.drop_dead_letter(seq)
+        if dropped:
+            self.dead_letters = max(0, self.dead_letters - 1)
+        return dropped
+
+    async def refresh_from_store(self) -> None:
+        """Another process changed the store (``outbox requeue`` from a shell): pick up rows
+        that appeared in the outbox and recount the dead letters."""
+        self.dead_letters = await self.store.dead_letter_count()
+        backlog = await self.store.backlog()
+        if not backlog:
+            return
+        versions = await self.store.backlog_versions()
+        for charger_id, (count, oldest) in backlog.items():
+            session = self.sessions.get(charger_id)
+            if session is not None and session.backlog >= count:
+                continue
+            if session is None:
+                version = _as_version(versions.get(charger_id, "1.6"))
+                session = await self._session(charger_id, version)
+            session.rows_appeared(count, oldest)
+
+    async def _watch_loop(self) -> None:
+        seen = await self.store.data_version()
+        while True:
+            await asyncio.sleep(STORE_WATCH_EVERY_S)
+            try:
+                version = await self.store.data_version()
+                if version != seen:
+                    seen = version
+                    await self.refresh_from_store()
+            except Exception:  # the store's own health check reports a broken file
+                log.debug("store watch failed", exc_info=True)
 
     # --- views -----------------------------------------------------------------------------------
 
@@ -222,7 +287,7 @@ class Hub:
     async def close(self) -> None:
         """Close every charger and upstream socket; queued writes finish first."""
         self.closing = True
-        for task in (self._prune_task, self._sweep_task, *self._attaching):
+        for task in (self._prune_task, self._sweep_task, self._watch_task, *self._attaching):
             if task is not None:
                 task.cancel()
         await asyncio.gather(

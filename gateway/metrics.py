@@ -1,19 +1,72 @@
 """Relay counters and their Prometheus exposition.
 
 The relay path only increments plain integers (no locks, no label lookups per frame); the
-collector turns them into metric families when ``/metrics`` is scraped.
+collector turns them into metric families when ``/metrics`` is scraped. Every name starts with
+``flipturn_gateway_``; the process metrics (``process_*``) come from prometheus_client's
+process collector.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
-__all__ = ["GatewayCollector", "RelayStats", "new_registry"]
+from gateway import __version__
+
+__all__ = ["PREFIX", "GatewayCollector", "Histogram", "RelayStats", "new_registry"]
+
+PREFIX = "flipturn_gateway_"
+# Cloud answer times: a LAN cloud answers in milliseconds, a far one in 100s of ms, a slow one
+# approaches upstream.call_timeout_s (10 s by default).
+CALL_DURATION_BOUNDS_S: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class Histogram:
+    """Bucket counts without a lock: ``observe`` is one bisect and two additions."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(le, count) pairs as Prometheus wants them, +Inf last."""
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        return out
 
 
 @dataclass
@@ -30,6 +83,8 @@ class RelayStats:
     dead_lettered: int = 0
     upstream_connects: int = 0
     upstream_failures: int = 0
+    # Cloud answer time of CALLs relayed live (charger → cloud → charger).
+    upstream_call_s: Histogram = field(default_factory=lambda: Histogram(CALL_DURATION_BOUNDS_S))
     # OCPP 2.1 SEND frames (no answer, never stored) by "<direction> <outcome>",
     # e.g. "from_charger relayed", "from_charger dropped" (no link to pass it on).
     sends: Counter[str] = field(default_factory=Counter)
@@ -45,28 +100,35 @@ class GatewayCollector(Collector):
         chargers_connected: Callable[[], int],
         upstreams_connected: Callable[[], int],
         outbox: Callable[[], dict[str, tuple[int, float]]],
+        dead_letters: Callable[[], int],
         now: Callable[[], float],
     ) -> None:
         self._stats = stats
         self._chargers = chargers_connected
         self._upstreams = upstreams_connected
         self._outbox = outbox
+        self._dead = dead_letters
         self._now = now
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats
+        info = GaugeMetricFamily(
+            PREFIX + "build_info", "The gateway's version (always 1)", labels=["version"]
+        )
+        info.add_metric([__version__], 1)
+        yield info
         yield GaugeMetricFamily(
-            "flipturn_chargers_connected",
+            PREFIX + "chargers_connected",
             "Chargers connected to the gateway",
             value=self._chargers(),
         )
         yield GaugeMetricFamily(
-            "flipturn_upstream_connected",
+            PREFIX + "upstream_connected",
             "Upstream (cloud) links currently open",
             value=self._upstreams(),
         )
         frames = CounterMetricFamily(
-            "flipturn_frames", "OCPP-J frames moved, by direction", labels=["direction"]
+            PREFIX + "frames", "OCPP-J frames moved, by direction", labels=["direction"]
         )
         frames.add_metric(["from_charger"], s.frames_from_chargers)
         frames.add_metric(["to_charger"], s.frames_to_chargers)
@@ -74,19 +136,19 @@ class GatewayCollector(Collector):
         frames.add_metric(["to_cloud"], s.frames_to_cloud)
         yield frames
         local = CounterMetricFamily(
-            "flipturn_local_answers",
+            PREFIX + "local_answers",
             "Charger CALLs answered by the gateway itself",
             labels=["action"],
         )
         for action, n in sorted(s.local_answers.items()):
             local.add_metric([action], n)
         yield local
-        errors = CounterMetricFamily("flipturn_errors", "Errors by kind", labels=["kind"])
+        errors = CounterMetricFamily(PREFIX + "errors", "Errors by kind", labels=["kind"])
         for kind, n in sorted(s.errors.items()):
             errors.add_metric([kind], n)
         yield errors
         sends = CounterMetricFamily(
-            "flipturn_gateway_send_frames",
+            PREFIX + "send_frames",
             "OCPP 2.1 SEND frames (never answered, never stored), relayed or dropped",
             labels=["direction", "outcome"],
         )
@@ -94,37 +156,51 @@ class GatewayCollector(Collector):
             sends.add_metric(key.split(" ", 1), n)
         yield sends
         yield CounterMetricFamily(
-            "flipturn_replayed_messages", "Queued messages delivered to the cloud", value=s.replayed
+            PREFIX + "replayed_messages", "Queued messages delivered to the cloud", value=s.replayed
         )
         yield CounterMetricFamily(
-            "flipturn_dead_letters",
-            "Queued messages the cloud refused for good",
+            PREFIX + "dead_lettered",
+            "Queued messages moved to the dead letters (the cloud refused them for good)",
             value=s.dead_lettered,
         )
-        yield CounterMetricFamily(
-            "flipturn_upstream_connects", "Upstream connections opened", value=s.upstream_connects
+        connects = CounterMetricFamily(
+            PREFIX + "upstream_connects",
+            "Upstream connection attempts by result",
+            labels=["result"],
         )
-        yield CounterMetricFamily(
-            "flipturn_upstream_failures",
-            "Upstream connection attempts that failed",
-            value=s.upstream_failures,
+        connects.add_metric(["ok"], s.upstream_connects)
+        connects.add_metric(["failed"], s.upstream_failures)
+        yield connects
+        hist = s.upstream_call_s
+        duration = HistogramMetricFamily(
+            PREFIX + "upstream_call_duration_seconds",
+            "Time the cloud took to answer a relayed charger CALL",
         )
-        pending = GaugeMetricFamily(
-            "flipturn_outbox_pending", "Messages waiting for the cloud", labels=["charger"]
-        )
-        age = GaugeMetricFamily(
-            "flipturn_outbox_oldest_age_seconds",
-            "Age of the oldest waiting message",
-            labels=["charger"],
-        )
+        duration.add_metric([], hist.cumulative(), sum_value=hist.sum)
+        yield duration
+        backlog = self._outbox()
         now = self._now()
-        for charger, (count, oldest) in sorted(self._outbox().items()):
-            pending.add_metric([charger], count)
-            age.add_metric([charger], max(0.0, now - oldest))
-        yield pending
-        yield age
+        oldest = min((t for _, t in backlog.values()), default=None)
+        yield GaugeMetricFamily(
+            PREFIX + "outbox_pending",
+            "Messages waiting for the cloud, all chargers",
+            value=sum(n for n, _ in backlog.values()),
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "outbox_oldest_age_seconds",
+            "Age of the oldest message waiting for the cloud (0 when none waits)",
+            value=0.0 if oldest is None else max(0.0, now - oldest),
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "outbox_dead",
+            "Dead letters waiting for an operator (GET /api/outbox/dead)",
+            value=self._dead(),
+        )
 
 
 def new_registry() -> CollectorRegistry:
-    """A registry of the gateway's own (no process-global default registry)."""
-    return CollectorRegistry(auto_describe=True)
+    """A registry of the gateway's own (no process-global default registry), with the
+    process metrics (resident memory, CPU seconds, open file descriptors) of this process."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    return registry

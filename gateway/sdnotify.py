@@ -141,11 +141,14 @@ async def watchdog_loop(
     notifier: Notifier,
     interval_s: float,
     is_healthy: Callable[[], Awaitable[bool]],
+    why: Callable[[], str | None] | None = None,
 ) -> None:
     """Send ``WATCHDOG=1`` every ``interval_s`` while ``is_healthy()`` holds; runs until cancelled.
 
     When the check fails, raises or takes longer than ``interval_s``, no ping is sent, so a wedged
     store lets systemd's watchdog restart the service. Pings resume if the check recovers in time.
+    ``why()``, if given, names the reason of a failed check for the log and ``systemctl status``.
+    The gateway's check is ``Store.healthy``: true only while commits succeed.
     """
     loop = asyncio.get_running_loop()
     healthy_before = True
@@ -162,7 +165,7 @@ async def watchdog_loop(
             healthy = False
             reason = f"health check raised {type(exc).__name__}"
         else:
-            reason = "health check failed"
+            reason = (why() if why is not None else None) or "health check failed"
         if healthy:
             notifier.watchdog()
             if not healthy_before:

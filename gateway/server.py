@@ -49,10 +49,12 @@ async def start_charger_server(
 
     With ``ssl_context`` (see :mod:`gateway.tls`) the server speaks wss://; with
     ``settings.client_certs`` a verified client certificate must name the charger (else 403).
+    Each handshake is admitted with ``hub.settings.chargers`` as it is then, so a SIGHUP reload
+    of ``[chargers.passwords]`` applies to the next charger that connects.
     """
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
-        decision = admit(request.path, request.headers.get("Authorization"), settings)
+        decision = admit(request.path, request.headers.get("Authorization"), hub.settings.chargers)
         if isinstance(decision, Refused):
             hub.stats.errors[f"refused_{decision.status.value}"] += 1
             log.warning("refused %s: %s", request.path[:80], decision.reason)
@@ -75,7 +77,9 @@ async def start_charger_server(
     def on_open(connection: ServerConnection) -> None:
         assert connection.request is not None
         decision = admit(
-            connection.request.path, connection.request.headers.get("Authorization"), settings
+            connection.request.path,
+            connection.request.headers.get("Authorization"),
+            hub.settings.chargers,
         )
         if isinstance(decision, Refused):  # cannot happen: process_request refused it already
             connection.close(1008, decision.reason)

@@ -35,10 +35,16 @@ from urllib.parse import quote
 from gateway import frames, offline, txmap
 from gateway.backoff import Backoff
 from gateway.depot import FOLDED_ANSWERS, FOLDED_CALLS
-from gateway.errors import ChargerNotConnected, ChargerTimeout, CloudUnavailable, FrameError
+from gateway.errors import (
+    ChargerNotConnected,
+    ChargerTimeout,
+    CloudUnavailable,
+    FrameError,
+    StoreError,
+)
 from gateway.frames import Call, CallError, CallResult, CallResultError, OcppVersion, Send
 from gateway.link import Event, LinkState, transition
-from gateway.store import OutboxRow
+from gateway.store import OutboxRow, call_digest
 from gateway.validation import validate_call, validate_result
 from gateway.wsconn import ClientConnection, Message, ServerConnection, WsConnection
 
@@ -69,6 +75,9 @@ _OUTAGE_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
 _CLOSED_BY_US: Final = (0, "closed by the gateway")
 # Charger frames waiting behind one that needs I/O (a local answer); beyond this, reading pauses.
 INBOX_HOLD: Final = 16
+# Message ids of a charger's latest stored CALLs, checked for resends on the online path: a
+# charger resends the CALL it got no answer for, which is among its last few.
+RECENT_IDS: Final = 64
 # Ids of the latest CALLs the gateway answered itself: a 2.1 CALLRESULTERROR for one of them is
 # about the gateway's own answer and is not the cloud's business (OCPP 2.1 Part 4 §6.4).
 LOCAL_ANSWERS_KEPT: Final = 16
@@ -189,6 +198,8 @@ class ChargerSession:
         self.backlog_oldest: float | None = None
         self._enqueued = 0  # messages queued by this session, ever (a change marker for replay)
         self.txids = txmap.TxIdMap()
+        self.recent_ids: set[str] = set()  # see remember_stored; usually empty
+        self._recent_order: deque[str] = deque()
         self._auth_header: dict[str, str] = {}
         self._pending: dict[str, _Pending] = {}
         self._replay: _Replay | None = None
@@ -201,6 +212,8 @@ class ChargerSession:
         self._closing_upstream = False  # we, not the cloud, are closing the current link
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inbox: deque[Message] | None = None  # set while a charger frame awaits I/O
+        # log.level = "debug": one line per frame; the hub sets it (one attribute test per frame).
+        self.trace_frames = False
         self._answered_locally: deque[str] = deque(maxlen=LOCAL_ANSWERS_KEPT)
         self._loop = asyncio.get_running_loop()
         self._call_timeout_s = hub.settings.upstream.call_timeout_s
@@ -247,13 +260,30 @@ class ChargerSession:
         ws = self.charger
         if ws is not None and ws.send(text):
             self.hub.stats.frames_to_chargers += 1
+            if self.trace_frames:
+                self._trace("to charger", text)
 
     def _send_cloud(self, text: str) -> bool:
         ws = self.upstream
         if ws is None or not ws.send(text):
             return False
         self.hub.stats.frames_to_cloud += 1
+        if self.trace_frames:
+            self._trace("to cloud", text)
         return True
+
+    def _trace(self, direction: str, message: Message) -> None:
+        """The debug line of one frame: direction, charger, message type, action, message id."""
+        kind, action, message_id = frames.describe(message)
+        log.debug(
+            "%s: frame %s %s %s %s",
+            self.charger_id,
+            direction,
+            kind,
+            action,
+            message_id,
+            extra={"charger": self.charger_id},
+        )
 
     def _error_text(self, message_id: str, code: str, description: str) -> str:
         return CallError(
@@ -325,6 +355,8 @@ class ChargerSession:
         """A charger frame: relayed within this callback, or run in order behind slower ones."""
         self.hub.stats.frames_from_chargers += 1
         self.last_seen_at = time.time()
+        if self.trace_frames:
+            self._trace("from charger", message)
         inbox = self._inbox
         if inbox is not None:  # an earlier frame still awaits I/O: keep the charger's order
             inbox.append(message)
@@ -435,6 +467,30 @@ class ChargerSession:
             for hook in self.hub.hooks:
                 if call.action in hook.charger_actions:
                     self._spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
+        if self.recent_ids and call.message_id in self.recent_ids:
+            # Perhaps a resend of a CALL already stored (its answer lost in a crash or with a
+            # dropped connection): it must not reach the cloud a second time.
+            return functools.partial(self._resend_or_route, call, text)
+        return self._route(call, text)
+
+    async def _resend_or_route(self, call: Call, text: str) -> None:
+        if self.state is LinkState.ONLINE and await self._answer_resend(call):
+            return
+        slow = self._route(call, text)
+        if slow is not None:
+            await slow()
+
+    def remember_stored(self, message_ids: list[str]) -> None:
+        """Note message ids of CALLs stored for replay (the latest RECENT_IDS are kept)."""
+        for message_id in message_ids:
+            if message_id in self.recent_ids:
+                continue
+            self.recent_ids.add(message_id)
+            self._recent_order.append(message_id)
+            if len(self._recent_order) > RECENT_IDS:
+                self.recent_ids.discard(self._recent_order.popleft())
+
+    def _route(self, call: Call, text: str) -> Slow | None:
         if self.state is LinkState.ONLINE and not self.txids:
             return self._forward(call, text)  # the common case, decided without more calls
         if self.state is LinkState.CONNECTING:
@@ -503,10 +559,40 @@ class ChargerSession:
         """
         try:
             await self._answer_locally_or_raise(call)
+        except StoreError as exc:
+            # The store logs each change of its state once; a line per message would flood.
+            self.hub.stats.errors["store"] += 1
+            log.debug("%s: cannot store %s: %s", self.charger_id, call.action, exc)
+            self._send_charger(self._error_text(call.message_id, "InternalError", ""))
         except Exception:
             self.hub.stats.errors["internal"] += 1
             log.exception("%s: cannot answer %s locally", self.charger_id, call.action)
             self._send_charger(self._error_text(call.message_id, "InternalError", ""))
+
+    async def _answer_resend(self, call: Call, digest: bytes | None = None) -> bool:
+        """Answer a resend of a stored CALL (same id, action and payload, queued or delivered
+        within the last 24 h) with the answer the charger got the first time; True if it was one.
+        The 1.6 StartTransaction gets the same transactionId; nothing is stored or sent again."""
+        rule = offline.rule_for(self.version, call.action)
+        if not rule.stored:
+            return False
+        if digest is None:
+            digest = call_digest(call.action, call.payload)
+        answer = await self.hub.store.earlier_answer(
+            self.charger_id, call.message_id, digest, now=time.time()
+        )
+        if answer is None:
+            return False
+        self.hub.stats.errors["charger_resend"] += 1
+        log.info(
+            "%s: %s %s was stored before; answered as the first time",
+            self.charger_id,
+            call.action,
+            call.message_id,
+        )
+        self._answered_locally.append(call.message_id)
+        self._send_charger(CallResult(call.message_id, frames.loads(answer)).serialize())
+        return True
 
     async def _answer_locally_or_raise(self, call: Call) -> None:
         version = self.version
@@ -518,7 +604,12 @@ class ChargerSession:
                 )
             )
             return
+        digest = call_digest(call.action, call.payload) if rule.stored else None
+        if digest is not None and await self._answer_resend(call, digest):
+            return
         try:
+            # Validation never writes defaults into the payload (gateway.validation): what is
+            # stored and replayed is what the charger sent.
             validate_call(version, call.action, call.payload, call.message_id)
         except FrameError as exc:
             self.hub.stats.errors["schema_violation"] += 1
@@ -529,22 +620,6 @@ class ChargerSession:
         transaction_id = None
         if rule.answer is offline.Answer.START_TRANSACTION:
             transaction_id = self.hub.next_local_tx_id()
-        payload_text = frames.dumps(call.payload)
-        if rule.answer is offline.Answer.BOOT:
-            await self._save_boot(call, delivered=False)
-        elif rule.stored:
-            await self.hub.store.enqueue(
-                self.charger_id,
-                version,
-                call.message_id,
-                call.action,
-                payload_text,
-                now.timestamp(),
-                local_tx_id=transaction_id,
-            )
-            if transaction_id is not None:
-                self.txids.add_local(transaction_id)
-            self._backlog_grew(now.timestamp())
         result = offline.local_result(
             version,
             call.action,
@@ -553,6 +628,24 @@ class ChargerSession:
             auth_info=auth_info,
             transaction_id=transaction_id,
         )
+        if rule.answer is offline.Answer.BOOT:
+            await self._save_boot(call, delivered=False)
+        elif rule.stored:
+            await self.hub.store.enqueue(
+                self.charger_id,
+                version,
+                call.message_id,
+                call.action,
+                frames.dumps(call.payload),
+                now.timestamp(),
+                local_tx_id=transaction_id,
+                digest=digest,
+                answer=frames.dumps(result),
+            )
+            if transaction_id is not None:
+                self.txids.add_local(transaction_id)
+            self.remember_stored([call.message_id])
+            self._backlog_grew(now.timestamp())
         self.hub.stats.local_answers[call.action] += 1
         self._answered_locally.append(call.message_id)
         self._send_charger(CallResult(call.message_id, result).serialize())
@@ -595,6 +688,18 @@ class ChargerSession:
         self.backlog += 1
         if self.backlog_oldest is None:
             self.backlog_oldest = created_at
+        if self.state is LinkState.ONLINE:
+            self._set_state(Event.BACKLOG)
+            self._start_replay()
+        self.ensure_link()
+
+    def rows_appeared(self, count: int, oldest: float) -> None:
+        """Rows reached this charger's queue from outside the session (a requeued dead letter):
+        replay them like a backlog of its own."""
+        self._enqueued += 1
+        self.backlog = max(self.backlog, count)
+        if self.backlog_oldest is None or oldest < self.backlog_oldest:
+            self.backlog_oldest = oldest
         if self.state is LinkState.ONLINE:
             self._set_state(Event.BACKLOG)
             self._start_replay()
@@ -757,6 +862,8 @@ class ChargerSession:
 
     def _cloud_message(self, message: Message) -> None:
         self.hub.stats.frames_from_cloud += 1
+        if self.trace_frames:
+            self._trace("from cloud", message)
         try:
             self._from_cloud(message)
         except Exception:
@@ -835,6 +942,9 @@ class ChargerSession:
             )
             return
         self._send_charger(text)
+        self.hub.stats.upstream_call_s.observe(
+            self._loop.time() - pending.deadline + self._call_timeout_s
+        )
         if isinstance(frame, CallResult):
             if pending.call.action in LEARNED_ACTIONS:
                 self._learn(pending.call, frame)
@@ -923,6 +1033,11 @@ class ChargerSession:
                         await self._replay_row(row)
                     except _RetryLater:
                         break  # re-read: the row now carries its next attempt time
+                    except StoreError:
+                        # The outcome could not be recorded: hold the replay until the store
+                        # commits again, then resume from the first row still queued.
+                        await self.hub.store.wait_usable()
+                        break
         except CloudUnavailable:
             return  # the link loop reconnects and replay starts again from the store
 
@@ -957,21 +1072,18 @@ class ChargerSession:
         if isinstance(answer, CallError):
             code = answer.code
             if code in TRANSIENT_CODES and row.attempts + 1 < MAX_TRANSIENT_ATTEMPTS:
-                delay = min(300.0, 2.0 ** (row.attempts + 1))
-                log.warning(
-                    "%s: cloud answered %s to replayed %s; retry in %.0fs",
-                    self.charger_id,
-                    code,
-                    row.action,
-                    delay,
-                )
-                await self.hub.store.retry_later(
-                    row.seq,
-                    next_attempt_at=time.time() + delay,
-                    error=f"{code}: {answer.description}",
-                )
-                raise _RetryLater
+                await self._retry_later(row, f"{code}: {answer.description}")
             await self._dead_letter(row, code, answer.description)
+            return
+        try:
+            # An answer that breaks the schema is not a delivery: a StartTransaction answer
+            # without an integer transactionId would leave the transaction unmapped.
+            validate_result(version, row.action, answer.payload, row.message_id)
+        except FrameError as exc:
+            reason = f"the cloud's answer breaks the schema: {exc.description}"
+            if row.attempts + 1 < MAX_TRANSIENT_ATTEMPTS:
+                await self._retry_later(row, f"{exc.code}: {reason}")
+            await self._dead_letter(row, exc.code, reason)
             return
         tx = None
         if version == "1.6" and row.action == "StartTransaction":
@@ -990,6 +1102,22 @@ class ChargerSession:
         if row.action in LEARNED_ACTIONS:
             self._learn(Call(row.message_id, row.action, payload), answer)
 
+    async def _retry_later(self, row: OutboxRow, error: str) -> None:
+        """Hold a replayed message for a backoff delay, then raise _RetryLater."""
+        delay = min(300.0, 2.0 ** (row.attempts + 1))
+        log.warning(
+            "%s: replayed %s %s not delivered (%s); retry in %.0fs",
+            self.charger_id,
+            row.action,
+            row.message_id,
+            error,
+            delay,
+        )
+        await self.hub.store.retry_later(
+            row.seq, next_attempt_at=time.time() + delay, error=error[:500]
+        )
+        raise _RetryLater
+
     def _warn_if_refused(self, status: object, what: str) -> None:
         """The charger was answered Accepted locally; an operator should know the cloud disagreed."""
         if status is not None and status != "Accepted":
@@ -998,11 +1126,8 @@ class ChargerSession:
     async def _bind_transaction(
         self, row: OutboxRow, answer: CallResult
     ) -> tuple[str, int, int] | None:
-        try:
-            validate_result("1.6", "StartTransaction", answer.payload, row.message_id)
-        except FrameError as exc:
-            log.error("%s: cloud's StartTransaction answer is invalid: %s", self.charger_id, exc)
-            return None
+        """(charger, local id, cloud id) for a replayed StartTransaction answered locally; the
+        answer has been validated (an integer transactionId)."""
         local = row.local_tx_id
         if local is None:
             return None
@@ -1022,6 +1147,7 @@ class ChargerSession:
         await self.hub.store.dead_letter(row, code=code, description=description, now=time.time())
         self.backlog = max(0, self.backlog - 1)
         self.hub.stats.dead_lettered += 1
+        self.hub.dead_letters += 1
 
     # --- shutdown --------------------------------------------------------------------------------
 

@@ -117,34 +117,34 @@ class SyncMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.last_success = Gauge(
-            "flipturn_sync_last_success_timestamp_seconds",
+            "flipturn_gateway_sync_last_success_timestamp_seconds",
             "Unix time of the last successful Flipturn sync",
             registry=registry,
         )
         self.duration = Histogram(
-            "flipturn_sync_duration_seconds",
+            "flipturn_gateway_sync_duration_seconds",
             "Duration of successful Flipturn syncs",
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
             registry=registry,
         )
         self.access_ids = Gauge(
-            "flipturn_sync_access_ids",
+            "flipturn_gateway_sync_access_ids",
             "Access ids in the cache after the last successful sync",
             registry=registry,
         )
         self.vehicles = Gauge(
-            "flipturn_sync_vehicles",
+            "flipturn_gateway_sync_vehicles",
             "Vehicles in the cache after the last successful sync",
             registry=registry,
         )
         self.failures = Counter(
-            "flipturn_sync_failures",
+            "flipturn_gateway_sync_failures",
             "Failed Flipturn syncs by reason (auth, rate_limited, error)",
             ["reason"],
             registry=registry,
         )
         self.rejected = Counter(
-            "flipturn_sync_rejected_items",
+            "flipturn_gateway_sync_rejected_items",
             "Malformed items rejected during syncs, by kind (access_id, vehicle)",
             ["kind"],
             registry=registry,

@@ -76,6 +76,7 @@ _LEARNED_TO_16: Final = {
 
 _MAC_SEPARATED: Final = re.compile(r"[0-9A-F]{2}([:-])[0-9A-F]{2}(?:\1[0-9A-F]{2}){4}")
 _MAC_BARE: Final = re.compile(r"[0-9A-F]{12}")
+_MAC_DOTTED: Final = re.compile(r"[0-9A-F]{4}\.[0-9A-F]{4}\.[0-9A-F]{4}")  # Cisco: AABB.CCDD.EEFF
 _VID_PREFIX: Final = "VID:"
 _MAX_TAG_LENGTH: Final = 255  # far above OCPP's 20 (1.6) / 36 (2.0.1); guards the store from junk
 
@@ -84,7 +85,7 @@ def normalise(tag: str) -> str:
     """The lookup key for ``tag``, normalised the way Flipturn normalises ``ocppIdTag``.
 
     design.md "Tag matching": trim, upper-case; MAC-address forms (``aa:bb:cc:dd:ee:ff``,
-    ``AA-BB-CC-DD-EE-FF``, ``AABBCCDDEEFF``, each with or without a ``VID:`` prefix in any case)
+    ``AA-BB-CC-DD-EE-FF``, ``AABB.CCDD.EEFF``, ``AABBCCDDEEFF``, each with or without a ``VID:`` prefix in any case)
     collapse to 12 upper-case hex digits. Anything else is only trimmed and upper-cased.
     """
     key = tag.strip().upper()
@@ -93,6 +94,8 @@ def normalise(tag: str) -> str:
         return body
     if _MAC_SEPARATED.fullmatch(body):
         return body.replace(":", "").replace("-", "")
+    if _MAC_DOTTED.fullmatch(body):
+        return body.replace(".", "")
     return key
 
 

@@ -236,6 +236,11 @@ class TlsContexts:
         if self.charger_listener is not None:
             self.charger_listener.sni_callback = self._choose_context
 
+    @property
+    def settings(self) -> Settings:
+        """The settings whose TLS files are in use (the last successful load)."""
+        return self._settings
+
     @staticmethod
     def _build(build: Callable[[], ssl.SSLContext | None], name: str) -> ssl.SSLContext | None:
         try:

@@ -5,6 +5,12 @@ code on first use (a 3-phase MeterValues validates in ~30 µs, against ~500 µs 
 interpreter; see docs/benchmarks.md). As with the ``ocpp`` package's own validator, ``format`` is not
 asserted: chargers in the field send timestamps without a zone, and refusing those offline would lose
 a charging session over a spelling the cloud accepts.
+
+Validation never changes the payload: fastjsonschema by default writes each schema ``default`` into
+the dict it validates (``"multiplier": 0`` into every 2.0.1 ``unitOfMeasure``, ``"offline": false``
+into TransactionEvents), and that dict is what the gateway stores and replays. The schemas are
+compiled with ``use_default=False``, which costs nothing per call, where validating a deep copy
+would cost more than the validation itself (docs/benchmarks.md "Store integrity").
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ def _validator(kind: int, action: str, version: OcppVersion) -> Validator | None
     except (FileNotFoundError, OSError):
         return None
     schema.pop("$schema", None)  # compile as draft 4 whatever the header's URL spelling
-    return fastjsonschema.compile(schema, formats=_ANY_FORMAT)
+    return fastjsonschema.compile(schema, formats=_ANY_FORMAT, use_default=False)
 
 
 def _check(kind: int, action: str, payload: dict[str, Any], version: OcppVersion, mid: str) -> None:

@@ -117,11 +117,11 @@ async def test_metrics_count_local_answers_by_outcome(store: Store) -> None:
         "1.6", "Authorize", {"idTag": "x"}, {"idTagInfo": {"status": "Accepted"}}, NOW
     )
     value = registry.get_sample_value
-    name = "flipturn_local_authorizations_total"
+    name = "flipturn_gateway_local_authorizations_total"
     assert value(name, {"status": "Accepted", "source": "synced"}) == 2
     assert value(name, {"status": "Blocked", "source": "synced"}) == 1
     assert value(name, {"status": "Invalid", "source": "policy"}) == 1
-    assert value("flipturn_learned_tags_total") == 1
+    assert value("flipturn_gateway_learned_tags_total") == 1
 
 
 async def test_describe_shows_record_and_decision(store: Store) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from gateway.store import Store
 from tests.flipturn_fake import FakeFlipturn, access_id, serving, vehicle
 
 
@@ -23,12 +25,20 @@ def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def write_config(tmp_path: Path, api_url: str, api_key: str = "secret-key") -> Path:
+    """A config with its store, made the way `run` makes it (only `run` creates a store)."""
+    db = tmp_path / "gateway.db"
+    if not db.exists():
+        asyncio.run(_create_store(db))
     config = tmp_path / "config.toml"
     config.write_text(
         f'[flipturn]\napi_url = "{api_url}"\napi_key = "{api_key}"\n'
         f'[store]\npath = "{tmp_path / "gateway.db"}"\n'
     )
     return config
+
+
+async def _create_store(path: Path) -> None:
+    await (await Store.open(path)).close()
 
 
 def test_sync_then_lookup(tmp_path: Path) -> None:

@@ -108,18 +108,22 @@ async def test_offline_authorize_16(tmp_path: Any, flipturn_url: str) -> None:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.api_port}") as api:
             metrics = (await api.get("/metrics")).text
         assert (
-            'flipturn_local_authorizations_total{source="synced",status="Accepted"} 4.0' in metrics
+            'flipturn_gateway_local_authorizations_total{source="synced",status="Accepted"} 4.0'
+            in metrics
         )
         assert (
-            'flipturn_local_authorizations_total{source="synced",status="Blocked"} 2.0' in metrics
+            'flipturn_gateway_local_authorizations_total{source="synced",status="Blocked"} 2.0'
+            in metrics
         )
         assert (
-            'flipturn_local_authorizations_total{source="learned",status="Expired"} 1.0' in metrics
+            'flipturn_gateway_local_authorizations_total{source="learned",status="Expired"} 1.0'
+            in metrics
         )
         assert (
-            'flipturn_local_authorizations_total{source="policy",status="Invalid"} 1.0' in metrics
+            'flipturn_gateway_local_authorizations_total{source="policy",status="Invalid"} 1.0'
+            in metrics
         )
-        assert "flipturn_sync_access_ids 3.0" in metrics
+        assert "flipturn_gateway_sync_access_ids 3.0" in metrics
 
 
 @pytest.mark.parametrize(("policy", "status"), [("reject", "Invalid"), ("accept", "Accepted")])

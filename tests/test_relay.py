@@ -256,8 +256,8 @@ async def test_health_degraded_when_cloud_unreachable(tmp_path: Any) -> None:
         assert response.status_code == 200
         assert body["status"] == "degraded"
         assert body["upstream"] == {"configured": True, "connected": False, "chargers": 0}
-        assert "flipturn_chargers_connected 1.0" in metrics
-        assert 'flipturn_local_answers_total{action="Heartbeat"} 1.0' in metrics
+        assert "flipturn_gateway_chargers_connected 1.0" in metrics
+        assert 'flipturn_gateway_local_answers_total{action="Heartbeat"} 1.0' in metrics
 
 
 async def test_reconnect_with_same_id_replaces_old_socket_and_keeps_upstream(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
+from gateway.store import Store
 
 
 class FakeSystemd:
@@ -239,3 +241,39 @@ async def test_watchdog_loop_treats_a_hung_or_raising_check_as_unhealthy(
     assert "WATCHDOG=1" not in received
     assert received == ["STATUS=unhealthy: health check took longer than 0.02 s"]
     assert calls >= 2
+
+
+async def test_watchdog_is_fed_only_while_the_store_commits(
+    systemd: FakeSystemd, socket_path: str, tmp_path: Path
+) -> None:
+    store = await Store.open(tmp_path / "g.db")
+    store.start_monitoring()
+    notifier = Notifier(socket_path)
+    task = asyncio.create_task(
+        watchdog_loop(notifier, 0.05, store.healthy, lambda: store.status()["error"])
+    )
+
+    async def until(seen: str, timeout: float = 5) -> list[str]:
+        got: list[str] = []
+        async with asyncio.timeout(timeout):
+            while not any(m.startswith(seen) for m in got):
+                await asyncio.sleep(0.01)
+                got += systemd.messages()
+        return got
+
+    try:
+        await until("WATCHDOG=1")
+        await store.fetchone("PRAGMA query_only = 1")  # every commit now fails: read-only
+        unhealthy = await until("STATUS=unhealthy", timeout=10)
+        assert any("read-only" in m for m in unhealthy if m.startswith("STATUS="))
+        systemd.messages()
+        await asyncio.sleep(0.3)
+        assert "WATCHDOG=1" not in systemd.messages()  # not fed while it cannot commit
+        await store.fetchone("PRAGMA query_only = 0")
+        await until("WATCHDOG=1")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        notifier.close()
+        await store.close()

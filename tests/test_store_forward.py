@@ -221,9 +221,9 @@ async def test_refused_message_dead_lettered_and_visible(tmp_path: Any, cloud: F
             dead = (await client.get("/api/outbox/dead")).json()["data"]
             health = (await client.get("/health")).json()
             metrics = (await client.get("/metrics")).text
-        assert [d["error_code"] for d in dead] == ["PropertyConstraintViolation"]
+        assert [d["error"].split(":")[0] for d in dead] == ["PropertyConstraintViolation"]
         assert health["outbox"]["deadLetters"] == 1 and health["status"] == "degraded"
-        assert "flipturn_dead_letters_total 1.0" in metrics
+        assert "flipturn_gateway_dead_lettered_total 1.0" in metrics
 
 
 async def test_transient_error_is_retried_not_dropped(tmp_path: Any, cloud: FakeCloud) -> None:

@@ -302,15 +302,15 @@ async def test_metrics(store: Store) -> None:
     async with client_for(FakeFlipturn(items, [vehicle(1)])) as client:
         await sync_once(store, client, metrics=metrics)
     value = registry.get_sample_value
-    assert value("flipturn_sync_access_ids") == 3
-    assert value("flipturn_sync_vehicles") == 1
-    assert value("flipturn_sync_duration_seconds_count") == 1
-    assert (value("flipturn_sync_last_success_timestamp_seconds") or 0) > 1.7e9
-    assert value("flipturn_sync_rejected_items_total", {"kind": "access_id"}) == 1
+    assert value("flipturn_gateway_sync_access_ids") == 3
+    assert value("flipturn_gateway_sync_vehicles") == 1
+    assert value("flipturn_gateway_sync_duration_seconds_count") == 1
+    assert (value("flipturn_gateway_sync_last_success_timestamp_seconds") or 0) > 1.7e9
+    assert value("flipturn_gateway_sync_rejected_items_total", {"kind": "access_id"}) == 1
     async with client_for(FakeFlipturn(items), key="bad") as client:
         with pytest.raises(SyncAuthError):
             await sync_once(store, client, metrics=metrics)
-    assert value("flipturn_sync_failures_total", {"reason": "auth"}) == 1
+    assert value("flipturn_gateway_sync_failures_total", {"reason": "auth"}) == 1
 
 
 # --- the periodic loop ----------------------------------------------------------------------
@@ -410,8 +410,10 @@ async def test_loop_after_restart_waits_for_the_rest_of_the_interval(store: Stor
         await service.run()
     await service.aclose()
     # no sync ran (the first sleep ended the loop), yet the gauges show the persisted state
-    assert registry.get_sample_value("flipturn_sync_access_ids") == 2
-    assert (registry.get_sample_value("flipturn_sync_last_success_timestamp_seconds") or 0) > 1.7e9
+    assert registry.get_sample_value("flipturn_gateway_sync_access_ids") == 2
+    assert (
+        registry.get_sample_value("flipturn_gateway_sync_last_success_timestamp_seconds") or 0
+    ) > 1.7e9
     delays = await run_loop(store, FakeFlipturn(fleet(1)), limit=0)
     assert 290 <= delays[0] <= 300
 

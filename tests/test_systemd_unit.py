@@ -54,15 +54,21 @@ def test_exec_start_runs_the_entry_point_with_the_system_config() -> None:
     ]
 
 
-def test_store_path_is_inside_the_state_directory_and_a_valid_override(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    env = dict(v.split("=", 1) for v in unit_entries()["Service.Environment"])
-    store_path = env["FLIPTURN_GATEWAY_STORE__PATH"]
-    assert store_path == "/var/lib/flipturn-gateway/gateway.db"
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    assert load_settings(None).store.path == store_path
+def test_store_path_comes_from_the_config_file_like_the_operators_commands() -> None:
+    unit = unit_entries()
+    env = dict(v.split("=", 1) for v in unit.get("Service.Environment", []))
+    # No environment override: the service reads store.path from config.toml, as `flipturn-gateway
+    # tags lookup` run from a shell does.
+    assert "FLIPTURN_GATEWAY_STORE__PATH" not in env
+    example = load_settings(Path(__file__).resolve().parent.parent / "config.example.toml")
+    assert example.store.path == "/var/lib/flipturn-gateway/gateway.db"
+    assert Path(example.store.path).parent == Path("/var/lib") / unit["Service.StateDirectory"][0]
+    # A config without store.path resolves "gateway.db" in the state directory all the same.
+    assert unit["Service.WorkingDirectory"] == ["/var/lib/flipturn-gateway"]
+
+
+def test_reload_is_sighup() -> None:
+    assert unit_entries()["Service.ExecReload"] == ["/bin/kill -HUP $MAINPID"]
 
 
 def test_hardening_options() -> None:

@@ -35,6 +35,8 @@ NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
         ("vid:AABBCCDDEEFF", "AABBCCDDEEFF"),
         ("Vid:0a-1b-2c-3d-4e-5f", "0A1B2C3D4E5F"),
         ("  vid:aa:bb:cc:dd:ee:ff \n", "AABBCCDDEEFF"),
+        ("AABB.CCDD.EEFF", "AABBCCDDEEFF"),
+        ("vid:aabb.ccdd.eeff", "AABBCCDDEEFF"),
         ("  04a2b3c4d5  ", "04A2B3C4D5"),
         ("rfid-card-7", "RFID-CARD-7"),
         # not MAC forms: only trimmed and upper-cased
@@ -43,6 +45,8 @@ NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
         ("VID:not-a-mac", "VID:NOT-A-MAC"),
         ("aabbccddeeff00", "AABBCCDDEEFF00"),
         ("gg:bb:cc:dd:ee:ff", "GG:BB:CC:DD:EE:FF"),
+        ("aabb.ccdd.ee", "AABB.CCDD.EE"),
+        ("aab.bccdd.eeff", "AAB.BCCDD.EEFF"),
     ],
 )
 def test_normalise(raw: str, key: str) -> None:

@@ -279,7 +279,10 @@ async def test_connect_raises_when_the_server_refuses_the_handshake() -> None:
 
 
 async def test_connect_times_out_when_the_server_never_answers() -> None:
-    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    # The server keeps each writer: from Python 3.13 a StreamWriter that is garbage-collected
+    # closes its connection, and the client would see EOF instead of silence.
+    held: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda r, w: held.append(w), "127.0.0.1", 0)
     port = silent.sockets[0].getsockname()[1]
     try:
         with pytest.raises(TimeoutError):
@@ -287,6 +290,8 @@ async def test_connect_times_out_when_the_server_never_answers() -> None:
                 f"ws://127.0.0.1:{port}/CP", subprotocols=[OCPP16], timeouts=Timeouts(open_s=0.2)
             )
     finally:
+        for writer in held:
+            writer.close()
         silent.close()
 
 
