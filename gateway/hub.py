@@ -24,7 +24,7 @@ from gateway.config import Settings
 from gateway.depot import DepotView
 from gateway.frames import OcppVersion, as_version
 from gateway.metrics import RelayStats
-from gateway.session import RECENT_IDS, Authorizer, ChargerSession, SessionHook
+from gateway.session import RECENT_IDS, Authorizer, ChargerSession, ChargerWatcher, SessionHook
 from gateway.store import ChargerState, Store
 from gateway.wsconn import ClientConnection, ServerConnection
 
@@ -61,6 +61,7 @@ class Hub:
         connect_upstream: Connector,
         authorizer: Authorizer,
         hooks: Sequence[SessionHook] = (),
+        watchers: Sequence[ChargerWatcher] = (),
         stats: RelayStats | None = None,
         reconnect_max_s: float | None = None,
         backoff: BackoffPolicy | None = None,
@@ -74,6 +75,8 @@ class Hub:
         self.depot = depot if depot is not None else DepotView()  # what every charger is doing
         # Tested once per charger CALL instead of asking every hook.
         self.hooked_charger_actions = frozenset(a for h in self.hooks for a in h.charger_actions)
+        self.watchers: list[ChargerWatcher] = list(watchers)
+        self.watched_cloud_calls = frozenset(a for w in self.watchers for a in w.cloud_calls)
         self.stats = stats or RelayStats()
         self.reconnect_max_s = (
             settings.upstream.reconnect_max_s if reconnect_max_s is None else reconnect_max_s
@@ -205,6 +208,8 @@ class Hub:
             session.forget_if_done()
             return
         session.attach_charger(ws, version)
+        for watcher in self.watchers:
+            watcher.charger_attached(session)
 
     def forget_if_idle(self, session: ChargerSession) -> None:
         """Drop a session with no charger and no backlog: memory follows the connected chargers,

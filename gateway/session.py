@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Authorizer",
     "ChargerSession",
+    "ChargerWatcher",
     "SessionHook",
 ]
 
@@ -143,6 +144,18 @@ class SessionHook(Protocol):
     ) -> dict[str, Any]:
         """The auth info to answer offline with (e.g. refusing a tag on a reserved connector)."""
         ...
+
+
+class ChargerWatcher(Protocol):
+    """Told synchronously when a charger attaches and before a watched cloud CALL is queued
+    toward it (the local list push uses it: a CALL of its own queued after the cloud's
+    SendLocalList would undo the cloud's list)."""
+
+    cloud_calls: frozenset[str]
+
+    def charger_attached(self, session: ChargerSession) -> None: ...
+
+    def cloud_call(self, session: ChargerSession, call: Call) -> None: ...
 
 
 class _Pending(NamedTuple):
@@ -797,19 +810,27 @@ class ChargerSession:
             )
         self._pump()
 
-    async def call_charger(self, action: str, payload: dict[str, Any]) -> CallResult | CallError:
+    async def call_charger(
+        self, action: str, payload: dict[str, Any], *, payload_text: str | None = None
+    ) -> CallResult | CallError:
         """Send a gateway-originated CALL through the charger's queue and wait for its answer.
 
         It waits its turn behind the CALLs queued before it, then up to ``chargers.call_timeout_s``
         for the charger's answer. Raises ChargerQueueFull at once when
         ``chargers.max_queued_calls`` are waiting, ChargerNotConnected when the charger goes
         away, ChargerTimeout when the charger did not answer in time after receiving it.
+        ``payload_text``: ``payload`` already serialized (one large payload sent to many chargers
+        is serialized once).
         """
         if self.charger is None:
             raise ChargerNotConnected(self.charger_id)
         message_id = GATEWAY_ID_PREFIX + uuid.uuid4().hex[:24]
         future = _owned_future()
-        text = Call(message_id, action, payload).serialize()
+        text = (
+            f'[{frames.CALL},"{message_id}",{frames.dumps(action)},{payload_text}]'
+            if payload_text is not None
+            else Call(message_id, action, payload).serialize()
+        )
         out = _OutCall(message_id, action, payload, text, "gateway", future)
         if not self._enqueue_to_charger(out):
             raise ChargerQueueFull(
@@ -1105,6 +1126,10 @@ class ChargerSession:
         )
 
     def _cloud_call(self, call: Call, text: str) -> None:
+        if call.action in self.hub.watched_cloud_calls:
+            for watcher in self.hub.watchers:
+                if call.action in watcher.cloud_calls:
+                    watcher.cloud_call(self, call)
         if self.charger is None:
             self._send_cloud(
                 self._error_text(call.message_id, "GenericError", "charger is not connected")
