@@ -60,6 +60,8 @@ class ApiContext:
     started_at: float = field(default_factory=time.monotonic)
     # Returns the /health "sync" block; the sync service provides it.
     sync_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    # charger id → its ``localList`` block; the local list push provides it.
+    local_list: Callable[[str], dict[str, Any]] | None = None
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -130,7 +132,11 @@ def build_api(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starle
         return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def chargers(request: Request) -> Response:
-        return JSONResponse({"data": ctx.hub.describe()})
+        rows = ctx.hub.describe()
+        if ctx.local_list is not None:
+            for row in rows:
+                row["localList"] = ctx.local_list(row["id"])
+        return JSONResponse({"data": rows})
 
     async def token_guard(request: Request, call_next: RequestResponseEndpoint) -> Response:
         token = ctx.settings.api.token.get_secret_value()

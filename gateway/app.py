@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.routing import BaseRoute
 
-from gateway import checks, logs
+from gateway import checks, local_list_push, logs
 from gateway.api import ApiContext, ApiServer, build_api
 from gateway.backoff import BackoffPolicy
 from gateway.cache import CacheMetrics, TagCache
@@ -26,6 +26,7 @@ from gateway.depot_api import depot_routes
 from gateway.depot_recorder import DepotRecorder
 from gateway.errors import ConfigError
 from gateway.hub import Hub
+from gateway.local_list_push import LocalListPusher
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
 from gateway.outbox_api import dead_letter_routes
 from gateway.reservation_api import reservation_routes
@@ -33,6 +34,7 @@ from gateway.reservation_book import ReservationBook
 from gateway.reservation_hook import ReservationHook
 from gateway.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
 from gateway.server import start_charger_server
+from gateway.session import SessionHook
 from gateway.store import Store
 from gateway.sync import FlipturnClient, SyncMetrics, SyncService, sync_status
 from gateway.tags import normalise
@@ -54,6 +56,7 @@ class Gateway:
         *,
         reconnect_max_s: float | None = None,
         backoff: BackoffPolicy | None = None,
+        local_list_settle_s: float = local_list_push.SETTLE_S,
         config_path: Path | None = None,
     ) -> None:
         """``reconnect_max_s`` overrides ``upstream.reconnect_max_s`` and ``backoff`` how fast the
@@ -63,11 +66,13 @@ class Gateway:
         self._api_context: ApiContext | None = None
         self.reconnect_max_s = reconnect_max_s
         self.backoff = backoff
+        self.local_list_settle_s = local_list_settle_s
         self.stats = RelayStats()
         self.registry = new_registry()
         self.store: Store | None = None
         self.reservations: ReservationBook | None = None
         self.hub: Hub | None = None
+        self.local_list: LocalListPusher | None = None
         self.charger_server: WsServer | None = None
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
@@ -106,6 +111,16 @@ class Gateway:
         self.reservations = reservations = ReservationBook(
             store, registry=self.registry, normalise=normalise, ports=settings.ports
         )
+        self.local_list = local_list = LocalListPusher(
+            store,
+            push=settings.local_list.push,
+            max_entries=settings.local_list.max_entries,
+            registry=self.registry,
+            settle_s=self.local_list_settle_s,
+        )
+        hooks: list[SessionHook] = [ReservationHook(reservations)]
+        if settings.local_list.push:  # only then are Authorize/Start/TransactionEvent observed
+            hooks.append(local_list)
         self.hub = hub = Hub(
             settings,
             store,
@@ -114,7 +129,8 @@ class Gateway:
             authorizer=self.tag_cache,
             reconnect_max_s=self.reconnect_max_s,
             backoff=self.backoff,
-            hooks=[ReservationHook(reservations)],
+            hooks=hooks,
+            watchers=[local_list],
             depot=self.depot,
         )
         self.registry.register(
@@ -127,6 +143,7 @@ class Gateway:
                 now=time.time,
             )
         )
+        await local_list.start(hub)
         hub.set_trace_frames(settings.log.level == "debug")
         await hub.start()
         api_key = settings.flipturn.api_key.get_secret_value()
@@ -136,6 +153,7 @@ class Gateway:
                 FlipturnClient(settings.flipturn.api_url, api_key),
                 interval_s=settings.flipturn.sync_interval_s,
                 metrics=SyncMetrics(self.registry),
+                after_sync=local_list.after_sync,
             )
         self._api_context = context = ApiContext(
             settings=settings,
@@ -143,9 +161,15 @@ class Gateway:
             store=store,
             registry=self.registry,
             sync_status=functools.partial(sync_status, store),
+            local_list=local_list.describe,
         )
         routes: list[BaseRoute] = [
-            *depot_routes(context, self.depot, certificates=self.certificates),
+            *depot_routes(
+                context,
+                self.depot,
+                certificates=self.certificates,
+                local_list=local_list.describe,
+            ),
             *cache_routes(store, self.sync),
             *dead_letter_routes(store, hub),
             *reservation_routes(reservations, hub, settings.ports),
@@ -261,6 +285,8 @@ class Gateway:
             await self.sync.aclose()
         if self.charger_server is not None:
             self.charger_server.close(close_connections=False)
+        if self.local_list is not None:
+            await self.local_list.close()
         if self.hub is not None:
             await self.hub.close()
         if self.charger_server is not None:

@@ -35,6 +35,7 @@ __all__ = [
     "ApiSettings",
     "ChargersSettings",
     "FlipturnSettings",
+    "LocalListSettings",
     "LogSettings",
     "OfflineSettings",
     "PortMapping",
@@ -196,6 +197,13 @@ class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
 
 
+class LocalListSettings(_Section):
+    # Keep each charger's Local Authorization List equal to the synced Authorized access ids
+    # (docs/tag-cache.md). Off by default: a CSMS may manage the list itself.
+    push: bool = False
+    max_entries: int = Field(default=0, ge=0)  # 0: the charger's own limit
+
+
 class PortMapping(_Section):
     id: int
     charger: str = Field(min_length=1, max_length=48)
@@ -218,6 +226,7 @@ class Settings(BaseSettings):
     offline: OfflineSettings = OfflineSettings()
     store: StoreSettings = StoreSettings()
     api: ApiSettings = ApiSettings()
+    local_list: LocalListSettings = LocalListSettings()
     log: LogSettings = LogSettings()
     ports: tuple[PortMapping, ...] = ()
 

@@ -35,6 +35,7 @@ from gateway.session import (
     TURN_HOLD_S,
     Authorizer,
     ChargerSession,
+    ChargerWatcher,
     SessionHook,
     SessionSettings,
 )
@@ -74,6 +75,7 @@ class Hub:
         connect_upstream: Connector,
         authorizer: Authorizer,
         hooks: Sequence[SessionHook] = (),
+        watchers: Sequence[ChargerWatcher] = (),
         stats: RelayStats | None = None,
         reconnect_max_s: float | None = None,
         backoff: BackoffPolicy | None = None,
@@ -87,6 +89,8 @@ class Hub:
         self.depot = depot if depot is not None else DepotView()  # what every charger is doing
         # Tested once per charger CALL instead of asking every hook.
         self.hooked_charger_actions = frozenset(a for h in self.hooks for a in h.charger_actions)
+        self.watchers: list[ChargerWatcher] = list(watchers)
+        self.watched_cloud_calls = frozenset(a for w in self.watchers for a in w.cloud_calls)
         self.stats = stats or RelayStats()
         self.reconnect_max_s = (
             settings.upstream.reconnect_max_s if reconnect_max_s is None else reconnect_max_s
@@ -122,6 +126,7 @@ class Hub:
             observed_charger_calls=FOLDED_CALLS | self.hooked_charger_actions,
             observed_answers=LEARNED_ACTIONS | FOLDED_ANSWERS,
             observed_cloud_answers=frozenset(a for h in self.hooks for a in h.cloud_actions),
+            observed_cloud_calls=self.watched_cloud_calls,
         )
         return SessionSettings(
             upstream_url=settings.upstream.url,
@@ -243,6 +248,8 @@ class Hub:
             session.forget_if_done()
             return
         session.attach_charger(ws, version)
+        for watcher in self.watchers:
+            watcher.charger_attached(session)
 
     def forget_if_idle(self, session: ChargerSession) -> None:
         """Drop a session with no charger and no backlog: memory follows the connected chargers,

@@ -50,7 +50,14 @@ from gateway.metrics import RelayStats
 from gateway.store import OutboxRow, Store, call_digest
 from gateway.wsconn import ClientConnection, Message, ServerConnection, WsConnection
 
-__all__ = ["Authorizer", "ChargerSession", "SessionHook", "SessionHost", "SessionSettings"]
+__all__ = [
+    "Authorizer",
+    "ChargerSession",
+    "ChargerWatcher",
+    "SessionHook",
+    "SessionHost",
+    "SessionSettings",
+]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +122,18 @@ class SessionHook(Protocol):
         ...
 
 
+class ChargerWatcher(Protocol):
+    """Told synchronously when a charger attaches and before a watched cloud CALL is queued
+    toward it (the local list push uses it: a CALL of its own queued after the cloud's
+    SendLocalList would undo the cloud's list)."""
+
+    cloud_calls: frozenset[str]
+
+    def charger_attached(self, session: ChargerSession) -> None: ...
+
+    def cloud_call(self, session: ChargerSession, call: Call) -> None: ...
+
+
 Connector = Callable[[str, OcppVersion, dict[str, str]], Awaitable[ClientConnection]]
 
 
@@ -131,6 +150,8 @@ class SessionHost(Protocol):
     def hooks(self) -> Sequence[SessionHook]: ...
     @property
     def hooked_charger_actions(self) -> frozenset[str]: ...
+    @property
+    def watchers(self) -> Sequence[ChargerWatcher]: ...
     @property
     def depot(self) -> DepotView: ...
     @property
@@ -361,6 +382,10 @@ class ChargerSession:
                 self._learn(call, event.result)
             if call.action in FOLDED_ANSWERS:
                 self._fold(call, event.result, by_cloud=event.by_cloud)
+        elif isinstance(event, ev.CloudCallSeen):
+            for watcher in host.watchers:
+                if event.call.action in watcher.cloud_calls:
+                    watcher.cloud_call(self, event.call)
         elif isinstance(event, ev.ChargerAnswered):
             self._charger_answered(event)
         elif isinstance(event, ev.ChargerCallFailed):

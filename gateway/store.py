@@ -38,6 +38,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ChargerState",
     "DeadLetterRow",
+    "LocalListRow",
     "OutboxRow",
     "Statement",
     "Store",
@@ -192,6 +193,28 @@ MIGRATIONS: tuple[str, ...] = (
         at REAL NOT NULL
     );
     """,
+    # 4: the chargers' Local Authorization Lists (gateway.local_list)
+    """
+    CREATE TABLE local_lists (                 -- per charger: who owns its list, what is on it
+        charger_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,                   -- gateway | cloud | none
+        version INTEGER,                       -- the list version the charger last reported/accepted
+        entries INTEGER NOT NULL DEFAULT 0,
+        truncated INTEGER NOT NULL DEFAULT 0,
+        snapshot TEXT,                         -- local_list_snapshots.digest of what the gateway sent
+        refused TEXT,                          -- why the charger is left alone (NULL: it is not)
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE local_list_snapshots (        -- list contents, shared by chargers holding the same
+        digest TEXT PRIMARY KEY,
+        body BLOB NOT NULL                     -- zlib of JSON [[idTag, idToken type], ...]
+    );
+    CREATE TABLE tag_usage (                   -- when a tag was last presented (most recent first)
+        tag_key TEXT PRIMARY KEY,              -- normalised tag (tags.normalise)
+        last_used_at REAL NOT NULL,            -- unix seconds
+        token_type TEXT                        -- 2.0.1 idToken type as presented, if any
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -314,6 +337,20 @@ class DeadLetterRow:
             error_code=str(row["error_code"]),
             error_description=str(row["error_description"]),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LocalListRow:
+    """A charger's Local Authorization List as the gateway knows it."""
+
+    charger_id: str
+    owner: str  # gateway | cloud | none
+    version: int | None
+    entries: int
+    truncated: bool
+    snapshot: str | None
+    refused: str | None
+    updated_at: float
 
 
 @dataclass
@@ -1440,6 +1477,91 @@ class Store:
         """Every charger's depot record ``(charger id, JSON)``."""
         rows = await self.fetchall("SELECT charger_id, record FROM depot_chargers")
         return [(str(r[0]), str(r[1])) for r in rows]
+
+    # --- local authorization lists (gateway.local_list_push) --------------------------------
+
+    async def local_lists(self) -> list[LocalListRow]:
+        """Every charger's local-list state."""
+        rows = await self.fetchall(
+            "SELECT charger_id, owner, version, entries, truncated, snapshot, refused, updated_at"
+            " FROM local_lists"
+        )
+        return [
+            LocalListRow(
+                str(r[0]),
+                str(r[1]),
+                None if r[2] is None else int(r[2]),
+                int(r[3]),
+                bool(r[4]),
+                r[5],
+                r[6],
+                float(r[7]),
+            )
+            for r in rows
+        ]
+
+    async def put_local_list(self, row: LocalListRow, snapshot_body: bytes | None = None) -> None:
+        """Record a charger's list state (with the snapshot it points at); drop unused snapshots."""
+        statements: list[Statement] = []
+        if row.snapshot is not None and snapshot_body is not None:
+            statements.append(
+                (
+                    "INSERT OR IGNORE INTO local_list_snapshots (digest, body) VALUES (?, ?)",
+                    (row.snapshot, snapshot_body),
+                )
+            )
+        statements += [
+            (
+                "INSERT OR REPLACE INTO local_lists (charger_id, owner, version, entries,"
+                " truncated, snapshot, refused, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.charger_id,
+                    row.owner,
+                    row.version,
+                    row.entries,
+                    int(row.truncated),
+                    row.snapshot,
+                    row.refused,
+                    row.updated_at,
+                ),
+            ),
+            (
+                "DELETE FROM local_list_snapshots WHERE digest NOT IN"
+                " (SELECT snapshot FROM local_lists WHERE snapshot IS NOT NULL)",
+                (),
+            ),
+        ]
+        await self.write(statements)
+
+    async def local_list_snapshot(self, digest: str) -> bytes | None:
+        """The stored body of a list snapshot."""
+        row = await self.fetchone(
+            "SELECT body FROM local_list_snapshots WHERE digest = ?", (digest,)
+        )
+        return None if row is None else bytes(row[0])
+
+    async def authorized_access_ids(self) -> list[tuple[str, str, str]]:
+        """(tag key, ocppIdTag, type) of every Authorized access id."""
+        rows = await self.fetchall(
+            "SELECT tag_key, ocpp_id_tag, type FROM access_ids"
+            " WHERE authorization_status = 'Authorized'"
+        )
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    async def tag_usage(self) -> dict[str, tuple[float, str | None]]:
+        """tag key → (last presented, 2.0.1 idToken type presented)."""
+        rows = await self.fetchall("SELECT tag_key, last_used_at, token_type FROM tag_usage")
+        return {str(r[0]): (float(r[1]), r[2]) for r in rows}
+
+    async def record_tag_usage(self, rows: Sequence[tuple[str, float, str | None]]) -> None:
+        """Upsert (tag key, last presented, idToken type) rows in one transaction."""
+        sql = (
+            "INSERT INTO tag_usage (tag_key, last_used_at, token_type) VALUES (?, ?, ?)"
+            " ON CONFLICT (tag_key) DO UPDATE SET"
+            " last_used_at = max(last_used_at, excluded.last_used_at),"
+            " token_type = coalesce(excluded.token_type, token_type)"
+        )
+        await self.write([(sql, row) for row in rows])
 
 
 # --- operator commands on a store file (flipturn-gateway store check / backup) -----------------

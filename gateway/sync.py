@@ -409,9 +409,11 @@ class SyncService:
         backoff_base_s: float = 10.0,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        after_sync: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._client = client
+        self._after_sync = after_sync  # e.g. the local list push; its failures are only logged
         self._interval_s = interval_s
         self._metrics = metrics
         self._backoff_base_s = backoff_base_s
@@ -422,7 +424,13 @@ class SyncService:
     async def sync_now(self) -> SyncResult:
         """Run one sync now (after any sync already running); raises SyncError."""
         async with self._lock:
-            return await sync_once(self._store, self._client, metrics=self._metrics)
+            result = await sync_once(self._store, self._client, metrics=self._metrics)
+        if self._after_sync is not None:
+            try:
+                await self._after_sync()
+            except Exception:
+                log.exception("after-sync hook failed")
+        return result
 
     async def status(self) -> dict[str, Any]:
         """``{"lastSuccessAt", "lastError", "accessIds"}`` for ``GET /health``."""
