@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from gateway.backoff import Backoff, ConnectPacer, Quiet, Recovery
+from gateway.core.backoff import Backoff, ConnectPacer, Quiet, Recovery
 
 
 def test_backoff_grows_to_its_cap_and_resets() -> None:

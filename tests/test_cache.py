@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.cache import CacheMetrics, TagCache
-from gateway.flipturn import parse_access_id
-from gateway.store import Store
-from gateway.tags import Decision
+from gateway.store.engine import Store
+from gateway.tags.cache import CacheMetrics, TagCache
+from gateway.tags.flipturn import parse_access_id
+from gateway.tags.rules import Decision
 from tests.flipturn_fake import access_id
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)

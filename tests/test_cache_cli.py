@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.store import Store
+from gateway.store.engine import Store
 from tests.flipturn_fake import FakeFlipturn, access_id, serving, vehicle
 
 

@@ -13,7 +13,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.certs import (
+from gateway.core.certs import (
     CertificateError,
     check_client_certificate,
     common_name,

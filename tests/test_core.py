@@ -9,13 +9,13 @@ from http import HTTPStatus
 
 import pytest
 
-from gateway import offline, txmap
-from gateway.admission import Admitted, Refused, admit, charge_point_id
-from gateway.backoff import Backoff
 from gateway.config import ChargersSettings
+from gateway.core import offline, txmap
+from gateway.core.admission import Admitted, Refused, admit, charge_point_id
+from gateway.core.backoff import Backoff
+from gateway.core.link import Event, InvalidTransition, LinkState, transition
 from gateway.errors import FrameError
-from gateway.link import Event, InvalidTransition, LinkState, transition
-from gateway.validation import validate_call, validate_result
+from gateway.ocpp.validation import validate_call, validate_result
 
 NOW = datetime(2026, 11, 21, 12, 0, 0, 123456, tzinfo=UTC)
 

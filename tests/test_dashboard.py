@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from gateway.config import PortMapping
-from gateway.store import OutboxRow
+from gateway.store.engine import OutboxRow
 from tests.support import Charger, FakeCloud, charger, make_settings, running_gateway
 
 if TYPE_CHECKING:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView, decode_meter
-from gateway.txmap import LOCAL_TX_MIN
+from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView, decode_meter
+from gateway.core.txmap import LOCAL_TX_MIN
 
 T0 = 1_800_000_000.0
 

@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.api import SESSION_COOKIE
-from gateway.depot_recorder import DepotRecorder
-from gateway.txmap import is_local
+from gateway.api.server import SESSION_COOKIE
+from gateway.core.txmap import is_local
+from gateway.net.depot_recorder import DepotRecorder
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
 
 T0 = "2027-01-15T08:00:00Z"

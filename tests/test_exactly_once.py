@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.link import LinkState
-from gateway.store import RESEND_WINDOW_S, Store, call_digest
-from gateway.txmap import is_local
-from gateway.validation import validate_call
+from gateway.core.link import LinkState
+from gateway.core.txmap import is_local
+from gateway.ocpp.validation import validate_call
+from gateway.store.engine import RESEND_WINDOW_S, Store, call_digest
 from tests.procs import GatewayProcess, write_config
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.flipturn import (
+from gateway.tags.flipturn import (
     ACCESS_ID_COLUMNS,
     VEHICLE_COLUMNS,
     AccessIdFilter,

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import FrameError, GatewayError
-from gateway.frames import (
+from gateway.ocpp.frames import (
     CALL,
     CALLERROR,
     CALLRESULT,

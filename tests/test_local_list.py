@@ -9,8 +9,8 @@ import pytest
 from ocpp.messages import Call as OcppCall
 from ocpp.messages import validate_payload
 
-from gateway.frames import CallError, CallResult
-from gateway.local_list import (
+from gateway.ocpp.frames import CallError, CallResult
+from gateway.tags.local_list import (
     DEFAULT_PER_MESSAGE,
     MAX_VERSION,
     Capacity,

@@ -30,8 +30,8 @@ from ocpp.v201.enums import Action as Action201
 from websockets.asyncio.client import connect
 
 from gateway.app import Gateway
-from gateway.store import Store
-from gateway.sync import FlipturnClient, sync_once
+from gateway.store.engine import Store
+from gateway.tags.sync import FlipturnClient, sync_once
 from tests.flipturn_fake import FakeFlipturn, access_id, serving
 from tests.support import FakeCloud, make_settings, wait_for
 
@@ -389,7 +389,7 @@ async def test_a_charger_that_does_not_support_the_list_is_left_alone(
         keeper = ListKeeper(max_entries=100, per_message=100)
         kind = Unsupporting201  # CALLERROR NotImplemented to every request
     settings = settings_for(tmp_path, url)
-    caplog.set_level(logging.WARNING, logger="gateway.local_list_push")
+    caplog.set_level(logging.WARNING, logger="gateway.tags.local_list_push")
     async with (
         synced_gateway(settings) as gw,
         simulated(gw.charger_port, "CP-1", version, keeper, kind),
@@ -424,7 +424,7 @@ async def test_cloud_sending_send_local_list_takes_ownership(
     fake, url = flipturn
     keeper = ListKeeper(max_entries=100, per_message=100)
     settings = settings_for(tmp_path, url, upstream={"url": cloud.url})
-    caplog.set_level(logging.WARNING, logger="gateway.local_list_push")
+    caplog.set_level(logging.WARNING, logger="gateway.tags.local_list_push")
     async with (
         synced_gateway(settings) as gw,
         simulated(gw.charger_port, "CP-1", "1.6", keeper),

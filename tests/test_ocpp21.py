@@ -24,9 +24,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from gateway import offline
 from gateway.config import PortMapping
-from gateway.link import LinkState
+from gateway.core import offline
+from gateway.core.link import LinkState
 from tests.support import make_settings, running_gateway, wait_for
 
 NOW = "2026-11-21T12:00:00.000Z"

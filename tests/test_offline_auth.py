@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from gateway.app import Gateway
-from gateway.sync import sync_status
+from gateway.tags.sync import sync_status
 from tests.flipturn_fake import FakeFlipturn, access_id, serving, vehicle
 from tests.support import FakeCloud, charger, make_settings, running_gateway
 

@@ -93,7 +93,7 @@ async def test_text_lines_carry_journal_priorities_and_no_timestamp(tmp_path: Pa
     listening = next(line for line in lines if "listening for chargers" in line)
     assert listening.startswith("<6>INFO gateway.app: ")
     refused = next(line for line in lines if "refused" in line)
-    assert refused.startswith("<4>WARNING gateway.server: ")
+    assert refused.startswith("<4>WARNING gateway.net.server: ")
     assert all(re.match(r"<[3467]>", line) for line in lines), lines
     assert not any(TIMESTAMP.search(line[:40]) for line in lines), lines
 

@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from gateway.app import Gateway
-from gateway.backoff import BackoffPolicy
 from gateway.config import PortMapping, Settings, load_settings
+from gateway.core.backoff import BackoffPolicy
+from gateway.core.link import LinkState
 from gateway.errors import ConfigError
-from gateway.link import LinkState
 from tests.support import Charger, FakeCloud, charger, make_settings, wait_for
 
 T0 = "2026-11-21T12:00:00Z"

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.config import PortMapping
-from gateway.reservation_book import CALL_ERROR, NO_ANSWER, ReservationBook
-from gateway.store import Store
-from gateway.tags import normalise
+from gateway.reservations.book import CALL_ERROR, NO_ANSWER, ReservationBook
+from gateway.store.engine import Store
+from gateway.tags.rules import normalise
 
 NOW = datetime(2026, 11, 21, 18, 0, tzinfo=UTC)
 EXPIRY = "2026-11-21T19:00:00.000Z"

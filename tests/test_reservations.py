@@ -11,7 +11,7 @@ from ocpp.messages import Call, validate_payload
 
 from gateway.config import PortMapping
 from gateway.errors import ChargerBadAnswer, InvalidReservationRequest, UnknownPort
-from gateway.reservation_gate import (
+from gateway.reservations.gate import (
     Refusal,
     decide_gate,
     gate_target,
@@ -19,7 +19,7 @@ from gateway.reservation_gate import (
     refusal_status,
     refused_info,
 )
-from gateway.reservations import (
+from gateway.reservations.rules import (
     CANCEL_STATUSES,
     ID_TOKEN_TYPES,
     RESERVE_STATUSES,

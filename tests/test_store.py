@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import StoreError
-from gateway.store import SCHEMA_VERSION, Store
+from gateway.store.engine import SCHEMA_VERSION, Store
 
 
 async def test_group_commit_isolates_a_failing_batch(tmp_path: Path) -> None:

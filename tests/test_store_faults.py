@@ -21,7 +21,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.errors import StoreError
-from gateway.store import Store
+from gateway.store.engine import Store
 from tests.support import FakeCloud, charger, make_settings, running_gateway
 
 STATUS = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
@@ -138,7 +138,7 @@ async def test_disk_full_is_down_within_5s_and_recovers_by_itself(
         rows = await gw.store.pending("CP", 10_000)
         assert len(rows) == acknowledged  # exactly what was acknowledged
     # One line per change of state, no traceback per refused message.
-    store_lines = [r for r in caplog.records if r.name == "gateway.store"]
+    store_lines = [r for r in caplog.records if r.name == "gateway.store.engine"]
     assert 1 <= len(store_lines) <= 4, [r.getMessage() for r in store_lines]
     assert not any(r.exc_info for r in caplog.records if r.levelno >= logging.ERROR)
 

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.link import LinkState
-from gateway.txmap import LOCAL_TX_MIN, is_local
+from gateway.core.link import LinkState
+from gateway.core.txmap import LOCAL_TX_MIN, is_local
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
 
 T0 = "2026-11-21T12:00:00Z"

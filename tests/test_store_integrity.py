@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import StoreError
-from gateway.store import Store
+from gateway.store.engine import Store
 from tests.procs import GatewayProcess, cli, write_config
 from tests.support import charger, wait_for
 

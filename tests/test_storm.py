@@ -10,12 +10,12 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.cache import TagCache
-from gateway.hub import Hub
-from gateway.server import start_charger_server
-from gateway.session import CONNECTING_HOLD_S
-from gateway.store import ChargerState, Store
-from gateway.upstream import UpstreamOpener
+from gateway.net.hub import Hub
+from gateway.net.server import start_charger_server
+from gateway.net.session import CONNECTING_HOLD_S
+from gateway.net.upstream import UpstreamOpener
+from gateway.store.engine import ChargerState, Store
+from gateway.tags.cache import TagCache
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
 
 BOOT = {"chargePointVendor": "V", "chargePointModel": "M"}

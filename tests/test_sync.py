@@ -16,8 +16,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.errors import SyncAuthError, SyncError, SyncRateLimited
-from gateway.store import Store
-from gateway.sync import (
+from gateway.store.engine import Store
+from gateway.tags.sync import (
     FlipturnClient,
     SyncMetrics,
     SyncService,
@@ -221,7 +221,7 @@ async def test_malformed_items_rejected_one_by_one(
         access_id(9),
     ]
     vehicles: list[Any] = [vehicle(1), vehicle(2) | {"accessIds": "none"}, vehicle(3)]
-    caplog.set_level(logging.WARNING, logger="gateway.sync")
+    caplog.set_level(logging.WARNING, logger="gateway.tags.sync")
     async with client_for(FakeFlipturn(items, vehicles)) as client:
         result = await sync_once(store, client)
     assert (result.access_ids, result.vehicles) == (5, 2)

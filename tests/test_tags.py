@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.tags import (
+from gateway.tags.rules import (
     Decision,
     LearnedTag,
     SyncedTag,

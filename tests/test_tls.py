@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from gateway.certs import not_after, pem_certificates
+from gateway.core.certs import not_after, pem_certificates
 from gateway.errors import ConfigError
-from gateway.tls import CIPHERS_TLS12, check_tls_files
+from gateway.net.tls import CIPHERS_TLS12, check_tls_files
 from tests.pki import CertificateAuthority, Issued, handshake_fails
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
 

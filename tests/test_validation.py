@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from ocpp.messages import get_validator
 
 from gateway.errors import FrameError
-from gateway.frames import CALL, OcppVersion
-from gateway.validation import validate_call
+from gateway.ocpp.frames import CALL, OcppVersion
+from gateway.ocpp.validation import validate_call
 
 
 def schema_accepts(version: OcppVersion, payload: Any) -> bool:

@@ -22,7 +22,7 @@ from websockets.http11 import Response
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from gateway.wsconn import Keepalive, ServerConnection, Timeouts, WsServer, connect
+from gateway.net.wsconn import Keepalive, ServerConnection, Timeouts, WsServer, connect
 from tests.support import wait_for
 
 OCPP16 = Subprotocol("ocpp1.6")

@@ -10,8 +10,8 @@ from websockets.typing import Subprotocol
 
 from gateway import __version__
 from gateway.errors import CloudUnavailable
-from gateway.frames import OcppVersion
-from gateway.wsconn import ClientConnection, Keepalive, Timeouts, connect
+from gateway.net.wsconn import ClientConnection, Keepalive, Timeouts, connect
+from gateway.ocpp.frames import OcppVersion
 
 __all__ = ["UpstreamOpener"]
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final, Literal
 
-from gateway.frames import CallError, CallResult, dumps, loads
+from gateway.ocpp.frames import CallError, CallResult, dumps, loads
 
 __all__ = [
     "DEFAULT_PER_MESSAGE",

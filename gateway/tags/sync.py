@@ -30,9 +30,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway import __version__
 from gateway.errors import StoreError, SyncAuthError, SyncError, SyncRateLimited
-from gateway.flipturn import AccessIdFilter, InvalidPage, VehicleFilter, parse_page
-from gateway.frames import loads
-from gateway.store import Store
+from gateway.ocpp.frames import loads
+from gateway.store.engine import Store
+from gateway.tags.flipturn import AccessIdFilter, InvalidPage, VehicleFilter, parse_page
 
 if TYPE_CHECKING:
     import httpx

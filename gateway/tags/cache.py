@@ -12,9 +12,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from gateway.errors import StoreError
-from gateway.flipturn import access_id_json
-from gateway.store import Store
-from gateway.tags import Decision, decide, id_tag_info, id_token_info, learnable, normalise
+from gateway.store.engine import Store
+from gateway.tags.flipturn import access_id_json
+from gateway.tags.rules import Decision, decide, id_tag_info, id_token_info, learnable, normalise
 
 __all__ = ["CacheMetrics", "TagCache"]
 

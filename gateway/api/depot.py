@@ -27,9 +27,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway import __version__, offline
-from gateway.api import SESSION_COOKIE, ApiContext, error, session_value
-from gateway.depot import DepotView
+from gateway import __version__
+from gateway.api.server import SESSION_COOKIE, ApiContext, error, session_value
+from gateway.core import offline
+from gateway.core.depot import DepotView
 from gateway.errors import StoreError
 
 __all__ = ["NO_LOCAL_LIST", "CertificateProvider", "LocalListProvider", "depot_routes"]
@@ -58,7 +59,7 @@ _SECURITY_HEADERS = {
 
 
 def _asset(name: str) -> bytes:
-    return (resources.files("gateway") / "static" / name).read_bytes()
+    return (resources.files("gateway.api") / "static" / name).read_bytes()
 
 
 def _iso(ts: float | None) -> str | None:

@@ -42,9 +42,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 from urllib.parse import quote
 
-from gateway import frames, offline, txmap
-from gateway.backoff import Backoff, Quiet
-from gateway.depot import FOLDED_ANSWERS, FOLDED_CALLS
+from gateway.core import offline, txmap
+from gateway.core.backoff import Backoff, Quiet
+from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS
+from gateway.core.link import Event, LinkState, transition
 from gateway.errors import (
     ChargerNotConnected,
     ChargerQueueFull,
@@ -53,14 +54,14 @@ from gateway.errors import (
     FrameError,
     StoreError,
 )
-from gateway.frames import Call, CallError, CallResult, CallResultError, OcppVersion, Send
-from gateway.link import Event, LinkState, transition
-from gateway.store import OutboxRow, call_digest
-from gateway.validation import validate_call, validate_result
-from gateway.wsconn import ClientConnection, Message, ServerConnection, WsConnection
+from gateway.net.wsconn import ClientConnection, Message, ServerConnection, WsConnection
+from gateway.ocpp import frames
+from gateway.ocpp.frames import Call, CallError, CallResult, CallResultError, OcppVersion, Send
+from gateway.ocpp.validation import validate_call, validate_result
+from gateway.store.engine import OutboxRow, call_digest
 
 if TYPE_CHECKING:
-    from gateway.hub import Hub
+    from gateway.net.hub import Hub
 
 __all__ = [
     "Authorizer",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from gateway.frames import OcppVersion
+from gateway.ocpp.frames import OcppVersion
 
 __all__ = [
     "TRANSACTIONAL_ACTIONS",

@@ -20,16 +20,16 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from pydantic import field_validator as _field_validator
 
 from gateway.config import PortMapping
+from gateway.core.offline import iso_utc
 from gateway.errors import (
     ChargerBadAnswer,
     FrameError,
     InvalidReservationRequest,
     UnknownPort,
 )
-from gateway.frames import OcppVersion
-from gateway.offline import iso_utc
-from gateway.tags import parse_datetime
-from gateway.validation import validate_result
+from gateway.ocpp.frames import OcppVersion
+from gateway.ocpp.validation import validate_result
+from gateway.tags.rules import parse_datetime
 
 __all__ = [
     "CANCEL_STATUSES",

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.api import error
+from gateway.api.server import error
 from gateway.config import PortMapping
 from gateway.errors import (
     ChargerBadAnswer,
@@ -33,10 +33,10 @@ from gateway.errors import (
     InvalidReservationRequest,
     UnknownPort,
 )
-from gateway.frames import CallError, OcppVersion
-from gateway.hub import Hub
-from gateway.reservation_book import BAD_ANSWER, CALL_ERROR, NO_ANSWER, ReservationBook
-from gateway.reservations import (
+from gateway.net.hub import Hub
+from gateway.ocpp.frames import CallError, OcppVersion
+from gateway.reservations.book import BAD_ANSWER, CALL_ERROR, NO_ANSWER, ReservationBook
+from gateway.reservations.rules import (
     cancel_payload,
     cancel_status,
     check_for_version,

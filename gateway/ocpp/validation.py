@@ -23,7 +23,7 @@ from typing import Any, Final
 import fastjsonschema
 
 from gateway.errors import FrameError
-from gateway.frames import CALL, CALLRESULT, OcppVersion
+from gateway.ocpp.frames import CALL, CALLRESULT, OcppVersion
 
 __all__ = ["validate_call", "validate_result"]
 

@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway import frames
-from gateway.api import error
-from gateway.hub import Hub
-from gateway.offline import iso_utc
-from gateway.store import DeadLetterRow, Store
+from gateway.api.server import error
+from gateway.core.offline import iso_utc
+from gateway.net.hub import Hub
+from gateway.ocpp import frames
+from gateway.store.engine import DeadLetterRow, Store
 
 __all__ = ["dead_letter_json", "dead_letter_routes", "dead_letter_table"]
 

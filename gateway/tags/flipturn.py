@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from gateway.frames import dumps, loads
-from gateway.tags import normalise
+from gateway.ocpp.frames import dumps, loads
+from gateway.tags.rules import normalise
 
 __all__ = [
     "ACCESS_ID_COLUMNS",

@@ -27,9 +27,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config import PortMapping
 from gateway.errors import ChargerCallError
-from gateway.frames import OcppVersion
-from gateway.reservation_gate import Refusal, decide_gate
-from gateway.reservations import (
+from gateway.ocpp.frames import OcppVersion
+from gateway.reservations.gate import Refusal, decide_gate
+from gateway.reservations.rules import (
     CANCEL_STATUSES,
     CLOSING_ACTIONS,
     Reservation,
@@ -46,7 +46,7 @@ from gateway.reservations import (
     split_expired,
     strict_int,
 )
-from gateway.store import Store
+from gateway.store.engine import Store
 
 __all__ = ["BAD_ANSWER", "CALL_ERROR", "NO_ANSWER", "ReservationBook", "ReservationMetrics"]
 

@@ -12,12 +12,12 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from gateway.admission import Refused, admit
-from gateway.certs import check_client_certificate
 from gateway.config import ChargersSettings
-from gateway.frames import OcppVersion
-from gateway.hub import Hub
-from gateway.wsconn import Keepalive, ServerConnection, Timeouts, WsServer
+from gateway.core.admission import Refused, admit
+from gateway.core.certs import check_client_certificate
+from gateway.net.hub import Hub
+from gateway.net.wsconn import Keepalive, ServerConnection, Timeouts, WsServer
+from gateway.ocpp.frames import OcppVersion
 
 __all__ = ["SUBPROTOCOLS", "start_charger_server"]
 

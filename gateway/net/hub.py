@@ -18,15 +18,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import offline, txmap
-from gateway.backoff import BackoffPolicy, ConnectPacer, Recovery
 from gateway.config import Settings
-from gateway.depot import DepotView
-from gateway.frames import OcppVersion, as_version
+from gateway.core import offline, txmap
+from gateway.core.backoff import BackoffPolicy, ConnectPacer, Recovery
+from gateway.core.depot import DepotView
 from gateway.metrics import RelayStats
-from gateway.session import RECENT_IDS, Authorizer, ChargerSession, ChargerWatcher, SessionHook
-from gateway.store import ChargerState, Store
-from gateway.wsconn import ClientConnection, ServerConnection
+from gateway.net.session import RECENT_IDS, Authorizer, ChargerSession, ChargerWatcher, SessionHook
+from gateway.net.wsconn import ClientConnection, ServerConnection
+from gateway.ocpp.frames import OcppVersion, as_version
+from gateway.store.engine import ChargerState, Store
 
 __all__ = ["Hub"]
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gateway.frames import OcppVersion
-from gateway.reservations import Reservation, format_time, is_active, strict_int
+from gateway.ocpp.frames import OcppVersion
+from gateway.reservations.rules import Reservation, format_time, is_active, strict_int
 
 __all__ = [
     "GateTarget",

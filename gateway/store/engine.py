@@ -31,7 +31,7 @@ from typing import Any, Final
 import aiosqlite
 
 from gateway.errors import StoreError
-from gateway.tags import LearnedTag, SyncedTag
+from gateway.tags.rules import LearnedTag, SyncedTag
 
 __all__ = [
     "RESEND_WINDOW_S",

@@ -32,8 +32,8 @@ from datetime import datetime
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.certs import CertificateError, not_after, pem_certificates
 from gateway.config import ChargersSettings, Settings, UpstreamSettings
+from gateway.core.certs import CertificateError, not_after, pem_certificates
 from gateway.errors import ConfigError
 
 __all__ = [

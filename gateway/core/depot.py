@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from gateway import txmap
+from gateway.core import txmap
 
 __all__ = [
     "FOLDED_ANSWERS",

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter
 
-from gateway import local_list
 from gateway.errors import (
     ChargerNotConnected,
     ChargerQueueFull,
@@ -46,15 +45,16 @@ from gateway.errors import (
     FrameError,
     StoreError,
 )
-from gateway.frames import Call, CallError, CallResult, dumps
-from gateway.local_list import Capacity, Entry, Outcome, Plan, Sent
-from gateway.store import LocalListRow, Store
-from gateway.tags import normalise
-from gateway.validation import validate_result
+from gateway.ocpp.frames import Call, CallError, CallResult, dumps
+from gateway.ocpp.validation import validate_result
+from gateway.store.engine import LocalListRow, Store
+from gateway.tags import local_list
+from gateway.tags.local_list import Capacity, Entry, Outcome, Plan, Sent
+from gateway.tags.rules import normalise
 
 if TYPE_CHECKING:
-    from gateway.hub import Hub
-    from gateway.session import ChargerSession
+    from gateway.net.hub import Hub
+    from gateway.net.session import ChargerSession
 
 __all__ = ["LocalListPusher"]
 

@@ -16,11 +16,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.api import error
+from gateway.api.server import error
 from gateway.errors import SyncError
-from gateway.flipturn import access_id_json, vehicle_json
-from gateway.store import Store
-from gateway.sync import SyncService
+from gateway.store.engine import Store
+from gateway.tags.flipturn import access_id_json, vehicle_json
+from gateway.tags.sync import SyncService
 
 __all__ = ["cache_routes"]
 

@@ -30,8 +30,8 @@ from starlette.routing import BaseRoute, Route
 
 from gateway import __version__
 from gateway.config import Settings
-from gateway.hub import Hub
-from gateway.store import Store
+from gateway.net.hub import Hub
+from gateway.store.engine import Store
 
 __all__ = ["SESSION_COOKIE", "ApiContext", "ApiServer", "build_api", "error", "session_value"]
 

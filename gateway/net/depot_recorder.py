@@ -14,10 +14,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from gateway import frames
-from gateway.depot import DepotView
+from gateway.core.depot import DepotView
 from gateway.errors import StoreError
-from gateway.store import Store
+from gateway.ocpp import frames
+from gateway.store.engine import Store
 
 __all__ = ["DepotRecorder"]
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from gateway.frames import Call, CallError, CallResult
-from gateway.reservation_book import ReservationBook
-from gateway.reservation_gate import gate_target, parent_of, refused_info
-from gateway.reservations import CLOSING_ACTIONS
+from gateway.ocpp.frames import Call, CallError, CallResult
+from gateway.reservations.book import ReservationBook
+from gateway.reservations.gate import gate_target, parent_of, refused_info
+from gateway.reservations.rules import CLOSING_ACTIONS
 
 if TYPE_CHECKING:
-    from gateway.session import ChargerSession
+    from gateway.net.session import ChargerSession
 
 __all__ = ["ReservationHook"]
 

@@ -1,0 +1,1 @@
+"""Per-charger decisions: text, ids and ``now`` in, decisions out. Pure."""
