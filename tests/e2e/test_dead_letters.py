@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 
+from tests.e2e.test_store_forward import drained_and_online
 from tests.procs import GatewayProcess, cli, write_config
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
-from tests.test_store_forward import drained_and_online
 
 T0 = "2026-11-21T12:00:00Z"
 REFUSED = {6, 7, 8, 9}  # connector ids whose StatusNotification the cloud refuses while `refusing`
