@@ -1,10 +1,10 @@
 """The depot view in the local API: ``GET /api/chargers/{id}``, the dashboard at ``GET /`` and the
 JSON it polls (``GET /api/depot``), and the dashboard's token login.
 
-The dashboard is three files shipped in the package (``gateway/static``): no CDN, no build step,
+The dashboard is three files shipped in the package (``gateway/api/static``): no CDN, no build step,
 so it works with the cloud unreachable. With ``api.token`` set the page asks for the token once;
 ``POST /api/login`` answers with an HttpOnly, SameSite=Strict cookie that the API accepts in place
-of the bearer header (``gateway.api``). The page itself holds no data; it shows nothing until its
+of the bearer header (``gateway.api.server``). The page itself holds no data; it shows nothing until its
 first authorised read.
 
 ``localList`` (the local authorization list push) and certificate expiry come from providers that

@@ -1,4 +1,4 @@
-"""Persists the depot view (``gateway.depot``): loaded at start-up, written in batches while running.
+"""Persists the depot view (``gateway.core.depot``): loaded at start-up, written in batches while running.
 
 Nothing is written per relayed frame. Every ``flush_every_s`` the chargers whose picture changed
 (a status, a transaction started, stopped or bound to its cloud id, a new boot) are written in one

@@ -47,7 +47,7 @@ async def start_charger_server(
 ) -> WsServer:
     """Listen on ``settings.host:port`` and serve chargers until the returned server is closed.
 
-    With ``ssl_context`` (see :mod:`gateway.tls`) the server speaks wss://; with
+    With ``ssl_context`` (see :mod:`gateway.net.tls`) the server speaks wss://; with
     ``settings.client_certs`` a verified client certificate must name the charger (else 403).
     Each handshake is admitted with ``hub.settings.chargers`` as it is then, so a SIGHUP reload
     of ``[chargers.passwords]`` applies to the next charger that connects.

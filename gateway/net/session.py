@@ -666,7 +666,7 @@ class ChargerSession:
         if digest is not None and await self._answer_resend(call, digest):
             return
         try:
-            # Validation never writes defaults into the payload (gateway.validation): what is
+            # Validation never writes defaults into the payload (gateway.ocpp.validation): what is
             # stored and replayed is what the charger sent.
             validate_call(version, call.action, call.payload, call.message_id)
         except FrameError as exc:

@@ -1,6 +1,6 @@
 """ReservationBook: records reservations in the store and answers the offline gate.
 
-A thin driver around the pure rules of :mod:`gateway.reservations`: it reads rows, applies a rule,
+A thin driver around the pure rules of :mod:`gateway.reservations.rules`: it reads rows, applies a rule,
 writes the result, logs and counts. The session layer calls it:
 
 - after relaying a cloud ReserveNow / CancelReservation and receiving the charger's answer
@@ -104,7 +104,7 @@ class ReservationMetrics:
 
 
 class ReservationBook:
-    """Reservations of every charger: store rows plus the rules of :mod:`gateway.reservations`.
+    """Reservations of every charger: store rows plus the rules of :mod:`gateway.reservations.rules`.
 
     ``normalise`` turns a presented tag into its lookup key (``tags.normalise``); ``ports`` is the
     ``[[ports]]`` table, used to know which connectors a charger has; ``clock`` gives "now" when a

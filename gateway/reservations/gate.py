@@ -1,7 +1,7 @@
 """The offline gate, sans I/O: must a tag the cache accepts be refused on a reserved connector?
 
 Used when the gateway answers Authorize / StartTransaction (1.6) / TransactionEvent (2.0.1) itself;
-driven by ``ReservationBook.gate_refusal`` and the session hook in :mod:`gateway.reservation_hook`.
+driven by ``ReservationBook.gate_refusal`` and the session hook in :mod:`gateway.reservations.hook`.
 """
 
 from __future__ import annotations

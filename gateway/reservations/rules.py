@@ -1,8 +1,8 @@
 """Reservations, sans I/O: request validation, ReserveNow/CancelReservation payloads, the charger's
-answers and the recording rules (the offline gate is in :mod:`gateway.reservation_gate`).
+answers and the recording rules (the offline gate is in :mod:`gateway.reservations.gate`).
 
 Everything here takes plain data and ``now`` and returns values; the asyncio driver is
-:mod:`gateway.reservation_book`, the HTTP routes live in :mod:`gateway.reservation_api`.
+:mod:`gateway.reservations.book`, the HTTP routes live in :mod:`gateway.api.reservations`.
 
 Field names of the local API are Flipturn's (Flipturn API docs, "Reservations"):
 ``{portId, expiryDate, idTag, reservationId, parentIdTag?, idTokenType?}`` and

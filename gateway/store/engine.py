@@ -157,7 +157,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX reservations_by_state ON reservations (state, charger_id);
     """,
-    # 2: the depot view (gateway.depot), one JSON record per charger, written in batches
+    # 2: the depot view (gateway.core.depot), one JSON record per charger, written in batches
     """
     CREATE TABLE depot_chargers (
         charger_id TEXT PRIMARY KEY,
@@ -193,7 +193,7 @@ MIGRATIONS: tuple[str, ...] = (
         at REAL NOT NULL
     );
     """,
-    # 4: the chargers' Local Authorization Lists (gateway.local_list)
+    # 4: the chargers' Local Authorization Lists (gateway.tags.local_list)
     """
     CREATE TABLE local_lists (                 -- per charger: who owns its list, what is on it
         charger_id TEXT PRIMARY KEY,
@@ -1478,7 +1478,7 @@ class Store:
         rows = await self.fetchall("SELECT charger_id, record FROM depot_chargers")
         return [(str(r[0]), str(r[1])) for r in rows]
 
-    # --- local authorization lists (gateway.local_list_push) --------------------------------
+    # --- local authorization lists (gateway.tags.local_list_push) --------------------------------
 
     async def local_lists(self) -> list[LocalListRow]:
         """Every charger's local-list state."""

@@ -1,6 +1,6 @@
 """The tag cache as the relay core uses it: offline answers and learning (thin async driver).
 
-The decisions are :mod:`gateway.tags`' pure functions; this module only reads and writes rows.
+The decisions are :mod:`gateway.tags.rules`' pure functions; this module only reads and writes rows.
 """
 
 from __future__ import annotations

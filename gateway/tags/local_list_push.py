@@ -1,6 +1,6 @@
 """Keeps each charger's Local Authorization List equal to the synced Authorized access ids.
 
-The decisions are :mod:`gateway.local_list`'s pure functions; this driver sends their CALLs
+The decisions are :mod:`gateway.tags.local_list`'s pure functions; this driver sends their CALLs
 through the charger's one CALL slot (``ChargerSession.call_charger``, the queue cloud CALLs and
 reservations share), validates the answers it acts on and writes rows.
 
