@@ -55,8 +55,8 @@ from bench.loadgen import percentile
 from bench.machine import describe_machine
 from bench.report import ratio
 from bench.targets import HOST
-from gateway.store import Store
-from gateway.sync import FlipturnClient, sync_once
+from gateway.store.engine import Store
+from gateway.tags.sync import FlipturnClient, sync_once
 
 __all__ = ["BENCH_SUITE", "main", "run_authorize"]
 

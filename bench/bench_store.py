@@ -32,8 +32,8 @@ import orjson
 
 from bench.loadgen import meter_values
 from bench.machine import describe_machine
-from gateway import validation
-from gateway.store import Store, call_digest
+from gateway.ocpp import validation
+from gateway.store.engine import Store, call_digest
 
 BENCH_SUITE = "store"
 STAMP = "2026-11-21T12:00:00Z"

@@ -34,9 +34,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from bench.machine import describe_machine
-from gateway.cache import TagCache
-from gateway.store import Store
-from gateway.sync import FlipturnClient, SyncResult, sync_once
+from gateway.store.engine import Store
+from gateway.tags.cache import TagCache
+from gateway.tags.sync import FlipturnClient, SyncResult, sync_once
 
 
 def _access_id(n: int) -> dict[str, Any]:

@@ -31,7 +31,7 @@ __all__ = ["components", "hotspots", "main"]
 
 def _frame_name(frame: str) -> str:
     # py-spy raw frames look like "function (path/to/file.py:123)"; keep the function and the
-    # file with its parent directory (websockets/frames.py and gateway/frames.py differ).
+    # file with its parent directory (websockets/frames.py and gateway/ocpp/frames.py differ).
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rpartition(":")[0]
     if not path:
@@ -44,7 +44,7 @@ def _frame_name(frame: str) -> str:
 COMPONENTS: tuple[tuple[str, str], ...] = (
     ("websockets/asyncio/", "websockets asyncio layer (tasks, queues, send/recv, drain)"),
     ("websockets/", "websockets sans-I/O (frame parsing, masking, protocol)"),
-    ("gateway/wsconn.py", "gateway WebSocket layer (callbacks, socket writes)"),
+    ("gateway/net/wsconn.py", "gateway WebSocket layer (callbacks, socket writes)"),
     ("gateway/", "gateway code (session, frames, hub, ...)"),
     ("asyncio/runners.py", "event loop in C (epoll, socket read/write, callbacks)"),
     ("uvloop/", "event loop in C (epoll, socket read/write, callbacks)"),

@@ -14,32 +14,33 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.routing import BaseRoute
 
-from gateway import checks, local_list_push, logs
-from gateway.api import ApiContext, ApiServer, build_api
-from gateway.backoff import BackoffPolicy
-from gateway.cache import CacheMetrics, TagCache
-from gateway.cache_api import cache_routes
+from gateway import checks, logs
+from gateway.api.access_ids import cache_routes
+from gateway.api.depot import depot_routes
+from gateway.api.outbox import dead_letter_routes
+from gateway.api.reservations import reservation_routes
+from gateway.api.server import ApiContext, ApiServer, build_api
 from gateway.config import Settings, load_settings
-from gateway.depot import DepotView
-from gateway.depot_api import depot_routes
-from gateway.depot_recorder import DepotRecorder
+from gateway.core.backoff import BackoffPolicy
+from gateway.core.depot import DepotView
 from gateway.errors import ConfigError
-from gateway.hub import Hub
-from gateway.local_list_push import LocalListPusher
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
-from gateway.outbox_api import dead_letter_routes
-from gateway.reservation_api import reservation_routes
-from gateway.reservation_book import ReservationBook
-from gateway.reservation_hook import ReservationHook
+from gateway.net.depot_recorder import DepotRecorder
+from gateway.net.hub import Hub
+from gateway.net.server import start_charger_server
+from gateway.net.session import SessionHook
+from gateway.net.tls import CertificateExpiryCollector, TlsContexts
+from gateway.net.upstream import UpstreamOpener
+from gateway.net.wsconn import WsServer
+from gateway.reservations.book import ReservationBook
+from gateway.reservations.hook import ReservationHook
 from gateway.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
-from gateway.server import start_charger_server
-from gateway.session import SessionHook
-from gateway.store import Store
-from gateway.sync import FlipturnClient, SyncMetrics, SyncService, sync_status
-from gateway.tags import normalise
-from gateway.tls import CertificateExpiryCollector, TlsContexts
-from gateway.upstream import UpstreamOpener
-from gateway.wsconn import WsServer
+from gateway.store.engine import Store
+from gateway.tags import local_list_push
+from gateway.tags.cache import CacheMetrics, TagCache
+from gateway.tags.local_list_push import LocalListPusher
+from gateway.tags.rules import normalise
+from gateway.tags.sync import FlipturnClient, SyncMetrics, SyncService, sync_status
 
 __all__ = ["Gateway"]
 

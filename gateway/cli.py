@@ -21,7 +21,7 @@ from gateway.config import Settings, load_settings, redacted, resolve_config_pat
 from gateway.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:  # the store is imported by the commands that need it
-    from gateway.store import Store
+    from gateway.store.engine import Store
 
 __all__ = ["main"]
 
@@ -43,7 +43,7 @@ def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 def _check_tls(settings: Settings, *, warn: bool = True) -> bool:
     """Refuse (False, message on stderr) TLS files that cannot be used; warn of near expiry."""
-    from gateway.tls import check_tls_files
+    from gateway.net.tls import check_tls_files
 
     try:
         check = check_tls_files(settings)
@@ -101,8 +101,8 @@ def _refused(settings: Settings) -> bool:
 
 
 def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.store import Store
-    from gateway.sync import FlipturnClient, sync_once
+    from gateway.store.engine import Store
+    from gateway.tags.sync import FlipturnClient, sync_once
 
     api_key = settings.flipturn.api_key.get_secret_value()
     if not api_key:
@@ -137,8 +137,8 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_tags_lookup(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from gateway.cache import TagCache
-    from gateway.store import Store
+    from gateway.store.engine import Store
+    from gateway.tags.cache import TagCache
 
     async def main() -> int:
         store = await Store.open(settings.store.path, create=False)
@@ -158,7 +158,7 @@ def cmd_tags_lookup(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_store_check(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.store import check_file
+    from gateway.store.engine import check_file
 
     try:
         problems = check_file(settings.store.path)
@@ -175,7 +175,7 @@ def cmd_store_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_store_backup(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.store import backup_file
+    from gateway.store.engine import backup_file
 
     try:
         size = backup_file(settings.store.path, args.path)
@@ -193,7 +193,7 @@ def cmd_version(settings: Settings | None, args: argparse.Namespace) -> int:
 
 def _with_store(settings: Settings, work: Callable[[Store], Coroutine[Any, Any, int]]) -> int:
     """Run ``work`` on the existing store (never creating one); exit 1 naming what failed."""
-    from gateway.store import Store
+    from gateway.store.engine import Store
 
     async def main() -> int:
         store = await Store.open(settings.store.path, create=False)
@@ -210,7 +210,7 @@ def _with_store(settings: Settings, work: Callable[[Store], Coroutine[Any, Any, 
 
 
 def cmd_outbox_dead(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.outbox_api import dead_letter_json, dead_letter_table
+    from gateway.api.outbox import dead_letter_json, dead_letter_table
 
     async def work(store: Store) -> int:
         rows = await store.dead_letter_rows(limit=1_000_000)

@@ -1,6 +1,6 @@
 """Log output: ``[log] level`` and ``format``, and the systemd journal's priority prefixes.
 
-* ``text``: ``2026-01-01 12:00:00,000 WARNING gateway.session: CP-1: ...``. When stderr is the
+* ``text``: ``2026-01-01 12:00:00,000 WARNING gateway.net.session: CP-1: ...``. When stderr is the
   journal (``$JOURNAL_STREAM`` set, systemd.exec(5)), each line starts with its syslog priority
   (``<4>``, sd-daemon(3)) and has no timestamp: the journal stamps and filters it
   (``journalctl -p warning``).

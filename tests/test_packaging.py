@@ -65,7 +65,7 @@ def test_make_dist_builds_a_wheel_and_an_sdist(dist: Path) -> None:
         names = set(zf.namelist())
         metadata = next(zf.read(n).decode() for n in names if n.endswith("/METADATA"))
         entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    assert {"gateway/cli.py", "gateway/session.py", "gateway/store.py"} <= names
+    assert {"gateway/cli.py", "gateway/net/session.py", "gateway/store/engine.py"} <= names
     assert "License-Expression: LicenseRef-Proprietary" in metadata
     assert any(n.endswith("licenses/LICENSE") for n in names)
     assert "flipturn-gateway = gateway.cli:main" in entry_points

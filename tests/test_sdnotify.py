@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
-from gateway.store import Store
+from gateway.store.engine import Store
 
 
 class FakeSystemd:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from gateway import offline
-from gateway.frames import Call, CallError, CallResult
+from gateway.core import offline
+from gateway.ocpp.frames import Call, CallError, CallResult
 
 __all__ = [
     "AnswerLocally",

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from gateway import frames, offline, txmap
+from gateway.core import offline, txmap
 from gateway.core.events import (
     Answered,
     AnswerLocally,
@@ -63,11 +63,12 @@ from gateway.core.events import (
     RetryLater,
     SaveBoot,
 )
+from gateway.core.link import Event, LinkState, transition
 from gateway.core.replay import decide, outgoing
 from gateway.errors import ChargerNotConnected, ChargerQueueFull, FrameError
-from gateway.frames import Call, CallError, CallResult, CallResultError, OcppVersion, Send
-from gateway.link import Event, LinkState, transition
-from gateway.validation import validate_call
+from gateway.ocpp import frames
+from gateway.ocpp.frames import Call, CallError, CallResult, CallResultError, OcppVersion, Send
+from gateway.ocpp.validation import validate_call
 
 __all__ = ["GATEWAY_ID_PREFIX", "ChargerRelay", "RelaySettings"]
 

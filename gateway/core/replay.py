@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from gateway import frames, txmap
+from gateway.core import txmap
 from gateway.core.events import DeadLetter, Delivered, QueuedCall, RetryLater
 from gateway.errors import FrameError
-from gateway.frames import Call, CallError, CallResult
-from gateway.validation import validate_result
+from gateway.ocpp import frames
+from gateway.ocpp.frames import Call, CallError, CallResult
+from gateway.ocpp.validation import validate_result
 
 __all__ = ["TRANSIENT_CODES", "decide", "outgoing", "retry_delay_s"]
 

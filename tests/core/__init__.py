@@ -1,0 +1,1 @@
+"""The pure core on plain values: no sockets, no files, ``now`` passed in."""

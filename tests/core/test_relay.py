@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway import offline
+from gateway.core import offline
 from gateway.core.events import (
     Answered,
     AnswerLocally,
@@ -28,11 +28,11 @@ from gateway.core.events import (
     RetryLater,
     SaveBoot,
 )
+from gateway.core.link import LinkState
 from gateway.core.relay import ChargerRelay, RelaySettings
+from gateway.core.txmap import LOCAL_TX_MIN, TxIdMap
 from gateway.errors import ChargerNotConnected, ChargerQueueFull
-from gateway.frames import Call, CallError, CallResult, OcppVersion
-from gateway.link import LinkState
-from gateway.txmap import LOCAL_TX_MIN, TxIdMap
+from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
 
 T0 = 1000.0  # the fake monotonic clock starts here
 WALL = 1_800_000_000.0  # and the wall clock of the rows here

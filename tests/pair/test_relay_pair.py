@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import offline
+from gateway.core import offline
 from gateway.core.events import (
     AnswerLocally,
     BootDelivered,
@@ -23,9 +23,9 @@ from gateway.core.events import (
     ReadBacklog,
     RetryLater,
 )
+from gateway.core.link import LinkState
 from gateway.core.relay import ChargerRelay, RelaySettings
-from gateway.link import LinkState
-from gateway.txmap import LOCAL_TX_MIN, is_local
+from gateway.core.txmap import LOCAL_TX_MIN, is_local
 
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 

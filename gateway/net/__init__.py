@@ -1,0 +1,1 @@
+"""The asyncio drivers: sockets, timers and tasks around the pure core."""

@@ -1,0 +1,114 @@
+"""The charger-facing WebSocket server: handshake checks, subprotocol choice, hand-off to the hub."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Sequence
+from http import HTTPStatus
+
+from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+from gateway.config import ChargersSettings
+from gateway.core.admission import Refused, admit
+from gateway.core.certs import check_client_certificate
+from gateway.net.hub import Hub
+from gateway.net.wsconn import Keepalive, ServerConnection, Timeouts, WsServer
+from gateway.ocpp.frames import OcppVersion
+
+__all__ = ["SUBPROTOCOLS", "start_charger_server"]
+
+log = logging.getLogger(__name__)
+
+# OCPP 2.1 Part 4 §3.1.2: the charger lists the versions it speaks in its order of preference.
+SUBPROTOCOLS: dict[Subprotocol, OcppVersion] = {
+    Subprotocol("ocpp2.1"): "2.1",
+    Subprotocol("ocpp2.0.1"): "2.0.1",
+    Subprotocol("ocpp1.6"): "1.6",
+}
+
+
+def _select_subprotocol(
+    protocol: ServerProtocol, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    # The charger's order of preference among what we speak; None completes the handshake
+    # without a subprotocol and the server then closes (OCPP-J §3.2).
+    for proto in offered:
+        if proto in SUBPROTOCOLS:
+            return proto
+    return None
+
+
+async def start_charger_server(
+    hub: Hub, settings: ChargersSettings, *, ssl_context: ssl.SSLContext | None = None
+) -> WsServer:
+    """Listen on ``settings.host:port`` and serve chargers until the returned server is closed.
+
+    With ``ssl_context`` (see :mod:`gateway.net.tls`) the server speaks wss://; with
+    ``settings.client_certs`` a verified client certificate must name the charger (else 403).
+    Each handshake is admitted with ``hub.settings.chargers`` as it is then, so a SIGHUP reload
+    of ``[chargers.passwords]`` applies to the next charger that connects.
+    """
+
+    def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        decision = admit(request.path, request.headers.get("Authorization"), hub.settings.chargers)
+        if isinstance(decision, Refused):
+            hub.stats.errors[f"refused_{decision.status.value}"] += 1
+            log.warning("refused %s: %s", request.path[:80], decision.reason)
+            response = connection.reject(decision.status, decision.reason + "\n")
+            if decision.status == 401:
+                response.headers["WWW-Authenticate"] = (
+                    'Basic realm="flipturn-gateway", charset="UTF-8"'
+                )
+            return response
+        if settings.client_certs != "none":
+            transport = connection.transport
+            peercert = None if transport is None else transport.get_extra_info("peercert")
+            why = check_client_certificate(decision.charger_id, peercert, settings.client_certs)
+            if why is not None:
+                hub.stats.errors["refused_403"] += 1
+                log.warning("refused %s: %s", decision.charger_id, why)
+                return connection.reject(HTTPStatus.FORBIDDEN, "client certificate refused\n")
+        return None
+
+    def on_open(connection: ServerConnection) -> None:
+        assert connection.request is not None
+        decision = admit(
+            connection.request.path,
+            connection.request.headers.get("Authorization"),
+            hub.settings.chargers,
+        )
+        if isinstance(decision, Refused):  # cannot happen: process_request refused it already
+            connection.close(1008, decision.reason)
+            return
+        if connection.subprotocol is None:
+            hub.stats.errors["no_subprotocol"] += 1
+            log.warning("%s: no supported OCPP subprotocol offered; closing", decision.charger_id)
+            connection.close(1002, "no supported OCPP subprotocol (ocpp1.6, ocpp2.0.1, ocpp2.1)")
+            return
+        version = SUBPROTOCOLS[connection.subprotocol]
+        log.info(
+            "%s connected (OCPP %s) from %s",
+            decision.charger_id,
+            version,
+            connection.remote_address,
+        )
+        hub.accept(decision.charger_id, version, connection)
+
+    server = WsServer(
+        on_open=on_open,
+        process_request=process_request,
+        subprotocols=list(SUBPROTOCOLS),
+        select_subprotocol=_select_subprotocol,
+        max_size=settings.max_message_bytes,
+        # RFC 7692 accepted from every charger that offers it: OCPP 2.0.1 Part 4 §3.3 and 2.1
+        # Part 4 §3.4 make it required for the CSMS and the Local Controller.
+        extensions=enable_server_permessage_deflate(None),
+        timeouts=Timeouts(open_s=10.0, close_s=2.0),
+        keepalive=Keepalive(interval_s=20.0, timeout_s=20.0),
+    )
+    await server.listen(settings.host, settings.port, ssl=ssl_context)
+    return server

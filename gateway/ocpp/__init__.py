@@ -1,0 +1,1 @@
+"""OCPP-J wire values and schema checks. Pure."""

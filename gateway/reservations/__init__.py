@@ -1,0 +1,1 @@
+"""Reservations: the rules and the offline gate, beside the book that records them."""

@@ -1,0 +1,1662 @@
+"""The SQLite store: one file in WAL mode, every SQL statement of the gateway in this module.
+
+Durability: ``synchronous=FULL`` and group commit. Writes that acknowledge a charger's message go
+through :meth:`Store.write`, which batches whatever is waiting into one transaction and returns only
+after that transaction is committed (fsync'd). Several chargers' messages then share one fsync.
+
+Integrity (docs/reliability.md): a group commit counts as done only if the file still has its name
+afterwards (one ``stat`` of the path against the inode opened); the outcome of every commit and a
+periodic probe (free space, the file's identity, a tiny commit when nothing else committed lately)
+make :meth:`Store.status` the truth about whether acknowledgements can be given. Start-up runs
+``PRAGMA quick_check`` and a probe commit, and never writes into a file it cannot read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import aiosqlite
+
+from gateway.errors import StoreError
+from gateway.tags.rules import LearnedTag, SyncedTag
+
+__all__ = [
+    "RESEND_WINDOW_S",
+    "SCHEMA_VERSION",
+    "ChargerState",
+    "DeadLetterRow",
+    "LocalListRow",
+    "OutboxRow",
+    "Statement",
+    "Store",
+    "backup_file",
+    "call_digest",
+    "check_file",
+    "fault_of",
+]
+
+log = logging.getLogger(__name__)
+
+Statement = tuple[str, Sequence[Any]]
+
+# Each entry migrates from version i to i+1; applied in order at start-up, each in its own transaction.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    """
+    CREATE TABLE access_ids (
+        id INTEGER PRIMARY KEY,
+        ocpp_id_tag TEXT NOT NULL,
+        tag_key TEXT NOT NULL UNIQUE,          -- normalised ocppIdTag (tags.normalise)
+        type TEXT NOT NULL,                    -- RFID | Vehicle
+        name TEXT NOT NULL,
+        authorization_status TEXT NOT NULL,    -- Authorized | Revoked
+        authorized_at TEXT,
+        revoked_at TEXT,
+        created_at TEXT,
+        updated_at TEXT,
+        vehicle TEXT,                          -- JSON object or NULL
+        customer TEXT                          -- JSON object or NULL
+    );
+    CREATE TABLE vehicles (
+        id INTEGER PRIMARY KEY,
+        name TEXT,
+        make TEXT,
+        model TEXT,
+        vin TEXT,
+        license_plate TEXT,
+        has_telematics INTEGER NOT NULL DEFAULT 0,
+        customer TEXT,                         -- JSON object or NULL
+        access_ids TEXT NOT NULL DEFAULT '[]'  -- JSON list of {id, ocppIdTag, authorizationStatus}
+    );
+    CREATE TABLE learned_tags (                -- idTagInfo / idTokenInfo the cloud answered while online
+        tag_key TEXT PRIMARY KEY,
+        id_tag TEXT NOT NULL,
+        status TEXT NOT NULL,
+        expiry_date TEXT,
+        parent_id_tag TEXT,
+        learned_at TEXT NOT NULL
+    );
+    CREATE TABLE sync_state (
+        name TEXT PRIMARY KEY,
+        last_success_at TEXT,
+        last_error TEXT,
+        access_ids INTEGER NOT NULL DEFAULT 0,
+        vehicles INTEGER NOT NULL DEFAULT 0,
+        duration_s REAL
+    );
+    CREATE TABLE outbox (                      -- charger CALLs answered locally, waiting for the cloud
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        charger_id TEXT NOT NULL,
+        ocpp_version TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        payload TEXT NOT NULL,                 -- JSON exactly as the charger sent it
+        created_at REAL NOT NULL,              -- unix seconds
+        local_tx_id INTEGER,                   -- 1.6 StartTransaction answered locally: its local id
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_by_charger ON outbox (charger_id, seq);
+    CREATE TABLE dead_letters (                -- replayed messages the cloud refused for good
+        seq INTEGER PRIMARY KEY,
+        charger_id TEXT NOT NULL,
+        ocpp_version TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        failed_at REAL NOT NULL,
+        attempts INTEGER NOT NULL,
+        error_code TEXT NOT NULL,
+        error_description TEXT NOT NULL
+    );
+    CREATE TABLE boot_notifications (          -- the latest BootNotification of each charger
+        charger_id TEXT PRIMARY KEY,
+        ocpp_version TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        delivered INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE tx_ids (                      -- OCPP 1.6 transaction ids answered locally
+        charger_id TEXT NOT NULL,
+        local_id INTEGER NOT NULL,
+        cloud_id INTEGER,                      -- NULL until the replayed StartTransaction is answered
+        created_at REAL NOT NULL,
+        PRIMARY KEY (charger_id, local_id)
+    );
+    CREATE INDEX tx_ids_by_cloud ON tx_ids (charger_id, cloud_id);
+    CREATE TABLE reservations (
+        charger_id TEXT NOT NULL,
+        reservation_id INTEGER NOT NULL,
+        connector_id INTEGER,                  -- 1.6 connectorId / 2.0.1 evseId (NULL: any)
+        id_tag TEXT NOT NULL,                  -- as sent to the charger (compared normalised)
+        parent_id_tag TEXT,
+        expiry_date TEXT NOT NULL,             -- ISO 8601 UTC
+        source TEXT NOT NULL,                  -- api | cloud
+        status TEXT NOT NULL,                  -- the charger's answer (Accepted, ...), or NoAnswer
+        state TEXT NOT NULL,                   -- active | used | cancelled | expired | removed |
+                                               -- refused | failed (see gateway.reservations)
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (charger_id, reservation_id)
+    );
+    CREATE INDEX reservations_by_state ON reservations (state, charger_id);
+    """,
+    # 2: the depot view (gateway.core.depot), one JSON record per charger, written in batches
+    """
+    CREATE TABLE depot_chargers (
+        charger_id TEXT PRIMARY KEY,
+        record TEXT NOT NULL,                  -- JSON (gateway.depot.DepotView.record)
+        updated_at REAL NOT NULL               -- unix seconds
+    );
+    """,
+    # 3: charger resends answered like the first time (design.md "Store integrity and exactly-once")
+    """
+    ALTER TABLE outbox ADD COLUMN digest BLOB;     -- call_digest(action, payload); NULL: not deduped
+    ALTER TABLE outbox ADD COLUMN answer TEXT;     -- the CALLRESULT payload the charger was given
+    CREATE INDEX outbox_by_message ON outbox (charger_id, message_id);
+    CREATE TABLE answered (                    -- delivered or dead-lettered CALLs, kept RESEND_WINDOW_S
+        charger_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        digest BLOB NOT NULL,
+        answer TEXT NOT NULL,
+        done_at REAL NOT NULL,                 -- unix seconds
+        PRIMARY KEY (charger_id, message_id, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX answered_by_age ON answered (done_at);
+    -- Whatever removes a queued CALL (delivered, dead-lettered, pruned) keeps its key: in the
+    -- DELETE's own statement, so a delivery stays one statement (one database-thread hop).
+    CREATE TRIGGER outbox_keeps_answered AFTER DELETE ON outbox
+    WHEN old.digest IS NOT NULL AND old.answer IS NOT NULL
+    BEGIN
+        INSERT OR REPLACE INTO answered (charger_id, message_id, digest, answer, done_at)
+        VALUES (old.charger_id, old.message_id, old.digest, old.answer,
+                (julianday('now') - 2440587.5) * 86400.0);
+    END;
+    CREATE TABLE store_probe (                 -- one row, rewritten by the health probe
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL
+    );
+    """,
+    # 4: the chargers' Local Authorization Lists (gateway.tags.local_list)
+    """
+    CREATE TABLE local_lists (                 -- per charger: who owns its list, what is on it
+        charger_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,                   -- gateway | cloud | none
+        version INTEGER,                       -- the list version the charger last reported/accepted
+        entries INTEGER NOT NULL DEFAULT 0,
+        truncated INTEGER NOT NULL DEFAULT 0,
+        snapshot TEXT,                         -- local_list_snapshots.digest of what the gateway sent
+        refused TEXT,                          -- why the charger is left alone (NULL: it is not)
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE local_list_snapshots (        -- list contents, shared by chargers holding the same
+        digest TEXT PRIMARY KEY,
+        body BLOB NOT NULL                     -- zlib of JSON [[idTag, idToken type], ...]
+    );
+    CREATE TABLE tag_usage (                   -- when a tag was last presented (most recent first)
+        tag_key TEXT PRIMARY KEY,              -- normalised tag (tags.normalise)
+        last_used_at REAL NOT NULL,            -- unix seconds
+        token_type TEXT                        -- 2.0.1 idToken type as presented, if any
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+RESEND_WINDOW_S: Final = 24 * 3600.0  # a delivered CALL resent within this is answered, not sent
+ANSWERED_MAX_ROWS: Final = 500_000  # bound on the delivered-CALL keys, whatever the traffic
+PROBE_EVERY_S: Final = 1.0  # free space and the file's identity: a stat and a statvfs
+PROBE_IDLE_S: Final = 3.0  # a probe commit when no commit succeeded for this long (or while down)
+PRUNE_EVERY_S: Final = 600.0
+HEALTHY_COMMIT_AGE_S: Final = 10.0  # watchdog: fed only if a commit succeeded this recently
+JOURNAL_SIZE_LIMIT: Final = 4 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
+QUICK_CHECK_ROWS: Final = 5  # problems quoted from a failed check
+
+# Primary SQLite result codes that mean the file, not the statement, is at fault.
+_FAULTS: Final = {
+    sqlite3.SQLITE_FULL: "disk full",
+    sqlite3.SQLITE_READONLY: "read-only",
+    sqlite3.SQLITE_IOERR: "I/O error",
+    sqlite3.SQLITE_CORRUPT: "database corrupt",
+    sqlite3.SQLITE_NOTADB: "not a database",
+    sqlite3.SQLITE_CANTOPEN: "cannot open the file",
+    sqlite3.SQLITE_PERM: "permission denied",
+}
+_STICKY: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+_PROBE_SQL: Final = "INSERT OR REPLACE INTO store_probe (id, at) VALUES (1, ?)"
+
+
+def fault_of(exc: BaseException) -> str | None:
+    """What an SQLite error says about the store (``"disk full: …"``), or None when the statement
+    itself was at fault (a constraint, a bug) and the file is fine."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.Error) or not isinstance(code, int):
+        return None
+    name = _FAULTS.get(code & 0xFF)
+    return f"{name} ({exc})" if name else None
+
+
+def _is_sticky(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _STICKY
+
+
+try:  # the same canonical form as frames.dumps uses, with keys sorted
+    import orjson
+
+    def _canonical(payload: Any) -> bytes:
+        return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+
+except ImportError:  # pragma: no cover - exercised on machines without the wheel
+
+    def _canonical(payload: Any) -> bytes:
+        return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+
+
+def call_digest(action: str, payload: Any) -> bytes:
+    """A 16-byte key of a charger CALL's action and payload, compared as parsed JSON (key order
+    and spacing do not matter): with the charger and message id it recognises a resend."""
+    return hashlib.blake2b(action.encode() + b"\0" + _canonical(payload), digest_size=16).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One queued charger CALL."""
+
+    seq: int
+    charger_id: str
+    version: str
+    message_id: str
+    action: str
+    payload: str
+    created_at: float
+    local_tx_id: int | None
+    attempts: int
+    next_attempt_at: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> OutboxRow:
+        return cls(
+            seq=int(row["seq"]),
+            charger_id=str(row["charger_id"]),
+            version=str(row["ocpp_version"]),
+            message_id=str(row["message_id"]),
+            action=str(row["action"]),
+            payload=str(row["payload"]),
+            created_at=float(row["created_at"]),
+            local_tx_id=None if row["local_tx_id"] is None else int(row["local_tx_id"]),
+            attempts=int(row["attempts"]),
+            next_attempt_at=float(row["next_attempt_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    """A replayed message the cloud refused for good; ``seq`` is its id and queue position."""
+
+    seq: int
+    charger_id: str
+    version: str
+    message_id: str
+    action: str
+    payload: str
+    created_at: float
+    failed_at: float
+    attempts: int
+    error_code: str
+    error_description: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> DeadLetterRow:
+        return cls(
+            seq=int(row["seq"]),
+            charger_id=str(row["charger_id"]),
+            version=str(row["ocpp_version"]),
+            message_id=str(row["message_id"]),
+            action=str(row["action"]),
+            payload=str(row["payload"]),
+            created_at=float(row["created_at"]),
+            failed_at=float(row["failed_at"]),
+            attempts=int(row["attempts"]),
+            error_code=str(row["error_code"]),
+            error_description=str(row["error_description"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LocalListRow:
+    """A charger's Local Authorization List as the gateway knows it."""
+
+    charger_id: str
+    owner: str  # gateway | cloud | none
+    version: int | None
+    entries: int
+    truncated: bool
+    snapshot: str | None
+    refused: str | None
+    updated_at: float
+
+
+@dataclass
+class _Batch:
+    statements: list[Statement]
+    done: asyncio.Future[None]
+
+    def settle(self, error: Exception | None) -> None:
+        """Wake the writer (unless it stopped waiting, e.g. cancelled at shutdown)."""
+        if self.done.done():
+            return
+        if error is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(error)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerState:
+    """What a charger's session needs from the store when the charger connects."""
+
+    tx_ids: list[tuple[int, int | None]]  # (local id, cloud id or None), as ``tx_ids``
+    boot_undelivered: bool  # a BootNotification the cloud has not seen is stored
+    recent_ids: list[str]  # message ids of its latest stored CALLs, as ``recent_message_ids``
+
+
+@dataclass(slots=True)
+class _Health:
+    """What the store knows about its own usability; read by /health and the watchdog."""
+
+    error: str | None = None  # None: commits succeed
+    sticky: bool = False  # corruption: stays until a restart (whose quick_check then decides)
+    free_bytes: int | None = None
+    last_commit_ok: float = 0.0  # monotonic time of the last successful commit
+    checkpoint_tried: bool = False  # disk full: one WAL checkpoint attempted for this episode
+
+
+class Store:
+    """Named operations over the gateway's SQLite file. Open with :meth:`open`."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        self._db = db
+        self.path = path
+        self._lock = asyncio.Lock()  # one writer transaction at a time on this connection
+        self._waiting: list[_Batch] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._health = _Health(last_commit_ok=time.monotonic())
+        self._usable = asyncio.Event()
+        self._usable.set()
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        self._monitor: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, path: str | Path, *, create: bool = True, quick_check: bool = True
+    ) -> Store:
+        """Open (creating if needed) the store, switch to WAL and apply pending migrations.
+
+        With ``create=False`` (operator commands that read it) a missing file is a StoreError
+        naming the path: a command must not answer from an empty store it just made.
+        An existing file is first checked with ``PRAGMA quick_check`` (``quick_check=False``
+        skips it) and must take a probe commit; a file that fails either raises StoreError and
+        is left exactly as it was — never replaced by a new store.
+        """
+        path = str(path)
+        if not create and path != ":memory:" and not os.path.isfile(path):  # noqa: ASYNC240
+            raise StoreError(f"store not found: {path} (is store.path the service's?)")
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            existed = path != ":memory:" and _nonempty_file(path)
+            db = await cls._connect(path)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open store {path}: {exc}{_unwritable(path)}") from exc
+        try:
+            store = cls(db, path)
+            if existed and quick_check:
+                await store._quick_check()
+            await db.execute("PRAGMA journal_mode=WAL")
+            await store._migrate()
+            store._file_id = store._identity()
+            store._health.free_bytes = store._free_bytes()
+            await store._commit([(_PROBE_SQL, (time.time(),))])
+        except BaseException as exc:
+            await db.close()
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StoreError(f"cannot open store {path}: {exc}{_unwritable(path)}") from exc
+            raise
+        return store
+
+    @staticmethod
+    async def _connect(path: str) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            # A checkpoint truncates the WAL back to this: it never keeps a full disk full.
+            await db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        except BaseException:
+            await db.close()
+            raise
+        return db
+
+    async def _quick_check(self) -> None:
+        try:
+            rows = await self.fetchall(f"PRAGMA quick_check({QUICK_CHECK_ROWS})")
+            problems = [str(r[0]) for r in rows if str(r[0]) != "ok"]
+        except sqlite3.Error as exc:
+            problems = [str(exc)]
+        if problems:  # one line: SQLite puts several findings in one row
+            problems = [" ".join(p.split()) for p in problems]
+            raise StoreError(f"store {self.path} failed PRAGMA quick_check: {'; '.join(problems)}")
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"store schema version {current} is newer than this gateway ({SCHEMA_VERSION})"
+            )
+        for version in range(current, SCHEMA_VERSION):
+            script = MIGRATIONS[version]
+            await self._db.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={version + 1};\nCOMMIT;"
+            )
+            log.info("store migrated to schema version %d", version + 1)
+
+    async def close(self) -> None:
+        """Wait for pending writes, then close the connection."""
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        self._close_reader()
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        await self._db.close()
+
+    # --- health ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The /health ``store`` block: ``ok``, ``error`` (None when ok) and ``freeBytes``."""
+        health = self._health
+        return {"ok": health.error is None, "error": health.error, "freeBytes": health.free_bytes}
+
+    @property
+    def ok(self) -> bool:
+        """True while commits succeed (as far as the last commit and probe know)."""
+        return self._health.error is None
+
+    async def healthy(self) -> bool:
+        """The watchdog's check: usable, and a commit succeeded within the last few seconds
+        (the probe commits at least every PROBE_IDLE_S, so a wedged disk shows here)."""
+        health = self._health
+        return (
+            health.error is None and time.monotonic() - health.last_commit_ok < HEALTHY_COMMIT_AGE_S
+        )
+
+    async def wait_usable(self) -> None:
+        """Return once commits succeed again (at once if they do)."""
+        await self._usable.wait()
+
+    def start_monitoring(self) -> None:
+        """Run the periodic probe until :meth:`close` (the running gateway does this)."""
+        if self._monitor is None and self.path != ":memory:":
+            self._monitor = asyncio.create_task(self._monitor_loop())
+
+    def _identity(self) -> tuple[int, int] | None:
+        if self.path == ":memory:":
+            return None
+        st = os.stat(self.path)
+        return (st.st_dev, st.st_ino)
+
+    def _check_file(self) -> None:
+        """Raise StoreError unless the path still names the file this connection writes into."""
+        if self._file_id is None:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise StoreError(f"store file {self.path} was deleted") from None
+        except OSError as exc:
+            raise StoreError(f"store file {self.path}: {exc.strerror}") from exc
+        if (st.st_dev, st.st_ino) != self._file_id:
+            raise StoreError(f"store file {self.path} was replaced by another file")
+
+    def _fault(self, reason: str, *, sticky: bool = False) -> None:
+        health = self._health
+        health.sticky = health.sticky or sticky
+        if health.error != reason:
+            log.error("store %s cannot commit: %s", self.path, reason)
+            health.error = reason
+            health.checkpoint_tried = False
+        self._usable.clear()
+
+    def _check_before_commit(self) -> None:
+        try:
+            self._check_file()
+        except StoreError as exc:
+            self._fault(str(exc))
+            raise
+
+    def _committed(self) -> None:
+        """A commit went through: usable again, unless the file lost its name (raises)."""
+        try:
+            self._check_file()
+        except StoreError as exc:
+            self._fault(str(exc))
+            raise
+        health = self._health
+        health.last_commit_ok = time.monotonic()
+        if health.error is not None and not health.sticky:
+            log.warning("store %s commits again (was: %s)", self.path, health.error)
+            health.error = None
+        if health.error is None:
+            self._usable.set()
+
+    def _failed(self, exc: BaseException) -> StoreError:
+        """The StoreError for a failed commit, noting a store fault in the health state."""
+        fault = fault_of(exc)
+        if fault is not None:
+            self._fault(fault, sticky=_is_sticky(exc))
+            return StoreError(f"store unusable: {fault}")
+        return StoreError(f"write failed: {exc}")
+
+    def _free_bytes(self) -> int | None:
+        try:
+            st = os.statvfs(Path(self.path).parent)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    async def probe(self) -> None:
+        """One round of checks: free space and the file's identity (a stat and a statvfs); a
+        deleted file restored from the open connection; a tiny commit when none succeeded for
+        PROBE_IDLE_S or while the store is down. The outcome lands in :meth:`status`."""
+        health = self._health
+        health.free_bytes = self._free_bytes()
+        if self._file_id is not None and not _exists(self.path):
+            await self._restore_deleted()
+            if not _exists(self.path):
+                return  # nothing to probe; the fault stays as _restore_deleted put it
+        if health.sticky:
+            return
+        if health.error is None:
+            try:
+                self._check_file()
+            except StoreError as exc:
+                self._fault(str(exc))
+        if health.error is not None and health.error.startswith("disk full"):
+            await self._release_wal()
+        if health.error is not None or time.monotonic() - health.last_commit_ok >= PROBE_IDLE_S:
+            with contextlib.suppress(StoreError):
+                await self.write([(_PROBE_SQL, (time.time(),))])
+
+    async def _release_wal(self) -> None:
+        # Once per episode: a checkpoint that can complete truncates the WAL to
+        # journal_size_limit, returning its space to a full disk.
+        if self._health.checkpoint_tried:
+            return
+        self._health.checkpoint_tried = True
+        async with self._lock:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def _monitor_loop(self) -> None:
+        next_prune = time.monotonic() + PRUNE_EVERY_S
+        while True:
+            await asyncio.sleep(PROBE_EVERY_S)
+            try:
+                await self.probe()
+                if time.monotonic() >= next_prune and self.ok:
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                    await self.prune_answered(time.time())
+            except Exception:  # the monitor must outlive any one failed round
+                log.exception("store probe failed")
+
+    async def _restore_deleted(self) -> None:
+        """The file was deleted while open: write the open database back under its name
+        (SQLite backup API, then an atomic link) and continue on the copy. Nothing that was
+        acknowledged is lost; commits that raced the deletion were refused (``_committed``)."""
+        target = Path(self.path)
+        if not target.parent.is_dir():
+            self._fault(f"store directory {target.parent} was deleted")
+            return
+        copy_path = target.with_name(target.name + ".restoring")
+        async with self._lock:
+            if _exists(target):
+                return
+            with contextlib.suppress(FileNotFoundError):
+                copy_path.unlink()
+            copy = sqlite3.connect(copy_path, check_same_thread=False)
+            try:
+                await self._db.backup(copy)
+                copy.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.Error as exc:
+                copy.close()
+                self._fault(f"store file {self.path} was deleted; restoring it failed: {exc}")
+                return
+            copy.close()
+            try:
+                os.link(copy_path, target)  # fails if someone created the path meanwhile
+            except FileExistsError:
+                copy_path.unlink()
+                return
+            copy_path.unlink()
+            _fsync_dir(target.parent)
+            new_db = await self._connect(self.path)
+            old, self._db = self._db, new_db
+            self._file_id = self._identity()
+            await old.close()
+            self._reopen_reader()
+        log.warning(
+            "store file %s was deleted while in use; restored it from the open database", self.path
+        )
+        with contextlib.suppress(StoreError):
+            await self.write([(_PROBE_SQL, (time.time(),))])
+
+    # --- transactions and durable group commit ---------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """An exclusive write transaction; committed on success, rolled back on any error,
+        the COMMIT's own failure included (else the next BEGIN fails forever)."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._rollback()
+                raise
+
+    async def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self._db.execute("ROLLBACK")
+
+    async def write(self, statements: Sequence[Statement]) -> None:
+        """Run ``statements`` atomically; return once they are committed to disk.
+
+        Callers that arrive while a commit is in progress are batched into the next one.
+        Raises StoreError if the commit failed or the file no longer has its name.
+        """
+        loop = asyncio.get_running_loop()
+        batch = _Batch(list(statements), loop.create_future())
+        self._waiting.append(batch)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await batch.done
+
+    async def _flush(self) -> None:
+        while self._waiting:
+            batches, self._waiting = self._waiting, []
+            try:
+                await self._commit_group(batches)
+            except BaseException as exc:
+                # Whatever went wrong, no writer is left waiting (settle skips settled ones).
+                error = exc if isinstance(exc, StoreError) else StoreError(f"write failed: {exc!r}")
+                for batch in batches:
+                    batch.settle(error)
+                if not isinstance(exc, Exception):
+                    for batch in self._waiting:
+                        batch.settle(StoreError("store closing"))
+                    self._waiting = []
+                    raise
+                if not isinstance(exc, StoreError):
+                    log.error("store write failed: %r", exc)
+
+    async def _commit_group(self, batches: list[_Batch]) -> None:
+        # A stat before and after: nothing is written into a file already without a name, and
+        # nothing is acknowledged whose file lost its name during the commit (_committed).
+        self._check_before_commit()
+        try:
+            await self._commit([st for batch in batches for st in batch.statements])
+        except Exception as exc:  # e.g. a parameter that cannot be bound raises its own error
+            if len(batches) == 1 or fault_of(exc) is not None:
+                error = self._failed(exc)
+                for batch in batches:
+                    batch.settle(error)
+                return
+            # One batch spoilt the group: commit each alone so only it fails.
+            for batch in batches:
+                try:
+                    await self._commit(batch.statements)
+                except Exception as one:
+                    batch.settle(self._failed(one))
+                else:
+                    self._committed()
+                    batch.settle(None)
+            return
+        self._committed()
+        for batch in batches:
+            batch.settle(None)
+
+    async def _commit(self, statements: list[Statement]) -> None:
+        """One transaction; runs of the same SQL go to the database thread as one executemany."""
+        async with self.transaction() as db:
+            start = 0
+            while start < len(statements):
+                sql = statements[start][0]
+                end = start + 1
+                while end < len(statements) and statements[end][0] == sql:
+                    end += 1
+                if end - start == 1:
+                    await db.execute(sql, statements[start][1])
+                else:
+                    await db.executemany(sql, [params for _, params in statements[start:end]])
+                start = end
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Rows of one read query."""
+        try:
+            async with self._db.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:
+            self._note_read_error(exc)
+            raise
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        """The first row of one read query, or None."""
+        try:
+            async with self._db.execute(sql, params) as cur:
+                row: sqlite3.Row | None = await cur.fetchone()
+                return row
+        except sqlite3.Error as exc:
+            self._note_read_error(exc)
+            raise
+
+    def _note_read_error(self, exc: sqlite3.Error) -> None:
+        # A read that finds a malformed page means the next commit may not be safe either.
+        if _is_sticky(exc) or (fault_of(exc) or "").startswith("I/O error"):
+            self._failed(exc)
+
+    # --- access ids, vehicles, learned cache (Flipturn sync) --------------------------------
+    #
+    # A sync streams the API's pages into stage tables in short transactions (the outbox shares this
+    # file and its commits answer chargers), then swaps them in with one transaction of renames, so
+    # the write lock is held for milliseconds whatever the list size. A failed sync drops its stage.
+
+    _tag_reader: sqlite3.Connection | None = None
+    _tag_reader_closed = False
+    _SYNC_NAME = "flipturn"
+    _STAGE_PREFIX = "sync_stage_"
+    _SYNCED_TABLES = ("access_ids", "vehicles")
+    _DROP_CHUNK_ROWS = 2000
+
+    def _reader(self) -> sqlite3.Connection | None:
+        """A read-only connection for tag point lookups, used on the event loop thread.
+
+        An indexed point read takes microseconds; the aiosqlite thread hop costs more than the
+        read itself. WAL readers never wait for the writer, and the short busy timeout bounds the
+        rare wait (WAL recovery) before falling back to the shared connection.
+        """
+        if self._tag_reader is None and self.path != ":memory:" and not self._tag_reader_closed:
+            uri = Path(self.path).resolve().as_uri() + "?mode=ro"
+            reader = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            reader.execute("PRAGMA busy_timeout=100")
+            self._tag_reader = reader
+        return self._tag_reader
+
+    def _read_now(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row] | None:
+        """Rows of a small indexed read through the read-only connection, on the event loop
+        thread; None if there is no such connection or it failed (then use ``fetchall``).
+
+        It sees every committed write, i.e. every ``write`` that has returned.
+        """
+        reader = self._reader()
+        if reader is None:
+            return None
+        try:
+            cursor = reader.cursor()
+            cursor.row_factory = sqlite3.Row
+            return cursor.execute(sql, params).fetchall()
+        except sqlite3.Error:
+            return None
+
+    def _close_reader(self) -> None:
+        self._tag_reader_closed = True
+        if self._tag_reader is not None:
+            self._tag_reader.close()
+            self._tag_reader = None
+
+    def _reopen_reader(self) -> None:
+        """The file was replaced by a restored copy: the next read opens a reader on it."""
+        if self._tag_reader is not None:
+            self._tag_reader.close()
+            self._tag_reader = None
+        self._active_cache = None
+
+    # One statement for both tables: the synced row (kind 0) and the learned row (kind 1).
+    _LOOKUP_TAG_SQL = (
+        "SELECT 0, id, ocpp_id_tag, authorization_status, revoked_at, NULL FROM access_ids"
+        " WHERE tag_key = ?1 UNION ALL"
+        " SELECT 1, id_tag, status, expiry_date, parent_id_tag, learned_at FROM learned_tags"
+        " WHERE tag_key = ?1"
+    )
+
+    async def lookup_tag(self, key: str) -> tuple[SyncedTag | None, LearnedTag | None]:
+        """The synced access id and the learned entry for a normalised tag key."""
+        rows: list[Any]
+        try:
+            reader = self._reader()
+            if reader is None:
+                raise sqlite3.OperationalError("no separate reader for an in-memory store")
+            rows = reader.execute(self._LOOKUP_TAG_SQL, (key,)).fetchall()
+        except sqlite3.Error:
+            try:
+                rows = await self.fetchall(self._LOOKUP_TAG_SQL, (key,))
+            except (sqlite3.Error, ValueError) as exc:
+                raise StoreError(f"tag lookup failed: {exc}") from exc
+        synced: SyncedTag | None = None
+        learned: LearnedTag | None = None
+        for row in rows:
+            if row[0] == 0:
+                synced = SyncedTag(*row[1:5])
+            else:
+                learned = LearnedTag(*row[1:6])
+        return synced, learned
+
+    async def find_access_id(self, key: str) -> sqlite3.Row | None:
+        """The full synced access id row for a normalised tag key."""
+        return await self.fetchone("SELECT * FROM access_ids WHERE tag_key = ?", (key,))
+
+    async def find_learned_tag(self, key: str) -> sqlite3.Row | None:
+        """The learned cache row for a normalised tag key."""
+        return await self.fetchone("SELECT * FROM learned_tags WHERE tag_key = ?", (key,))
+
+    async def learn_tags(
+        self, entries: Sequence[tuple[str, str, str, str | None, str | None]], learned_at: str
+    ) -> None:
+        """Upsert learned (key, id_tag, status, expiry, parent) entries; durable on return."""
+        sql = (
+            "INSERT INTO learned_tags"
+            " (tag_key, id_tag, status, expiry_date, parent_id_tag, learned_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tag_key) DO UPDATE SET"
+            " id_tag = excluded.id_tag, status = excluded.status,"
+            " expiry_date = excluded.expiry_date, parent_id_tag = excluded.parent_id_tag,"
+            " learned_at = excluded.learned_at"
+        )
+        await self.write([(sql, (*entry, learned_at)) for entry in entries])
+
+    async def create_sync_stage(self, now_s: float) -> str:
+        """Create empty stage tables shaped like the synced ones; returns the stage's name."""
+        stage = f"{self._STAGE_PREFIX}{int(now_s)}_{secrets.token_hex(4)}"
+        async with self.transaction() as db:
+            for table in self._SYNCED_TABLES:
+                async with db.execute(
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is None:
+                    raise StoreError(f"table {table} is missing")
+                ddl = re.sub(
+                    rf'^CREATE TABLE\s+"?{table}"?', f'CREATE TABLE "{stage}_{table}"', row[0]
+                )
+                await db.execute(ddl)
+        return stage
+
+    async def stage_access_ids(self, stage: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Append access id rows (``flipturn.ACCESS_ID_COLUMNS`` order) to the stage."""
+        await self._stage_rows(f"{stage}_access_ids", rows, 12)
+
+    async def stage_vehicles(self, stage: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Append vehicle rows (``flipturn.VEHICLE_COLUMNS`` order) to the stage."""
+        await self._stage_rows(f"{stage}_vehicles", rows, 9)
+
+    async def _stage_rows(self, table: str, rows: Sequence[Sequence[Any]], width: int) -> None:
+        marks = ", ".join("?" * width)
+        async with self.transaction() as db:
+            await db.executemany(f'INSERT INTO "{table}" VALUES ({marks})', rows)
+
+    async def swap_sync_stage(
+        self, stage: str, *, access_ids: int, vehicles: int, duration_s: float, at: str
+    ) -> None:
+        """Replace the synced tables with the stage and record the success, in one transaction."""
+        async with self.transaction() as db:
+            for table in self._SYNCED_TABLES:
+                await db.execute(f'ALTER TABLE "{table}" RENAME TO "{stage}_old_{table}"')
+                await db.execute(f'ALTER TABLE "{stage}_{table}" RENAME TO "{table}"')
+            await db.execute(
+                "INSERT INTO sync_state"
+                " (name, last_success_at, last_error, access_ids, vehicles, duration_s)"
+                " VALUES (?, ?, NULL, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " last_success_at = excluded.last_success_at, last_error = NULL,"
+                " access_ids = excluded.access_ids, vehicles = excluded.vehicles,"
+                " duration_s = excluded.duration_s",
+                (self._SYNC_NAME, at, access_ids, vehicles, duration_s),
+            )
+        # The replaced tables are dropped afterwards, each drop in its own short transaction.
+        await self.drop_sync_stage(stage)
+
+    async def drop_sync_stage(self, stage: str) -> None:
+        """Drop every table of ``stage`` (its staged and its replaced tables)."""
+        rows = await self.fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, ?) = ?",
+            (len(stage) + 1, f"{stage}_"),
+        )
+        for row in rows:
+            await self._drop_gradually(row[0])
+
+    async def _drop_gradually(self, table: str) -> None:
+        # Dropping a 100k-row table in one statement holds the write lock for as long as it takes
+        # to free every page; emptying it in chunks first keeps each transaction short.
+        while True:
+            async with self.transaction() as db:
+                cursor = await db.execute(
+                    f'DELETE FROM "{table}" WHERE rowid IN'
+                    f' (SELECT rowid FROM "{table}" LIMIT {self._DROP_CHUNK_ROWS})'
+                )
+                if cursor.rowcount < self._DROP_CHUNK_ROWS:
+                    await db.execute(f'DROP TABLE "{table}"')
+                    return
+
+    async def drop_stale_sync_stages(self, now_s: float, max_age_s: float) -> int:
+        """Drop stages left behind by a crashed sync; returns how many were dropped."""
+        rows = await self.fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, ?) = ?",
+            (len(self._STAGE_PREFIX), self._STAGE_PREFIX),
+        )
+        stages: set[str] = set()
+        for row in rows:
+            match = re.match(rf"({self._STAGE_PREFIX}(\d+)_[0-9a-f]+)_", row[0])
+            if match and now_s - int(match.group(2)) > max_age_s:
+                stages.add(match.group(1))
+        for stage in stages:
+            await self.drop_sync_stage(stage)
+        return len(stages)
+
+    async def record_sync_failure(self, error: str) -> None:
+        """Record the error of a failed sync; the last success stays as it was."""
+        await self.write(
+            [
+                (
+                    "INSERT INTO sync_state (name, last_error) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error",
+                    (self._SYNC_NAME, error),
+                )
+            ]
+        )
+
+    async def sync_status(self) -> sqlite3.Row | None:
+        """The persisted sync state (last success, last error, counts, duration)."""
+        return await self.fetchone("SELECT * FROM sync_state WHERE name = ?", (self._SYNC_NAME,))
+
+    async def count_access_ids(self) -> int:
+        """How many access ids the cache holds."""
+        row = await self.fetchone("SELECT count(*) FROM access_ids")
+        return int(row[0]) if row else 0
+
+    async def list_access_ids(self, after_id: int | None, limit: int) -> list[sqlite3.Row]:
+        """Up to ``limit`` access ids with id above ``after_id``, by id."""
+        return await self.fetchall(
+            "SELECT * FROM access_ids WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id if after_id is not None else -(2**63), limit),
+        )
+
+    async def get_access_id(self, access_id: int) -> sqlite3.Row | None:
+        """One access id by its Flipturn id."""
+        return await self.fetchone("SELECT * FROM access_ids WHERE id = ?", (access_id,))
+
+    async def list_vehicles(self, after_id: int | None, limit: int) -> list[sqlite3.Row]:
+        """Up to ``limit`` vehicles with id above ``after_id``, by id."""
+        return await self.fetchall(
+            "SELECT * FROM vehicles WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id if after_id is not None else -(2**63), limit),
+        )
+
+    async def get_vehicle(self, vehicle_id: int) -> sqlite3.Row | None:
+        """One vehicle by its Flipturn id."""
+        return await self.fetchone("SELECT * FROM vehicles WHERE id = ?", (vehicle_id,))
+
+    # --- outbox, boot notifications, 1.6 transaction ids (store-and-forward) ---------------
+
+    async def enqueue(
+        self,
+        charger_id: str,
+        version: str,
+        message_id: str,
+        action: str,
+        payload: str,
+        created_at: float,
+        *,
+        local_tx_id: int | None = None,
+        digest: bytes | None = None,
+        answer: str | None = None,
+    ) -> None:
+        """Durably queue a charger CALL for replay (and reserve its local transaction id).
+
+        ``digest`` (:func:`call_digest`) and ``answer`` (the CALLRESULT payload given) let
+        :meth:`earlier_answer` recognise a resend of it.
+        """
+        statements: list[Statement] = [
+            (
+                "INSERT INTO outbox (charger_id, ocpp_version, message_id, action, payload,"
+                " created_at, local_tx_id, digest, answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    charger_id,
+                    version,
+                    message_id,
+                    action,
+                    payload,
+                    created_at,
+                    local_tx_id,
+                    digest,
+                    answer,
+                ),
+            )
+        ]
+        if local_tx_id is not None:
+            statements.append(
+                (
+                    "INSERT INTO tx_ids (charger_id, local_id, cloud_id, created_at)"
+                    " VALUES (?, ?, NULL, ?)",
+                    (charger_id, local_tx_id, created_at),
+                )
+            )
+        await self.write(statements)
+
+    _EARLIER_ANSWER_SQL = (
+        "SELECT answer FROM outbox WHERE charger_id = ?1 AND message_id = ?2 AND digest = ?3"
+        " UNION ALL SELECT answer FROM answered WHERE charger_id = ?1 AND message_id = ?2"
+        " AND digest = ?3 AND done_at >= ?4 LIMIT 1"
+    )
+
+    async def earlier_answer(
+        self, charger_id: str, message_id: str, digest: bytes, *, now: float
+    ) -> str | None:
+        """The answer given to the same CALL (id and digest) if it is queued or was delivered
+        within RESEND_WINDOW_S; None for a CALL not seen before."""
+        params = (charger_id, message_id, digest, now - RESEND_WINDOW_S)
+        row: Any
+        try:  # on the event loop thread, as lookup_tag: the thread hop would cost more
+            reader = self._reader()
+            if reader is None:
+                raise sqlite3.OperationalError("no separate reader for an in-memory store")
+            row = reader.execute(self._EARLIER_ANSWER_SQL, params).fetchone()
+        except sqlite3.Error:
+            row = await self.fetchone(self._EARLIER_ANSWER_SQL, params)
+        return None if row is None or row[0] is None else str(row[0])
+
+    async def recent_message_ids(self, charger_id: str, limit: int) -> list[str]:
+        """Message ids of the latest CALLs of a charger stored for replay (queued or answered)."""
+        rows = await self.fetchall(
+            "SELECT message_id FROM (SELECT message_id FROM outbox WHERE charger_id = ?1"
+            " AND digest IS NOT NULL ORDER BY seq DESC LIMIT ?2) UNION SELECT message_id FROM"
+            " (SELECT message_id FROM answered WHERE charger_id = ?1 ORDER BY done_at DESC"
+            " LIMIT ?2)",
+            (charger_id, limit),
+        )
+        return [str(r[0]) for r in rows]
+
+    async def prune_answered(self, now: float) -> int:
+        """Forget delivered CALLs older than RESEND_WINDOW_S, and the oldest beyond the bound."""
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "DELETE FROM answered WHERE done_at < ?", (now - RESEND_WINDOW_S,)
+            )
+            removed = cur.rowcount
+            cur = await db.execute(
+                "DELETE FROM answered WHERE done_at <= (SELECT done_at FROM answered"
+                " ORDER BY done_at DESC LIMIT 1 OFFSET ?)",
+                (ANSWERED_MAX_ROWS,),
+            )
+            removed += cur.rowcount
+        return max(removed, 0)
+
+    async def max_local_tx_id(self) -> int | None:
+        """The highest local transaction id ever handed out, or None."""
+        row = await self.fetchone("SELECT MAX(local_id) FROM tx_ids")
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def tx_ids(self, charger_id: str) -> list[tuple[int, int | None]]:
+        """(local id, cloud id or None) for every local transaction of a charger."""
+        rows = await self.fetchall(
+            "SELECT local_id, cloud_id FROM tx_ids WHERE charger_id = ?", (charger_id,)
+        )
+        return [(int(r[0]), None if r[1] is None else int(r[1])) for r in rows]
+
+    _STATES_CHUNK = 500  # ids per statement (SQLite's variable limit is 999 in old builds)
+
+    async def charger_states(
+        self, charger_ids: Sequence[str], *, recent: int = 0
+    ) -> dict[str, ChargerState]:
+        """:class:`ChargerState` of many chargers in one query per 500 (ids with no rows are left
+        out): a power-restore storm of new chargers costs one read, not one per charger.
+        ``recent``: how many message ids of each charger's latest stored CALLs to include (as
+        ``recent_message_ids``)."""
+        tx: dict[str, list[tuple[int, int | None]]] = {}
+        boots: set[str] = set()
+        ids: dict[str, list[str]] = {}
+        for start in range(0, len(charger_ids), self._STATES_CHUNK):
+            chunk = list(charger_ids[start : start + self._STATES_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            sql = (
+                f"SELECT 0, charger_id, local_id, cloud_id FROM tx_ids WHERE charger_id IN ({marks})"
+                " UNION ALL SELECT 1, charger_id, NULL, NULL FROM boot_notifications"
+                f" WHERE delivered = 0 AND charger_id IN ({marks})"
+                " UNION ALL SELECT 2, charger_id, message_id, NULL FROM (SELECT charger_id,"
+                " message_id, ROW_NUMBER() OVER (PARTITION BY charger_id ORDER BY seq DESC) AS n"
+                f" FROM outbox WHERE digest IS NOT NULL AND charger_id IN ({marks})) WHERE n <= ?"
+                " UNION ALL SELECT 2, charger_id, message_id, NULL FROM (SELECT charger_id,"
+                " message_id, ROW_NUMBER() OVER (PARTITION BY charger_id ORDER BY done_at DESC)"
+                f" AS n FROM answered WHERE charger_id IN ({marks})) WHERE n <= ?"
+            )
+            params = (*chunk, *chunk, *chunk, recent, *chunk, recent)
+            rows = self._read_now(sql, params)
+            if rows is None:
+                rows = await self.fetchall(sql, params)
+            for kind, charger_id, first, second in rows:
+                cid = str(charger_id)
+                if kind == 0:
+                    tx.setdefault(cid, []).append(
+                        (int(first), None if second is None else int(second))
+                    )
+                elif kind == 1:
+                    boots.add(cid)
+                elif str(first) not in ids.setdefault(cid, []):
+                    ids[cid].append(str(first))
+        return {
+            cid: ChargerState(tx.get(cid, []), cid in boots, ids.get(cid, []))
+            for cid in sorted({*tx, *boots, *ids})
+        }
+
+    async def mark_boot_delivered(self, charger_id: str, message_id: str) -> None:
+        """The cloud answered this BootNotification (a newer one saved meanwhile stays undelivered)."""
+        await self.write(
+            [
+                (
+                    "UPDATE boot_notifications SET delivered = 1"
+                    " WHERE charger_id = ? AND message_id = ?",
+                    (charger_id, message_id),
+                )
+            ]
+        )
+
+    async def pending(self, charger_id: str, limit: int = 100) -> list[OutboxRow]:
+        """The oldest queued messages of a charger, in order."""
+        rows = await self.fetchall(
+            "SELECT * FROM outbox WHERE charger_id = ? ORDER BY seq LIMIT ?", (charger_id, limit)
+        )
+        return [OutboxRow.from_row(r) for r in rows]
+
+    async def backlog(self) -> dict[str, tuple[int, float]]:
+        """charger id → (pending messages, created_at of the oldest)."""
+        rows = await self.fetchall(
+            "SELECT charger_id, COUNT(*), MIN(created_at) FROM outbox GROUP BY charger_id"
+        )
+        return {str(r[0]): (int(r[1]), float(r[2])) for r in rows}
+
+    async def backlog_versions(self) -> dict[str, str]:
+        """charger id → OCPP version of its oldest queued message."""
+        rows = await self.fetchall(
+            "SELECT charger_id, ocpp_version FROM outbox WHERE seq IN"
+            " (SELECT MIN(seq) FROM outbox GROUP BY charger_id)"
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    async def delivered(self, seq: int, *, tx: tuple[str, int, int] | None = None) -> None:
+        """Remove a message the cloud answered; ``tx`` = (charger, local id, cloud id) to bind.
+
+        Its resend key moves to ``answered`` (trigger outbox_keeps_answered) for RESEND_WINDOW_S.
+        """
+        statements: list[Statement] = [("DELETE FROM outbox WHERE seq = ?", (seq,))]
+        if tx is not None:
+            statements.append(
+                (
+                    "UPDATE tx_ids SET cloud_id = ? WHERE charger_id = ? AND local_id = ?",
+                    (tx[2], tx[0], tx[1]),
+                )
+            )
+        await self.write(statements)
+
+    async def retry_later(self, seq: int, *, next_attempt_at: float, error: str) -> None:
+        """Count a failed attempt and hold the message until ``next_attempt_at``."""
+        await self.write(
+            [
+                (
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+                    " WHERE seq = ?",
+                    (next_attempt_at, error, seq),
+                )
+            ]
+        )
+
+    async def dead_letter(self, row: OutboxRow, *, code: str, description: str, now: float) -> None:
+        """Move a message the cloud refused for good out of the queue, keeping it for operators."""
+        await self.write(
+            [
+                (
+                    "INSERT OR REPLACE INTO dead_letters (seq, charger_id, ocpp_version, message_id,"
+                    " action, payload, created_at, failed_at, attempts, error_code,"
+                    " error_description) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row.seq,
+                        row.charger_id,
+                        row.version,
+                        row.message_id,
+                        row.action,
+                        row.payload,
+                        row.created_at,
+                        now,
+                        row.attempts + 1,
+                        code,
+                        description,
+                    ),
+                ),
+                ("DELETE FROM outbox WHERE seq = ?", (row.seq,)),
+            ]
+        )
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters, as plain dicts."""
+        rows = await self.fetchall(
+            "SELECT * FROM dead_letters ORDER BY failed_at DESC, seq DESC LIMIT ?", (limit,)
+        )
+        return [dict(r) for r in rows]
+
+    async def dead_letter_count(self) -> int:
+        row = await self.fetchone("SELECT COUNT(*) FROM dead_letters")
+        return int(row[0]) if row else 0
+
+    async def dead_letter_rows(self, limit: int = 100) -> list[DeadLetterRow]:
+        """The dead letters, oldest queued first (the order they would be requeued in)."""
+        rows = await self.fetchall("SELECT * FROM dead_letters ORDER BY seq LIMIT ?", (limit,))
+        return [DeadLetterRow.from_row(r) for r in rows]
+
+    async def dead_letter_row(self, seq: int) -> DeadLetterRow | None:
+        """One dead letter by id, or None."""
+        row = await self.fetchone("SELECT * FROM dead_letters WHERE seq = ?", (seq,))
+        return None if row is None else DeadLetterRow.from_row(row)
+
+    async def requeue_dead_letter(self, seq: int) -> DeadLetterRow | None:
+        """Put a dead letter back in the outbox under its original seq, so it is replayed first
+        among its charger's messages and in its original order; attempts start again at 0.
+
+        A 1.6 StartTransaction keeps its local transaction id: the ``tx_ids`` row written with it
+        (same charger, same ``created_at``, still unmapped). Returns the row, or None if unknown.
+        """
+        async with self.transaction() as db:
+            async with db.execute("SELECT * FROM dead_letters WHERE seq = ?", (seq,)) as cur:
+                found = await cur.fetchone()
+            if found is None:
+                return None
+            row = DeadLetterRow.from_row(found)
+            local_tx_id = None
+            if row.version == "1.6" and row.action == "StartTransaction":
+                async with db.execute(
+                    "SELECT local_id FROM tx_ids WHERE charger_id = ? AND created_at = ?"
+                    " AND cloud_id IS NULL ORDER BY local_id LIMIT 1",
+                    (row.charger_id, row.created_at),
+                ) as cur:
+                    tx = await cur.fetchone()
+                local_tx_id = None if tx is None else int(tx[0])
+            await db.execute(
+                "INSERT INTO outbox (seq, charger_id, ocpp_version, message_id, action, payload,"
+                " created_at, local_tx_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.seq,
+                    row.charger_id,
+                    row.version,
+                    row.message_id,
+                    row.action,
+                    row.payload,
+                    row.created_at,
+                    local_tx_id,
+                ),
+            )
+            await db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
+        return row
+
+    async def drop_dead_letter(self, seq: int) -> bool:
+        """Delete a dead letter for good; False if there is no such id."""
+        async with self.transaction() as db:
+            cur = await db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
+            return cur.rowcount > 0
+
+    async def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when another connection commits to the file
+        (an operator's ``outbox requeue`` from the shell), not on this connection's own commits."""
+        row = await self.fetchone("PRAGMA data_version")
+        return int(row[0]) if row else 0
+
+    async def prune_outbox(
+        self,
+        *,
+        before: float,
+        transactional_before: float,
+        transactional: Sequence[str],
+        max_rows: int,
+    ) -> int:
+        """Bound a queue nothing drains (standalone): drop old rows, then the oldest past max_rows."""
+        marks = ",".join("?" * len(transactional))
+        async with self.transaction() as db:
+            cur = await db.execute(
+                f"DELETE FROM outbox WHERE (action NOT IN ({marks}) AND created_at < ?)"
+                f" OR (action IN ({marks}) AND created_at < ?)",
+                (*transactional, before, *transactional, transactional_before),
+            )
+            removed = cur.rowcount
+            cur = await db.execute(
+                "DELETE FROM outbox WHERE seq <= (SELECT seq FROM outbox ORDER BY seq DESC"
+                " LIMIT 1 OFFSET ?)",
+                (max_rows,),
+            )
+            removed += cur.rowcount
+        return max(removed, 0)
+
+    async def save_boot(
+        self,
+        charger_id: str,
+        version: str,
+        message_id: str,
+        payload: str,
+        received_at: float,
+        *,
+        delivered: bool,
+    ) -> None:
+        """Keep a charger's latest BootNotification (durably: it is replayed first)."""
+        await self.write(
+            [
+                (
+                    "INSERT OR REPLACE INTO boot_notifications (charger_id, ocpp_version,"
+                    " message_id, payload, received_at, delivered) VALUES (?, ?, ?, ?, ?, ?)",
+                    (charger_id, version, message_id, payload, received_at, int(delivered)),
+                )
+            ]
+        )
+
+    async def undelivered_boot(self, charger_id: str) -> tuple[str, str] | None:
+        """(message id, payload) of a BootNotification the cloud has not seen, if any."""
+        row = await self.fetchone(
+            "SELECT message_id, payload FROM boot_notifications"
+            " WHERE charger_id = ? AND delivered = 0",
+            (charger_id,),
+        )
+        return (str(row[0]), str(row[1])) if row else None
+
+    async def boot_delivered(self, charger_id: str) -> None:
+        await self.write(
+            [("UPDATE boot_notifications SET delivered = 1 WHERE charger_id = ?", (charger_id,))]
+        )
+
+    # --- reservations -----------------------------------------------------------------------
+
+    _PUT_RESERVATION = (
+        "INSERT OR REPLACE INTO reservations (charger_id, reservation_id, connector_id, id_tag,"
+        " parent_id_tag, expiry_date, source, status, state, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+
+    # Active reservations per charger as last read through the read-only connection. The offline
+    # gate asks for them on every Authorize it accepts, and there are almost never any; the read
+    # is a read transaction of its own (~5 µs). put_reservations is the only writer of the table
+    # and empties this once its commit is done (whatever the outcome), so a cached list never
+    # outlives the rows it was read from. Bounded: emptied when it holds _ACTIVE_CACHE_MAX chargers.
+    _active_cache: dict[str, list[sqlite3.Row]] | None = None
+    _ACTIVE_CACHE_MAX = 4096
+
+    async def put_reservations(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert or replace reservation rows (values in table column order), durably."""
+        try:
+            await self.write([(self._PUT_RESERVATION, tuple(row)) for row in rows])
+        finally:
+            self._active_cache = None
+
+    async def reservation(self, charger_id: str, reservation_id: int) -> sqlite3.Row | None:
+        """One reservation row, or None."""
+        return await self.fetchone(
+            "SELECT * FROM reservations WHERE charger_id = ? AND reservation_id = ?",
+            (charger_id, reservation_id),
+        )
+
+    async def reservations_in_state(
+        self, state: str, charger_id: str | None = None
+    ) -> list[sqlite3.Row]:
+        """Reservation rows in ``state`` (of one charger, or all), oldest first."""
+        if charger_id is None:
+            return await self.fetchall(
+                "SELECT * FROM reservations WHERE state = ? ORDER BY created_at, reservation_id",
+                (state,),
+            )
+        cache = self._active_cache if state == "active" else None
+        if cache is not None and (cached := cache.get(charger_id)) is not None:
+            return list(cached)
+        sql = (
+            "SELECT * FROM reservations WHERE state = ? AND charger_id = ?"
+            " ORDER BY created_at, reservation_id"
+        )
+        # The offline gate asks this for every Authorize it answers locally with Accepted. An
+        # indexed read of a few rows takes microseconds on the event loop thread; the aiosqlite
+        # thread hop cost ~100 µs of CPU per Authorize and, waiting for the GIL, millisecond tails
+        # (docs/benchmarks.md "Offline authorize").
+        rows = self._read_now(sql, (state, charger_id))
+        if rows is None:
+            return await self.fetchall(sql, (state, charger_id))  # not cached: it awaits
+        if state == "active":
+            if cache is None or len(cache) >= self._ACTIVE_CACHE_MAX:
+                cache = self._active_cache = {}
+            cache[charger_id] = rows
+        return list(rows)
+
+    # --- depot view -------------------------------------------------------------------------
+
+    async def save_depot(self, records: Sequence[tuple[str, str]], now: float) -> None:
+        """Replace the depot records ``(charger id, JSON)`` in one transaction."""
+        await self.write(
+            [
+                (
+                    "INSERT OR REPLACE INTO depot_chargers (charger_id, record, updated_at)"
+                    " VALUES (?, ?, ?)",
+                    (charger_id, record, now),
+                )
+                for charger_id, record in records
+            ]
+        )
+
+    async def depot_records(self) -> list[tuple[str, str]]:
+        """Every charger's depot record ``(charger id, JSON)``."""
+        rows = await self.fetchall("SELECT charger_id, record FROM depot_chargers")
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    # --- local authorization lists (gateway.tags.local_list_push) --------------------------------
+
+    async def local_lists(self) -> list[LocalListRow]:
+        """Every charger's local-list state."""
+        rows = await self.fetchall(
+            "SELECT charger_id, owner, version, entries, truncated, snapshot, refused, updated_at"
+            " FROM local_lists"
+        )
+        return [
+            LocalListRow(
+                str(r[0]),
+                str(r[1]),
+                None if r[2] is None else int(r[2]),
+                int(r[3]),
+                bool(r[4]),
+                r[5],
+                r[6],
+                float(r[7]),
+            )
+            for r in rows
+        ]
+
+    async def put_local_list(self, row: LocalListRow, snapshot_body: bytes | None = None) -> None:
+        """Record a charger's list state (with the snapshot it points at); drop unused snapshots."""
+        statements: list[Statement] = []
+        if row.snapshot is not None and snapshot_body is not None:
+            statements.append(
+                (
+                    "INSERT OR IGNORE INTO local_list_snapshots (digest, body) VALUES (?, ?)",
+                    (row.snapshot, snapshot_body),
+                )
+            )
+        statements += [
+            (
+                "INSERT OR REPLACE INTO local_lists (charger_id, owner, version, entries,"
+                " truncated, snapshot, refused, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.charger_id,
+                    row.owner,
+                    row.version,
+                    row.entries,
+                    int(row.truncated),
+                    row.snapshot,
+                    row.refused,
+                    row.updated_at,
+                ),
+            ),
+            (
+                "DELETE FROM local_list_snapshots WHERE digest NOT IN"
+                " (SELECT snapshot FROM local_lists WHERE snapshot IS NOT NULL)",
+                (),
+            ),
+        ]
+        await self.write(statements)
+
+    async def local_list_snapshot(self, digest: str) -> bytes | None:
+        """The stored body of a list snapshot."""
+        row = await self.fetchone(
+            "SELECT body FROM local_list_snapshots WHERE digest = ?", (digest,)
+        )
+        return None if row is None else bytes(row[0])
+
+    async def authorized_access_ids(self) -> list[tuple[str, str, str]]:
+        """(tag key, ocppIdTag, type) of every Authorized access id."""
+        rows = await self.fetchall(
+            "SELECT tag_key, ocpp_id_tag, type FROM access_ids"
+            " WHERE authorization_status = 'Authorized'"
+        )
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    async def tag_usage(self) -> dict[str, tuple[float, str | None]]:
+        """tag key → (last presented, 2.0.1 idToken type presented)."""
+        rows = await self.fetchall("SELECT tag_key, last_used_at, token_type FROM tag_usage")
+        return {str(r[0]): (float(r[1]), r[2]) for r in rows}
+
+    async def record_tag_usage(self, rows: Sequence[tuple[str, float, str | None]]) -> None:
+        """Upsert (tag key, last presented, idToken type) rows in one transaction."""
+        sql = (
+            "INSERT INTO tag_usage (tag_key, last_used_at, token_type) VALUES (?, ?, ?)"
+            " ON CONFLICT (tag_key) DO UPDATE SET"
+            " last_used_at = max(last_used_at, excluded.last_used_at),"
+            " token_type = coalesce(excluded.token_type, token_type)"
+        )
+        await self.write([(sql, row) for row in rows])
+
+
+# --- operator commands on a store file (flipturn-gateway store check / backup) -----------------
+
+
+def _exists(path: str | Path) -> bool:
+    return os.path.lexists(path)
+
+
+def _nonempty_file(path: str) -> bool:
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def _unwritable(path: str) -> str:
+    """Why the store cannot be written, as a suffix for an error message ("" if no reason seen)."""
+    if path == ":memory:":
+        return ""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return " (read-only file system)"
+    except OSError:
+        return ""
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return " (the file is read-only for this user)"
+    if not os.access(directory, os.W_OK):
+        return " (its directory is read-only for this user)"
+    return ""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_existing(path: str | Path) -> sqlite3.Connection:
+    """A connection to an existing store, never creating one (StoreError naming the path)."""
+    if not Path(path).is_file():
+        raise StoreError(f"no store at {path}")
+    try:
+        return sqlite3.connect(Path(path).resolve().as_uri(), uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open store {path}: {exc}") from exc
+
+
+def check_file(path: str | Path, *, max_rows: int = 100) -> list[str]:
+    """``PRAGMA integrity_check`` of the store at ``path``: the problems found ([] when ok)."""
+    db = _open_existing(path)
+    try:
+        rows = db.execute(f"PRAGMA integrity_check({int(max_rows)})").fetchall()
+    except sqlite3.Error as exc:
+        return [str(exc)]
+    finally:
+        db.close()
+    return [line for r in rows if str(r[0]) != "ok" for line in str(r[0]).splitlines()]
+
+
+def backup_file(path: str | Path, target: str | Path) -> int:
+    """Copy the store at ``path`` to ``target`` with SQLite's online backup API (consistent
+    while the gateway writes); the copy is written beside ``target`` and renamed into place
+    once complete and fsync'd. Returns the copy's size in bytes."""
+    target = Path(target)
+    partial = target.with_name(f".{target.name}.partial")
+    store_files = {Path(f"{path}{suffix}").resolve() for suffix in ("", "-wal", "-shm")}
+    if target.resolve() in store_files:
+        raise StoreError(f"{target} is the store itself; back it up elsewhere")
+    source = _open_existing(path)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        copy = sqlite3.connect(partial)
+        try:
+            # One step: a single read transaction, which in WAL mode never blocks the gateway's
+            # writers (copying in steps would restart whenever the gateway commits meanwhile).
+            source.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            copy.close()
+    except sqlite3.Error as exc:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        raise StoreError(f"backup of {path} failed: {exc}") from exc
+    finally:
+        source.close()
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(partial, target)
+    _fsync_dir(target.parent)
+    return target.stat().st_size

@@ -1,0 +1,1 @@
+"""The benchmark harness on plain data and in tiny real runs."""

@@ -1,0 +1,328 @@
+"""The callback-driven WebSocket layer: timeouts, keepalive, assembly, back-pressure, client.
+
+Peers are real sockets on 127.0.0.1: websockets' own asyncio client, or a raw client built on
+websockets' sans-I/O protocol that only writes what a test lets it (to withhold pongs and close
+frames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidHandshake
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+from gateway.net.wsconn import Keepalive, ServerConnection, Timeouts, WsServer, connect
+from tests.support import wait_for
+
+OCPP16 = Subprotocol("ocpp1.6")
+
+
+@contextlib.asynccontextmanager
+async def server(
+    *, echo: bool = True, keepalive: Keepalive | None = None, **kwargs: Any
+) -> AsyncIterator[tuple[WsServer, list[ServerConnection]]]:
+    opened: list[ServerConnection] = []
+
+    def on_open(conn: ServerConnection) -> None:
+        opened.append(conn)
+        if echo:
+            conn.on_message = lambda m: conn.send(m if isinstance(m, str) else m.decode())
+
+    srv = WsServer(
+        on_open=on_open,
+        process_request=kwargs.pop("process_request", lambda conn, request: None),
+        subprotocols=[OCPP16],
+        keepalive=keepalive,
+        **kwargs,
+    )
+    await srv.listen("127.0.0.1", 0)
+    try:
+        yield srv, opened
+    finally:
+        await srv.wait_closed()
+
+
+def port_of(srv: WsServer) -> int:
+    return int(srv.sockets[0].getsockname()[1])
+
+
+class RawClient:
+    """A WebSocket client that writes only when told: replies (pongs, close) stay unsent."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.protocol: ClientProtocol
+        self.eof = False
+
+    @classmethod
+    async def open(cls, port: int) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        client.protocol = ClientProtocol(
+            parse_uri(f"ws://127.0.0.1:{port}/CP"), subprotocols=[OCPP16]
+        )
+        client.protocol.send_request(client.protocol.connect())
+        client.flush()
+        events = await client.events()
+        assert isinstance(events[0], Response) and events[0].status_code == 101
+        return client
+
+    def flush(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data:
+                self.writer.write(data)
+
+    def discard_output(self) -> None:
+        self.protocol.data_to_send()
+
+    async def events(self, timeout: float = 5) -> list[Any]:
+        """The next events the server's bytes make; [] with ``eof`` set once the server is gone."""
+        while True:
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.eof = True
+                self.protocol.receive_eof()
+                return self.protocol.events_received()
+            self.protocol.receive_data(data)
+            events = self.protocol.events_received()
+            if events:
+                return events
+
+    async def frames_until_eof(self, *, answer: bool, timeout: float = 5) -> list[Frame]:
+        frames: list[Frame] = []
+        while not self.eof:
+            frames += [e for e in await self.events(timeout) if isinstance(e, Frame)]
+            self.flush() if answer else self.discard_output()
+        return frames
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_fragmented_text_message_is_delivered_whole() -> None:
+    async with (
+        server() as (srv, _),
+        ws_connect(f"ws://127.0.0.1:{port_of(srv)}/CP", subprotocols=[OCPP16]) as ws,
+    ):
+        await ws.send(['[2,"1","Heartbeat",', "{}]"])
+        assert await asyncio.wait_for(ws.recv(), 5) == '[2,"1","Heartbeat",{}]'
+
+
+async def test_text_message_that_is_not_utf8_closes_with_1007() -> None:
+    async with server() as (srv, _):
+        client = await RawClient.open(port_of(srv))
+        client.protocol.send_frame(Frame(Opcode.TEXT, b"\xff\xfe"))
+        client.flush()
+        frames = await client.frames_until_eof(answer=False)
+        closes = [f for f in frames if f.opcode is Opcode.CLOSE]
+        assert closes and int.from_bytes(closes[0].data[:2], "big") == 1007
+        client.close()
+
+
+async def test_a_ping_left_unanswered_closes_the_connection_with_1011() -> None:
+    keepalive = Keepalive(interval_s=0.1, timeout_s=0.2)
+    async with server(keepalive=keepalive, timeouts=Timeouts(close_s=0.3)) as (srv, opened):
+        client = await RawClient.open(port_of(srv))
+        frames = await client.frames_until_eof(answer=False)
+        opcodes = [f.opcode for f in frames]
+        assert opcodes[0] is Opcode.PING
+        closes = [f for f in frames if f.opcode is Opcode.CLOSE]
+        assert int.from_bytes(closes[0].data[:2], "big") == 1011
+        assert b"keepalive ping timeout" in closes[0].data
+        await asyncio.wait_for(opened[0].wait_closed(), 5)
+        client.close()
+
+
+async def test_answered_pings_keep_the_connection_open() -> None:
+    keepalive = Keepalive(interval_s=0.05, timeout_s=0.1)
+    async with server(keepalive=keepalive) as (srv, _):
+        client = await RawClient.open(port_of(srv))
+        pings = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        while loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                events = await client.events(timeout=deadline - loop.time())
+                pings += sum(1 for e in events if isinstance(e, Frame) and e.opcode is Opcode.PING)
+                assert not any(isinstance(e, Frame) and e.opcode is Opcode.CLOSE for e in events)
+            client.flush()  # the pongs
+        assert pings >= 3
+        assert not client.eof
+        client.protocol.send_text(b'[2,"1","Heartbeat",{}]')
+        client.flush()
+        events = await client.events()
+        assert events[0].data == b'[2,"1","Heartbeat",{}]'
+        client.close()
+
+
+async def test_an_unanswered_close_is_ended_by_aborting_after_the_close_timeout() -> None:
+    async with server(timeouts=Timeouts(close_s=0.2)) as (srv, opened):
+        client = await RawClient.open(port_of(srv))
+        await asyncio.sleep(0.05)
+        opened[0].close(1000, "bye")
+        frames = await client.frames_until_eof(answer=False)  # the client never answers
+        assert [f.opcode for f in frames] == [Opcode.CLOSE]
+        await asyncio.wait_for(opened[0].wait_closed(), 5)
+        client.close()
+
+
+async def test_a_client_that_never_sends_its_handshake_is_dropped() -> None:
+    async with server(timeouts=Timeouts(open_s=0.2)) as (srv, opened):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(srv))
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert opened == []
+        assert srv.connections == set()
+        writer.close()
+
+
+async def test_messages_before_a_handler_is_set_wait_and_come_in_order() -> None:
+    async with (
+        server(echo=False) as (srv, opened),
+        ws_connect(f"ws://127.0.0.1:{port_of(srv)}/CP", subprotocols=[OCPP16]) as ws,
+    ):
+        for i in range(3):
+            await ws.send(f"m{i}")
+        await asyncio.sleep(0.1)
+        got: list[Any] = []
+        opened[0].on_message = got.append  # they waited in the socket: reading was held
+        await wait_for(lambda: len(got) == 3)
+        assert got == ["m0", "m1", "m2"]
+        await ws.send(b"m3")
+        await wait_for(lambda: len(got) == 4)
+        assert got[3] == b"m3"  # binary messages arrive as bytes
+
+
+async def test_held_reading_delays_messages_until_released() -> None:
+    async with (
+        server(echo=False) as (srv, opened),
+        ws_connect(f"ws://127.0.0.1:{port_of(srv)}/CP", subprotocols=[OCPP16]) as ws,
+    ):
+        got: list[Any] = []
+        await wait_for(lambda: bool(opened))
+        opened[0].on_message = got.append
+        opened[0].hold_reading("test")
+        await ws.send("held")
+        await asyncio.sleep(0.2)
+        assert got == []
+        opened[0].release_reading("test")
+        await wait_for(lambda: got == ["held"])
+
+
+async def test_a_peer_that_does_not_read_pauses_writing_until_it_reads() -> None:
+    async with server(echo=False) as (srv, opened):
+        client = await RawClient.open(port_of(srv))
+        await wait_for(lambda: bool(opened))
+        conn = opened[0]
+        paused: list[bool] = []
+        conn.on_write_paused = paused.append
+        chunk = "x" * 65536
+        sent = 0
+        while not paused and sent < 2000:  # the kernel's buffers fill first
+            assert conn.send(chunk)
+            sent += 1
+            await asyncio.sleep(0)
+        assert paused == [True]
+        received = 0
+        while received < sent:
+            received += sum(
+                1 for e in await client.events() if isinstance(e, Frame) and e.opcode is Opcode.TEXT
+            )
+        assert paused == [True, False] and not conn.write_paused
+        client.close()
+
+
+async def test_connect_passes_headers_and_negotiates_the_subprotocol() -> None:
+    seen: list[str | None] = []
+
+    def process_request(conn: ServerConnection, request: Any) -> None:
+        seen.append(request.headers.get("Authorization"))
+
+    async with server(process_request=process_request) as (srv, _):
+        conn = await connect(
+            f"ws://127.0.0.1:{port_of(srv)}/CP",
+            subprotocols=[OCPP16],
+            headers={"Authorization": "Basic Q1A6cw=="},
+        )
+        got: list[Any] = []
+        conn.on_message = got.append
+        assert conn.subprotocol == OCPP16
+        assert conn.send("hello")
+        await wait_for(lambda: got == ["hello"])
+        assert seen == ["Basic Q1A6cw=="]
+        conn.close(1000)
+        await asyncio.wait_for(conn.wait_closed(), 5)
+        assert not conn.send("after close")
+
+
+async def test_connect_raises_when_the_server_refuses_the_handshake() -> None:
+    def refuse(conn: ServerConnection, request: Any) -> Response:
+        return conn.reject(404, "no such charger\n")
+
+    async with server(process_request=refuse) as (srv, _):
+        with pytest.raises(InvalidHandshake, match="404"):
+            await connect(f"ws://127.0.0.1:{port_of(srv)}/CP", subprotocols=[OCPP16])
+
+
+async def test_connect_times_out_when_the_server_never_answers() -> None:
+    # The server keeps each writer: from Python 3.13 a StreamWriter that is garbage-collected
+    # closes its connection, and the client would see EOF instead of silence.
+    held: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda r, w: held.append(w), "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(TimeoutError):
+            await connect(
+                f"ws://127.0.0.1:{port}/CP", subprotocols=[OCPP16], timeouts=Timeouts(open_s=0.2)
+            )
+    finally:
+        for writer in held:
+            writer.close()
+        silent.close()
+
+
+async def test_wss_both_ways_with_the_certificate_checked(certificate: tuple[str, str]) -> None:
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    opened: list[ServerConnection] = []
+
+    def on_open(conn: ServerConnection) -> None:
+        opened.append(conn)
+        conn.on_message = lambda m: conn.send(m if isinstance(m, str) else m.decode())
+
+    srv = WsServer(
+        on_open=on_open, process_request=lambda conn, request: None, subprotocols=[OCPP16]
+    )
+    await srv.listen("127.0.0.1", 0, ssl=server_context)
+    url = f"wss://127.0.0.1:{port_of(srv)}/CP"
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):  # not trusted by the system's CAs
+            await connect(url, subprotocols=[OCPP16])
+        conn = await connect(
+            url, subprotocols=[OCPP16], ssl_context=ssl.create_default_context(cafile=cert)
+        )
+        got: list[Any] = []
+        conn.on_message = got.append
+        assert conn.send('[2,"1","Heartbeat",{}]')
+        await wait_for(lambda: got == ['[2,"1","Heartbeat",{}]'])
+        conn.close(1000)
+        await asyncio.wait_for(conn.wait_closed(), 5)
+        assert conn.close_rcvd is not None and conn.close_rcvd.code == 1000
+        await asyncio.wait_for(opened[0].wait_closed(), 5)
+    finally:
+        await srv.wait_closed()

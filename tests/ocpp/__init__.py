@@ -1,0 +1,1 @@
+"""Frames and schema validation on plain strings."""

@@ -1,0 +1,1 @@
+"""Reservation rules on plain values; the book over a real SQLite file."""

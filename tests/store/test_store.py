@@ -1,0 +1,128 @@
+"""The SQLite store on real files: group commit, migrations, outbox operations."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import StoreError
+from gateway.store.engine import SCHEMA_VERSION, Store
+
+
+async def test_group_commit_isolates_a_failing_batch(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "g.db")
+    await store.enqueue(
+        "CP", "1.6", "first", "StartTransaction", "{}", 1.0, local_tx_id=2_000_000_000
+    )
+
+    async def ok(i: int) -> None:
+        await store.enqueue("CP", "1.6", f"m{i}", "MeterValues", "{}", float(i))
+
+    # The same local transaction id again violates the tx_ids primary key.
+    dup = store.enqueue(
+        "CP", "1.6", "dup", "StartTransaction", "{}", 9.0, local_tx_id=2_000_000_000
+    )
+    results = await asyncio.gather(*(ok(i) for i in range(50)), dup, return_exceptions=True)
+    assert isinstance(results[-1], StoreError)
+    assert all(r is None for r in results[:-1])
+    rows = await store.pending("CP", 1000)
+    assert [r.message_id for r in rows] == ["first"] + [f"m{i}" for i in range(50)]
+    await store.close()
+    # Durable: a fresh connection sees every committed row.
+    with sqlite3.connect(tmp_path / "g.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 51
+
+
+async def test_wal_full_sync_and_migrations(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "g.db")
+    assert (await store.fetchone("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
+    assert (await store.fetchone("PRAGMA synchronous"))[0] == 2  # type: ignore[index]  # FULL
+    await store.close()
+    store = await Store.open(tmp_path / "g.db")  # reopening applies nothing twice
+    assert (await store.fetchone("PRAGMA user_version"))[0] == SCHEMA_VERSION  # type: ignore[index]
+    await store.close()
+    with sqlite3.connect(tmp_path / "g.db") as db:
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer"):
+        await Store.open(tmp_path / "g.db")
+
+
+async def test_unusable_file_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "junk.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError):
+        await Store.open(tmp_path / "junk.db")
+
+
+async def test_outbox_lifecycle(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "g.db")
+    await store.enqueue(
+        "A", "1.6", "s", "StartTransaction", '{"idTag":"X"}', 10.0, local_tx_id=2_000_000_007
+    )
+    await store.enqueue("A", "1.6", "m", "MeterValues", "{}", 11.0)
+    await store.enqueue("B", "2.0.1", "t", "TransactionEvent", "{}", 12.0)
+    assert await store.backlog() == {"A": (2, 10.0), "B": (1, 12.0)}
+    assert await store.backlog_versions() == {"A": "1.6", "B": "2.0.1"}
+    assert await store.max_local_tx_id() == 2_000_000_007
+    start, meter = await store.pending("A")
+    assert start.local_tx_id == 2_000_000_007 and meter.local_tx_id is None
+
+    await store.delivered(start.seq, tx=("A", 2_000_000_007, 555))
+    assert await store.tx_ids("A") == [(2_000_000_007, 555)]
+    await store.retry_later(meter.seq, next_attempt_at=99.0, error="InternalError: busy")
+    (meter,) = await store.pending("A")
+    assert meter.attempts == 1 and meter.next_attempt_at == 99.0
+    await store.dead_letter(meter, code="FormationViolation", description="bad", now=100.0)
+    assert await store.pending("A") == []
+    (dead,) = await store.dead_letters()
+    assert (
+        dead["message_id"] == "m"
+        and dead["attempts"] == 2
+        and dead["error_code"] == "FormationViolation"
+    )
+
+    await store.save_boot("A", "1.6", "b1", "{}", 1.0, delivered=False)
+    assert await store.undelivered_boot("A") == ("b1", "{}")
+    await store.boot_delivered("A")
+    assert await store.undelivered_boot("A") is None
+    await store.close()
+
+
+async def test_prune_bounds_an_undrained_queue(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "g.db")
+    for i in range(10):
+        await store.enqueue("A", "1.6", f"s{i}", "StatusNotification", "{}", float(i))
+    await store.enqueue("A", "1.6", "tx", "StopTransaction", "{}", 1.0)
+    removed = await store.prune_outbox(
+        before=5.0, transactional_before=0.0, transactional=["StopTransaction"], max_rows=4
+    )
+    # s0-s4 are older than a day's worth here; the transaction message is kept; then the cap of 4.
+    assert [r.message_id for r in await store.pending("A")] == ["s7", "s8", "s9", "tx"]
+    assert removed == 7
+    await store.close()
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+async def test_one_chargers_reservations_read_every_committed_write(
+    tmp_path: Path, on_disk: bool
+) -> None:
+    # On a file this read goes through the read-only connection on the event loop thread and is
+    # kept until the next put_reservations; in memory there is no such connection and the shared
+    # one answers. Both must see every write that has returned.
+    store = await Store.open(tmp_path / "g.db" if on_disk else ":memory:")
+    row = ["CP", 7, 1, "alice", None, "2026-11-21T19:00:00.000Z", "api", "Accepted", "active"]
+    await store.put_reservations([[*row, "2026-11-21T18:00:00Z", "2026-11-21T18:00:00Z"]])
+    active = await store.reservations_in_state("active", "CP")
+    assert [(r["reservation_id"], r["id_tag"], r["connector_id"]) for r in active] == [
+        (7, "alice", 1)
+    ]
+    assert await store.reservations_in_state("active", "OTHER") == []
+    active.clear()  # callers get their own list, never the store's cached one
+    assert len(await store.reservations_in_state("active", "CP")) == 1
+    row[8] = "used"
+    await store.put_reservations([[*row, "2026-11-21T18:00:00Z", "2026-11-21T18:05:00Z"]])
+    assert await store.reservations_in_state("active", "CP") == []
+    assert [r["state"] for r in await store.reservations_in_state("used", "CP")] == ["used"]
+    await store.close()
