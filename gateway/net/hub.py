@@ -22,6 +22,7 @@ from gateway.config import Settings
 from gateway.core import offline, txmap
 from gateway.core.backoff import BackoffPolicy, ConnectPacer, Recovery
 from gateway.core.depot import DepotView
+from gateway.errors import TransactionIdsExhausted
 from gateway.metrics import RelayStats
 from gateway.net.session import RECENT_IDS, Authorizer, ChargerSession, ChargerWatcher, SessionHook
 from gateway.net.wsconn import ClientConnection, ServerConnection
@@ -285,7 +286,7 @@ class Hub:
         """A fresh 1.6 transaction id from the reserved range (persisted with its StartTransaction)."""
         tx = self._next_local_tx
         if tx > txmap.LOCAL_TX_MAX:
-            raise RuntimeError("local transaction id range exhausted")
+            raise TransactionIdsExhausted("local transaction id range exhausted")
         self._next_local_tx += 1
         return tx
 
