@@ -15,6 +15,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from gateway.app import Gateway
 from gateway.config import Settings
@@ -225,7 +226,9 @@ async def charger(
 ) -> AsyncIterator[Charger]:
     scheme = "wss" if kwargs.get("ssl") is not None else "ws"
     ws = await connect(
-        f"{scheme}://127.0.0.1:{port}/ocpp/{charger_id}", subprotocols=[f"ocpp{version}"], **kwargs
+        f"{scheme}://127.0.0.1:{port}/ocpp/{charger_id}",
+        subprotocols=[Subprotocol(f"ocpp{version}")],
+        **kwargs,
     )
     c = Charger(ws)
     try:
