@@ -67,7 +67,7 @@ class FakeCloud:
             self._handler,
             "127.0.0.1",
             self.port,
-            subprotocols=["ocpp1.6", "ocpp2.0.1"],
+            subprotocols=[Subprotocol("ocpp1.6"), Subprotocol("ocpp2.0.1")],
             process_request=self._slow_handshake,
             ssl=self.ssl_context,
         )

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from websockets.typing import Subprotocol
 
 from gateway import __version__
 from tests.procs import GatewayProcess, cli, write_config
@@ -82,7 +83,7 @@ TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d")
 
 async def refused_handshake(port: int) -> None:
     with pytest.raises(InvalidStatus):
-        await connect(f"ws://127.0.0.1:{port}/elsewhere/CP", subprotocols=["ocpp1.6"])
+        await connect(f"ws://127.0.0.1:{port}/elsewhere/CP", subprotocols=[Subprotocol("ocpp1.6")])
 
 
 async def test_text_lines_carry_journal_priorities_and_no_timestamp(tmp_path: Path) -> None:
