@@ -315,3 +315,13 @@ def test_the_errors_docstring_draws_every_class() -> None:
         if line.strip(" │├└─") and ("─" in line or line.strip() == "GatewayError")
     }
     assert drawn == set(errors.__all__)
+
+
+def test_each_package_docstring_names_its_modules() -> None:
+    for package, path in MODULES.items():
+        if path.name != "__init__.py" or package == "gateway":
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        members = [m.rsplit(".", 1)[1] for m in MODULES if m.rsplit(".", 1)[0] == package]
+        missing = [m for m in members if f"``{m}``" not in doc]
+        assert not missing, f"{package}'s docstring does not draw {missing}"

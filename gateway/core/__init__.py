@@ -1,1 +1,16 @@
-"""Per-charger decisions: text, ids and ``now`` in, decisions out. Pure."""
+"""Per-charger decisions: text, ids and ``now`` in, decisions out. Pure.
+
+Layer 2, above ``gateway.ocpp``. Nothing here opens a socket, a file or a task, reads a clock or
+makes an id: the drivers in ``gateway.net`` pass them in (``tests/test_architecture.py`` checks the
+imports, transitively). The pure rules of the feature packages (``gateway.tags.rules``,
+``gateway.tags.flipturn``, ``gateway.tags.local_list``, ``gateway.reservations.rules``,
+``gateway.reservations.gate``) sit in this layer too.
+
+- ``link``       the cloud link's state machine, as one table (offline, connecting, replaying, online)
+- ``offline``    the offline action table: what the gateway answers a charger itself, and stores
+- ``txmap``      OCPP 1.6 local transaction ids and their rewrite to the cloud's
+- ``backoff``    reconnect and retry delays, as values
+- ``depot``      the depot view folded from the frames the gateway sees
+- ``admission``  who may open a charger connection (path, charge point id, Basic credentials)
+- ``certs``      certificates as data: PEM blocks, validity end, the charger's CN
+"""
