@@ -238,6 +238,11 @@ def test_the_core_and_the_wire_layer_load_no_io_library() -> None:
     assert io_reached(MODULES, pure) == {}
 
 
+def test_only_the_store_talks_to_sqlite() -> None:
+    users = sorted(m for m in MODULES if OUTER[m] & {"sqlite3", "aiosqlite"})
+    assert users and all(m.startswith("gateway.store.") for m in users), users
+
+
 def write_package(root: Path, files: Mapping[str, str]) -> dict[str, Path]:
     for relative, text in files.items():
         path = root / "pkg" / relative

@@ -767,28 +767,28 @@ class Store:
                 start = end
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """Rows of one read query."""
+        """Rows of one read query; StoreError if it fails."""
         try:
             async with self._db.execute(sql, params) as cur:
                 return list(await cur.fetchall())
-        except sqlite3.Error as exc:
-            self._note_read_error(exc)
-            raise
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
+            raise self._read_failed(exc) from exc
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        """The first row of one read query, or None."""
+        """The first row of one read query, or None; StoreError if it fails."""
         try:
             async with self._db.execute(sql, params) as cur:
                 row: sqlite3.Row | None = await cur.fetchone()
                 return row
-        except sqlite3.Error as exc:
-            self._note_read_error(exc)
-            raise
+        except (sqlite3.Error, ValueError) as exc:
+            raise self._read_failed(exc) from exc
 
-    def _note_read_error(self, exc: sqlite3.Error) -> None:
+    def _read_failed(self, exc: BaseException) -> StoreError:
+        """The StoreError for a failed read (every read of the store ends here or in ``_failed``)."""
         # A read that finds a malformed page means the next commit may not be safe either.
         if _is_sticky(exc) or (fault_of(exc) or "").startswith("I/O error"):
-            self._failed(exc)
+            return self._failed(exc)
+        return StoreError(f"read failed: {exc}")
 
     # --- access ids, vehicles, learned cache (Flipturn sync) --------------------------------
     #
@@ -865,7 +865,7 @@ class Store:
         except sqlite3.Error:
             try:
                 rows = await self.fetchall(self._LOOKUP_TAG_SQL, (key,))
-            except (sqlite3.Error, ValueError) as exc:
+            except StoreError as exc:
                 raise StoreError(f"tag lookup failed: {exc}") from exc
         synced: SyncedTag | None = None
         learned: LearnedTag | None = None

@@ -126,3 +126,19 @@ async def test_one_chargers_reservations_read_every_committed_write(
     assert await store.reservations_in_state("active", "CP") == []
     assert [r["state"] for r in await store.reservations_in_state("used", "CP")] == ["used"]
     await store.close()
+
+
+async def test_a_failed_read_is_a_store_error(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "g.db")
+    try:
+        with sqlite3.connect(tmp_path / "g.db") as db:
+            db.execute("DROP TABLE vehicles")  # another process spoils the schema under the store
+        with pytest.raises(StoreError, match="no such table: vehicles"):
+            await store.list_vehicles(None, 10)
+        with pytest.raises(StoreError, match="no such table: vehicles"):
+            await store.get_vehicle(1)
+        assert store.status()["ok"] is True  # a bad statement is not a broken file
+    finally:
+        await store.close()
+    with pytest.raises(StoreError):
+        await store.dead_letter_count()  # closed
