@@ -175,7 +175,7 @@ class Charger:
         self.max_outstanding_calls_to_me = 0
 
     async def _read(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
+        try:
             async for text in self.ws:
                 frame = json.loads(text)
                 self.received.append(frame)
@@ -187,6 +187,17 @@ class Charger:
                     await self.calls.put(frame)
                 elif frame[1] in self._answers:
                     self._answers.pop(frame[1]).set_result(frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            # The connection is gone: a CALL still waiting will never be answered, so it fails
+            # now rather than at its timeout.
+            for future in self._answers.values():
+                if not future.done():
+                    future.set_exception(
+                        ConnectionClosed(self.ws.protocol.close_rcvd, self.ws.protocol.close_sent)
+                    )
+            self._answers.clear()
 
     async def send_raw(self, text: str) -> None:
         await self.ws.send(text)
