@@ -10,15 +10,33 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import aiosqlite
 
-__all__ = ["Statement", "Table", "log"]
+__all__ = ["Record", "Statement", "Table", "log"]
 
 log = logging.getLogger("gateway.store")  # one logger for the whole store
 
 Statement = tuple[str, Sequence[Any]]
+
+
+class Record:
+    """Base of the store's row types: frozen dataclasses whose fields are the table's columns.
+
+    ``record["column"]`` reads a field as well, so the pure shape functions, which take any row
+    readable by column name (a mapping in their tests), read records unchanged.
+    """
+
+    __slots__ = ()
+
+    def __getitem__(self, column: str) -> Any:
+        return getattr(self, column)
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> Self:
+        """The record of a ``SELECT *`` row; a column the record does not name is an error."""
+        return cls(**{key: row[key] for key in row.keys()})  # noqa: SIM118 (sqlite3.Row)
 
 
 class Table:

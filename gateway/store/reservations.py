@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from gateway.store.base import Table
+from gateway.store.base import Record, Table
 
 __all__ = ["ReservationTable"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRecord(Record):
+    """A row of ``reservations`` (the rules read it as :class:`gateway.reservations.rules.Reservation`)."""
+
+    charger_id: str
+    reservation_id: int
+    connector_id: int | None  # 1.6 connectorId / 2.0.1 evseId (None: any)
+    id_tag: str  # as sent to the charger (compared normalised)
+    parent_id_tag: str | None
+    expiry_date: str  # ISO 8601 UTC
+    source: str  # api | cloud
+    status: str  # the charger's answer (Accepted, ...), or NoAnswer
+    state: str  # active | used | cancelled | expired | removed | refused | failed
+    created_at: str
+    updated_at: str
 
 
 class ReservationTable(Table):
@@ -25,7 +42,7 @@ class ReservationTable(Table):
     # is a read transaction of its own (~5 µs). put_reservations is the only writer of the table
     # and empties this once its commit is done (whatever the outcome), so a cached list never
     # outlives the rows it was read from. Bounded: emptied when it holds _ACTIVE_CACHE_MAX chargers.
-    _active_cache: dict[str, list[sqlite3.Row]] | None = None
+    _active_cache: dict[str, list[ReservationRecord]] | None = None
 
     _ACTIVE_CACHE_MAX = 4096
 
@@ -36,22 +53,24 @@ class ReservationTable(Table):
         finally:
             self._active_cache = None
 
-    async def reservation(self, charger_id: str, reservation_id: int) -> sqlite3.Row | None:
+    async def reservation(self, charger_id: str, reservation_id: int) -> ReservationRecord | None:
         """One reservation row, or None."""
-        return await self.fetchone(
+        row = await self.fetchone(
             "SELECT * FROM reservations WHERE charger_id = ? AND reservation_id = ?",
             (charger_id, reservation_id),
         )
+        return None if row is None else ReservationRecord.of(row)
 
     async def reservations_in_state(
         self, state: str, charger_id: str | None = None
-    ) -> list[sqlite3.Row]:
+    ) -> list[ReservationRecord]:
         """Reservation rows in ``state`` (of one charger, or all), oldest first."""
         if charger_id is None:
-            return await self.fetchall(
+            rows = await self.fetchall(
                 "SELECT * FROM reservations WHERE state = ? ORDER BY created_at, reservation_id",
                 (state,),
             )
+            return [ReservationRecord.of(row) for row in rows]
         cache = self._active_cache if state == "active" else None
         if cache is not None and (cached := cache.get(charger_id)) is not None:
             return list(cached)
@@ -63,11 +82,14 @@ class ReservationTable(Table):
         # indexed read of a few rows takes microseconds on the event loop thread; the aiosqlite
         # thread hop cost ~100 µs of CPU per Authorize and, waiting for the GIL, millisecond tails
         # (docs/benchmarks.md "Offline authorize").
-        rows = self._read_now(sql, (state, charger_id))
-        if rows is None:
-            return await self.fetchall(sql, (state, charger_id))  # not cached: it awaits
+        read = self._read_now(sql, (state, charger_id))
+        if read is None:  # not cached: it awaits
+            return [
+                ReservationRecord.of(row) for row in await self.fetchall(sql, (state, charger_id))
+            ]
+        records = [ReservationRecord.of(row) for row in read]
         if state == "active":
             if cache is None or len(cache) >= self._ACTIVE_CACHE_MAX:
                 cache = self._active_cache = {}
-            cache[charger_id] = rows
-        return list(rows)
+            cache[charger_id] = records
+        return list(records)

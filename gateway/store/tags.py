@@ -11,13 +11,71 @@ import re
 import secrets
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import StoreError
-from gateway.store.base import Table
+from gateway.store.base import Record, Table
 from gateway.tags.rules import LearnedTag, SyncedTag
 
 __all__ = ["TagTables"]
+
+
+@dataclass(frozen=True, slots=True)
+class AccessIdRecord(Record):
+    """A row of ``access_ids``: one synced Flipturn access id."""
+
+    id: int
+    ocpp_id_tag: str
+    tag_key: str  # normalised ocppIdTag (tags.normalise)
+    type: str  # RFID | Vehicle
+    name: str
+    authorization_status: str  # Authorized | Revoked
+    authorized_at: str | None
+    revoked_at: str | None
+    created_at: str | None
+    updated_at: str | None
+    vehicle: str | None  # JSON object or NULL
+    customer: str | None  # JSON object or NULL
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleRecord(Record):
+    """A row of ``vehicles``: one synced Flipturn vehicle."""
+
+    id: int
+    name: str | None
+    make: str | None
+    model: str | None
+    vin: str | None
+    license_plate: str | None
+    has_telematics: int
+    customer: str | None  # JSON object or NULL
+    access_ids: str  # JSON list of {id, ocppIdTag, authorizationStatus}
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedTagRecord(Record):
+    """A row of ``learned_tags``: the idTagInfo / idTokenInfo the cloud answered while online."""
+
+    tag_key: str
+    id_tag: str
+    status: str
+    expiry_date: str | None
+    parent_id_tag: str | None
+    learned_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStateRecord(Record):
+    """The row of ``sync_state``: the last sync's outcome."""
+
+    name: str
+    last_success_at: str | None
+    last_error: str | None
+    access_ids: int
+    vehicles: int
+    duration_s: float | None
 
 
 class TagTables(Table):
@@ -61,13 +119,15 @@ class TagTables(Table):
                 learned = LearnedTag(*row[1:6])
         return synced, learned
 
-    async def find_access_id(self, key: str) -> sqlite3.Row | None:
+    async def find_access_id(self, key: str) -> AccessIdRecord | None:
         """The full synced access id row for a normalised tag key."""
-        return await self.fetchone("SELECT * FROM access_ids WHERE tag_key = ?", (key,))
+        row = await self.fetchone("SELECT * FROM access_ids WHERE tag_key = ?", (key,))
+        return None if row is None else AccessIdRecord.of(row)
 
-    async def find_learned_tag(self, key: str) -> sqlite3.Row | None:
+    async def find_learned_tag(self, key: str) -> LearnedTagRecord | None:
         """The learned cache row for a normalised tag key."""
-        return await self.fetchone("SELECT * FROM learned_tags WHERE tag_key = ?", (key,))
+        row = await self.fetchone("SELECT * FROM learned_tags WHERE tag_key = ?", (key,))
+        return None if row is None else LearnedTagRecord.of(row)
 
     async def learn_tags(
         self, entries: Sequence[tuple[str, str, str, str | None, str | None]], learned_at: str
@@ -182,36 +242,41 @@ class TagTables(Table):
             ]
         )
 
-    async def sync_status(self) -> sqlite3.Row | None:
+    async def sync_status(self) -> SyncStateRecord | None:
         """The persisted sync state (last success, last error, counts, duration)."""
-        return await self.fetchone("SELECT * FROM sync_state WHERE name = ?", (self._SYNC_NAME,))
+        row = await self.fetchone("SELECT * FROM sync_state WHERE name = ?", (self._SYNC_NAME,))
+        return None if row is None else SyncStateRecord.of(row)
 
     async def count_access_ids(self) -> int:
         """How many access ids the cache holds."""
         row = await self.fetchone("SELECT count(*) FROM access_ids")
         return int(row[0]) if row else 0
 
-    async def list_access_ids(self, after_id: int | None, limit: int) -> list[sqlite3.Row]:
+    async def list_access_ids(self, after_id: int | None, limit: int) -> list[AccessIdRecord]:
         """Up to ``limit`` access ids with id above ``after_id``, by id."""
-        return await self.fetchall(
+        rows = await self.fetchall(
             "SELECT * FROM access_ids WHERE id > ? ORDER BY id LIMIT ?",
             (after_id if after_id is not None else -(2**63), limit),
         )
+        return [AccessIdRecord.of(row) for row in rows]
 
-    async def get_access_id(self, access_id: int) -> sqlite3.Row | None:
+    async def get_access_id(self, access_id: int) -> AccessIdRecord | None:
         """One access id by its Flipturn id."""
-        return await self.fetchone("SELECT * FROM access_ids WHERE id = ?", (access_id,))
+        row = await self.fetchone("SELECT * FROM access_ids WHERE id = ?", (access_id,))
+        return None if row is None else AccessIdRecord.of(row)
 
-    async def list_vehicles(self, after_id: int | None, limit: int) -> list[sqlite3.Row]:
+    async def list_vehicles(self, after_id: int | None, limit: int) -> list[VehicleRecord]:
         """Up to ``limit`` vehicles with id above ``after_id``, by id."""
-        return await self.fetchall(
+        rows = await self.fetchall(
             "SELECT * FROM vehicles WHERE id > ? ORDER BY id LIMIT ?",
             (after_id if after_id is not None else -(2**63), limit),
         )
+        return [VehicleRecord.of(row) for row in rows]
 
-    async def get_vehicle(self, vehicle_id: int) -> sqlite3.Row | None:
+    async def get_vehicle(self, vehicle_id: int) -> VehicleRecord | None:
         """One vehicle by its Flipturn id."""
-        return await self.fetchone("SELECT * FROM vehicles WHERE id = ?", (vehicle_id,))
+        row = await self.fetchone("SELECT * FROM vehicles WHERE id = ?", (vehicle_id,))
+        return None if row is None else VehicleRecord.of(row)
 
     async def authorized_access_ids(self) -> list[tuple[str, str, str]]:
         """(tag key, ocppIdTag, type) of every Authorized access id."""
