@@ -577,14 +577,20 @@ class Store(OutboxTable, TagTables, BootTable, ReservationTable, LocalListTable,
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """An exclusive write transaction; committed on success, rolled back on any error,
-        the COMMIT's own failure included (else the next BEGIN fails forever)."""
+        the COMMIT's own failure included (else the next BEGIN fails forever). A failure of
+        SQLite's is a StoreError, as for ``write``."""
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
+                raise self._failed(exc) from exc
             try:
                 yield self._db
                 await self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 await self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise self._failed(exc) from exc
                 raise
 
     async def _rollback(self) -> None:

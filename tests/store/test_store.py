@@ -130,7 +130,7 @@ async def test_one_chargers_reservations_read_every_committed_write(
     await store.close()
 
 
-async def test_a_failed_read_is_a_store_error(tmp_path: Path) -> None:
+async def test_a_failed_read_or_transaction_is_a_store_error(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "g.db")
     try:
         with sqlite3.connect(tmp_path / "g.db") as db:
@@ -139,6 +139,10 @@ async def test_a_failed_read_is_a_store_error(tmp_path: Path) -> None:
             await store.list_vehicles(None, 10)
         with pytest.raises(StoreError, match="no such table: vehicles"):
             await store.get_vehicle(1)
+        with sqlite3.connect(tmp_path / "g.db") as db:
+            db.execute("DROP TABLE dead_letters")
+        with pytest.raises(StoreError, match="no such table: dead_letters"):
+            await store.requeue_dead_letter(1)  # inside a transaction of the store's own
         assert store.status()["ok"] is True  # a bad statement is not a broken file
     finally:
         await store.close()
