@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
@@ -279,9 +278,7 @@ class Gateway:
     async def stop(self) -> None:
         """Stop accepting, close chargers and upstreams, finish pending writes, close the store."""
         if self._sync_task is not None:
-            self._sync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
+            await cancel_and_wait(self._sync_task, "periodic sync")
         if self.sync is not None:
             await self.sync.aclose()
         if self.charger_server is not None:
@@ -293,9 +290,7 @@ class Gateway:
         if self.charger_server is not None:
             await self.charger_server.wait_closed()
         if self._depot_task is not None:
-            self._depot_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._depot_task
+            await cancel_and_wait(self._depot_task, "depot recorder")
         if self.depot_recorder is not None and self.store is not None:
             await self.depot_recorder.flush(meters=True)  # what the next start shows
         if self.api is not None:
@@ -326,6 +321,22 @@ class Gateway:
                 watchdog.cancel()
             await self.stop()
             notifier.close()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], what: str, *, every_s: float = 1.0) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling again while it does not.
+
+    A cancellation can be lost inside a library (a timeout scope that expires as the task is
+    cancelled turns the cancellation into its own timeout): one ``cancel()`` then leaves a
+    periodic loop running and shutdown waiting for it forever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=every_s)
+        if not task.done():
+            log.warning("%s ignored its cancellation; cancelling again", what)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed", what, exc_info=task.exception())
 
 
 def _flatten(settings: Settings) -> dict[str, Any]:
