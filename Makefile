@@ -40,7 +40,7 @@ run: $(VENV)/.installed-run
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/ruff format --check gateway tests bench
-	$(BIN)/mypy gateway
+	$(BIN)/mypy gateway tests
 
 test: lint
 	$(BIN)/pytest -q

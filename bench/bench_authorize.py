@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from array import array
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,7 +201,9 @@ class _Samples:
     blocks: dict[str, list[array[int]]] = field(default_factory=dict)  # RTTs per measured block
     statuses: Counter[tuple[str, str | None]] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
-    cpu_s: Counter[str] = field(default_factory=Counter)  # gateway CPU over measured blocks
+    cpu_s: defaultdict[str, float] = field(
+        default_factory=lambda: defaultdict(float)
+    )  # gateway CPU over measured blocks
     calls: Counter[str] = field(default_factory=Counter)  # CALLs answered in measured blocks
 
     def start_block(self, action: str) -> None:

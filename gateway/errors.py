@@ -7,6 +7,13 @@
     ├── FrameError                  an OCPP-J frame that cannot be accepted (→ CALLERROR)
     ├── StoreError                  SQLite store unusable
     ├── CloudUnavailable            the cloud CSMS cannot be reached / did not answer
+    ├── CertificateError            bytes that are not the certificate they claim to be (PEM, DER)
+    ├── InvalidTransition           a link event impossible in the current state (a driver bug)
+    ├── UnmappedTransaction         a 1.6 local transaction id the cloud has not mapped (yet)
+    ├── TransactionIdsExhausted     the reserved range of local 1.6 transaction ids is used up
+    ├── FlipturnShapeError          the Flipturn API sent something without its documented shape
+    │   ├── InvalidPage             a list page: the sync cannot continue (→ SyncError)
+    │   └── InvalidItem             one list item: rejected and counted, the rest is kept
     ├── SyncError                   Flipturn REST API sync failed
     │   ├── SyncAuthError           401/403: the api_key is wrong; no retry until the next interval
     │   └── SyncRateLimited         429 with a Retry-After too long to wait inside one sync
@@ -21,12 +28,15 @@
         └── ChargerBadAnswer        the charger's CALLRESULT breaks the schema
 
 Third-party exceptions are translated only in the adapter that calls the library
-(``raise CloudUnavailable(...) from exc``).
+(``raise CloudUnavailable(...) from exc``); every SQLite error becomes a ``StoreError`` in the store.
+Each class is defined here; the module that raises it also exports it under its old name
+(``gateway.core.link.InvalidTransition``, ``gateway.tags.flipturn.InvalidPage``, …).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CertificateError",
     "ChargerBadAnswer",
     "ChargerCallError",
     "ChargerCallRefused",
@@ -35,15 +45,21 @@ __all__ = [
     "ChargerTimeout",
     "CloudUnavailable",
     "ConfigError",
+    "FlipturnShapeError",
     "FrameError",
     "GatewayError",
+    "InvalidItem",
+    "InvalidPage",
     "InvalidReservationRequest",
+    "InvalidTransition",
     "ReservationError",
     "StoreError",
     "SyncAuthError",
     "SyncError",
     "SyncRateLimited",
+    "TransactionIdsExhausted",
     "UnknownPort",
+    "UnmappedTransaction",
 ]
 
 
@@ -80,6 +96,38 @@ class StoreError(GatewayError):
 
 class CloudUnavailable(GatewayError):
     """The cloud CSMS is unreachable or did not answer in time."""
+
+
+class CertificateError(GatewayError):
+    """Bytes that are not the certificate they claim to be."""
+
+
+class InvalidTransition(GatewayError):
+    """An event that cannot happen in the current link state (a bug in the driver)."""
+
+
+class UnmappedTransaction(GatewayError):
+    """A charger→cloud message carries a local id the cloud has not mapped (yet)."""
+
+    def __init__(self, local_id: int) -> None:
+        super().__init__(f"local transaction id {local_id} has no cloud id")
+        self.local_id = local_id
+
+
+class TransactionIdsExhausted(GatewayError):
+    """Every id of the reserved local 1.6 transaction-id range has been handed out."""
+
+
+class FlipturnShapeError(GatewayError):
+    """The Flipturn REST API sent something without its documented shape; the message says why."""
+
+
+class InvalidPage(FlipturnShapeError):
+    """A list page does not have the Flipturn shape; the sync cannot continue."""
+
+
+class InvalidItem(FlipturnShapeError):
+    """One list item does not have the Flipturn shape; the message says why."""
 
 
 class SyncError(GatewayError):

@@ -1,13 +1,27 @@
+"""Fixtures shared by every layer of the tests: a fake cloud, a store on a real file, a certificate."""
+
 from __future__ import annotations
 
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.store.engine import Store
 from tests.support import FakeCloud
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """An empty store in a real SQLite file under ``tmp_path``."""
+    opened = await Store.open(tmp_path / "gateway.db")
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 @pytest.fixture

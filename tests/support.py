@@ -15,6 +15,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from gateway.app import Gateway
 from gateway.config import Settings
@@ -66,7 +67,7 @@ class FakeCloud:
             self._handler,
             "127.0.0.1",
             self.port,
-            subprotocols=["ocpp1.6", "ocpp2.0.1"],
+            subprotocols=[Subprotocol("ocpp1.6"), Subprotocol("ocpp2.0.1")],
             process_request=self._slow_handshake,
             ssl=self.ssl_context,
         )
@@ -174,7 +175,7 @@ class Charger:
         self.max_outstanding_calls_to_me = 0
 
     async def _read(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
+        try:
             async for text in self.ws:
                 frame = json.loads(text)
                 self.received.append(frame)
@@ -186,6 +187,17 @@ class Charger:
                     await self.calls.put(frame)
                 elif frame[1] in self._answers:
                     self._answers.pop(frame[1]).set_result(frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            # The connection is gone: a CALL still waiting will never be answered, so it fails
+            # now rather than at its timeout.
+            for future in self._answers.values():
+                if not future.done():
+                    future.set_exception(
+                        ConnectionClosed(self.ws.protocol.close_rcvd, self.ws.protocol.close_sent)
+                    )
+            self._answers.clear()
 
     async def send_raw(self, text: str) -> None:
         await self.ws.send(text)
@@ -225,7 +237,9 @@ async def charger(
 ) -> AsyncIterator[Charger]:
     scheme = "wss" if kwargs.get("ssl") is not None else "ws"
     ws = await connect(
-        f"{scheme}://127.0.0.1:{port}/ocpp/{charger_id}", subprotocols=[f"ocpp{version}"], **kwargs
+        f"{scheme}://127.0.0.1:{port}/ocpp/{charger_id}",
+        subprotocols=[Subprotocol(f"ocpp{version}")],
+        **kwargs,
     )
     c = Charger(ws)
     try:

@@ -66,6 +66,13 @@ def test_make_dist_builds_a_wheel_and_an_sdist(dist: Path) -> None:
         metadata = next(zf.read(n).decode() for n in names if n.endswith("/METADATA"))
         entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert {"gateway/cli.py", "gateway/net/session.py", "gateway/store/engine.py"} <= names
+    # Every package of the layout, and the dashboard's files as package data of gateway.api.
+    packages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "gateway").rglob("__init__.py")}
+    assert packages <= names
+    static = {
+        f"gateway/api/static/{n}" for n in ("dashboard.html", "dashboard.css", "dashboard.js")
+    }
+    assert static <= names
     assert "License-Expression: LicenseRef-Proprietary" in metadata
     assert any(n.endswith("licenses/LICENSE") for n in names)
     assert "flipturn-gateway = gateway.cli:main" in entry_points

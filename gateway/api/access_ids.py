@@ -8,8 +8,7 @@ answer ``{"accessId": ...}`` / ``{"vehicle": ...}``, or 404 ``{"error": ...}``.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from starlette.requests import Request
@@ -19,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.api.server import error
 from gateway.errors import SyncError
 from gateway.store.engine import Store
-from gateway.tags.flipturn import access_id_json, vehicle_json
+from gateway.tags.flipturn import Row, access_id_json, vehicle_json
 from gateway.tags.sync import SyncService
 
 __all__ = ["cache_routes"]
@@ -27,7 +26,7 @@ __all__ = ["cache_routes"]
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
 
-Lister = Callable[[int | None, int], Awaitable[list[sqlite3.Row]]]
+Lister = Callable[[int | None, int], Awaitable[Sequence[Row]]]
 
 
 def _page_args(request: Request) -> tuple[int | None, int] | JSONResponse:
@@ -45,7 +44,7 @@ def _page_args(request: Request) -> tuple[int | None, int] | JSONResponse:
 
 
 async def _page(
-    request: Request, lister: Lister, shape: Callable[[sqlite3.Row], dict[str, Any]]
+    request: Request, lister: Lister, shape: Callable[[Row], dict[str, Any]]
 ) -> Response:
     args = _page_args(request)
     if isinstance(args, JSONResponse):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -195,7 +194,7 @@ async def _dead_letters(ctx: ApiContext) -> int | None:
     """The dead-letter count, or None while the store cannot answer (the page still shows the rest)."""
     try:
         return await ctx.store.dead_letter_count()
-    except (sqlite3.Error, StoreError, ValueError):
+    except StoreError:
         return None
 
 
@@ -203,6 +202,6 @@ async def _sync(status: Callable[[], Awaitable[dict[str, Any]]] | None) -> dict[
     if status is not None:
         try:
             return await status()
-        except (sqlite3.Error, StoreError, ValueError):
+        except StoreError:
             pass  # the store cannot answer: say nothing rather than fail the whole page
     return {"lastSuccessAt": None, "lastError": None, "accessIds": 0}

@@ -1,7 +1,20 @@
 """Per-charger decisions: text, ids and ``now`` in, decisions out. Pure.
 
-``relay`` is one charger's relay as a state machine: text frames and ``now`` in, frames to send
-and events out (``events`` are those events, ``replay`` the replay decision); the drivers in
-``gateway.net`` move the text, run the timers and write the rows. Nothing here imports asyncio,
-sqlite3, aiosqlite, httpx or websockets.
+Layer 2, above ``gateway.ocpp``. Nothing here opens a socket, a file or a task, reads a clock or
+makes an id: the drivers in ``gateway.net`` pass them in (``tests/test_architecture.py`` checks the
+imports, transitively). The pure rules of the feature packages (``gateway.tags.rules``,
+``gateway.tags.flipturn``, ``gateway.tags.local_list``, ``gateway.reservations.rules``,
+``gateway.reservations.gate``) sit in this layer too.
+
+- ``relay``      one charger's relay as a state machine: text frames and ``now`` in, frames to
+                 send and events out (pending CALLs, the charger's slot and queue, the replay)
+- ``events``     what the relay asks its driver to do (store a row, answer locally, ...)
+- ``replay``     the replay decision: the CALL a stored row becomes, and what its answer means
+- ``link``       the cloud link's state machine, as one table (offline, connecting, replaying, online)
+- ``offline``    the offline action table: what the gateway answers a charger itself, and stores
+- ``txmap``      OCPP 1.6 local transaction ids and their rewrite to the cloud's
+- ``backoff``    reconnect and retry delays, as values
+- ``depot``      the depot view folded from the frames the gateway sees
+- ``admission``  who may open a charger connection (path, charge point id, Basic credentials)
+- ``certs``      certificates as data: PEM blocks, validity end, the charger's CN
 """

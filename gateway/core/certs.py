@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from gateway.errors import CertificateError
+
 __all__ = [
     "CertificateError",
     "ClientCertificates",
@@ -34,10 +36,6 @@ ClientCertificates = Literal["none", "optional", "required"]
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.DOTALL)
 
 _SEQUENCE, _UTC_TIME, _GENERALIZED_TIME, _EXPLICIT_0 = 0x30, 0x17, 0x18, 0xA0
-
-
-class CertificateError(ValueError):
-    """Bytes that are not the certificate they claim to be."""
 
 
 def pem_certificates(data: bytes) -> list[bytes]:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from gateway.errors import InvalidTransition
+
 __all__ = ["Event", "InvalidTransition", "LinkState", "transition"]
 
 
@@ -39,10 +41,6 @@ class Event(enum.Enum):
     FAILED = "failed"
     LOST = "lost"
     CALL_TIMEOUT = "call_timeout"
-
-
-class InvalidTransition(Exception):
-    """An event that cannot happen in the current state (a bug in the driver)."""
 
 
 S, E = LinkState, Event

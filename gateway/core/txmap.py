@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from gateway.errors import UnmappedTransaction
+
 __all__ = [
     "LOCAL_TX_MAX",
     "LOCAL_TX_MIN",
@@ -25,14 +27,6 @@ __all__ = [
 # The top of the int32 range: far above ids real CSMSs hand out, still an int32 for charger firmware.
 LOCAL_TX_MIN: Final = 2_000_000_000
 LOCAL_TX_MAX: Final = 2_147_483_647
-
-
-class UnmappedTransaction(Exception):
-    """A charger→cloud message carries a local id the cloud has not mapped (yet)."""
-
-    def __init__(self, local_id: int) -> None:
-        super().__init__(f"local transaction id {local_id} has no cloud id")
-        self.local_id = local_id
 
 
 def is_local(tx_id: object) -> bool:

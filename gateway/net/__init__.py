@@ -1,1 +1,13 @@
-"""The asyncio drivers: sockets, timers and tasks around the pure core."""
+"""The asyncio drivers: sockets, timers and tasks around the pure core.
+
+Layer 4, beside the drivers of the feature packages. They move bytes, rows and time; the decisions
+are the pure modules' (``gateway.core``, ``gateway.ocpp``).
+
+- ``wsconn``          WebSocket connections: websockets' sans-I/O protocol on asyncio callbacks
+- ``server``          the charger-facing server: admission, subprotocol choice, hand-off to the hub
+- ``upstream``        opening one charger's cloud link
+- ``session``         one charger's session: its socket, its cloud link and what moves between them
+- ``hub``             every session of the gateway and the services they share
+- ``tls``             TLS contexts of both sides, the checks of their files, reload on SIGHUP
+- ``depot_recorder``  loads the depot view at start-up and writes it in batches
+"""

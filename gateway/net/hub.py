@@ -27,6 +27,7 @@ from gateway.core import offline, txmap
 from gateway.core.backoff import BackoffPolicy, ConnectPacer, Recovery
 from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
 from gateway.core.relay import RECENT_IDS, RelaySettings
+from gateway.errors import TransactionIdsExhausted
 from gateway.metrics import RelayStats
 from gateway.net.session import (
     CONNECTING_HOLD_S,
@@ -336,7 +337,7 @@ class Hub:
         """A fresh 1.6 transaction id from the reserved range (persisted with its StartTransaction)."""
         tx = self._next_local_tx
         if tx > txmap.LOCAL_TX_MAX:
-            raise RuntimeError("local transaction id range exhausted")
+            raise TransactionIdsExhausted("local transaction id range exhausted")
         self._next_local_tx += 1
         return tx
 

@@ -15,12 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
-import logging
 import os
-import re
-import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -31,7 +26,20 @@ from typing import Any, Final
 import aiosqlite
 
 from gateway.errors import StoreError
-from gateway.tags.rules import LearnedTag, SyncedTag
+from gateway.store.base import Statement, log
+from gateway.store.boot import BootTable
+from gateway.store.depot import DepotTable
+from gateway.store.local_lists import LocalListRow, LocalListTable
+from gateway.store.outbox import (
+    RESEND_WINDOW_S,
+    ChargerState,
+    DeadLetterRow,
+    OutboxRow,
+    OutboxTable,
+    call_digest,
+)
+from gateway.store.reservations import ReservationTable
+from gateway.store.tags import TagTables
 
 __all__ = [
     "RESEND_WINDOW_S",
@@ -48,9 +56,6 @@ __all__ = [
     "fault_of",
 ]
 
-log = logging.getLogger(__name__)
-
-Statement = tuple[str, Sequence[Any]]
 
 # Each entry migrates from version i to i+1; applied in order at start-up, each in its own transaction.
 MIGRATIONS: tuple[str, ...] = (
@@ -218,8 +223,6 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-RESEND_WINDOW_S: Final = 24 * 3600.0  # a delivered CALL resent within this is answered, not sent
-ANSWERED_MAX_ROWS: Final = 500_000  # bound on the delivered-CALL keys, whatever the traffic
 PROBE_EVERY_S: Final = 1.0  # free space and the file's identity: a stat and a statvfs
 PROBE_IDLE_S: Final = 3.0  # a probe commit when no commit succeeded for this long (or while down)
 PRUNE_EVERY_S: Final = 600.0
@@ -257,102 +260,6 @@ def _is_sticky(exc: BaseException) -> bool:
     return isinstance(code, int) and code & 0xFF in _STICKY
 
 
-try:  # the same canonical form as frames.dumps uses, with keys sorted
-    import orjson
-
-    def _canonical(payload: Any) -> bytes:
-        return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-
-except ImportError:  # pragma: no cover - exercised on machines without the wheel
-
-    def _canonical(payload: Any) -> bytes:
-        return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-
-
-def call_digest(action: str, payload: Any) -> bytes:
-    """A 16-byte key of a charger CALL's action and payload, compared as parsed JSON (key order
-    and spacing do not matter): with the charger and message id it recognises a resend."""
-    return hashlib.blake2b(action.encode() + b"\0" + _canonical(payload), digest_size=16).digest()
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """One queued charger CALL."""
-
-    seq: int
-    charger_id: str
-    version: str
-    message_id: str
-    action: str
-    payload: str
-    created_at: float
-    local_tx_id: int | None
-    attempts: int
-    next_attempt_at: float
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> OutboxRow:
-        return cls(
-            seq=int(row["seq"]),
-            charger_id=str(row["charger_id"]),
-            version=str(row["ocpp_version"]),
-            message_id=str(row["message_id"]),
-            action=str(row["action"]),
-            payload=str(row["payload"]),
-            created_at=float(row["created_at"]),
-            local_tx_id=None if row["local_tx_id"] is None else int(row["local_tx_id"]),
-            attempts=int(row["attempts"]),
-            next_attempt_at=float(row["next_attempt_at"]),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterRow:
-    """A replayed message the cloud refused for good; ``seq`` is its id and queue position."""
-
-    seq: int
-    charger_id: str
-    version: str
-    message_id: str
-    action: str
-    payload: str
-    created_at: float
-    failed_at: float
-    attempts: int
-    error_code: str
-    error_description: str
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> DeadLetterRow:
-        return cls(
-            seq=int(row["seq"]),
-            charger_id=str(row["charger_id"]),
-            version=str(row["ocpp_version"]),
-            message_id=str(row["message_id"]),
-            action=str(row["action"]),
-            payload=str(row["payload"]),
-            created_at=float(row["created_at"]),
-            failed_at=float(row["failed_at"]),
-            attempts=int(row["attempts"]),
-            error_code=str(row["error_code"]),
-            error_description=str(row["error_description"]),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class LocalListRow:
-    """A charger's Local Authorization List as the gateway knows it."""
-
-    charger_id: str
-    owner: str  # gateway | cloud | none
-    version: int | None
-    entries: int
-    truncated: bool
-    snapshot: str | None
-    refused: str | None
-    updated_at: float
-
-
 @dataclass
 class _Batch:
     statements: list[Statement]
@@ -368,15 +275,6 @@ class _Batch:
             self.done.set_exception(error)
 
 
-@dataclass(frozen=True, slots=True)
-class ChargerState:
-    """What a charger's session needs from the store when the charger connects."""
-
-    tx_ids: list[tuple[int, int | None]]  # (local id, cloud id or None), as ``tx_ids``
-    boot_undelivered: bool  # a BootNotification the cloud has not seen is stored
-    recent_ids: list[str]  # message ids of its latest stored CALLs, as ``recent_message_ids``
-
-
 @dataclass(slots=True)
 class _Health:
     """What the store knows about its own usability; read by /health and the watchdog."""
@@ -388,7 +286,7 @@ class _Health:
     checkpoint_tried: bool = False  # disk full: one WAL checkpoint attempted for this episode
 
 
-class Store:
+class Store(OutboxTable, TagTables, BootTable, ReservationTable, LocalListTable, DepotTable):
     """Named operations over the gateway's SQLite file. Open with :meth:`open`."""
 
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
@@ -679,14 +577,20 @@ class Store:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """An exclusive write transaction; committed on success, rolled back on any error,
-        the COMMIT's own failure included (else the next BEGIN fails forever)."""
+        the COMMIT's own failure included (else the next BEGIN fails forever). A failure of
+        SQLite's is a StoreError, as for ``write``."""
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
+                raise self._failed(exc) from exc
             try:
                 yield self._db
                 await self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 await self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise self._failed(exc) from exc
                 raise
 
     async def _rollback(self) -> None:
@@ -767,41 +671,33 @@ class Store:
                 start = end
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """Rows of one read query."""
+        """Rows of one read query; StoreError if it fails."""
         try:
             async with self._db.execute(sql, params) as cur:
                 return list(await cur.fetchall())
-        except sqlite3.Error as exc:
-            self._note_read_error(exc)
-            raise
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
+            raise self._read_failed(exc) from exc
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        """The first row of one read query, or None."""
+        """The first row of one read query, or None; StoreError if it fails."""
         try:
             async with self._db.execute(sql, params) as cur:
                 row: sqlite3.Row | None = await cur.fetchone()
                 return row
-        except sqlite3.Error as exc:
-            self._note_read_error(exc)
-            raise
+        except (sqlite3.Error, ValueError) as exc:
+            raise self._read_failed(exc) from exc
 
-    def _note_read_error(self, exc: sqlite3.Error) -> None:
+    def _read_failed(self, exc: BaseException) -> StoreError:
+        """The StoreError for a failed read (every read of the store ends here or in ``_failed``)."""
         # A read that finds a malformed page means the next commit may not be safe either.
         if _is_sticky(exc) or (fault_of(exc) or "").startswith("I/O error"):
-            self._failed(exc)
+            return self._failed(exc)
+        return StoreError(f"read failed: {exc}")
 
-    # --- access ids, vehicles, learned cache (Flipturn sync) --------------------------------
-    #
-    # A sync streams the API's pages into stage tables in short transactions (the outbox shares this
-    # file and its commits answer chargers), then swaps them in with one transaction of renames, so
-    # the write lock is held for milliseconds whatever the list size. A failed sync drops its stage.
+    # --- the read-only connection for point reads on the event loop ----------------------
 
     _tag_reader: sqlite3.Connection | None = None
     _tag_reader_closed = False
-    _SYNC_NAME = "flipturn"
-    _STAGE_PREFIX = "sync_stage_"
-    _SYNCED_TABLES = ("access_ids", "vehicles")
-    _DROP_CHUNK_ROWS = 2000
 
     def _reader(self) -> sqlite3.Connection | None:
         """A read-only connection for tag point lookups, used on the event loop thread.
@@ -846,722 +742,13 @@ class Store:
             self._tag_reader = None
         self._active_cache = None
 
-    # One statement for both tables: the synced row (kind 0) and the learned row (kind 1).
-    _LOOKUP_TAG_SQL = (
-        "SELECT 0, id, ocpp_id_tag, authorization_status, revoked_at, NULL FROM access_ids"
-        " WHERE tag_key = ?1 UNION ALL"
-        " SELECT 1, id_tag, status, expiry_date, parent_id_tag, learned_at FROM learned_tags"
-        " WHERE tag_key = ?1"
-    )
-
-    async def lookup_tag(self, key: str) -> tuple[SyncedTag | None, LearnedTag | None]:
-        """The synced access id and the learned entry for a normalised tag key."""
-        rows: list[Any]
-        try:
-            reader = self._reader()
-            if reader is None:
-                raise sqlite3.OperationalError("no separate reader for an in-memory store")
-            rows = reader.execute(self._LOOKUP_TAG_SQL, (key,)).fetchall()
-        except sqlite3.Error:
-            try:
-                rows = await self.fetchall(self._LOOKUP_TAG_SQL, (key,))
-            except (sqlite3.Error, ValueError) as exc:
-                raise StoreError(f"tag lookup failed: {exc}") from exc
-        synced: SyncedTag | None = None
-        learned: LearnedTag | None = None
-        for row in rows:
-            if row[0] == 0:
-                synced = SyncedTag(*row[1:5])
-            else:
-                learned = LearnedTag(*row[1:6])
-        return synced, learned
-
-    async def find_access_id(self, key: str) -> sqlite3.Row | None:
-        """The full synced access id row for a normalised tag key."""
-        return await self.fetchone("SELECT * FROM access_ids WHERE tag_key = ?", (key,))
-
-    async def find_learned_tag(self, key: str) -> sqlite3.Row | None:
-        """The learned cache row for a normalised tag key."""
-        return await self.fetchone("SELECT * FROM learned_tags WHERE tag_key = ?", (key,))
-
-    async def learn_tags(
-        self, entries: Sequence[tuple[str, str, str, str | None, str | None]], learned_at: str
-    ) -> None:
-        """Upsert learned (key, id_tag, status, expiry, parent) entries; durable on return."""
-        sql = (
-            "INSERT INTO learned_tags"
-            " (tag_key, id_tag, status, expiry_date, parent_id_tag, learned_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tag_key) DO UPDATE SET"
-            " id_tag = excluded.id_tag, status = excluded.status,"
-            " expiry_date = excluded.expiry_date, parent_id_tag = excluded.parent_id_tag,"
-            " learned_at = excluded.learned_at"
-        )
-        await self.write([(sql, (*entry, learned_at)) for entry in entries])
-
-    async def create_sync_stage(self, now_s: float) -> str:
-        """Create empty stage tables shaped like the synced ones; returns the stage's name."""
-        stage = f"{self._STAGE_PREFIX}{int(now_s)}_{secrets.token_hex(4)}"
-        async with self.transaction() as db:
-            for table in self._SYNCED_TABLES:
-                async with db.execute(
-                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-                ) as cur:
-                    row = await cur.fetchone()
-                if row is None:
-                    raise StoreError(f"table {table} is missing")
-                ddl = re.sub(
-                    rf'^CREATE TABLE\s+"?{table}"?', f'CREATE TABLE "{stage}_{table}"', row[0]
-                )
-                await db.execute(ddl)
-        return stage
-
-    async def stage_access_ids(self, stage: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Append access id rows (``flipturn.ACCESS_ID_COLUMNS`` order) to the stage."""
-        await self._stage_rows(f"{stage}_access_ids", rows, 12)
-
-    async def stage_vehicles(self, stage: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Append vehicle rows (``flipturn.VEHICLE_COLUMNS`` order) to the stage."""
-        await self._stage_rows(f"{stage}_vehicles", rows, 9)
-
-    async def _stage_rows(self, table: str, rows: Sequence[Sequence[Any]], width: int) -> None:
-        marks = ", ".join("?" * width)
-        async with self.transaction() as db:
-            await db.executemany(f'INSERT INTO "{table}" VALUES ({marks})', rows)
-
-    async def swap_sync_stage(
-        self, stage: str, *, access_ids: int, vehicles: int, duration_s: float, at: str
-    ) -> None:
-        """Replace the synced tables with the stage and record the success, in one transaction."""
-        async with self.transaction() as db:
-            for table in self._SYNCED_TABLES:
-                await db.execute(f'ALTER TABLE "{table}" RENAME TO "{stage}_old_{table}"')
-                await db.execute(f'ALTER TABLE "{stage}_{table}" RENAME TO "{table}"')
-            await db.execute(
-                "INSERT INTO sync_state"
-                " (name, last_success_at, last_error, access_ids, vehicles, duration_s)"
-                " VALUES (?, ?, NULL, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
-                " last_success_at = excluded.last_success_at, last_error = NULL,"
-                " access_ids = excluded.access_ids, vehicles = excluded.vehicles,"
-                " duration_s = excluded.duration_s",
-                (self._SYNC_NAME, at, access_ids, vehicles, duration_s),
-            )
-        # The replaced tables are dropped afterwards, each drop in its own short transaction.
-        await self.drop_sync_stage(stage)
-
-    async def drop_sync_stage(self, stage: str) -> None:
-        """Drop every table of ``stage`` (its staged and its replaced tables)."""
-        rows = await self.fetchall(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, ?) = ?",
-            (len(stage) + 1, f"{stage}_"),
-        )
-        for row in rows:
-            await self._drop_gradually(row[0])
-
-    async def _drop_gradually(self, table: str) -> None:
-        # Dropping a 100k-row table in one statement holds the write lock for as long as it takes
-        # to free every page; emptying it in chunks first keeps each transaction short.
-        while True:
-            async with self.transaction() as db:
-                cursor = await db.execute(
-                    f'DELETE FROM "{table}" WHERE rowid IN'
-                    f' (SELECT rowid FROM "{table}" LIMIT {self._DROP_CHUNK_ROWS})'
-                )
-                if cursor.rowcount < self._DROP_CHUNK_ROWS:
-                    await db.execute(f'DROP TABLE "{table}"')
-                    return
-
-    async def drop_stale_sync_stages(self, now_s: float, max_age_s: float) -> int:
-        """Drop stages left behind by a crashed sync; returns how many were dropped."""
-        rows = await self.fetchall(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, ?) = ?",
-            (len(self._STAGE_PREFIX), self._STAGE_PREFIX),
-        )
-        stages: set[str] = set()
-        for row in rows:
-            match = re.match(rf"({self._STAGE_PREFIX}(\d+)_[0-9a-f]+)_", row[0])
-            if match and now_s - int(match.group(2)) > max_age_s:
-                stages.add(match.group(1))
-        for stage in stages:
-            await self.drop_sync_stage(stage)
-        return len(stages)
-
-    async def record_sync_failure(self, error: str) -> None:
-        """Record the error of a failed sync; the last success stays as it was."""
-        await self.write(
-            [
-                (
-                    "INSERT INTO sync_state (name, last_error) VALUES (?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error",
-                    (self._SYNC_NAME, error),
-                )
-            ]
-        )
-
-    async def sync_status(self) -> sqlite3.Row | None:
-        """The persisted sync state (last success, last error, counts, duration)."""
-        return await self.fetchone("SELECT * FROM sync_state WHERE name = ?", (self._SYNC_NAME,))
-
-    async def count_access_ids(self) -> int:
-        """How many access ids the cache holds."""
-        row = await self.fetchone("SELECT count(*) FROM access_ids")
-        return int(row[0]) if row else 0
-
-    async def list_access_ids(self, after_id: int | None, limit: int) -> list[sqlite3.Row]:
-        """Up to ``limit`` access ids with id above ``after_id``, by id."""
-        return await self.fetchall(
-            "SELECT * FROM access_ids WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id if after_id is not None else -(2**63), limit),
-        )
-
-    async def get_access_id(self, access_id: int) -> sqlite3.Row | None:
-        """One access id by its Flipturn id."""
-        return await self.fetchone("SELECT * FROM access_ids WHERE id = ?", (access_id,))
-
-    async def list_vehicles(self, after_id: int | None, limit: int) -> list[sqlite3.Row]:
-        """Up to ``limit`` vehicles with id above ``after_id``, by id."""
-        return await self.fetchall(
-            "SELECT * FROM vehicles WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id if after_id is not None else -(2**63), limit),
-        )
-
-    async def get_vehicle(self, vehicle_id: int) -> sqlite3.Row | None:
-        """One vehicle by its Flipturn id."""
-        return await self.fetchone("SELECT * FROM vehicles WHERE id = ?", (vehicle_id,))
-
-    # --- outbox, boot notifications, 1.6 transaction ids (store-and-forward) ---------------
-
-    async def enqueue(
-        self,
-        charger_id: str,
-        version: str,
-        message_id: str,
-        action: str,
-        payload: str,
-        created_at: float,
-        *,
-        local_tx_id: int | None = None,
-        digest: bytes | None = None,
-        answer: str | None = None,
-    ) -> None:
-        """Durably queue a charger CALL for replay (and reserve its local transaction id).
-
-        ``digest`` (:func:`call_digest`) and ``answer`` (the CALLRESULT payload given) let
-        :meth:`earlier_answer` recognise a resend of it.
-        """
-        statements: list[Statement] = [
-            (
-                "INSERT INTO outbox (charger_id, ocpp_version, message_id, action, payload,"
-                " created_at, local_tx_id, digest, answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    charger_id,
-                    version,
-                    message_id,
-                    action,
-                    payload,
-                    created_at,
-                    local_tx_id,
-                    digest,
-                    answer,
-                ),
-            )
-        ]
-        if local_tx_id is not None:
-            statements.append(
-                (
-                    "INSERT INTO tx_ids (charger_id, local_id, cloud_id, created_at)"
-                    " VALUES (?, ?, NULL, ?)",
-                    (charger_id, local_tx_id, created_at),
-                )
-            )
-        await self.write(statements)
-
-    _EARLIER_ANSWER_SQL = (
-        "SELECT answer FROM outbox WHERE charger_id = ?1 AND message_id = ?2 AND digest = ?3"
-        " UNION ALL SELECT answer FROM answered WHERE charger_id = ?1 AND message_id = ?2"
-        " AND digest = ?3 AND done_at >= ?4 LIMIT 1"
-    )
-
-    async def earlier_answer(
-        self, charger_id: str, message_id: str, digest: bytes, *, now: float
-    ) -> str | None:
-        """The answer given to the same CALL (id and digest) if it is queued or was delivered
-        within RESEND_WINDOW_S; None for a CALL not seen before."""
-        params = (charger_id, message_id, digest, now - RESEND_WINDOW_S)
-        row: Any
-        try:  # on the event loop thread, as lookup_tag: the thread hop would cost more
-            reader = self._reader()
-            if reader is None:
-                raise sqlite3.OperationalError("no separate reader for an in-memory store")
-            row = reader.execute(self._EARLIER_ANSWER_SQL, params).fetchone()
-        except sqlite3.Error:
-            row = await self.fetchone(self._EARLIER_ANSWER_SQL, params)
-        return None if row is None or row[0] is None else str(row[0])
-
-    async def recent_message_ids(self, charger_id: str, limit: int) -> list[str]:
-        """Message ids of the latest CALLs of a charger stored for replay (queued or answered)."""
-        rows = await self.fetchall(
-            "SELECT message_id FROM (SELECT message_id FROM outbox WHERE charger_id = ?1"
-            " AND digest IS NOT NULL ORDER BY seq DESC LIMIT ?2) UNION SELECT message_id FROM"
-            " (SELECT message_id FROM answered WHERE charger_id = ?1 ORDER BY done_at DESC"
-            " LIMIT ?2)",
-            (charger_id, limit),
-        )
-        return [str(r[0]) for r in rows]
-
-    async def prune_answered(self, now: float) -> int:
-        """Forget delivered CALLs older than RESEND_WINDOW_S, and the oldest beyond the bound."""
-        async with self.transaction() as db:
-            cur = await db.execute(
-                "DELETE FROM answered WHERE done_at < ?", (now - RESEND_WINDOW_S,)
-            )
-            removed = cur.rowcount
-            cur = await db.execute(
-                "DELETE FROM answered WHERE done_at <= (SELECT done_at FROM answered"
-                " ORDER BY done_at DESC LIMIT 1 OFFSET ?)",
-                (ANSWERED_MAX_ROWS,),
-            )
-            removed += cur.rowcount
-        return max(removed, 0)
-
-    async def max_local_tx_id(self) -> int | None:
-        """The highest local transaction id ever handed out, or None."""
-        row = await self.fetchone("SELECT MAX(local_id) FROM tx_ids")
-        return int(row[0]) if row and row[0] is not None else None
-
-    async def tx_ids(self, charger_id: str) -> list[tuple[int, int | None]]:
-        """(local id, cloud id or None) for every local transaction of a charger."""
-        rows = await self.fetchall(
-            "SELECT local_id, cloud_id FROM tx_ids WHERE charger_id = ?", (charger_id,)
-        )
-        return [(int(r[0]), None if r[1] is None else int(r[1])) for r in rows]
-
-    _STATES_CHUNK = 500  # ids per statement (SQLite's variable limit is 999 in old builds)
-
-    async def charger_states(
-        self, charger_ids: Sequence[str], *, recent: int = 0
-    ) -> dict[str, ChargerState]:
-        """:class:`ChargerState` of many chargers in one query per 500 (ids with no rows are left
-        out): a power-restore storm of new chargers costs one read, not one per charger.
-        ``recent``: how many message ids of each charger's latest stored CALLs to include (as
-        ``recent_message_ids``)."""
-        tx: dict[str, list[tuple[int, int | None]]] = {}
-        boots: set[str] = set()
-        ids: dict[str, list[str]] = {}
-        for start in range(0, len(charger_ids), self._STATES_CHUNK):
-            chunk = list(charger_ids[start : start + self._STATES_CHUNK])
-            marks = ",".join("?" * len(chunk))
-            sql = (
-                f"SELECT 0, charger_id, local_id, cloud_id FROM tx_ids WHERE charger_id IN ({marks})"
-                " UNION ALL SELECT 1, charger_id, NULL, NULL FROM boot_notifications"
-                f" WHERE delivered = 0 AND charger_id IN ({marks})"
-                " UNION ALL SELECT 2, charger_id, message_id, NULL FROM (SELECT charger_id,"
-                " message_id, ROW_NUMBER() OVER (PARTITION BY charger_id ORDER BY seq DESC) AS n"
-                f" FROM outbox WHERE digest IS NOT NULL AND charger_id IN ({marks})) WHERE n <= ?"
-                " UNION ALL SELECT 2, charger_id, message_id, NULL FROM (SELECT charger_id,"
-                " message_id, ROW_NUMBER() OVER (PARTITION BY charger_id ORDER BY done_at DESC)"
-                f" AS n FROM answered WHERE charger_id IN ({marks})) WHERE n <= ?"
-            )
-            params = (*chunk, *chunk, *chunk, recent, *chunk, recent)
-            rows = self._read_now(sql, params)
-            if rows is None:
-                rows = await self.fetchall(sql, params)
-            for kind, charger_id, first, second in rows:
-                cid = str(charger_id)
-                if kind == 0:
-                    tx.setdefault(cid, []).append(
-                        (int(first), None if second is None else int(second))
-                    )
-                elif kind == 1:
-                    boots.add(cid)
-                elif str(first) not in ids.setdefault(cid, []):
-                    ids[cid].append(str(first))
-        return {
-            cid: ChargerState(tx.get(cid, []), cid in boots, ids.get(cid, []))
-            for cid in sorted({*tx, *boots, *ids})
-        }
-
-    async def mark_boot_delivered(self, charger_id: str, message_id: str) -> None:
-        """The cloud answered this BootNotification (a newer one saved meanwhile stays undelivered)."""
-        await self.write(
-            [
-                (
-                    "UPDATE boot_notifications SET delivered = 1"
-                    " WHERE charger_id = ? AND message_id = ?",
-                    (charger_id, message_id),
-                )
-            ]
-        )
-
-    async def pending(self, charger_id: str, limit: int = 100) -> list[OutboxRow]:
-        """The oldest queued messages of a charger, in order."""
-        rows = await self.fetchall(
-            "SELECT * FROM outbox WHERE charger_id = ? ORDER BY seq LIMIT ?", (charger_id, limit)
-        )
-        return [OutboxRow.from_row(r) for r in rows]
-
-    async def backlog(self) -> dict[str, tuple[int, float]]:
-        """charger id → (pending messages, created_at of the oldest)."""
-        rows = await self.fetchall(
-            "SELECT charger_id, COUNT(*), MIN(created_at) FROM outbox GROUP BY charger_id"
-        )
-        return {str(r[0]): (int(r[1]), float(r[2])) for r in rows}
-
-    async def backlog_versions(self) -> dict[str, str]:
-        """charger id → OCPP version of its oldest queued message."""
-        rows = await self.fetchall(
-            "SELECT charger_id, ocpp_version FROM outbox WHERE seq IN"
-            " (SELECT MIN(seq) FROM outbox GROUP BY charger_id)"
-        )
-        return {str(r[0]): str(r[1]) for r in rows}
-
-    async def delivered(self, seq: int, *, tx: tuple[str, int, int] | None = None) -> None:
-        """Remove a message the cloud answered; ``tx`` = (charger, local id, cloud id) to bind.
-
-        Its resend key moves to ``answered`` (trigger outbox_keeps_answered) for RESEND_WINDOW_S.
-        """
-        statements: list[Statement] = [("DELETE FROM outbox WHERE seq = ?", (seq,))]
-        if tx is not None:
-            statements.append(
-                (
-                    "UPDATE tx_ids SET cloud_id = ? WHERE charger_id = ? AND local_id = ?",
-                    (tx[2], tx[0], tx[1]),
-                )
-            )
-        await self.write(statements)
-
-    async def retry_later(self, seq: int, *, next_attempt_at: float, error: str) -> None:
-        """Count a failed attempt and hold the message until ``next_attempt_at``."""
-        await self.write(
-            [
-                (
-                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
-                    " WHERE seq = ?",
-                    (next_attempt_at, error, seq),
-                )
-            ]
-        )
-
-    async def dead_letter(self, row: OutboxRow, *, code: str, description: str, now: float) -> None:
-        """Move a message the cloud refused for good out of the queue, keeping it for operators."""
-        await self.write(
-            [
-                (
-                    "INSERT OR REPLACE INTO dead_letters (seq, charger_id, ocpp_version, message_id,"
-                    " action, payload, created_at, failed_at, attempts, error_code,"
-                    " error_description) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        row.seq,
-                        row.charger_id,
-                        row.version,
-                        row.message_id,
-                        row.action,
-                        row.payload,
-                        row.created_at,
-                        now,
-                        row.attempts + 1,
-                        code,
-                        description,
-                    ),
-                ),
-                ("DELETE FROM outbox WHERE seq = ?", (row.seq,)),
-            ]
-        )
-
-    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest dead letters, as plain dicts."""
-        rows = await self.fetchall(
-            "SELECT * FROM dead_letters ORDER BY failed_at DESC, seq DESC LIMIT ?", (limit,)
-        )
-        return [dict(r) for r in rows]
-
-    async def dead_letter_count(self) -> int:
-        row = await self.fetchone("SELECT COUNT(*) FROM dead_letters")
-        return int(row[0]) if row else 0
-
-    async def dead_letter_rows(self, limit: int = 100) -> list[DeadLetterRow]:
-        """The dead letters, oldest queued first (the order they would be requeued in)."""
-        rows = await self.fetchall("SELECT * FROM dead_letters ORDER BY seq LIMIT ?", (limit,))
-        return [DeadLetterRow.from_row(r) for r in rows]
-
-    async def dead_letter_row(self, seq: int) -> DeadLetterRow | None:
-        """One dead letter by id, or None."""
-        row = await self.fetchone("SELECT * FROM dead_letters WHERE seq = ?", (seq,))
-        return None if row is None else DeadLetterRow.from_row(row)
-
-    async def requeue_dead_letter(self, seq: int) -> DeadLetterRow | None:
-        """Put a dead letter back in the outbox under its original seq, so it is replayed first
-        among its charger's messages and in its original order; attempts start again at 0.
-
-        A 1.6 StartTransaction keeps its local transaction id: the ``tx_ids`` row written with it
-        (same charger, same ``created_at``, still unmapped). Returns the row, or None if unknown.
-        """
-        async with self.transaction() as db:
-            async with db.execute("SELECT * FROM dead_letters WHERE seq = ?", (seq,)) as cur:
-                found = await cur.fetchone()
-            if found is None:
-                return None
-            row = DeadLetterRow.from_row(found)
-            local_tx_id = None
-            if row.version == "1.6" and row.action == "StartTransaction":
-                async with db.execute(
-                    "SELECT local_id FROM tx_ids WHERE charger_id = ? AND created_at = ?"
-                    " AND cloud_id IS NULL ORDER BY local_id LIMIT 1",
-                    (row.charger_id, row.created_at),
-                ) as cur:
-                    tx = await cur.fetchone()
-                local_tx_id = None if tx is None else int(tx[0])
-            await db.execute(
-                "INSERT INTO outbox (seq, charger_id, ocpp_version, message_id, action, payload,"
-                " created_at, local_tx_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    row.seq,
-                    row.charger_id,
-                    row.version,
-                    row.message_id,
-                    row.action,
-                    row.payload,
-                    row.created_at,
-                    local_tx_id,
-                ),
-            )
-            await db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
-        return row
-
-    async def drop_dead_letter(self, seq: int) -> bool:
-        """Delete a dead letter for good; False if there is no such id."""
-        async with self.transaction() as db:
-            cur = await db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
-            return cur.rowcount > 0
-
     async def data_version(self) -> int:
         """SQLite's ``PRAGMA data_version``: changes when another connection commits to the file
         (an operator's ``outbox requeue`` from the shell), not on this connection's own commits."""
         row = await self.fetchone("PRAGMA data_version")
         return int(row[0]) if row else 0
 
-    async def prune_outbox(
-        self,
-        *,
-        before: float,
-        transactional_before: float,
-        transactional: Sequence[str],
-        max_rows: int,
-    ) -> int:
-        """Bound a queue nothing drains (standalone): drop old rows, then the oldest past max_rows."""
-        marks = ",".join("?" * len(transactional))
-        async with self.transaction() as db:
-            cur = await db.execute(
-                f"DELETE FROM outbox WHERE (action NOT IN ({marks}) AND created_at < ?)"
-                f" OR (action IN ({marks}) AND created_at < ?)",
-                (*transactional, before, *transactional, transactional_before),
-            )
-            removed = cur.rowcount
-            cur = await db.execute(
-                "DELETE FROM outbox WHERE seq <= (SELECT seq FROM outbox ORDER BY seq DESC"
-                " LIMIT 1 OFFSET ?)",
-                (max_rows,),
-            )
-            removed += cur.rowcount
-        return max(removed, 0)
-
-    async def save_boot(
-        self,
-        charger_id: str,
-        version: str,
-        message_id: str,
-        payload: str,
-        received_at: float,
-        *,
-        delivered: bool,
-    ) -> None:
-        """Keep a charger's latest BootNotification (durably: it is replayed first)."""
-        await self.write(
-            [
-                (
-                    "INSERT OR REPLACE INTO boot_notifications (charger_id, ocpp_version,"
-                    " message_id, payload, received_at, delivered) VALUES (?, ?, ?, ?, ?, ?)",
-                    (charger_id, version, message_id, payload, received_at, int(delivered)),
-                )
-            ]
-        )
-
-    async def undelivered_boot(self, charger_id: str) -> tuple[str, str] | None:
-        """(message id, payload) of a BootNotification the cloud has not seen, if any."""
-        row = await self.fetchone(
-            "SELECT message_id, payload FROM boot_notifications"
-            " WHERE charger_id = ? AND delivered = 0",
-            (charger_id,),
-        )
-        return (str(row[0]), str(row[1])) if row else None
-
-    async def boot_delivered(self, charger_id: str) -> None:
-        await self.write(
-            [("UPDATE boot_notifications SET delivered = 1 WHERE charger_id = ?", (charger_id,))]
-        )
-
-    # --- reservations -----------------------------------------------------------------------
-
-    _PUT_RESERVATION = (
-        "INSERT OR REPLACE INTO reservations (charger_id, reservation_id, connector_id, id_tag,"
-        " parent_id_tag, expiry_date, source, status, state, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    )
-
-    # Active reservations per charger as last read through the read-only connection. The offline
-    # gate asks for them on every Authorize it accepts, and there are almost never any; the read
-    # is a read transaction of its own (~5 µs). put_reservations is the only writer of the table
-    # and empties this once its commit is done (whatever the outcome), so a cached list never
-    # outlives the rows it was read from. Bounded: emptied when it holds _ACTIVE_CACHE_MAX chargers.
-    _active_cache: dict[str, list[sqlite3.Row]] | None = None
-    _ACTIVE_CACHE_MAX = 4096
-
-    async def put_reservations(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Insert or replace reservation rows (values in table column order), durably."""
-        try:
-            await self.write([(self._PUT_RESERVATION, tuple(row)) for row in rows])
-        finally:
-            self._active_cache = None
-
-    async def reservation(self, charger_id: str, reservation_id: int) -> sqlite3.Row | None:
-        """One reservation row, or None."""
-        return await self.fetchone(
-            "SELECT * FROM reservations WHERE charger_id = ? AND reservation_id = ?",
-            (charger_id, reservation_id),
-        )
-
-    async def reservations_in_state(
-        self, state: str, charger_id: str | None = None
-    ) -> list[sqlite3.Row]:
-        """Reservation rows in ``state`` (of one charger, or all), oldest first."""
-        if charger_id is None:
-            return await self.fetchall(
-                "SELECT * FROM reservations WHERE state = ? ORDER BY created_at, reservation_id",
-                (state,),
-            )
-        cache = self._active_cache if state == "active" else None
-        if cache is not None and (cached := cache.get(charger_id)) is not None:
-            return list(cached)
-        sql = (
-            "SELECT * FROM reservations WHERE state = ? AND charger_id = ?"
-            " ORDER BY created_at, reservation_id"
-        )
-        # The offline gate asks this for every Authorize it answers locally with Accepted. An
-        # indexed read of a few rows takes microseconds on the event loop thread; the aiosqlite
-        # thread hop cost ~100 µs of CPU per Authorize and, waiting for the GIL, millisecond tails
-        # (docs/benchmarks.md "Offline authorize").
-        rows = self._read_now(sql, (state, charger_id))
-        if rows is None:
-            return await self.fetchall(sql, (state, charger_id))  # not cached: it awaits
-        if state == "active":
-            if cache is None or len(cache) >= self._ACTIVE_CACHE_MAX:
-                cache = self._active_cache = {}
-            cache[charger_id] = rows
-        return list(rows)
-
-    # --- depot view -------------------------------------------------------------------------
-
-    async def save_depot(self, records: Sequence[tuple[str, str]], now: float) -> None:
-        """Replace the depot records ``(charger id, JSON)`` in one transaction."""
-        await self.write(
-            [
-                (
-                    "INSERT OR REPLACE INTO depot_chargers (charger_id, record, updated_at)"
-                    " VALUES (?, ?, ?)",
-                    (charger_id, record, now),
-                )
-                for charger_id, record in records
-            ]
-        )
-
-    async def depot_records(self) -> list[tuple[str, str]]:
-        """Every charger's depot record ``(charger id, JSON)``."""
-        rows = await self.fetchall("SELECT charger_id, record FROM depot_chargers")
-        return [(str(r[0]), str(r[1])) for r in rows]
-
     # --- local authorization lists (gateway.tags.local_list_push) --------------------------------
-
-    async def local_lists(self) -> list[LocalListRow]:
-        """Every charger's local-list state."""
-        rows = await self.fetchall(
-            "SELECT charger_id, owner, version, entries, truncated, snapshot, refused, updated_at"
-            " FROM local_lists"
-        )
-        return [
-            LocalListRow(
-                str(r[0]),
-                str(r[1]),
-                None if r[2] is None else int(r[2]),
-                int(r[3]),
-                bool(r[4]),
-                r[5],
-                r[6],
-                float(r[7]),
-            )
-            for r in rows
-        ]
-
-    async def put_local_list(self, row: LocalListRow, snapshot_body: bytes | None = None) -> None:
-        """Record a charger's list state (with the snapshot it points at); drop unused snapshots."""
-        statements: list[Statement] = []
-        if row.snapshot is not None and snapshot_body is not None:
-            statements.append(
-                (
-                    "INSERT OR IGNORE INTO local_list_snapshots (digest, body) VALUES (?, ?)",
-                    (row.snapshot, snapshot_body),
-                )
-            )
-        statements += [
-            (
-                "INSERT OR REPLACE INTO local_lists (charger_id, owner, version, entries,"
-                " truncated, snapshot, refused, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    row.charger_id,
-                    row.owner,
-                    row.version,
-                    row.entries,
-                    int(row.truncated),
-                    row.snapshot,
-                    row.refused,
-                    row.updated_at,
-                ),
-            ),
-            (
-                "DELETE FROM local_list_snapshots WHERE digest NOT IN"
-                " (SELECT snapshot FROM local_lists WHERE snapshot IS NOT NULL)",
-                (),
-            ),
-        ]
-        await self.write(statements)
-
-    async def local_list_snapshot(self, digest: str) -> bytes | None:
-        """The stored body of a list snapshot."""
-        row = await self.fetchone(
-            "SELECT body FROM local_list_snapshots WHERE digest = ?", (digest,)
-        )
-        return None if row is None else bytes(row[0])
-
-    async def authorized_access_ids(self) -> list[tuple[str, str, str]]:
-        """(tag key, ocppIdTag, type) of every Authorized access id."""
-        rows = await self.fetchall(
-            "SELECT tag_key, ocpp_id_tag, type FROM access_ids"
-            " WHERE authorization_status = 'Authorized'"
-        )
-        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
-
-    async def tag_usage(self) -> dict[str, tuple[float, str | None]]:
-        """tag key → (last presented, 2.0.1 idToken type presented)."""
-        rows = await self.fetchall("SELECT tag_key, last_used_at, token_type FROM tag_usage")
-        return {str(r[0]): (float(r[1]), r[2]) for r in rows}
-
-    async def record_tag_usage(self, rows: Sequence[tuple[str, float, str | None]]) -> None:
-        """Upsert (tag key, last presented, idToken type) rows in one transaction."""
-        sql = (
-            "INSERT INTO tag_usage (tag_key, last_used_at, token_type) VALUES (?, ?, ?)"
-            " ON CONFLICT (tag_key) DO UPDATE SET"
-            " last_used_at = max(last_used_at, excluded.last_used_at),"
-            " token_type = coalesce(excluded.token_type, token_type)"
-        )
-        await self.write([(sql, row) for row in rows])
 
 
 # --- operator commands on a store file (flipturn-gateway store check / backup) -----------------

@@ -129,11 +129,11 @@ class TagCache:
             "accessId": access_id_json(access_row) if access_row is not None else None,
             "learned": (
                 {
-                    "idTag": learned_row["id_tag"],
-                    "status": learned_row["status"],
-                    "expiryDate": learned_row["expiry_date"],
-                    "parentIdTag": learned_row["parent_id_tag"],
-                    "learnedAt": learned_row["learned_at"],
+                    "idTag": learned_row.id_tag,
+                    "status": learned_row.status,
+                    "expiryDate": learned_row.expiry_date,
+                    "parentIdTag": learned_row.parent_id_tag,
+                    "learnedAt": learned_row.learned_at,
                 }
                 if learned_row is not None
                 else None

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from gateway.errors import InvalidItem, InvalidPage
 from gateway.ocpp.frames import dumps, loads
 from gateway.tags.rules import normalise
 
@@ -71,14 +72,6 @@ VehicleRow = tuple[Any, ...]
 
 ACCESS_ID_TYPES: Final = frozenset({"RFID", "Vehicle"})
 AUTHORIZATION_STATUSES: Final = frozenset({"Authorized", "Revoked"})
-
-
-class InvalidItem(ValueError):
-    """One list item does not have the Flipturn shape; the message says why."""
-
-
-class InvalidPage(ValueError):
-    """A list page does not have the Flipturn shape; the sync cannot continue."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -387,9 +387,9 @@ async def sync_status(store: Store) -> dict[str, Any]:
     """The ``sync`` block of ``GET /health``, from the persisted sync state."""
     row = await store.sync_status()
     return {
-        "lastSuccessAt": row["last_success_at"] if row is not None else None,
-        "lastError": row["last_error"] if row is not None else None,
-        "accessIds": int(row["access_ids"]) if row is not None else 0,
+        "lastSuccessAt": row.last_success_at if row is not None else None,
+        "lastError": row.last_error if row is not None else None,
+        "accessIds": int(row.access_ids) if row is not None else 0,
     }
 
 
@@ -439,7 +439,7 @@ class SyncService:
     async def _first_delay(self) -> float:
         # After a restart, wait out the rest of the interval since the last success, if any.
         row = await self._store.sync_status()
-        last = row["last_success_at"] if row is not None else None
+        last = row.last_success_at if row is not None else None
         if not last:
             return 0.0
         try:
@@ -448,8 +448,8 @@ class SyncService:
             return 0.0
         if self._metrics is not None and row is not None:  # the gauges show the persisted state
             self._metrics.last_success.set(when.timestamp())
-            self._metrics.access_ids.set(row["access_ids"])
-            self._metrics.vehicles.set(row["vehicles"])
+            self._metrics.access_ids.set(row.access_ids)
+            self._metrics.vehicles.set(row.vehicles)
         age = (datetime.now(UTC) - when).total_seconds()
         return min(self._interval_s, max(0.0, self._interval_s - age))
 

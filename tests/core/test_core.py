@@ -6,6 +6,7 @@ import base64
 import random
 from datetime import UTC, datetime
 from http import HTTPStatus
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from gateway.core.admission import Admitted, Refused, admit, charge_point_id
 from gateway.core.backoff import Backoff
 from gateway.core.link import Event, InvalidTransition, LinkState, transition
 from gateway.errors import FrameError
+from gateway.ocpp.frames import OcppVersion
 from gateway.ocpp.validation import validate_call, validate_result
 
 NOW = datetime(2026, 11, 21, 12, 0, 0, 123456, tzinfo=UTC)
@@ -60,9 +62,7 @@ def test_link_rejects_impossible_events() -> None:
         ("2.0.1", "Authorize", False),
     ],
 )
-def test_table_marks_what_is_stored(
-    version: offline.OcppVersion, action: str, stored: bool
-) -> None:
+def test_table_marks_what_is_stored(version: OcppVersion, action: str, stored: bool) -> None:
     assert offline.rule_for(version, action).stored is stored
 
 
@@ -171,8 +171,8 @@ def test_admission_rules() -> None:
     assert admit("/ocpp/CP-1", header, auth) == Admitted("CP-1")  # 1.6 AuthorizationKey bytes
     assert admit("/ocpp/CP-1", basic("CP-1", hexkey), auth) == Admitted("CP-1")  # the hex text
     assert admit("/ocpp/CP-2", basic("CP-2", "plain-password-16"), auth) == Admitted("CP-2")
-    for header in [None, "Bearer x", "Basic !!!", basic("CP-2", "plain-password-16")]:
-        decision = admit("/ocpp/CP-1", header, auth)
+    for refused in [None, "Bearer x", "Basic !!!", basic("CP-2", "plain-password-16")]:
+        decision = admit("/ocpp/CP-1", refused, auth)
         assert isinstance(decision, Refused) and decision.status == HTTPStatus.UNAUTHORIZED
     assert admit("/ocpp/CP-3", basic("CP-3", "x"), auth).status == HTTPStatus.UNAUTHORIZED  # type: ignore[union-attr]
 
@@ -195,7 +195,7 @@ def test_backoff_grows_caps_jitters_and_resets() -> None:
 
 def test_validation_codes() -> None:
     validate_call("1.6", "Authorize", {"idTag": "ABC"}, "1")
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"idTag": 5}, "TypeConstraintViolation"),
         ({"idTag": "x" * 21}, "TypeConstraintViolation"),
         ({}, "OccurrenceConstraintViolation"),

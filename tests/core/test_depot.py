@@ -397,7 +397,7 @@ def test_record_round_trip_restores_the_same_picture() -> None:
 
 def test_malformed_payloads_are_ignored_not_raised() -> None:
     view = DepotView()
-    for action, payload in [
+    malformed: list[tuple[str, dict[str, Any]]] = [
         ("StatusNotification", {"connectorId": [1], "status": {"x": 1}}),
         ("MeterValues", {"connectorId": 1, "transactionId": [1], "meterValue": "x"}),
         (
@@ -410,7 +410,8 @@ def test_malformed_payloads_are_ignored_not_raised() -> None:
         ),
         ("StopTransaction", {"transactionId": {"a": 1}}),
         ("BootNotification", {"chargePointVendor": 5}),
-    ]:
+    ]
+    for action, payload in malformed:
         view.charger_call("CP-1", "1.6", action, payload, T0)
     view.charger_call(
         "CS-2", "2.0.1", "TransactionEvent", {"eventType": "Started", "transactionInfo": "x"}, T0

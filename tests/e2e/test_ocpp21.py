@@ -23,6 +23,7 @@ from ocpp.v21 import ChargePoint, call, call_result
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from gateway.config import PortMapping
 from gateway.core import offline
@@ -30,7 +31,7 @@ from gateway.core.link import LinkState
 from tests.support import make_settings, running_gateway, wait_for
 
 NOW = "2026-11-21T12:00:00.000Z"
-SUBPROTOCOLS = ["ocpp2.1", "ocpp2.0.1", "ocpp1.6"]
+SUBPROTOCOLS = [Subprotocol("ocpp2.1"), Subprotocol("ocpp2.0.1"), Subprotocol("ocpp1.6")]
 STREAM = {"id": 123, "pending": 0, "basetime": NOW, "data": [{"t": 0, "v": "230.4"}]}
 
 
@@ -69,7 +70,9 @@ class Recorder:
             return None
 
         async with self._changed:
-            return await asyncio.wait_for(self._changed.wait_for(found), timeout)
+            answer = await asyncio.wait_for(self._changed.wait_for(found), timeout)
+        assert answer is not None  # wait_for returns once found() gives a value
+        return answer
 
 
 class Csms21(ChargePoint):
@@ -189,7 +192,8 @@ async def station(
     port: int, charger_id: str, subprotocols: list[str] | None = None
 ) -> AsyncIterator[Station21]:
     async with connect(
-        f"ws://127.0.0.1:{port}/ocpp/{charger_id}", subprotocols=subprotocols or ["ocpp2.1"]
+        f"ws://127.0.0.1:{port}/ocpp/{charger_id}",
+        subprotocols=[Subprotocol(p) for p in subprotocols or ["ocpp2.1"]],
     ) as ws:
         point = Station21(charger_id, Recorder(ws))
         task = asyncio.create_task(point.start())
@@ -251,7 +255,10 @@ async def test_the_charger_s_order_of_preference_and_the_same_upstream(
     settings = make_settings(tmp_path, upstream={"url": cloud21.url})
     async with (
         running_gateway(settings) as gw,
-        connect(f"ws://127.0.0.1:{gw.charger_port}/ocpp/CS-N", subprotocols=offered) as ws,
+        connect(
+            f"ws://127.0.0.1:{gw.charger_port}/ocpp/CS-N",
+            subprotocols=[Subprotocol(p) for p in offered],
+        ) as ws,
     ):
         assert ws.subprotocol == chosen
         await wait_for(lambda: "CS-N" in cloud21.connections)
@@ -281,7 +288,7 @@ async def test_a_2_1_charger_is_refused_nothing_by_a_1_6_or_2_0_1_only_cloud_eit
 ) -> None:
     """A cloud without ocpp2.1 does not get the link downgraded: the charger is served offline."""
     async with serve(
-        lambda ws: ws.wait_closed(), "127.0.0.1", 0, subprotocols=["ocpp2.0.1"]
+        lambda ws: ws.wait_closed(), "127.0.0.1", 0, subprotocols=[Subprotocol("ocpp2.0.1")]
     ) as old:
         port = next(iter(old.sockets)).getsockname()[1]
         settings = make_settings(
@@ -292,6 +299,7 @@ async def test_a_2_1_charger_is_refused_nothing_by_a_1_6_or_2_0_1_only_cloud_eit
         async with running_gateway(settings) as gw, station(gw.charger_port, "CS-OLD") as cs:
             result = await cs.call(boot())
             assert result.status == "Accepted"  # answered by the gateway itself
+            assert gw.hub is not None
             session = gw.hub.sessions["CS-OLD"]
             assert session.state is not LinkState.ONLINE and session.upstream is None
 
@@ -404,7 +412,8 @@ async def test_2_1_message_types_on_an_older_link(
     async with (
         running_gateway(settings) as gw,
         connect(
-            f"ws://127.0.0.1:{gw.charger_port}/ocpp/CS-O", subprotocols=[f"ocpp{version}"]
+            f"ws://127.0.0.1:{gw.charger_port}/ocpp/CS-O",
+            subprotocols=[Subprotocol(f"ocpp{version}")],
         ) as ws,
     ):
         await ws.send(json.dumps([6, "s-1", "NotifyPeriodicEventStream", STREAM]))
@@ -507,7 +516,9 @@ async def test_offline_answers_and_ordered_replay_with_offline_true(
         await cloud21.start()
         csms = await cloud21.point("CS-OFF")
         await csms.recorder.received_frame(lambda f: f[1] == "n-1", timeout=10)
-        await wait_for(lambda: gw.hub.sessions["CS-OFF"].backlog == 0, timeout=10)
+        hub = gw.hub
+        assert hub is not None
+        await wait_for(lambda: hub.sessions["CS-OFF"].backlog == 0, timeout=10)
         replayed = [f for f in csms.recorder.frames() if f[0] == 2]
         ids = [f[1] for f in replayed]
         assert ids[0] == "b-1" and ids[-1] == "t-2"  # the boot first, then the queue in order

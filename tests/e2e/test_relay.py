@@ -13,6 +13,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
+from websockets.typing import Subprotocol
 
 from gateway import __version__
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
@@ -96,7 +97,9 @@ async def test_cloud_closing_session_closes_charger(tmp_path: Any, cloud: FakeCl
 
 async def test_subprotocol_mismatch_closes_after_handshake(tmp_path: Any) -> None:
     async with running_gateway(make_settings(tmp_path)) as gw:
-        ws = await connect(f"ws://127.0.0.1:{gw.charger_port}/ocpp/CP-1", subprotocols=["ocpp1.5"])
+        ws = await connect(
+            f"ws://127.0.0.1:{gw.charger_port}/ocpp/CP-1", subprotocols=[Subprotocol("ocpp1.5")]
+        )
         assert ws.subprotocol is None
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 5)
@@ -109,7 +112,9 @@ async def test_subprotocol_mismatch_closes_after_handshake(tmp_path: Any) -> Non
 async def test_bad_paths_are_404(tmp_path: Any, path: str) -> None:
     async with running_gateway(make_settings(tmp_path)) as gw:
         with pytest.raises(InvalidStatus) as info:
-            await connect(f"ws://127.0.0.1:{gw.charger_port}{path}", subprotocols=["ocpp1.6"])
+            await connect(
+                f"ws://127.0.0.1:{gw.charger_port}{path}", subprotocols=[Subprotocol("ocpp1.6")]
+            )
         assert info.value.response.status_code == 404
 
 
@@ -119,7 +124,10 @@ async def test_unknown_charger_refused_when_not_allowed(tmp_path: Any) -> None:
     )
     async with running_gateway(settings) as gw:
         with pytest.raises(InvalidStatus) as info:
-            await connect(f"ws://127.0.0.1:{gw.charger_port}/ocpp/OTHER", subprotocols=["ocpp1.6"])
+            await connect(
+                f"ws://127.0.0.1:{gw.charger_port}/ocpp/OTHER",
+                subprotocols=[Subprotocol("ocpp1.6")],
+            )
         assert info.value.response.status_code == 404
         async with charger(gw.charger_port, "KNOWN") as cp:
             assert (await cp.call("Heartbeat", {}))[0] == 3
@@ -133,9 +141,11 @@ async def test_basic_auth(tmp_path: Any) -> None:
         base = f"127.0.0.1:{gw.charger_port}/ocpp/CP-1"
         for creds in ["", "CP-1:wrong-password@", "CP-2:correct-horse-battery@"]:
             with pytest.raises(InvalidStatus) as info:
-                await connect(f"ws://{creds}{base}", subprotocols=["ocpp1.6"])
+                await connect(f"ws://{creds}{base}", subprotocols=[Subprotocol("ocpp1.6")])
             assert info.value.response.status_code == 401
-        ws = await connect(f"ws://CP-1:correct-horse-battery@{base}", subprotocols=["ocpp1.6"])
+        ws = await connect(
+            f"ws://CP-1:correct-horse-battery@{base}", subprotocols=[Subprotocol("ocpp1.6")]
+        )
         await ws.send('[2, "1", "Heartbeat", {}]')
         assert json.loads(await ws.recv())[0] == 3
         await ws.close()
@@ -222,7 +232,7 @@ async def test_a_charger_that_stops_reading_stops_the_gateway_reading_the_cloud(
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.charger_port))
         ws = await connect(
             f"ws://127.0.0.1:{gw.charger_port}/ocpp/CP",
-            subprotocols=["ocpp1.6"],
+            subprotocols=[Subprotocol("ocpp1.6")],
             max_queue=1,
             compression=None,  # else the repeated answer would compress to almost nothing
             sock=sock,
@@ -319,7 +329,7 @@ async def test_charger_authorization_header_passed_upstream(
     async with running_gateway(settings) as gw:
         ws = await connect(
             f"ws://CP-1:correct-horse-battery@127.0.0.1:{gw.charger_port}/ocpp/CP-1",
-            subprotocols=["ocpp1.6"],
+            subprotocols=[Subprotocol("ocpp1.6")],
         )
         await ws.send('[2, "1", "Heartbeat", {}]')
         assert json.loads(await ws.recv())[0] == 3
@@ -336,7 +346,9 @@ async def test_tls_serves_wss(tmp_path: Any, certificate: tuple[str, str]) -> No
     context = ssl.create_default_context(cafile=cert)
     async with running_gateway(settings) as gw:
         ws = await connect(
-            f"wss://127.0.0.1:{gw.charger_port}/ocpp/CP-1", subprotocols=["ocpp1.6"], ssl=context
+            f"wss://127.0.0.1:{gw.charger_port}/ocpp/CP-1",
+            subprotocols=[Subprotocol("ocpp1.6")],
+            ssl=context,
         )
         await ws.send('[2, "1", "Heartbeat", {}]')
         assert json.loads(await ws.recv())[0] == 3
@@ -405,7 +417,8 @@ async def test_simultaneous_connections_for_a_new_id_share_one_session(
     async with running_gateway(settings) as gw:
         url = f"ws://127.0.0.1:{gw.charger_port}/ocpp/NEW"
         first, second = await asyncio.gather(
-            connect(url, subprotocols=["ocpp1.6"]), connect(url, subprotocols=["ocpp1.6"])
+            connect(url, subprotocols=[Subprotocol("ocpp1.6")]),
+            connect(url, subprotocols=[Subprotocol("ocpp1.6")]),
         )
         # One of them replaced the other; the survivor is the session's charger and is relayed.
         await wait_for(lambda: first.close_code is not None or second.close_code is not None)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 from gateway.net.hub import Hub
 from gateway.net.server import start_charger_server
@@ -45,7 +46,7 @@ class RecordingStore(Store):
 async def _boot(port: int, charger_id: str) -> tuple[ClientConnection, float]:
     ws = await connect(
         f"ws://127.0.0.1:{port}/ocpp/{charger_id}",
-        subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+        subprotocols=[Subprotocol("ocpp1.6")],
         compression=None,
         open_timeout=30,
     )
@@ -62,6 +63,7 @@ async def test_storm_of_chargers_behind_a_slow_cloud_handshake(tmp_path: Any) ->
     settings = make_settings(tmp_path, upstream={"url": cloud.url})
     assert settings.upstream.max_connects_per_s == 50.0  # 200 links take 4 s of pacing
     store = await RecordingStore.open(settings.store.path)
+    assert isinstance(store, RecordingStore)
     store.state_reads = []
     hub = Hub(
         settings,

@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from websockets.typing import Subprotocol
 
 from gateway.core.certs import not_after, pem_certificates
 from gateway.errors import ConfigError
@@ -197,7 +198,7 @@ async def test_profile3_with_basic_auth_too(tmp_path: Path, depot: CertificateAu
         assert refused.value.response.status_code == 401
         ws = await connect(
             f"wss://CP-1:correct-horse-battery@127.0.0.1:{gw.charger_port}/ocpp/CP-1",
-            subprotocols=["ocpp1.6"],
+            subprotocols=[Subprotocol("ocpp1.6")],
             ssl=context,
         )
         await ws.send('[2, "1", "Heartbeat", {}]')

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -28,6 +28,15 @@ from tests.support import wait_for
 OCPP16 = Subprotocol("ocpp1.6")
 
 
+def echo_to(conn: ServerConnection) -> Callable[[str | bytes], None]:
+    """An ``on_message`` that sends every message back as text."""
+
+    def on_message(message: str | bytes) -> None:
+        conn.send(message if isinstance(message, str) else message.decode())
+
+    return on_message
+
+
 @contextlib.asynccontextmanager
 async def server(
     *, echo: bool = True, keepalive: Keepalive | None = None, **kwargs: Any
@@ -37,7 +46,7 @@ async def server(
     def on_open(conn: ServerConnection) -> None:
         opened.append(conn)
         if echo:
-            conn.on_message = lambda m: conn.send(m if isinstance(m, str) else m.decode())
+            conn.on_message = echo_to(conn)
 
     srv = WsServer(
         on_open=on_open,
@@ -303,7 +312,7 @@ async def test_wss_both_ways_with_the_certificate_checked(certificate: tuple[str
 
     def on_open(conn: ServerConnection) -> None:
         opened.append(conn)
-        conn.on_message = lambda m: conn.send(m if isinstance(m, str) else m.decode())
+        conn.on_message = echo_to(conn)
 
     srv = WsServer(
         on_open=on_open, process_request=lambda conn, request: None, subprotocols=[OCPP16]

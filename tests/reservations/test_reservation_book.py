@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,6 @@ EXPIRY = "2026-11-21T19:00:00.000Z"
 
 def upper(tag: str) -> str:
     return tag.strip().upper()
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "gateway.db")
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture

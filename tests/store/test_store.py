@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import sqlite3
 from pathlib import Path
 
@@ -126,3 +128,56 @@ async def test_one_chargers_reservations_read_every_committed_write(
     assert await store.reservations_in_state("active", "CP") == []
     assert [r["state"] for r in await store.reservations_in_state("used", "CP")] == ["used"]
     await store.close()
+
+
+async def test_a_failed_read_or_transaction_is_a_store_error(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "g.db")
+    try:
+        with sqlite3.connect(tmp_path / "g.db") as db:
+            db.execute("DROP TABLE vehicles")  # another process spoils the schema under the store
+        with pytest.raises(StoreError, match="no such table: vehicles"):
+            await store.list_vehicles(None, 10)
+        with pytest.raises(StoreError, match="no such table: vehicles"):
+            await store.get_vehicle(1)
+        with sqlite3.connect(tmp_path / "g.db") as db:
+            db.execute("DROP TABLE dead_letters")
+        with pytest.raises(StoreError, match="no such table: dead_letters"):
+            await store.requeue_dead_letter(1)  # inside a transaction of the store's own
+        assert store.status()["ok"] is True  # a bad statement is not a broken file
+    finally:
+        await store.close()
+    with pytest.raises(StoreError):
+        await store.dead_letter_count()  # closed
+
+
+def test_named_operations_return_records_not_sqlite_rows() -> None:
+    raw = {"fetchall", "fetchone"}  # the engine's own query primitives
+    for name, function in inspect.getmembers(Store, inspect.isfunction):
+        if not name.startswith("_") and name not in raw:
+            assert "sqlite3" not in str(function.__annotations__.get("return")), name
+
+
+async def test_rows_are_frozen_records_with_the_column_names(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "g.db")
+    try:
+        row = ["CP", 7, None, "alice", "FLEET", "2026-11-21T19:00:00.000Z", "api", "Accepted"]
+        await store.put_reservations(
+            [[*row, "active", "2026-11-21T18:00:00Z", "2026-11-21T18:01:00Z"]]
+        )
+        (record,) = await store.reservations_in_state("active")
+        assert dataclasses.is_dataclass(record) and not isinstance(record, sqlite3.Row)
+        assert (record.charger_id, record.connector_id, record.parent_id_tag) == (
+            "CP",
+            None,
+            "FLEET",
+        )
+        assert record["updated_at"] == record.updated_at == "2026-11-21T18:01:00Z"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            record.state = "used"  # type: ignore[misc]
+        assert await store.reservation("CP", 7) == record
+        await store.learn_tags([("ALICE", "alice", "Accepted", None, None)], "2026-11-21T18:00:00Z")
+        learned = await store.find_learned_tag("ALICE")
+        assert learned is not None and (learned.id_tag, learned.status) == ("alice", "Accepted")
+        assert await store.sync_status() is None and await store.list_vehicles(None, 5) == []
+    finally:
+        await store.close()

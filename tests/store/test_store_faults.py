@@ -138,7 +138,7 @@ async def test_disk_full_is_down_within_5s_and_recovers_by_itself(
         rows = await gw.store.pending("CP", 10_000)
         assert len(rows) == acknowledged  # exactly what was acknowledged
     # One line per change of state, no traceback per refused message.
-    store_lines = [r for r in caplog.records if r.name == "gateway.store.engine"]
+    store_lines = [r for r in caplog.records if r.name == "gateway.store"]
     assert 1 <= len(store_lines) <= 4, [r.getMessage() for r in store_lines]
     assert not any(r.exc_info for r in caplog.records if r.levelno >= logging.ERROR)
 

@@ -259,7 +259,7 @@ async def test_corruption_met_while_running_keeps_the_store_down(tmp_path: Path)
     spoil(path, "zeroed")
     store = await Store.open(path, quick_check=False)  # as if the pages went bad after start-up
     try:
-        with pytest.raises(sqlite3.DatabaseError):
+        with pytest.raises(StoreError, match="corrupt"):
             await store.pending("CP", 10_000)
         assert store.status()["ok"] is False
         assert "corrupt" in store.status()["error"]

@@ -28,6 +28,7 @@ from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
 from ocpp.v201.enums import Action as Action201
 from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from gateway.app import Gateway
 from gateway.store.engine import Store
@@ -105,7 +106,7 @@ class Charger16(ChargePoint16):
     def on_send_local_list(
         self, list_version: int, update_type: str, local_authorization_list: Any = None
     ) -> Any:
-        items = [
+        items: list[tuple[str, str | None, bool]] = [
             (item["id_tag"], None, "id_tag_info" in item) for item in local_authorization_list or ()
         ]
         return result16.SendLocalList(status=self.keeper.apply(list_version, update_type, items))
@@ -181,8 +182,10 @@ class Unsupporting201(ChargePoint201):
 async def simulated(
     port: int, cid: str, version: str, keeper: ListKeeper, kind: type[Any] | None = None
 ) -> AsyncIterator[Any]:
-    ws = await connect(f"ws://127.0.0.1:{port}/ocpp/{cid}", subprotocols=[f"ocpp{version}"])
-    cls = kind or {"1.6": Charger16, "2.0.1": Charger201, "2.1": Charger21}[version]
+    ws = await connect(
+        f"ws://127.0.0.1:{port}/ocpp/{cid}", subprotocols=[Subprotocol(f"ocpp{version}")]
+    )
+    cls: type[Any] = kind or {"1.6": Charger16, "2.0.1": Charger201, "2.1": Charger21}[version]
     cp = cls(cid, ws, keeper)
     task = asyncio.create_task(cp.start())
     try:
@@ -492,11 +495,13 @@ async def test_a_differential_the_charger_refuses_is_followed_by_a_full_update(
         await settle(gw)
         original = keeper.apply
 
-        def refuse_differentials(version: int, kind: str, items: Any) -> str:
-            if kind == "Differential":
-                keeper.sends.append({"version": version, "type": kind, "items": items})
+        def refuse_differentials(
+            version: int, update_type: str, items: list[tuple[str, str | None, bool]]
+        ) -> str:
+            if update_type == "Differential":
+                keeper.sends.append({"version": version, "type": update_type, "items": items})
                 return "Failed"
-            return original(version, kind, items)
+            return original(version, update_type, items)
 
         keeper.apply = refuse_differentials  # type: ignore[method-assign]
         fake.access_ids = [*fake.access_ids, access_id(9)]

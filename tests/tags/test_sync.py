@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -42,13 +41,6 @@ class Sleeps:
         self.delays.append(delay)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "gateway.db")
-    yield s
-    await s.close()
-
-
 def client_for(
     fake: FakeFlipturn, sleeps: Sleeps | None = None, key: str = "secret-key"
 ) -> FlipturnClient:
@@ -63,7 +55,7 @@ def client_for(
 
 async def cached_tags(store: Store) -> list[str]:
     rows = await store.list_access_ids(None, 1000)
-    return [row["ocpp_id_tag"] for row in rows]
+    return [row.ocpp_id_tag for row in rows]
 
 
 async def stage_tables(store: Store) -> list[str]:
@@ -82,7 +74,7 @@ async def test_sync_caches_every_page(store: Store) -> None:
     assert (result.access_ids, result.vehicles) == (10, 5)
     assert result.duration_s >= 0
     assert await cached_tags(store) == [f"TAG{i}" for i in range(1, 11)]
-    assert [r["id"] for r in await store.list_vehicles(None, 100)] == [1, 2, 3, 4, 5]
+    assert [r.id for r in await store.list_vehicles(None, 100)] == [1, 2, 3, 4, 5]
     # 4 pages of access ids, 2 of vehicles, cursors followed in order, the key sent as Bearer
     assert fake.served == {"/api/access-ids": 4, "/api/vehicles": 2}
     cursors = [r.url.params.get("cursor") for r in fake.requests if "access" in r.url.path]
@@ -116,7 +108,7 @@ async def test_500_on_last_page_leaves_previous_cache(store: Store, path: str) -
         with pytest.raises(SyncError, match="HTTP 500"):
             await sync_once(store, client)
     assert await cached_tags(store) == [f"TAG{i}" for i in range(1, 6)]
-    assert [r["id"] for r in await store.list_vehicles(None, 10)] == [1]
+    assert [r.id for r in await store.list_vehicles(None, 10)] == [1]
     assert await stage_tables(store) == []
     assert len(sleeps.delays) == 3  # 4 attempts, backing off in between
     status = await sync_status(store)
@@ -225,7 +217,7 @@ async def test_malformed_items_rejected_one_by_one(
     async with client_for(FakeFlipturn(items, vehicles)) as client:
         result = await sync_once(store, client)
     assert (result.access_ids, result.vehicles) == (5, 2)
-    assert [r["id"] for r in await store.list_access_ids(None, 100)] == [1, 2, 6, 7, 9]
+    assert [r.id for r in await store.list_access_ids(None, 100)] == [1, 2, 6, 7, 9]
     rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     assert len(rejected) == 5
     assert any("id=3" in m and "name" in m for m in rejected)
