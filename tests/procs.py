@@ -6,9 +6,7 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
 import sys
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,37 +22,6 @@ def write_config(path: Path, text: str) -> Path:
 
 def cli(*args: str, env: dict[str, str] | None = None) -> list[str]:
     return [sys.executable, "-m", "gateway", *args]
-
-
-def run_cli_all(
-    commands: Sequence[Sequence[str]], env: Mapping[str, str] | None = None, timeout: float = 60
-) -> list[subprocess.CompletedProcess[str]]:
-    """Run several CLI commands as real subprocesses at once; their results in the same order.
-
-    Each is its own process, as with ``subprocess.run``; they only wait together, so a table of
-    refusals costs one start-up of the interpreter rather than one per row.
-    """
-    procs = [
-        subprocess.Popen(
-            cli(*args),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        for args in commands
-    ]
-    results = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=timeout)
-            results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return results
 
 
 class GatewayProcess:

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from tests.pki import CertificateAuthority, handshake_fails
-from tests.procs import GatewayProcess, cli, run_cli_all, write_config
+from tests.procs import GatewayProcess, cli, write_config
 from tests.support import FakeCloud, charger, wait_for
 
 
@@ -47,18 +47,13 @@ def test_check_config_refuses_bad_tls_files_naming_the_key(tmp_path: Path) -> No
         "mismatched": (good.cert, other.key, "chargers.tls_key", "not the private key"),
         "expired": (expired.cert, expired.key, "chargers.tls_cert", "expired on"),
     }
-    runs = [
-        (name, command, config_key, why)
-        for name, (cert, key, config_key, why) in cases.items()
-        for command in ("check-config", "run")
-    ]
-    for name, (cert, key, _, _) in cases.items():
-        write_config(tmp_path / f"{name}.toml", config_text(tmp_path, cert, key))
-    results = run_cli_all([("--config", str(tmp_path / f"{r[0]}.toml"), r[1]) for r in runs])
-    for (name, command, config_key, why), result in zip(runs, results, strict=True):
-        assert result.returncode == 2, (name, command, result.stderr)
-        assert f"{config_key}: " in result.stderr and why in result.stderr, (name, command)
-        assert "Traceback" not in result.stderr
+    for name, (cert, key, config_key, why) in cases.items():
+        config = write_config(tmp_path / f"{name}.toml", config_text(tmp_path, cert, key))
+        for command in ("check-config", "run"):
+            result = run_cli("--config", str(config), command)
+            assert result.returncode == 2, (name, command, result.stderr)
+            assert f"{config_key}: " in result.stderr and why in result.stderr, (name, command)
+            assert "Traceback" not in result.stderr
     assert not (tmp_path / "gateway.db").exists()  # run refused before opening anything
 
 
