@@ -67,10 +67,8 @@ PURE_LAYERS = ("ocpp", "core")
 IO_LIBRARIES = frozenset(
     {"asyncio", "sqlite3", "aiosqlite", "httpx", "websockets", "socket", "ssl", "uvicorn"}
 )
-# The session imports the hub for its type only; cutting it is the relay core's work.
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
-    {frozenset({"gateway.net.hub", "gateway.net.session"})}
-)
+# None: the session sees the hub only through its SessionHost protocol.
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
 
 
 def find_modules(root: Path, package: str) -> dict[str, Path]:
