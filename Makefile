@@ -42,8 +42,11 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy gateway tests
 
+# The suite runs on two worker processes (pytest-xdist); PYTEST_WORKERS=0 runs it in one.
+PYTEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
 # After changing dependencies in pyproject.toml: `make lock`, then commit both lock files.
 lock: | $(VENV)/.python-$(PY_VERSION)
