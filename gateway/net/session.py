@@ -365,8 +365,13 @@ class ChargerSession:
         if isinstance(event, ev.ChargerCallSeen):
             call = event.call
             if call.action in FOLDED_CALLS:  # the depot view, from the charger's own payload
+                seen = self.last_seen_at  # the frame's arrival: the same time the API shows live
                 host.depot.charger_call(
-                    self.charger_id, self.version, call.action, call.payload, self._wall()
+                    self.charger_id,
+                    self.version,
+                    call.action,
+                    call.payload,
+                    seen if seen is not None else self._wall(),
                 )
             for hook in host.hooks if call.action in host.hooked_charger_actions else ():
                 if call.action in hook.charger_actions:
