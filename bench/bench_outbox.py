@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import re
 import socket
@@ -35,6 +34,7 @@ from bench.fake_cloud import start_fake_cloud
 from bench.loadgen import meter_values
 from bench.machine import describe_machine
 from bench.procfs import cpu_seconds, memory
+from bench.report import emit
 
 BENCH_SUITE = "outbox"
 _DRAINS: set[asyncio.Task[None]] = set()
@@ -191,11 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.chargers, args.per_charger))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
+    emit(result, args.json)
     ok = result["enqueue"]["acknowledged"] == result["messages"] == result["replay"]["delivered"]
     return 0 if ok else 1
 

@@ -32,6 +32,7 @@ import orjson
 
 from bench.loadgen import meter_values
 from bench.machine import describe_machine
+from bench.report import emit
 from gateway.ocpp import validation
 from gateway.store.engine import Store, call_digest
 
@@ -196,11 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.messages, args.chargers))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
+    emit(result, args.json)
     return 0 if result["quickCheck"]["result"] == "ok" else 1
 
 

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.loadgen import SCENARIOS
 
-__all__ = ["Check", "gateway_checks", "ratio", "render_markdown"]
+__all__ = ["Check", "emit", "gateway_checks", "ratio", "render_markdown"]
+
+
+def emit(result: dict[str, Any], path: Path | None) -> None:
+    """Print a suite's result as JSON, and also write it to ``path`` when one is given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
