@@ -6,6 +6,7 @@ are the pure modules' (``gateway.core``, ``gateway.ocpp``).
 - ``wsconn``          WebSocket connections: websockets' sans-I/O protocol on asyncio callbacks
 - ``server``          the charger-facing server: admission, subprotocol choice, hand-off to the hub
 - ``upstream``        opening one charger's cloud link
+- ``host``            what a session is given: the hub's services as protocols, its settings
 - ``session``         one charger's session: its socket, its cloud link and what moves between them
 - ``hub``             every session of the gateway and the services they share
 - ``tls``             TLS contexts of both sides, the checks of their files, reload on SIGHUP

@@ -22,21 +22,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final
 from urllib.parse import quote
 
 from gateway.core import events as ev
 from gateway.core import offline, txmap
-from gateway.core.backoff import Backoff, BackoffPolicy, Quiet
-from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
+from gateway.core.backoff import Backoff, Quiet
+from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS
 from gateway.core.link import LinkState
-from gateway.core.relay import ChargerRelay, RelaySettings
+from gateway.core.relay import ChargerRelay
 from gateway.errors import (
     ChargerNotConnected,
     ChargerQueueFull,
@@ -45,11 +43,17 @@ from gateway.errors import (
     FrameError,
     StoreError,
 )
-from gateway.metrics import RelayStats
+from gateway.net.host import (
+    Authorizer,
+    ChargerWatcher,
+    SessionHook,
+    SessionHost,
+    SessionSettings,
+)
 from gateway.net.wsconn import ClientConnection, Message, ServerConnection, WsConnection
 from gateway.ocpp import frames
 from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
-from gateway.store.engine import OutboxRow, Store, call_digest
+from gateway.store.engine import OutboxRow, call_digest
 
 __all__ = [
     "Authorizer",
@@ -85,111 +89,6 @@ DOWN_LOG_EVERY_S: Final = 60.0
 _NOT_UTF8: Final = FrameError("FormatViolation", "frame is not UTF-8 text")
 
 
-class Authorizer(Protocol):
-    """What the session needs from the access-ID cache."""
-
-    async def auth_info(self, version: OcppVersion, id_tag: str, now: datetime) -> dict[str, Any]:
-        """idTagInfo (1.6) or idTokenInfo (2.0.1) to answer offline for ``id_tag``."""
-        ...
-
-    async def learn_from(
-        self,
-        version: OcppVersion,
-        action: str,
-        request: dict[str, Any],
-        response: dict[str, Any],
-        now: datetime,
-    ) -> None:
-        """Remember the cloud's answer about a tag."""
-        ...
-
-
-class SessionHook(Protocol):
-    """An observer of a session's traffic (reservations use it)."""
-
-    charger_actions: frozenset[str]  # charger CALLs to show to ``on_charger_call``
-    cloud_actions: frozenset[str]  # cloud CALLs whose charger answer goes to the next method
-
-    async def on_charger_call(self, session: ChargerSession, call: Call) -> None: ...
-
-    async def on_cloud_call_answered(
-        self, session: ChargerSession, call: Call, answer: CallResult | CallError
-    ) -> None: ...
-
-    async def gate(
-        self, session: ChargerSession, call: Call, auth_info: dict[str, Any], now: datetime
-    ) -> dict[str, Any]:
-        """The auth info to answer offline with (e.g. refusing a tag on a reserved connector)."""
-        ...
-
-
-class ChargerWatcher(Protocol):
-    """Told synchronously when a charger attaches and before a watched cloud CALL is queued
-    toward it (the local list push uses it: a CALL of its own queued after the cloud's
-    SendLocalList would undo the cloud's list)."""
-
-    cloud_calls: frozenset[str]
-
-    def charger_attached(self, session: ChargerSession) -> None: ...
-
-    def cloud_call(self, session: ChargerSession, call: Call) -> None: ...
-
-
-Connector = Callable[[str, OcppVersion, dict[str, str]], Awaitable[ClientConnection]]
-
-
-class SessionHost(Protocol):
-    """What a session needs from its hub: shared services, nothing of other sessions."""
-
-    @property
-    def store(self) -> Store: ...
-    @property
-    def stats(self) -> RelayStats: ...
-    @property
-    def authorizer(self) -> Authorizer: ...
-    @property
-    def hooks(self) -> Sequence[SessionHook]: ...
-    @property
-    def hooked_charger_actions(self) -> frozenset[str]: ...
-    @property
-    def watchers(self) -> Sequence[ChargerWatcher]: ...
-    @property
-    def depot(self) -> DepotView: ...
-    @property
-    def connect_upstream(self) -> Connector: ...
-    @property
-    def rng(self) -> random.Random: ...  # backoff jitter
-    @property
-    def closing(self) -> bool: ...
-    def next_local_tx_id(self) -> int: ...
-    def forget_if_idle(self, session: ChargerSession) -> None: ...
-    @property
-    def backoff(self) -> BackoffPolicy: ...
-    def book_turn(self) -> tuple[asyncio.Future[None], float]:
-        """A handshake turn (``upstream.max_connects_per_s``) and the seconds until it."""
-        ...
-
-    def link_failed(self) -> None: ...
-    def link_connected(self) -> None: ...
-    def retry_wait(self, session: ChargerSession, waiting: bool) -> None:
-        """The session starts (True) or ends (False) waiting in its reconnect backoff."""
-        ...
-
-    def dead_letter_added(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class SessionSettings:
-    """Every session's parameters, built once by the hub from ``Settings``."""
-
-    upstream_url: str
-    pass_authorization: bool
-    standalone: bool
-    heartbeat_interval_s: int
-    reconnect_max_s: float
-    relay: RelaySettings
-
-
 def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # the outcome is the awaiting code's; never "never retrieved"
@@ -204,7 +103,7 @@ class ChargerSession:
 
     def __init__(
         self,
-        host: SessionHost,
+        host: SessionHost[ChargerSession],
         charger_id: str,
         version: OcppVersion,
         settings: SessionSettings,
