@@ -7,7 +7,8 @@ are the pure modules' (``gateway.core``, ``gateway.ocpp``).
 - ``server``          the charger-facing server: admission, subprotocol choice, hand-off to the hub
 - ``upstream``        opening one charger's cloud link
 - ``host``            what a session is given: the hub's services as protocols, its settings
-- ``session``         one charger's session: its socket, its cloud link and what moves between them
+- ``link``            one charger's cloud link loop: paced turns, backoff, early retry, down/up lines
+- ``session``         one charger's session: its sockets, the frames between them and its core
 - ``hub``             every session of the gateway and the services they share
 - ``tls``             TLS contexts of both sides, the checks of their files, reload on SIGHUP
 - ``depot_recorder``  loads the depot view at start-up and writes it in batches

@@ -2,16 +2,14 @@
 
 The relay core decides everything about the charger's traffic (what is relayed, answered
 locally, queued for the charger, replayed, retried or dead-lettered). This driver only moves
-text between the two sockets and the core, runs the upstream link loop, and carries out the
+text between the two sockets and the core, drives the upstream link, and carries out the
 core's events with the store, the tag cache, the depot view and the hooks, reporting each
 outcome back. Online, a frame is relayed within the socket's receive callback: no task, no await.
 
-The link to the cloud: each attempt books a handshake turn from the hub's pacer
-(``upstream.max_connects_per_s``); a failed attempt waits its backoff (capped at
-``upstream.reconnect_max_s``), cut short when another link shows the cloud is back or the hub
-picks it as the probe. A charger CALL that arrives while the link is connecting is held by the
-core at most ``CONNECTING_HOLD_S`` (not at all when the turn is more than ``TURN_HOLD_S`` away)
-and then answered locally.
+The link to the cloud is an :class:`~gateway.net.link.UpstreamLink` (paced turns, backoff, early
+retry) that tells the session each change, which the session passes on to the core. A charger CALL
+that arrives while the link is connecting is held by the core at most ``CONNECTING_HOLD_S`` (not
+at all when the turn is more than ``TURN_HOLD_S`` away) and then answered locally.
 
 The session knows its hub only through :class:`SessionHost` and gets its parameters as one
 :class:`SessionSettings` value; the clock and the id generator are injected.
@@ -20,7 +18,6 @@ The session knows its hub only through :class:`SessionHost` and gets its paramet
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -31,7 +28,6 @@ from urllib.parse import quote
 
 from gateway.core import events as ev
 from gateway.core import offline, txmap
-from gateway.core.backoff import Backoff, Quiet
 from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS
 from gateway.core.link import LinkState
 from gateway.core.relay import ChargerRelay
@@ -39,7 +35,6 @@ from gateway.errors import (
     ChargerNotConnected,
     ChargerQueueFull,
     ChargerTimeout,
-    CloudUnavailable,
     FrameError,
     StoreError,
 )
@@ -50,6 +45,7 @@ from gateway.net.host import (
     SessionHost,
     SessionSettings,
 )
+from gateway.net.link import UpstreamLink
 from gateway.net.wsconn import ClientConnection, Message, ServerConnection, WsConnection
 from gateway.ocpp import frames
 from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
@@ -70,10 +66,6 @@ LEARNED_ACTIONS: Final = frozenset(
     {"Authorize", "StartTransaction", "StopTransaction", "TransactionEvent"}
 )
 REPLAY_BATCH: Final = 100
-# Close codes by which the cloud signals an outage rather than ending this charger's session
-# (RFC 6455 §7.4.1: going away, server error, restart, try again later): the charger stays connected.
-_OUTAGE_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
-_CLOSED_BY_US: Final = (0, "closed by the gateway")
 # Charger frames waiting behind one that needs I/O (a local answer); beyond this, reading pauses.
 INBOX_HOLD: Final = 16
 # How long a charger CALL waits for a link that is connecting before it is answered locally: a
@@ -84,8 +76,6 @@ CONNECTING_HOLD_S: Final = 1.5
 # all: they are answered locally at once (a storm's chargers are served in milliseconds). Nearer
 # turns are held (up to CONNECTING_HOLD_S), leaving 0.5 s for the handshake: those are relayed live.
 TURN_HOLD_S: Final = 1.0
-# While a link stays down: one warning when it goes down, then at most one line per this.
-DOWN_LOG_EVERY_S: Final = 60.0
 _NOT_UTF8: Final = FrameError("FormatViolation", "frame is not UTF-8 text")
 
 
@@ -132,33 +122,22 @@ class ChargerSession:
         self._now = clock or asyncio.get_running_loop().time  # monotonic: deadlines
         self._wall = wall_clock  # unix time: what is stored and shown
         self.charger: ServerConnection | None = None
-        self.upstream: ClientConnection | None = None
+        self.upstream: ClientConnection | None = None  # the link's, read here on every frame
         self.last_seen_at: float | None = None  # unix time of the charger's last frame
         self.backlog_oldest: float | None = None
-        self._auth_header: dict[str, str] = {}
         self._calls: dict[str, asyncio.Future[CallResult | CallError]] = {}
-        self._wanted_changed = asyncio.Event()
-        self._link_task: asyncio.Task[None] | None = None
-        self._closing_upstream = False  # we, not the cloud, are closing the current link
         self._tasks: set[asyncio.Task[Any]] = set()
         self._answering = False  # a charger CALL is being answered locally (its frames wait)
         # log.level = "debug": one line per frame (one attribute test per frame otherwise).
         self._trace_frames = False
-        reconnect_max_s = settings.reconnect_max_s
-        policy = host.backoff
-        self._backoff = Backoff(
-            initial_s=min(policy.initial_s, reconnect_max_s),
-            max_s=reconnect_max_s,
-            factor=policy.factor,
-            rng=host.rng,
-        )
         self._boot_undelivered = boot_undelivered  # the store holds a Boot not yet read
-        self._booked_turn: asyncio.Future[None] | None = None
-        self._retry_early = False  # set by the hub: try the cloud before the backoff ends
-        self._woken_by_recovery = False  # at most once per failure streak
-        self._down_since: float | None = None  # monotonic time the link went down
-        self._down_attempts = 0
-        self._down_log = Quiet(DOWN_LOG_EVERY_S)
+        self._link = UpstreamLink(
+            self,
+            host,
+            url=f"{settings.upstream_url}/{quote(charger_id, safe='')}",
+            reconnect_max_s=settings.reconnect_max_s,
+            clock=self._now,
+        )
 
     # --- views ---------------------------------------------------------------------------------
 
@@ -184,7 +163,7 @@ class ChargerSession:
 
     @property
     def has_link_task(self) -> bool:
-        return self._link_task is not None and not self._link_task.done()
+        return self._link.running
 
     @property
     def boot_undelivered(self) -> bool:
@@ -194,7 +173,7 @@ class ChargerSession:
     @property
     def backoff_capped(self) -> bool:
         """The link's reconnect delay has reached ``upstream.reconnect_max_s``."""
-        return self._backoff.capped
+        return self._link.backoff_capped
 
     @property
     def upstream_connected(self) -> bool:
@@ -303,10 +282,10 @@ class ChargerSession:
                 )
                 future.set_exception(error)
         elif isinstance(event, ev.CloseLink):
-            self._close_upstream(event.code, event.reason)
+            self._link.close(event.code, event.reason)
         elif isinstance(event, ev.Drained):
             self.backlog_oldest = None
-            self._wanted_changed.set()
+            self._link.wake()
         elif isinstance(event, ev.SaveBoot):
             self._spawn(self._save_boot(event.call, delivered=True), "saving BootNotification")
         elif isinstance(event, ev.ReadBacklog):
@@ -348,7 +327,7 @@ class ChargerSession:
         if self.upstream is not None:
             self.upstream.release_reading("charger-busy")
         auth = ws.request.headers.get("Authorization") if ws.request else None
-        self._auth_header = (
+        self._link.headers = (
             {"Authorization": auth} if auth and self.settings.pass_authorization else {}
         )
         self.ensure_link()
@@ -362,7 +341,7 @@ class ChargerSession:
             self.charger = None
             self.relay.charger_detached(self._now())
             self._flush()
-            self._wanted_changed.set()
+            self._link.wake()
             self.forget_if_done()
 
     def forget_if_done(self) -> None:
@@ -584,165 +563,62 @@ class ChargerSession:
 
     def ensure_link(self) -> None:
         """Keep an upstream link while the charger is connected or a backlog waits."""
-        if self.settings.standalone or self.has_link_task or not self.relay.wants_link:
-            return
-        self._start_link_loop()
-
-    def _book_turn(self) -> asyncio.Future[None]:
-        turn, eta = self.host.book_turn()
-        self.relay.link_connecting(self._now(), turn_in_s=eta)
-        return turn
-
-    def _start_link_loop(self) -> None:
-        # Booked now, not when the task first runs: a CALL handled before then (frames that came
-        # with the connection) already knows how long the link will take.
-        self._booked_turn = self._book_turn()
-        task = asyncio.create_task(self._link_loop())
-        self._link_task = task
-
-        def done(t: asyncio.Task[None]) -> None:
-            if not t.cancelled() and t.exception() is not None:
-                self._stats.errors["internal"] += 1
-                log.error("%s: link loop failed", self.charger_id, exc_info=t.exception())
-
-        task.add_done_callback(done)
-
-    def _wanted(self) -> bool:
-        return not self.host.closing and self.relay.wants_link
+        if not self.settings.standalone:
+            self._link.ensure()
 
     def retry_now(self, *, recovery: bool) -> None:
-        """Cut the backoff short (the hub saw the cloud come back, or picked this link to probe).
+        """Cut the link's backoff short (see :meth:`UpstreamLink.retry_now`)."""
+        self._link.retry_now(recovery=recovery)
 
-        A recovery wake-up counts once per failure streak: a link the cloud keeps refusing (e.g.
-        an unknown charger id) then follows its own backoff while others connect.
-        """
-        if recovery:
-            if self._woken_by_recovery:
-                return
-            self._woken_by_recovery = True
-        self._retry_early = True
-        self._wanted_changed.set()
+    # The link's LinkOwner side: each change of the link, told to the core.
 
-    async def _link_loop(self) -> None:
-        relay = self.relay
-        while self._wanted():
-            turn, self._booked_turn = self._booked_turn or self._book_turn(), None
-            await turn  # upstream.max_connects_per_s across all links
-            if not self._wanted():
-                break
-            url = f"{self.settings.upstream_url}/{quote(self.charger_id, safe='')}"
-            try:
-                ws = await self.host.connect_upstream(url, self.version, self._auth_header)
-            except CloudUnavailable as exc:
-                self._stats.upstream_failures += 1
-                self.host.link_failed()
-                relay.link_failed(self._now())
-                self._flush()
-                delay = self._backoff.next_delay()
-                self._log_down(str(exc), delay)
-                await self._wait_to_retry(delay)
-                continue
-            self._stats.upstream_connects += 1
-            self._backoff.reset()
-            self._woken_by_recovery = False
-            self.upstream = ws
-            if self._boot_undelivered and relay.boot is None:
-                boot = await self.host.store.undelivered_boot(self.charger_id)
-                if boot is not None:
-                    relay.boot_stored(*boot, self._now())
-            self._boot_undelivered = False
-            # Decided now: a message queued meanwhile is in the backlog, and so is replayed
-            # before live traffic.
-            relay.link_connected(self._now())
-            self._log_up()
-            self.host.link_connected()
-            self._flush()
-            cloud_closed = await self._read_cloud(ws)
-            self.upstream = None
-            if self.charger is not None:
-                self.charger.release_reading("cloud-busy")
-            relay.link_lost(self._now())
-            self._flush()
-            if cloud_closed is _CLOSED_BY_US:
-                continue  # e.g. after a call timeout: re-establish at once, backoff on failure
-            if cloud_closed is not None and self.charger is not None:
-                # The cloud ended the connection on purpose: let the charger see it (transparency).
-                self.charger.close(*cloud_closed)
-            elif self._wanted():
-                delay = self._backoff.next_delay()
-                self._log_down("connection lost", delay)
-                await self._wait_to_retry(delay)
-        relay.link_lost(self._now())
+    @property
+    def wants_link(self) -> bool:
+        return self.relay.wants_link
+
+    def link_booked(self, turn_in_s: float) -> None:
+        self.relay.link_connecting(self._now(), turn_in_s=turn_in_s)
+
+    def link_failed(self) -> None:
+        self.relay.link_failed(self._now())
         self._flush()
-        self._down_since = None
-        if self._wanted():
-            # A charger (or backlog) arrived while this loop was finishing and saw it still
-            # running: serve it rather than leave it without a link.
-            self._start_link_loop()
-            return
+
+    async def link_opened(self, ws: ClientConnection) -> None:
+        self.upstream = ws
+        relay = self.relay
+        if self._boot_undelivered and relay.boot is None:
+            boot = await self.host.store.undelivered_boot(self.charger_id)
+            if boot is not None:
+                relay.boot_stored(*boot, self._now())
+        self._boot_undelivered = False
+        # Decided now: a message queued meanwhile is in the backlog, and so is replayed
+        # before live traffic.
+        relay.link_connected(self._now())
+
+    def link_live(self, ws: ClientConnection) -> None:
+        self._flush()
+        ws.on_write_paused = self._cloud_write_paused
+        ws.on_message = self._cloud_message  # frames that came meanwhile are delivered now
+
+    def link_closed(self) -> None:
+        self.upstream = None
+        if self.charger is not None:
+            self.charger.release_reading("cloud-busy")
+        self.relay.link_lost(self._now())
+        self._flush()
+
+    def cloud_closed(self, code: int, reason: str) -> bool:
+        if self.charger is None:
+            return False
+        self.charger.close(code, reason)  # transparency: the charger sees the cloud's close
+        return True
+
+    def link_stopped(self) -> None:
         if not self._answering:  # else the local answer does it when it ends
             self.host.forget_if_idle(self)  # no await since the check: nothing can slip in
 
-    def _log_down(self, reason: str, delay: float) -> None:
-        """One warning when the link goes down, then at most one line per DOWN_LOG_EVERY_S."""
-        now = self._now()
-        self._down_attempts += 1
-        if self._down_since is None:
-            self._down_since = now
-            self._down_attempts = 1
-            self._down_log.reset()
-            self._down_log.allow(now)
-            log.warning(
-                "%s: cloud link down (%s); retrying in %.1fs", self.charger_id, reason, delay
-            )
-        elif self._down_log.allow(now):
-            log.warning(
-                "%s: cloud link still down after %.0fs, %d attempts (%s); next in %.1fs",
-                self.charger_id,
-                now - self._down_since,
-                self._down_attempts,
-                reason,
-                delay,
-            )
-
-    def _log_up(self) -> None:
-        if self._down_since is not None:
-            log.info(
-                "%s: cloud link up again after %.1fs down",
-                self.charger_id,
-                self._now() - self._down_since,
-            )
-            self._down_since = None
-
-    async def _wait_to_retry(self, delay: float) -> None:
-        """Sleep the backoff, or less if the hub wakes this link (see retry_now)."""
-        self._retry_early = False
-        self.host.retry_wait(self, True)
-        try:
-            await self._sleep_unless_unwanted(delay)
-        finally:
-            self.host.retry_wait(self, False)
-            self._retry_early = False
-
-    async def _sleep_unless_unwanted(self, delay: float) -> None:
-        deadline = self._now() + delay
-        while self._wanted() and not self._retry_early and (left := deadline - self._now()) > 0:
-            self._wanted_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wanted_changed.wait(), left)
-
-    async def _read_cloud(self, ws: ClientConnection) -> tuple[int, str] | None:
-        """Relay cloud frames until the link ends; (code, reason) if the cloud closed it cleanly."""
-        ws.on_write_paused = self._cloud_write_paused
-        ws.on_message = self._cloud_message  # frames that came meanwhile are delivered now
-        await ws.wait_closed()
-        rcvd = ws.close_rcvd
-        by_us, self._closing_upstream = self._closing_upstream, False
-        if by_us:
-            return _CLOSED_BY_US
-        if rcvd is None or self.host.closing or rcvd.code in _OUTAGE_CLOSE_CODES:
-            return None
-        return rcvd.code, rcvd.reason
+    def retry_wait(self, waiting: bool) -> None:
+        self.host.retry_wait(self, waiting)
 
     def _cloud_message(self, message: Message) -> None:
         self._stats.frames_from_cloud += 1
@@ -761,12 +637,6 @@ class ChargerSession:
         except Exception:
             self._stats.errors["internal"] += 1
             log.exception("%s: failed to handle a cloud frame", self.charger_id)
-
-    def _close_upstream(self, code: int, reason: str) -> None:
-        ws = self.upstream
-        if ws is not None:
-            self._closing_upstream = True
-            ws.close(code, reason)
 
     # --- replay I/O ----------------------------------------------------------------------------
 
@@ -827,13 +697,13 @@ class ChargerSession:
         if self.charger is not None:
             sockets.append(self.charger)
         if self.upstream is not None:
-            self._closing_upstream = True
             sockets.append(self.upstream)
-        for ws in sockets:
-            ws.close(1001, "gateway shutting down")
+        if self.charger is not None:
+            self.charger.close(1001, "gateway shutting down")
+        self._link.close(1001, "gateway shutting down")
         await asyncio.gather(*(ws.wait_closed() for ws in sockets))
-        self._wanted_changed.set()
-        tasks = [t for t in (self._link_task, *self._tasks) if t is not None and not t.done()]
+        self._link.wake()
+        tasks = [t for t in (self._link.task, *self._tasks) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
