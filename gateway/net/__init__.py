@@ -9,6 +9,7 @@ are the pure modules' (``gateway.core``, ``gateway.ocpp``).
 - ``host``            what a session is given: the hub's services as protocols, its settings
 - ``link``            one charger's cloud link loop: paced turns, backoff, early retry, down/up lines
 - ``session``         one charger's session: its sockets, the frames between them and its core
+- ``effects``         the session's store side: local answers, resend checks, boot saves, replay I/O
 - ``hub``             every session of the gateway and the services they share
 - ``tls``             TLS contexts of both sides, the checks of their files, reload on SIGHUP
 - ``depot_recorder``  loads the depot view at start-up and writes it in batches

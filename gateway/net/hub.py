@@ -29,8 +29,9 @@ from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
 from gateway.core.relay import RECENT_IDS, RelaySettings
 from gateway.errors import TransactionIdsExhausted
 from gateway.metrics import RelayStats
+from gateway.net.effects import LEARNED_ACTIONS
 from gateway.net.host import Authorizer, ChargerWatcher, SessionHook, SessionSettings
-from gateway.net.session import CONNECTING_HOLD_S, LEARNED_ACTIONS, TURN_HOLD_S, ChargerSession
+from gateway.net.session import CONNECTING_HOLD_S, TURN_HOLD_S, ChargerSession
 from gateway.net.wsconn import ClientConnection, ServerConnection
 from gateway.ocpp.frames import OcppVersion, as_version
 from gateway.store.engine import ChargerState, Store

@@ -21,13 +21,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Coroutine
+from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote
 
 from gateway.core import events as ev
-from gateway.core import offline, txmap
+from gateway.core import txmap
 from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS
 from gateway.core.link import LinkState
 from gateway.core.relay import ChargerRelay
@@ -36,8 +36,8 @@ from gateway.errors import (
     ChargerQueueFull,
     ChargerTimeout,
     FrameError,
-    StoreError,
 )
+from gateway.net.effects import LEARNED_ACTIONS, RelayEffects
 from gateway.net.host import (
     Authorizer,
     ChargerWatcher,
@@ -49,7 +49,6 @@ from gateway.net.link import UpstreamLink
 from gateway.net.wsconn import ClientConnection, Message, ServerConnection, WsConnection
 from gateway.ocpp import frames
 from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
-from gateway.store.engine import OutboxRow, call_digest
 
 __all__ = [
     "Authorizer",
@@ -62,10 +61,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-LEARNED_ACTIONS: Final = frozenset(
-    {"Authorize", "StartTransaction", "StopTransaction", "TransactionEvent"}
-)
-REPLAY_BATCH: Final = 100
 # Charger frames waiting behind one that needs I/O (a local answer); beyond this, reading pauses.
 INBOX_HOLD: Final = 16
 # How long a charger CALL waits for a link that is connecting before it is answered locally: a
@@ -127,10 +122,17 @@ class ChargerSession:
         self.backlog_oldest: float | None = None
         self._calls: dict[str, asyncio.Future[CallResult | CallError]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._answering = False  # a charger CALL is being answered locally (its frames wait)
         # log.level = "debug": one line per frame (one attribute test per frame otherwise).
         self._trace_frames = False
-        self._boot_undelivered = boot_undelivered  # the store holds a Boot not yet read
+        self._effects = RelayEffects(
+            self,
+            host,
+            self.relay,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            boot_undelivered=boot_undelivered,
+            clock=self._now,
+            wall_clock=self._wall,
+        )
         self._link = UpstreamLink(
             self,
             host,
@@ -168,7 +170,7 @@ class ChargerSession:
     @property
     def boot_undelivered(self) -> bool:
         """The store holds a BootNotification the cloud has not seen."""
-        return self._boot_undelivered or self.relay.boot is not None
+        return self._effects.boot_undelivered
 
     @property
     def backoff_capped(self) -> bool:
@@ -190,7 +192,7 @@ class ChargerSession:
         if self.backlog_oldest is None or oldest < self.backlog_oldest:
             self.backlog_oldest = oldest
         self.relay.rows_appeared(count, self._now())
-        self._flush()
+        self.flush()
         self.ensure_link()
 
     def remember_stored(self, message_ids: list[str]) -> None:
@@ -215,7 +217,7 @@ class ChargerSession:
 
     # --- moving the core's output --------------------------------------------------------------
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """Send what the core produced and carry out its events."""
         relay = self.relay
         out = relay.data_to_cloud()
@@ -253,19 +255,17 @@ class ChargerSession:
                 )
             for hook in host.hooks if call.action in host.hooked_charger_actions else ():
                 if call.action in hook.charger_actions:
-                    self._spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
+                    self.spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
         elif isinstance(event, ev.AnswerLocally):
-            self._answering = True
-            self._spawn(self._answer_locally(event.call, event.rule), "answering locally")
+            self.spawn(self._effects.answer_locally(event.call, event.rule), "answering locally")
         elif isinstance(event, ev.CheckResend):
-            self._answering = True
-            self._spawn(self._check_resend(event.call), "checking a resend")
+            self.spawn(self._effects.check_resend(event.call), "checking a resend")
         elif isinstance(event, ev.Answered):
             call = event.call
             if event.by_cloud and call.action in LEARNED_ACTIONS:
-                self._learn(call, event.result)
+                self._effects.learn(call, event.result)
             if call.action in FOLDED_ANSWERS:
-                self._fold(call, event.result, by_cloud=event.by_cloud)
+                self._effects.fold(call, event.result, by_cloud=event.by_cloud)
         elif isinstance(event, ev.CloudCallSeen):
             for watcher in host.watchers:
                 if event.call.action in watcher.cloud_calls:
@@ -287,13 +287,14 @@ class ChargerSession:
             self.backlog_oldest = None
             self._link.wake()
         elif isinstance(event, ev.SaveBoot):
-            self._spawn(self._save_boot(event.call, delivered=True), "saving BootNotification")
+            saving = self._effects.save_boot(event.call, delivered=True)
+            self.spawn(saving, "saving BootNotification")
         elif isinstance(event, ev.ReadBacklog):
-            self._spawn(self._read_backlog(event), "reading the backlog")
+            self.spawn(self._effects.read_backlog(event), "reading the backlog")
         elif isinstance(event, (ev.Delivered, ev.RetryLater, ev.DeadLetter, ev.BootDelivered)):
-            self._spawn(self._record(event), "recording a replay outcome")
+            self.spawn(self._effects.record(event), "recording a replay outcome")
 
-    def _spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
 
@@ -311,7 +312,7 @@ class ChargerSession:
         relay = self.relay
         if relay.has_deadlines:
             relay.tick(now)
-            self._flush()
+            self.flush()
 
     # --- charger side --------------------------------------------------------------------------
 
@@ -320,7 +321,7 @@ class ChargerSession:
         old = self.charger
         self.charger = ws  # first: the old socket's clean-up must not close the upstream link
         self.relay.charger_attached(version, self._now())
-        self._flush()
+        self.flush()
         if old is not None:
             log.warning("%s: new connection replaces the old one", self.charger_id)
             old.close(1000, "replaced by a new connection")
@@ -340,13 +341,13 @@ class ChargerSession:
         if self.charger is ws:
             self.charger = None
             self.relay.charger_detached(self._now())
-            self._flush()
+            self.flush()
             self._link.wake()
             self.forget_if_done()
 
     def forget_if_done(self) -> None:
         """Let the hub drop this session once nothing of it runs (its link loop does it last)."""
-        if not self.has_link_task and not self._answering:
+        if not self.has_link_task and not self._effects.answering:
             self.host.forget_if_idle(self)
 
     def _charger_write_paused(self, paused: bool) -> None:
@@ -372,147 +373,24 @@ class ChargerSession:
                     relay.receive_charger(message.decode(), self._now())
                 except UnicodeDecodeError:
                     relay.bad_charger_frame(_NOT_UTF8)
-            self._flush()
+            self.flush()
         except Exception:
             self._stats.errors["internal"] += 1
             log.exception("%s: failed to handle a charger frame", self.charger_id)
         if relay.inbox_size >= INBOX_HOLD and self.charger is not None:
             self.charger.hold_reading("inbox")
 
-    async def _check_resend(self, call: Call) -> None:
-        """A CALL with the id of a stored one: answered as the first time if it is a resend."""
-        try:
-            answer = await self._earlier_answer(call, None)
-        except Exception:
-            answer = None  # the store cannot tell: relay it as new (the cloud dedupes by id)
-            log.debug("%s: resend lookup failed", self.charger_id, exc_info=True)
-        self._answering = False
-        self.relay.resend_checked(call, answer, self._now())
-        self._after_answer()
-
-    async def _earlier_answer(self, call: Call, digest: bytes | None) -> dict[str, Any] | None:
-        """The answer given the first time to a stored CALL with the same id, action and
-        payload (queued or delivered within the last 24 h), if ``call`` is its resend."""
-        if not offline.rule_for(self.version, call.action).stored:
-            return None
-        answer = await self.host.store.earlier_answer(
-            self.charger_id,
-            call.message_id,
-            digest or call_digest(call.action, call.payload),
-            now=self._wall(),
-        )
-        if answer is None:
-            return None
-        log.info(
-            "%s: %s %s was stored before; answered as the first time",
-            self.charger_id,
-            call.action,
-            call.message_id,
-        )
-        result: dict[str, Any] = frames.loads(answer)
-        return result
-
-    async def _answer_locally(self, call: Call, rule: offline.Rule) -> None:
-        """Answer per the offline table, storing the row first where required; on failure the
-        charger gets InternalError and nothing was acknowledged (it will send it again)."""
-        version = self.version
-        tx = None
-        try:
-            digest = call_digest(call.action, call.payload) if rule.stored else None
-            earlier = await self._earlier_answer(call, digest) if digest is not None else None
-            if earlier is not None:  # a resend: the first answer; nothing stored or sent again
-                self._answering = False
-                self.relay.answered_locally(call, earlier, self._now(), stored=False, resend=True)
-                self._after_answer()
-                return
-            now = datetime.now(UTC)
-            auth_info = await self._auth_info(call, now)
-            if rule.answer is offline.Answer.START_TRANSACTION:
-                tx = self.host.next_local_tx_id()
-            result = offline.local_result(
-                version,
-                call.action,
-                now=now,
-                heartbeat_interval_s=self.settings.heartbeat_interval_s,
-                auth_info=auth_info,
-                transaction_id=tx,
-            )
-            payload_text = frames.dumps(call.payload)
-            if rule.answer is offline.Answer.BOOT:
-                await self._save_boot(call, delivered=False)
-            elif rule.stored:
-                await self.host.store.enqueue(
-                    self.charger_id,
-                    version,
-                    call.message_id,
-                    call.action,
-                    payload_text,
-                    now.timestamp(),
-                    local_tx_id=tx,
-                    digest=digest,
-                    answer=frames.dumps(result),
-                )
-        except StoreError as exc:
-            # The store logs each change of its state once; a line per message would flood.
-            self._stats.errors["store"] += 1
-            log.debug("%s: cannot store %s: %s", self.charger_id, call.action, exc)
-            self._answering = False
-            self.relay.local_answer_failed(call, self._now())
-        except Exception:
-            self._stats.errors["internal"] += 1
-            log.exception("%s: cannot answer %s locally", self.charger_id, call.action)
-            self._answering = False
-            self.relay.local_answer_failed(call, self._now())
-        else:
-            self._stats.local_answers[call.action] += 1
-            self._answering = False
-            if rule.answer is offline.Answer.BOOT:
-                self.relay.boot_stored(call.message_id, payload_text, self._now())
-            elif rule.stored and self.backlog_oldest is None:
-                self.backlog_oldest = now.timestamp()
-            self.relay.answered_locally(
-                call, result, self._now(), stored=rule.stored, local_tx_id=tx
-            )
-            if rule.stored:
-                self.ensure_link()
-        self._after_answer()
-
-    def _after_answer(self) -> None:
-        self._flush()
+    def answer_done(self) -> None:
+        self.flush()
         if self.charger is None:
             self.forget_if_done()
         elif self.relay.inbox_size < INBOX_HOLD:
             self.charger.release_reading("inbox")
 
-    async def _auth_info(self, call: Call, now: datetime) -> dict[str, Any] | None:
-        tag = offline.presented_tag(self.version, call.action, call.payload)
-        if tag is None:
-            return None
-        info: dict[str, Any] = await self.host.authorizer.auth_info(self.version, tag, now)
+    async def gate(self, call: Call, auth_info: dict[str, Any], now: datetime) -> dict[str, Any]:
         for hook in self.host.hooks:
-            info = await hook.gate(self, call, info, now)
-        return info
-
-    async def _save_boot(self, call: Call, *, delivered: bool) -> None:
-        await self.host.store.save_boot(
-            self.charger_id,
-            self.version,
-            call.message_id,
-            frames.dumps(call.payload),
-            self._wall(),
-            delivered=delivered,
-        )
-
-    def _learn(self, call: Call, result: dict[str, Any]) -> None:
-        learn = self.host.authorizer.learn_from(
-            self.version, call.action, call.payload, result, datetime.now(UTC)
-        )
-        self._spawn(learn, "learning")
-
-    def _fold(self, call: Call, result: dict[str, Any], *, by_cloud: bool) -> None:
-        self.host.depot.answered(
-            self.charger_id, self.version, call.action, call.payload, result, by_cloud=by_cloud
-        )
+            auth_info = await hook.gate(self, call, auth_info, now)
+        return auth_info
 
     # --- gateway and cloud CALLs to the charger ------------------------------------------------
 
@@ -534,13 +412,13 @@ class ChargerSession:
                 action, payload, self._now(), payload_text=payload_text
             )
         except ChargerQueueFull:
-            self._flush()
+            self.flush()
             raise
         future: asyncio.Future[CallResult | CallError] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
         self._calls[message_id] = future
         try:
-            self._flush()
+            self.flush()
             return await future
         except asyncio.CancelledError:  # the caller gave up (e.g. the HTTP client went away)
             self.relay.cancel_charger_call(message_id)  # not sent yet: never send it
@@ -557,7 +435,7 @@ class ChargerSession:
         for hook in self.host.hooks:
             if event.call.action in hook.cloud_actions:
                 answered = hook.on_cloud_call_answered(self, event.call, event.answer)
-                self._spawn(answered, "hook")
+                self.spawn(answered, "hook")
 
     # --- cloud side ----------------------------------------------------------------------------
 
@@ -581,22 +459,17 @@ class ChargerSession:
 
     def link_failed(self) -> None:
         self.relay.link_failed(self._now())
-        self._flush()
+        self.flush()
 
     async def link_opened(self, ws: ClientConnection) -> None:
         self.upstream = ws
-        relay = self.relay
-        if self._boot_undelivered and relay.boot is None:
-            boot = await self.host.store.undelivered_boot(self.charger_id)
-            if boot is not None:
-                relay.boot_stored(*boot, self._now())
-        self._boot_undelivered = False
+        await self._effects.load_boot()
         # Decided now: a message queued meanwhile is in the backlog, and so is replayed
         # before live traffic.
-        relay.link_connected(self._now())
+        self.relay.link_connected(self._now())
 
     def link_live(self, ws: ClientConnection) -> None:
-        self._flush()
+        self.flush()
         ws.on_write_paused = self._cloud_write_paused
         ws.on_message = self._cloud_message  # frames that came meanwhile are delivered now
 
@@ -605,7 +478,7 @@ class ChargerSession:
         if self.charger is not None:
             self.charger.release_reading("cloud-busy")
         self.relay.link_lost(self._now())
-        self._flush()
+        self.flush()
 
     def cloud_closed(self, code: int, reason: str) -> bool:
         if self.charger is None:
@@ -614,7 +487,7 @@ class ChargerSession:
         return True
 
     def link_stopped(self) -> None:
-        if not self._answering:  # else the local answer does it when it ends
+        if not self._effects.answering:  # else the local answer does it when it ends
             self.host.forget_if_idle(self)  # no await since the check: nothing can slip in
 
     def retry_wait(self, waiting: bool) -> None:
@@ -633,62 +506,10 @@ class ChargerSession:
                     relay.receive_cloud(message.decode(), self._now())
                 except UnicodeDecodeError:
                     relay.bad_cloud_frame(_NOT_UTF8)
-            self._flush()
+            self.flush()
         except Exception:
             self._stats.errors["internal"] += 1
             log.exception("%s: failed to handle a cloud frame", self.charger_id)
-
-    # --- replay I/O ----------------------------------------------------------------------------
-
-    async def _read_backlog(self, request: ev.ReadBacklog) -> None:
-        rows = await self.host.store.pending(self.charger_id, REPLAY_BATCH)
-        if rows:
-            self.backlog_oldest = rows[0].created_at
-        self.relay.replay_rows(request, rows, self._now(), wall_now=self._wall())
-        self._flush()
-
-    async def _record(
-        self, outcome: ev.Delivered | ev.RetryLater | ev.DeadLetter | ev.BootDelivered
-    ) -> None:
-        try:
-            await self._write_outcome(outcome)
-        except StoreError:
-            # The outcome could not be recorded: hold the replay until the store commits
-            # again, then resume from the first row still queued.
-            self.relay.outcome_recorded(outcome, self._now(), ok=False)
-            await self.host.store.wait_usable()
-            self.relay.resume_replay(self._now())
-        else:
-            self.relay.outcome_recorded(outcome, self._now())
-        self._flush()
-
-    async def _write_outcome(
-        self, outcome: ev.Delivered | ev.RetryLater | ev.DeadLetter | ev.BootDelivered
-    ) -> None:
-        store, cid = self.host.store, self.charger_id
-        if isinstance(outcome, ev.BootDelivered):
-            await store.mark_boot_delivered(cid, outcome.message_id)
-        elif isinstance(outcome, ev.RetryLater):
-            next_at = self._wall() + outcome.delay_s
-            await store.retry_later(outcome.row.seq, next_attempt_at=next_at, error=outcome.error)
-        elif isinstance(outcome, ev.DeadLetter):
-            row = outcome.row
-            assert isinstance(row, OutboxRow)
-            await store.dead_letter(
-                row, code=outcome.code, description=outcome.description, now=self._wall()
-            )
-            self._stats.dead_lettered += 1
-            self.host.dead_letter_added()
-        else:
-            call, tx = outcome.call, outcome.tx
-            await store.delivered(outcome.row.seq, tx=(cid, *tx) if tx is not None else None)
-            if tx is not None:
-                self.host.depot.bind(cid, *tx)
-            elif call.action == "TransactionEvent":
-                self._fold(call, outcome.result, by_cloud=True)
-            self._stats.replayed += 1
-            if call.action in LEARNED_ACTIONS:
-                self._learn(call, outcome.result)
 
     # --- shutdown ------------------------------------------------------------------------------
 
