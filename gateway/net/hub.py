@@ -31,7 +31,8 @@ from gateway.errors import TransactionIdsExhausted
 from gateway.metrics import RelayStats
 from gateway.net.effects import LEARNED_ACTIONS
 from gateway.net.host import Authorizer, ChargerWatcher, SessionHook, SessionSettings
-from gateway.net.session import CONNECTING_HOLD_S, TURN_HOLD_S, ChargerSession
+from gateway.net.link import CONNECTING_HOLD_S, TURN_HOLD_S
+from gateway.net.session import ChargerSession
 from gateway.net.wsconn import ClientConnection, ServerConnection
 from gateway.ocpp.frames import OcppVersion, as_version
 from gateway.store.engine import ChargerState, Store

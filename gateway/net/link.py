@@ -7,6 +7,10 @@ While the link stays down it logs one warning, then at most one line per ``DOWN_
 and one line when it is up again. A cloud that closes the connection on purpose is passed on to
 the charger; the close codes of an outage are not (the charger stays connected).
 
+A charger CALL that arrives while the link is connecting is held by the core at most
+``CONNECTING_HOLD_S`` (not at all when the turn is more than ``TURN_HOLD_S`` away) and then
+answered locally.
+
 The loop decides nothing about frames: the session (a :class:`LinkOwner`) tells the relay core
 about each change of the link and reads the cloud's frames. The clock is injected.
 """
@@ -27,7 +31,14 @@ from gateway.net.host import Connector
 from gateway.net.wsconn import ClientConnection
 from gateway.ocpp.frames import OcppVersion
 
-__all__ = ["DOWN_LOG_EVERY_S", "LinkHost", "LinkOwner", "UpstreamLink"]
+__all__ = [
+    "CONNECTING_HOLD_S",
+    "DOWN_LOG_EVERY_S",
+    "TURN_HOLD_S",
+    "LinkHost",
+    "LinkOwner",
+    "UpstreamLink",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,15 @@ log = logging.getLogger(__name__)
 # (RFC 6455 §7.4.1: going away, server error, restart, try again later): the charger stays connected.
 _OUTAGE_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
 _CLOSED_BY_US: Final = (0, "closed by the gateway")
+# How long a charger CALL waits for a link that is connecting before it is answered locally: a
+# handshake usually takes less (200-600 ms over TLS on a cellular link); a link queued behind the
+# connect pacer takes longer, and the charger must not wait for it (docs/offline-behaviour.md).
+# The relay core holds the CALL (``RelaySettings.connecting_hold_s``); the hub sets it from this.
+CONNECTING_HOLD_S: Final = 1.5
+# A link whose handshake turn at the pacer is further away than this does not hold its CALLs at
+# all: they are answered locally at once (a storm's chargers are served in milliseconds). Nearer
+# turns are held (up to CONNECTING_HOLD_S), leaving 0.5 s for the handshake: those are relayed live.
+TURN_HOLD_S: Final = 1.0
 # While a link stays down: one warning when it goes down, then at most one line per this.
 DOWN_LOG_EVERY_S: Final = 60.0
 

@@ -7,9 +7,7 @@ core's events with the store, the tag cache, the depot view and the hooks, repor
 outcome back. Online, a frame is relayed within the socket's receive callback: no task, no await.
 
 The link to the cloud is an :class:`~gateway.net.link.UpstreamLink` (paced turns, backoff, early
-retry) that tells the session each change, which the session passes on to the core. A charger CALL
-that arrives while the link is connecting is held by the core at most ``CONNECTING_HOLD_S`` (not
-at all when the turn is more than ``TURN_HOLD_S`` away) and then answered locally.
+retry) that tells the session each change, which the session passes on to the core.
 
 The session knows its hub only through :class:`SessionHost` and gets its parameters as one
 :class:`SessionSettings` value; the clock and the id generator are injected.
@@ -38,39 +36,18 @@ from gateway.errors import (
     FrameError,
 )
 from gateway.net.effects import LEARNED_ACTIONS, RelayEffects
-from gateway.net.host import (
-    Authorizer,
-    ChargerWatcher,
-    SessionHook,
-    SessionHost,
-    SessionSettings,
-)
+from gateway.net.host import SessionHost, SessionSettings
 from gateway.net.link import UpstreamLink
 from gateway.net.wsconn import ClientConnection, Message, ServerConnection, WsConnection
 from gateway.ocpp import frames
 from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
 
-__all__ = [
-    "Authorizer",
-    "ChargerSession",
-    "ChargerWatcher",
-    "SessionHook",
-    "SessionHost",
-    "SessionSettings",
-]
+__all__ = ["ChargerSession"]
 
 log = logging.getLogger(__name__)
 
 # Charger frames waiting behind one that needs I/O (a local answer); beyond this, reading pauses.
 INBOX_HOLD: Final = 16
-# How long a charger CALL waits for a link that is connecting before it is answered locally: a
-# handshake usually takes less (200-600 ms over TLS on a cellular link); a link queued behind the
-# connect pacer takes longer, and the charger must not wait for it (docs/offline-behaviour.md).
-CONNECTING_HOLD_S: Final = 1.5
-# A link whose handshake turn at the pacer is further away than this does not hold its CALLs at
-# all: they are answered locally at once (a storm's chargers are served in milliseconds). Nearer
-# turns are held (up to CONNECTING_HOLD_S), leaving 0.5 s for the handshake: those are relayed live.
-TURN_HOLD_S: Final = 1.0
 _NOT_UTF8: Final = FrameError("FormatViolation", "frame is not UTF-8 text")
 
 
