@@ -1,16 +1,22 @@
 """One charger's session: the driver of its :class:`~gateway.core.relay.ChargerRelay`.
 
 The relay core decides everything about the charger's traffic (what is relayed, answered
-locally, queued for the charger, replayed, retried or dead-lettered). This driver only moves
-text between the two sockets and the core, drives the upstream link, and carries out the
-core's events with the store, the tag cache, the depot view and the hooks, reporting each
-outcome back. Online, a frame is relayed within the socket's receive callback: no task, no await.
+locally, queued for the charger, replayed, retried or dead-lettered). The session moves text
+between the charger's socket, the cloud's and the core, sends what the core produced and
+dispatches the core's events. Online, a frame is relayed within the socket's receive callback:
+no task, no await.
 
-The link to the cloud is an :class:`~gateway.net.link.UpstreamLink` (paced turns, backoff, early
-retry) that tells the session each change, which the session passes on to the core.
+Two drivers do the rest, each told by the session through a narrow protocol it implements:
 
-The session knows its hub only through :class:`SessionHost` and gets its parameters as one
-:class:`SessionSettings` value; the clock and the id generator are injected.
+- :class:`~gateway.net.link.UpstreamLink` keeps the cloud link (paced turns, backoff, early
+  retry, the down/up lines); the session tells the core each change of the link (``link_*``).
+- :class:`~gateway.net.effects.RelayEffects` carries out the events that need the store, the
+  access-ID cache or the depot view (local answers, resend checks, boot saves, the replay's
+  reads and outcomes) and reports each result back to the core.
+
+The session knows its hub only through :class:`~gateway.net.host.SessionHost` and gets its
+parameters as one :class:`~gateway.net.host.SessionSettings` value; the clock and the id
+generator are injected.
 """
 
 from __future__ import annotations
