@@ -60,6 +60,7 @@ from gateway.core.events import (
     QueuedCall,
     ReadBacklog,
     RelayEvent,
+    RelayOutput,
     RetryLater,
     SaveBoot,
 )
@@ -118,6 +119,138 @@ class _OutCall:
     origin: Literal["cloud", "gateway"]
     timeout_s: float | None = None  # None: settings.charger_call_timeout_s
     deadline: float | None = None  # set when sent
+
+
+class ChargerSlot:
+    """The charger's single inbound slot and the queue of cloud and gateway CALLs waiting for it
+    (OCPP-J 1.6 §4.1.1: one outstanding CALL), at most ``max_queued_calls`` of them. A CALL's
+    ``call_timeout_s`` counts from when the charger got it, not from when it was queued.
+
+    Nothing is queued while the charger is away: its relay queues only for a connected charger
+    and calls ``fail_all`` when it goes."""
+
+    __slots__ = (
+        "_call_timeout_s",
+        "_charger_id",
+        "_errors",
+        "_events",
+        "_max_queued",
+        "_queue",
+        "_to_charger",
+        "current",
+    )
+
+    def __init__(
+        self,
+        charger_id: str,
+        output: RelayOutput,
+        *,
+        max_queued_calls: int,
+        call_timeout_s: float,
+        errors: Counter[str],
+    ) -> None:
+        self._charger_id = charger_id
+        self._max_queued = max_queued_calls
+        self._call_timeout_s = call_timeout_s
+        self._errors = errors
+        self._to_charger = output.to_charger
+        self._events = output.events
+        self.current: _OutCall | None = None  # the CALL the charger holds, awaiting its answer
+        self._queue: deque[_OutCall] = deque()
+
+    @property
+    def queued(self) -> int:
+        """CALLs waiting for the slot (not counting the one in it)."""
+        return len(self._queue)
+
+    @property
+    def deadline(self) -> float | None:
+        """When the charger's time to answer the CALL in the slot runs out."""
+        current = self.current
+        return current.deadline if current is not None else None
+
+    def enqueue(self, out: _OutCall, now: float) -> bool:
+        """Queue ``out`` (sent at once if the slot is free); False if the queue is full."""
+        if self.current is not None and len(self._queue) >= self._max_queued:
+            self._errors["charger_queue_full"] += 1
+            return False
+        self._queue.append(out)
+        if self.current is None:
+            self._pump(now)
+        return True
+
+    def call(
+        self,
+        message_id: str,
+        action: str,
+        payload: dict[str, Any],
+        now: float,
+        *,
+        payload_text: str | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Queue a gateway CALL; raise ChargerQueueFull if the queue is full."""
+        text = (
+            f'[{frames.CALL},"{message_id}",{frames.dumps(action)},{payload_text}]'
+            if payload_text is not None
+            else Call(message_id, action, payload).serialize()
+        )
+        out = _OutCall(Call(message_id, action, payload), text, "gateway", timeout_s)
+        if not self.enqueue(out, now):
+            raise ChargerQueueFull(
+                f"charger queue full: {len(self._queue)} CALLs already wait for {self._charger_id}"
+            )
+
+    def cancel(self, message_id: str) -> bool:
+        """A CALL not yet sent is never sent; True if it was still queued."""
+        for out in self._queue:
+            if out.call.message_id == message_id:
+                self._queue.remove(out)
+                return True
+        return False
+
+    def release(self, now: float) -> None:
+        """The charger answered the CALL in the slot: the next queued one goes."""
+        self.current = None
+        self._pump(now)
+
+    def fail_all(self) -> None:
+        """The charger's connection is gone: the slot and the queue are emptied, and each gateway
+        CALL among them fails (a cloud CALL's answer simply never comes)."""
+        outs = ([self.current] if self.current is not None else []) + list(self._queue)
+        self.current = None
+        self._queue.clear()
+        for out in outs:
+            if out.origin == "gateway":
+                self._events.append(
+                    ChargerCallFailed(out.call.message_id, out.call.action, "not_connected")
+                )
+
+    def tick(self, now: float) -> None:
+        """Free the slot if the charger's time to answer ran out by ``now``."""
+        out = self.current
+        if out is not None and out.deadline is not None and out.deadline <= now:
+            self.current = None
+            self._errors["charger_call_timeout"] += 1
+            log.warning(
+                "%s: no answer to %s %s", self._charger_id, out.call.action, out.call.message_id
+            )
+            if out.origin == "gateway":
+                self._events.append(
+                    ChargerCallFailed(out.call.message_id, out.call.action, "timeout")
+                )
+            self._pump(now)
+
+    def _pump(self, now: float) -> None:
+        """Send the next queued CALL if the slot is free (one outstanding CALL)."""
+        if self.current is not None or not self._queue:
+            return
+        out = self._queue.popleft()
+        # chargers.call_timeout_s counts from now, when the charger gets it, not from queueing.
+        timeout_s = self._call_timeout_s if out.timeout_s is None else out.timeout_s
+        out.deadline = now + timeout_s
+        self.current = out
+        self._to_charger.append(out.text)
 
 
 @dataclass(slots=True)
@@ -188,9 +321,18 @@ class ChargerRelay:
         self.backlog = 0
         self.boot: tuple[str, str] | None = None  # (message id, payload) of the undelivered Boot
         self._enqueued = 0  # rows queued, ever: a change marker for the replay
+        output = RelayOutput()
+        self._to_charger = output.to_charger
+        self._to_cloud = output.to_cloud
+        self._events = output.events
         self._pending: dict[str, _Pending] = {}
-        self._slot: _OutCall | None = None
-        self._queue: deque[_OutCall] = deque()
+        self._slot = ChargerSlot(
+            charger_id,
+            output,
+            max_queued_calls=settings.max_queued_calls,
+            call_timeout_s=settings.charger_call_timeout_s,
+            errors=self.errors,
+        )
         # Charger frames behind one that awaits I/O; a Call item: answer it locally (its cloud
         # answer will not come).
         self._inbox: deque[str | Call] = deque()
@@ -202,32 +344,35 @@ class ChargerRelay:
         self._recent_order: deque[str] = deque()
         self._turn_due: float | None = None
         self._replay: _Replay | None = None
-        self._to_charger: list[str] = []
-        self._to_cloud: list[str] = []
-        self._events: list[RelayEvent] = []
 
     # --- output ------------------------------------------------------------------------------------
 
     def data_to_charger(self) -> list[str]:
         """Frames to send to the charger, in order (the returned list is the caller's)."""
         out = self._to_charger
-        if out:
-            self._to_charger = []
-        return out
+        if not out:
+            return out
+        taken = out.copy()
+        out.clear()
+        return taken
 
     def data_to_cloud(self) -> list[str]:
         """Frames to send to the cloud, in order."""
         out = self._to_cloud
-        if out:
-            self._to_cloud = []
-        return out
+        if not out:
+            return out
+        taken = out.copy()
+        out.clear()
+        return taken
 
     def events(self) -> list[RelayEvent]:
         """What the driver must do, in order."""
         out = self._events
-        if out:
-            self._events = []
-        return out
+        if not out:
+            return out
+        taken = out.copy()
+        out.clear()
+        return taken
 
     # --- views -------------------------------------------------------------------------------------
 
@@ -248,24 +393,25 @@ class ChargerRelay:
     @property
     def queued(self) -> int:
         """CALLs waiting for the charger's slot (not counting the one in it)."""
-        return len(self._queue)
+        return self._slot.queued
 
     @property
     def slot_busy(self) -> bool:
-        return self._slot is not None
+        return self._slot.current is not None
 
     @property
     def has_deadlines(self) -> bool:
         """Whether ``tick`` may have anything to do (a cheap test for a sweep over many)."""
         return bool(self._pending) or (
-            self._slot is not None or self._held is not None or self._replay is not None
+            self._slot.current is not None or self._held is not None or self._replay is not None
         )
 
     def next_deadline(self) -> float | None:
         """The earliest time ``tick`` has something to do, if any."""
         times = [p.deadline for p in self._pending.values()]
-        if self._slot is not None and self._slot.deadline is not None:
-            times.append(self._slot.deadline)
+        slot_deadline = self._slot.deadline
+        if slot_deadline is not None:
+            times.append(slot_deadline)
         if self._held is not None:
             times.append(self._held.deadline)
         replay = self._replay
@@ -282,9 +428,7 @@ class ChargerRelay:
             expired = [p for p in self._pending.values() if p.deadline <= now]
             if expired:
                 self._cloud_timed_out(expired, now)
-        slot = self._slot
-        if slot is not None and slot.deadline is not None and slot.deadline <= now:
-            self._charger_timed_out(slot, now)
+        self._slot.tick(now)
         if self._held is not None and self._held.deadline <= now:
             self._release_held(now)
         replay = self._replay
@@ -316,27 +460,17 @@ class ChargerRelay:
     def charger_attached(self, version: OcppVersion, now: float) -> None:
         """A charger connection is served (a new one replaces the old: its slot is failed)."""
         if self.charger_connected:
-            self._fail_charger_calls()
+            self._slot.fail_all()
         self.version = version
         self.charger_connected = True
 
     def charger_detached(self, now: float) -> None:
         """The charger's connection closed: the CALLs queued for it fail; unsent frames are lost."""
         self.charger_connected = False
-        self._fail_charger_calls()
-        self._to_charger = []
+        self._slot.fail_all()
+        self._to_charger.clear()
         if self.backlog == 0 and self.state is not LinkState.OFFLINE:
             self._events.append(CloseLink(1000, "charger disconnected"))
-
-    def _fail_charger_calls(self) -> None:
-        outs = ([self._slot] if self._slot is not None else []) + list(self._queue)
-        self._slot = None
-        self._queue.clear()
-        for out in outs:
-            if out.origin == "gateway":
-                self._events.append(
-                    ChargerCallFailed(out.call.message_id, out.call.action, "not_connected")
-                )
 
     # --- the cloud link ----------------------------------------------------------------------------
 
@@ -600,16 +734,16 @@ class ChargerRelay:
 
     def _charger_answer(self, frame: CallResult | CallError, text: str, now: float) -> None:
         slot = self._slot
-        if slot is not None and slot.call.message_id == frame.message_id:
-            self._slot = None
-            if slot.origin == "gateway":
-                self._events.append(ChargerAnswered(slot.call, frame, "gateway"))
+        out = slot.current
+        if out is not None and out.call.message_id == frame.message_id:
+            if out.origin == "gateway":
+                self._events.append(ChargerAnswered(out.call, frame, "gateway"))
             else:
                 if self._cloud_up:
                     self._to_cloud.append(text)
-                if slot.call.action in self.settings.observed_cloud_answers:
-                    self._events.append(ChargerAnswered(slot.call, frame, "cloud"))
-            self._pump(now)
+                if out.call.action in self.settings.observed_cloud_answers:
+                    self._events.append(ChargerAnswered(out.call, frame, "cloud"))
+            slot.release(now)
         elif not frame.message_id.startswith(GATEWAY_ID_PREFIX) and self._cloud_up:
             # A late answer (after our timeout) or one we never tracked: pass it on unchanged.
             self._to_cloud.append(text)
@@ -699,11 +833,11 @@ class ChargerRelay:
             if payload is not call.payload:
                 call = Call(call.message_id, call.action, payload)
                 text = call.serialize()
-        if not self._enqueue(_OutCall(call, text, "cloud"), now):
+        if not self._slot.enqueue(_OutCall(call, text, "cloud"), now):
             log.warning(
                 "%s: %d CALLs already wait for the charger; refusing %s %s",
                 self.charger_id,
-                len(self._queue),
+                self._slot.queued,
                 call.action,
                 call.message_id,
             )
@@ -733,53 +867,14 @@ class ChargerRelay:
         if not self.charger_connected:
             raise ChargerNotConnected(self.charger_id)
         message_id = GATEWAY_ID_PREFIX + self._new_id()
-        text = (
-            f'[{frames.CALL},"{message_id}",{frames.dumps(action)},{payload_text}]'
-            if payload_text is not None
-            else Call(message_id, action, payload).serialize()
+        self._slot.call(
+            message_id, action, payload, now, payload_text=payload_text, timeout_s=timeout_s
         )
-        out = _OutCall(Call(message_id, action, payload), text, "gateway", timeout_s)
-        if not self._enqueue(out, now):
-            raise ChargerQueueFull(
-                f"charger queue full: {len(self._queue)} CALLs already wait for {self.charger_id}"
-            )
         return message_id
 
     def cancel_charger_call(self, message_id: str) -> bool:
         """The caller gave up: a CALL not yet sent is never sent; True if it was still queued."""
-        for out in self._queue:
-            if out.call.message_id == message_id:
-                self._queue.remove(out)
-                return True
-        return False
-
-    def _enqueue(self, out: _OutCall, now: float) -> bool:
-        if self._slot is not None and len(self._queue) >= self.settings.max_queued_calls:
-            self.errors["charger_queue_full"] += 1
-            return False
-        self._queue.append(out)
-        if self._slot is None:
-            self._pump(now)
-        return True
-
-    def _pump(self, now: float) -> None:
-        """Send the next queued CALL if the charger's slot is free (one outstanding CALL)."""
-        if self._slot is not None or not self._queue or not self.charger_connected:
-            return
-        out = self._queue.popleft()
-        # chargers.call_timeout_s counts from now, when the charger gets it, not from queueing.
-        timeout_s = self.settings.charger_call_timeout_s if out.timeout_s is None else out.timeout_s
-        out.deadline = now + timeout_s
-        self._slot = out
-        self._to_charger.append(out.text)
-
-    def _charger_timed_out(self, out: _OutCall, now: float) -> None:
-        self._slot = None
-        self.errors["charger_call_timeout"] += 1
-        log.warning("%s: no answer to %s %s", self.charger_id, out.call.action, out.call.message_id)
-        if out.origin == "gateway":
-            self._events.append(ChargerCallFailed(out.call.message_id, out.call.action, "timeout"))
-        self._pump(now)
+        return self._slot.cancel(message_id)
 
     # --- replay ----------------------------------------------------------------------------------------
 
