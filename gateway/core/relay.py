@@ -44,12 +44,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from gateway.core import offline, txmap
+from gateway.core.charger_slot import ChargerSlot, OutCall
 from gateway.core.events import (
     Answered,
     AnswerLocally,
     BootDelivered,
     ChargerAnswered,
-    ChargerCallFailed,
     ChargerCallSeen,
     CheckResend,
     CloseLink,
@@ -66,7 +66,7 @@ from gateway.core.events import (
 )
 from gateway.core.link import Event, LinkState, transition
 from gateway.core.replay import decide, outgoing
-from gateway.errors import ChargerNotConnected, ChargerQueueFull, FrameError
+from gateway.errors import ChargerNotConnected, FrameError
 from gateway.ocpp import frames
 from gateway.ocpp.frames import Call, CallError, CallResult, CallResultError, OcppVersion, Send
 from gateway.ocpp.validation import validate_call
@@ -108,149 +108,6 @@ class RelaySettings:
 class _Pending:
     call: Call
     deadline: float
-
-
-@dataclass(slots=True)
-class _OutCall:
-    """A CALL waiting for (or holding) the charger's slot."""
-
-    call: Call
-    text: str
-    origin: Literal["cloud", "gateway"]
-    timeout_s: float | None = None  # None: settings.charger_call_timeout_s
-    deadline: float | None = None  # set when sent
-
-
-class ChargerSlot:
-    """The charger's single inbound slot and the queue of cloud and gateway CALLs waiting for it
-    (OCPP-J 1.6 §4.1.1: one outstanding CALL), at most ``max_queued_calls`` of them. A CALL's
-    ``call_timeout_s`` counts from when the charger got it, not from when it was queued.
-
-    Nothing is queued while the charger is away: its relay queues only for a connected charger
-    and calls ``fail_all`` when it goes."""
-
-    __slots__ = (
-        "_call_timeout_s",
-        "_charger_id",
-        "_errors",
-        "_events",
-        "_max_queued",
-        "_queue",
-        "_to_charger",
-        "current",
-    )
-
-    def __init__(
-        self,
-        charger_id: str,
-        output: RelayOutput,
-        *,
-        max_queued_calls: int,
-        call_timeout_s: float,
-        errors: Counter[str],
-    ) -> None:
-        self._charger_id = charger_id
-        self._max_queued = max_queued_calls
-        self._call_timeout_s = call_timeout_s
-        self._errors = errors
-        self._to_charger = output.to_charger
-        self._events = output.events
-        self.current: _OutCall | None = None  # the CALL the charger holds, awaiting its answer
-        self._queue: deque[_OutCall] = deque()
-
-    @property
-    def queued(self) -> int:
-        """CALLs waiting for the slot (not counting the one in it)."""
-        return len(self._queue)
-
-    @property
-    def deadline(self) -> float | None:
-        """When the charger's time to answer the CALL in the slot runs out."""
-        current = self.current
-        return current.deadline if current is not None else None
-
-    def enqueue(self, out: _OutCall, now: float) -> bool:
-        """Queue ``out`` (sent at once if the slot is free); False if the queue is full."""
-        if self.current is not None and len(self._queue) >= self._max_queued:
-            self._errors["charger_queue_full"] += 1
-            return False
-        self._queue.append(out)
-        if self.current is None:
-            self._pump(now)
-        return True
-
-    def call(
-        self,
-        message_id: str,
-        action: str,
-        payload: dict[str, Any],
-        now: float,
-        *,
-        payload_text: str | None = None,
-        timeout_s: float | None = None,
-    ) -> None:
-        """Queue a gateway CALL; raise ChargerQueueFull if the queue is full."""
-        text = (
-            f'[{frames.CALL},"{message_id}",{frames.dumps(action)},{payload_text}]'
-            if payload_text is not None
-            else Call(message_id, action, payload).serialize()
-        )
-        out = _OutCall(Call(message_id, action, payload), text, "gateway", timeout_s)
-        if not self.enqueue(out, now):
-            raise ChargerQueueFull(
-                f"charger queue full: {len(self._queue)} CALLs already wait for {self._charger_id}"
-            )
-
-    def cancel(self, message_id: str) -> bool:
-        """A CALL not yet sent is never sent; True if it was still queued."""
-        for out in self._queue:
-            if out.call.message_id == message_id:
-                self._queue.remove(out)
-                return True
-        return False
-
-    def release(self, now: float) -> None:
-        """The charger answered the CALL in the slot: the next queued one goes."""
-        self.current = None
-        self._pump(now)
-
-    def fail_all(self) -> None:
-        """The charger's connection is gone: the slot and the queue are emptied, and each gateway
-        CALL among them fails (a cloud CALL's answer simply never comes)."""
-        outs = ([self.current] if self.current is not None else []) + list(self._queue)
-        self.current = None
-        self._queue.clear()
-        for out in outs:
-            if out.origin == "gateway":
-                self._events.append(
-                    ChargerCallFailed(out.call.message_id, out.call.action, "not_connected")
-                )
-
-    def tick(self, now: float) -> None:
-        """Free the slot if the charger's time to answer ran out by ``now``."""
-        out = self.current
-        if out is not None and out.deadline is not None and out.deadline <= now:
-            self.current = None
-            self._errors["charger_call_timeout"] += 1
-            log.warning(
-                "%s: no answer to %s %s", self._charger_id, out.call.action, out.call.message_id
-            )
-            if out.origin == "gateway":
-                self._events.append(
-                    ChargerCallFailed(out.call.message_id, out.call.action, "timeout")
-                )
-            self._pump(now)
-
-    def _pump(self, now: float) -> None:
-        """Send the next queued CALL if the slot is free (one outstanding CALL)."""
-        if self.current is not None or not self._queue:
-            return
-        out = self._queue.popleft()
-        # chargers.call_timeout_s counts from now, when the charger gets it, not from queueing.
-        timeout_s = self._call_timeout_s if out.timeout_s is None else out.timeout_s
-        out.deadline = now + timeout_s
-        self.current = out
-        self._to_charger.append(out.text)
 
 
 @dataclass(slots=True)
@@ -833,7 +690,7 @@ class ChargerRelay:
             if payload is not call.payload:
                 call = Call(call.message_id, call.action, payload)
                 text = call.serialize()
-        if not self._slot.enqueue(_OutCall(call, text, "cloud"), now):
+        if not self._slot.enqueue(OutCall(call, text, "cloud"), now):
             log.warning(
                 "%s: %d CALLs already wait for the charger; refusing %s %s",
                 self.charger_id,
