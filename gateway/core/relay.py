@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from gateway.core import offline, txmap
@@ -129,21 +129,274 @@ class _Replaying:
 
 
 @dataclass(slots=True)
-class _Replay:
-    """The replay cursor: rows read and not yet sent, and what the replay waits for."""
+class Backlog:
+    """What the charger has stored for the cloud, as its relay counts it (shared by the relay
+    and its replay cursor)."""
 
-    rows: deque[QueuedCall] = field(default_factory=deque)
-    due: dict[int, float] = field(default_factory=dict)  # seq → monotonic time of next attempt
-    waiting: Literal["", "rows", "answer", "record", "due", "held"] = ""
-    in_flight: _Replaying | None = None
-    enqueued_at_read: int = 0
-    boot_done: bool = False  # the stored Boot was tried on this link
-    # What the outcome being recorded was: a row done (delivered or dead-lettered), a retry
-    # (re-read afterwards), or the stored Boot delivered (its message id).
-    recording: Literal["", "row", "retry", "boot"] = ""
-    boot_id: str = ""
-    bind: tuple[int, int] | None = None  # applied once the delivery is recorded
-    asked: object = None  # the ReadBacklog or outcome event the replay waits on (identity)
+    count: int = 0  # rows queued and not yet delivered or dead-lettered
+    boot: tuple[str, str] | None = None  # (message id, payload) of the undelivered Boot
+    changes: int = 0  # rows queued, ever: a change marker for the replay
+
+
+class ReplayCursor:
+    """One link's replay toward the cloud: the stored BootNotification first, then the backlog
+    one CALL at a time, each answer decided by :func:`decide` and recorded by the driver
+    (``outcome_recorded``) before the next goes.
+
+    The relay makes a cursor when its link enters REPLAYING and drops it when the link leaves
+    (lost, a call timeout, the backlog drained); the next link's cursor starts from the store.
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_call_timeout_s",
+        "_charger_id",
+        "_errors",
+        "_events",
+        "_max_attempts",
+        "_max_retry_delay_s",
+        "_to_cloud",
+        "_txids",
+        "asked",
+        "bind",
+        "boot_done",
+        "boot_id",
+        "due",
+        "enqueued_at_read",
+        "in_flight",
+        "recording",
+        "rows",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        charger_id: str,
+        backlog: Backlog,
+        txids: txmap.TxIdMap,
+        output: RelayOutput,
+        *,
+        call_timeout_s: float,
+        max_attempts: int,
+        max_retry_delay_s: float,
+        errors: Counter[str],
+    ) -> None:
+        self._charger_id = charger_id
+        self._backlog = backlog
+        self._txids = txids
+        self._to_cloud = output.to_cloud
+        self._events = output.events
+        self._call_timeout_s = call_timeout_s
+        self._max_attempts = max_attempts
+        self._max_retry_delay_s = max_retry_delay_s
+        self._errors = errors
+        self.rows: deque[QueuedCall] = deque()  # read and not yet sent
+        self.due: dict[int, float] = {}  # seq → monotonic time of next attempt
+        self.waiting: Literal["", "rows", "answer", "record", "due", "held"] = ""
+        self.in_flight: _Replaying | None = None
+        self.enqueued_at_read = 0
+        self.boot_done = False  # the stored Boot was tried on this link
+        # What the outcome being recorded was: a row done (delivered or dead-lettered), a retry
+        # (re-read afterwards), or the stored Boot delivered (its message id).
+        self.recording: Literal["", "row", "retry", "boot"] = ""
+        self.boot_id = ""
+        self.bind: tuple[int, int] | None = None  # applied once the delivery is recorded
+        self.asked: object = None  # the ReadBacklog or outcome event the replay waits on (identity)
+
+    def deadline(self) -> float | None:
+        """The earliest time ``tick`` has something to do, if any."""
+        times = []
+        if self.in_flight is not None:
+            times.append(self.in_flight.deadline)
+        if self.waiting == "due" and self.rows:
+            times.append(self.due.get(self.rows[0].seq, 0.0))
+        return min(times) if times else None
+
+    def tick(self, now: float) -> bool:
+        """Act on a deadline passed by ``now``. True: the cloud did not answer the replayed CALL in
+        time, and this replay is over (the relay drops the link)."""
+        flight = self.in_flight
+        if flight is not None and flight.deadline <= now:
+            self.in_flight = None
+            self.waiting = ""
+            self._errors["cloud_call_timeout"] += 1
+            log.warning(
+                "%s: cloud did not answer replayed %s %s in time",
+                self._charger_id,
+                flight.call.action,
+                flight.call.message_id,
+            )
+            return True
+        if self.waiting == "due" and self.rows and self.due.get(self.rows[0].seq, 0.0) <= now:
+            self.waiting = ""
+            self.next(now)
+        return False
+
+    def next(self, now: float) -> None:
+        """Send the next replayed CALL, or ask for rows (``receive_rows`` tells whether the
+        backlog is drained)."""
+        if self.waiting:
+            return
+        backlog = self._backlog
+        if backlog.boot is not None and not self.boot_done:
+            message_id, boot_payload = backlog.boot
+            self._send(Call(message_id, "BootNotification", frames.loads(boot_payload)), None, now)
+            return
+        while self.rows:
+            row = self.rows[0]
+            due = self.due.get(row.seq, 0.0)
+            if due > now:
+                self.waiting = "due"
+                return
+            self.rows.popleft()
+            out = outgoing(row, self._txids.local_to_cloud)
+            if isinstance(out, DeadLetter):
+                self._record(out)
+            else:
+                self._send(out, row, now)
+            return
+        self.waiting = "rows"
+        self.enqueued_at_read = backlog.changes
+        self.asked = request = ReadBacklog()
+        self._events.append(request)
+
+    def receive_rows(
+        self, request: ReadBacklog, rows: Iterable[QueuedCall], now: float, *, wall_now: float
+    ) -> bool:
+        """The rows ``request`` asked for (see ``ChargerRelay.replay_rows``). True: there are
+        none and none were queued since the read — the backlog is drained, this replay is over."""
+        if self.waiting != "rows" or self.asked is not request:
+            return False
+        self.waiting = ""
+        self.rows = deque(rows)
+        self.due = {
+            row.seq: now + (row.next_attempt_at - wall_now)
+            for row in self.rows
+            if row.next_attempt_at > wall_now
+        }
+        backlog = self._backlog
+        if self.rows:
+            backlog.count = max(backlog.count, len(self.rows))
+            self.next(now)
+            return False
+        if backlog.changes != self.enqueued_at_read:
+            self.next(now)  # queued while the driver read: read again
+            return False
+        backlog.count = 0
+        return True
+
+    def answered(self, answer: CallResult | CallError, now: float) -> None:
+        """The cloud's answer to the CALL in flight."""
+        flight = self.in_flight
+        assert flight is not None
+        self.in_flight = None
+        row = flight.row
+        if row is None:  # the stored BootNotification: a CALLERROR leaves it for the next link
+            self.boot_done = True
+            self.waiting = ""
+            if isinstance(answer, CallResult):
+                self._warn_if_refused(answer.payload.get("status"), "replayed BootNotification")
+                self.waiting, self.recording = "record", "boot"
+                self.boot_id = flight.call.message_id
+                self.asked = delivered = BootDelivered(flight.call.message_id, answer.payload)
+                self._events.append(delivered)
+            else:
+                self.next(now)
+            return
+        outcome = decide(
+            row,
+            flight.call,
+            answer,
+            max_attempts=self._max_attempts,
+            max_delay_s=self._max_retry_delay_s,
+        )
+        if isinstance(outcome, Delivered) and row.action == "StartTransaction":
+            info = outcome.result.get("idTagInfo")
+            status = info.get("status") if isinstance(info, dict) else None
+            self._warn_if_refused(status, f"replayed StartTransaction {row.message_id}")
+        self._record(outcome)
+
+    def recorded(
+        self,
+        outcome: Delivered | RetryLater | DeadLetter | BootDelivered,
+        now: float,
+        *,
+        ok: bool = True,
+    ) -> None:
+        """The driver recorded ``outcome`` (see ``ChargerRelay.outcome_recorded``)."""
+        if self.waiting != "record" or self.asked is not outcome:
+            return
+        bind, self.bind = self.bind, None
+        recording, self.recording = self.recording, ""
+        if not ok:
+            self.rows.clear()
+            self.waiting = "held"  # until resume
+            return
+        self.waiting = ""
+        if bind is not None:
+            self._txids.bind(*bind)
+        backlog = self._backlog
+        if recording == "retry":
+            self.rows.clear()  # re-read: the row now carries its next attempt time
+        elif recording == "boot":
+            if backlog.boot is not None and backlog.boot[0] == self.boot_id:
+                backlog.boot = None  # else a newer Boot was stored meanwhile: replay that one
+        else:
+            backlog.count = max(0, backlog.count - 1)
+        self.next(now)
+
+    def resume(self, now: float) -> None:
+        """The store commits again after a failed outcome: re-read from the first row queued."""
+        if self.waiting == "held":
+            self.waiting = ""
+            self.rows.clear()
+            self.next(now)
+
+    def _send(self, call: Call, row: QueuedCall | None, now: float) -> None:
+        self.in_flight = _Replaying(call, row, now + self._call_timeout_s)
+        self.waiting = "answer"
+        self._to_cloud.append(call.serialize())
+
+    def _record(self, outcome: Delivered | RetryLater | DeadLetter) -> None:
+        """Ask the driver to record ``outcome``; the replay waits for ``recorded``."""
+        row = outcome.row
+        if isinstance(outcome, Delivered):
+            self.bind = outcome.tx
+            self.recording = "row"
+            if outcome.tx is not None:
+                log.info(
+                    "%s: local transaction %d is cloud transaction %d",
+                    self._charger_id,
+                    *outcome.tx,
+                )
+        elif isinstance(outcome, RetryLater):
+            self.recording = "retry"
+            log.warning(
+                "%s: replayed %s %s not delivered (%s); retry in %.0fs",
+                self._charger_id,
+                row.action,
+                row.message_id,
+                outcome.error,
+                outcome.delay_s,
+            )
+        else:
+            self.recording = "row"
+            log.error(
+                "%s: cloud refused replayed %s %s (%s: %s); moved to dead letters",
+                self._charger_id,
+                row.action,
+                row.message_id,
+                outcome.code,
+                outcome.description,
+            )
+        self.waiting = "record"
+        self.asked = outcome
+        self._events.append(outcome)
+
+    def _warn_if_refused(self, status: object, what: str) -> None:
+        """The charger was answered Accepted locally; an operator should know the cloud disagreed."""
+        if status is not None and status != "Accepted":
+            log.warning("%s: cloud answered %s to the %s", self._charger_id, status, what)
 
 
 # --- the relay ---------------------------------------------------------------------------------------
@@ -175,10 +428,8 @@ class ChargerRelay:
         self._observe_answer_s = observe_answer_s
         self.state = LinkState.OFFLINE
         self.charger_connected = False
-        self.backlog = 0
-        self.boot: tuple[str, str] | None = None  # (message id, payload) of the undelivered Boot
-        self._enqueued = 0  # rows queued, ever: a change marker for the replay
-        output = RelayOutput()
+        self._backlog = Backlog()
+        self._output = output = RelayOutput()
         self._to_charger = output.to_charger
         self._to_cloud = output.to_cloud
         self._events = output.events
@@ -200,7 +451,7 @@ class ChargerRelay:
         self.recent_ids: set[str] = set()
         self._recent_order: deque[str] = deque()
         self._turn_due: float | None = None
-        self._replay: _Replay | None = None
+        self._replay: ReplayCursor | None = None  # while the link is REPLAYING
 
     # --- output ------------------------------------------------------------------------------------
 
@@ -236,7 +487,7 @@ class ChargerRelay:
     @property
     def wants_link(self) -> bool:
         """The charger is connected or a backlog waits for the cloud."""
-        return self.charger_connected or self.backlog > 0
+        return self.charger_connected or self._backlog.count > 0
 
     @property
     def inbox_size(self) -> int:
@@ -271,12 +522,9 @@ class ChargerRelay:
             times.append(slot_deadline)
         if self._held is not None:
             times.append(self._held.deadline)
-        replay = self._replay
-        if replay is not None:
-            if replay.in_flight is not None:
-                times.append(replay.in_flight.deadline)
-            if replay.waiting == "due" and replay.rows:
-                times.append(replay.due.get(replay.rows[0].seq, 0.0))
+        replay_deadline = self._replay.deadline() if self._replay is not None else None
+        if replay_deadline is not None:
+            times.append(replay_deadline)
         return min(times) if times else None
 
     def tick(self, now: float) -> None:
@@ -289,28 +537,10 @@ class ChargerRelay:
         if self._held is not None and self._held.deadline <= now:
             self._release_held(now)
         replay = self._replay
-        if replay is not None:
-            flight = replay.in_flight
-            if flight is not None and flight.deadline <= now:
-                replay.in_flight = None
-                replay.waiting = ""
-                self.errors["cloud_call_timeout"] += 1
-                log.warning(
-                    "%s: cloud did not answer replayed %s %s in time",
-                    self.charger_id,
-                    flight.call.action,
-                    flight.call.message_id,
-                )
-                self._set_state(Event.CALL_TIMEOUT)
-                self._replay = None
-                self._events.append(CloseLink(1011, "call timeout"))
-            elif (
-                replay.waiting == "due"
-                and replay.rows
-                and replay.due.get(replay.rows[0].seq, 0.0) <= now
-            ):
-                replay.waiting = ""
-                self._replay_next(now)
+        if replay is not None and replay.tick(now):
+            self._set_state(Event.CALL_TIMEOUT)
+            self._replay = None
+            self._events.append(CloseLink(1011, "call timeout"))
 
     # --- the charger's connection ------------------------------------------------------------------
 
@@ -326,7 +556,7 @@ class ChargerRelay:
         self.charger_connected = False
         self._slot.fail_all()
         self._to_charger.clear()
-        if self.backlog == 0 and self.state is not LinkState.OFFLINE:
+        if self._backlog.count == 0 and self.state is not LinkState.OFFLINE:
             self._events.append(CloseLink(1000, "charger disconnected"))
 
     # --- the cloud link ----------------------------------------------------------------------------
@@ -342,7 +572,7 @@ class ChargerRelay:
         self._turn_due = None
         if self.state is LinkState.OFFLINE:
             self._set_state(Event.CONNECTING)
-        if self.backlog > 0 or self.boot is not None:
+        if self._backlog.count > 0 or self._backlog.boot is not None:
             self._set_state(Event.CONNECTED_WITH_BACKLOG)
             self._start_replay(now)
         else:
@@ -529,7 +759,7 @@ class ChargerRelay:
 
     def boot_stored(self, message_id: str, payload: str, now: float) -> None:
         """A BootNotification answered locally is stored as the latest undelivered one."""
-        self.boot = (message_id, payload)
+        self._backlog.boot = (message_id, payload)
         if self._replay is not None:
             self._replay.boot_done = False
         elif self.state is LinkState.ONLINE:  # the link came up meanwhile: replay it now
@@ -662,7 +892,7 @@ class ChargerRelay:
         flight = replay.in_flight if replay is not None else None
         if flight is not None and flight.call.message_id == frame.message_id:
             assert replay is not None
-            self._replay_answered(replay, frame, now)
+            replay.answered(frame, now)
             return
         pending = self._pending.pop(frame.message_id, None)
         if pending is None:
@@ -735,54 +965,54 @@ class ChargerRelay:
 
     # --- replay ----------------------------------------------------------------------------------------
 
+    @property
+    def backlog(self) -> int:
+        """Rows the charger has queued for the cloud (the driver restores it from the store)."""
+        return self._backlog.count
+
+    @backlog.setter
+    def backlog(self, count: int) -> None:
+        self._backlog.count = count
+
+    @property
+    def boot(self) -> tuple[str, str] | None:
+        """(message id, payload) of the undelivered BootNotification, if one is stored."""
+        return self._backlog.boot
+
+    @boot.setter
+    def boot(self, boot: tuple[str, str] | None) -> None:
+        self._backlog.boot = boot
+
     def rows_appeared(self, count: int, now: float) -> None:
         """Rows reached the charger's queue from outside (a requeued dead letter): replay them."""
-        self._enqueued += 1
-        self.backlog = max(self.backlog, count)
+        backlog = self._backlog
+        backlog.changes += 1
+        backlog.count = max(backlog.count, count)
         if self.state is LinkState.ONLINE:
             self._set_state(Event.BACKLOG)
             self._start_replay(now)
 
     def _backlog_grew(self, now: float) -> None:
-        self._enqueued += 1
-        self.backlog += 1
+        backlog = self._backlog
+        backlog.changes += 1
+        backlog.count += 1
         if self.state is LinkState.ONLINE:
             self._set_state(Event.BACKLOG)
             self._start_replay(now)
 
     def _start_replay(self, now: float) -> None:
         if self._replay is None:
-            self._replay = _Replay()
-            self._replay_next(now)
-
-    def _replay_next(self, now: float) -> None:
-        """Send the next replayed CALL, or ask for rows, or declare the backlog drained."""
-        replay = self._replay
-        if replay is None or replay.waiting or self.state is not LinkState.REPLAYING:
-            return
-        if self.boot is not None and not replay.boot_done:
-            message_id, boot_payload = self.boot
-            self._replay_send(
-                replay, Call(message_id, "BootNotification", frames.loads(boot_payload)), None, now
+            self._replay = replay = ReplayCursor(
+                self.charger_id,
+                self._backlog,
+                self.txids,
+                self._output,
+                call_timeout_s=self.settings.cloud_call_timeout_s,
+                max_attempts=self.settings.max_replay_attempts,
+                max_retry_delay_s=self.settings.max_retry_delay_s,
+                errors=self.errors,
             )
-            return
-        while replay.rows:
-            row = replay.rows[0]
-            due = replay.due.get(row.seq, 0.0)
-            if due > now:
-                replay.waiting = "due"
-                return
-            replay.rows.popleft()
-            out = outgoing(row, self.txids.local_to_cloud)
-            if isinstance(out, DeadLetter):
-                self._record(replay, out)
-            else:
-                self._replay_send(replay, out, row, now)
-            return
-        replay.waiting = "rows"
-        replay.enqueued_at_read = self._enqueued
-        replay.asked = request = ReadBacklog()
-        self._events.append(request)
+            replay.next(now)
 
     def replay_rows(
         self, request: ReadBacklog, rows: Iterable[QueuedCall], now: float, *, wall_now: float
@@ -791,97 +1021,13 @@ class ChargerRelay:
         ``next_attempt_at``. No rows, and none queued since the read: the backlog is drained.
         An answer to a request of an earlier link (or already answered) is ignored."""
         replay = self._replay
-        if replay is None or replay.waiting != "rows" or replay.asked is not request:
+        if replay is None or not replay.receive_rows(request, rows, now, wall_now=wall_now):
             return
-        replay.waiting = ""
-        replay.rows = deque(rows)
-        replay.due = {
-            row.seq: now + (row.next_attempt_at - wall_now)
-            for row in replay.rows
-            if row.next_attempt_at > wall_now
-        }
-        if replay.rows:
-            self.backlog = max(self.backlog, len(replay.rows))
-            self._replay_next(now)
-            return
-        if self._enqueued != replay.enqueued_at_read:
-            self._replay_next(now)  # queued while the driver read: read again
-            return
-        self.backlog = 0
         self._replay = None
         self._set_state(Event.DRAINED)
         self._events.append(Drained())
         if not self.charger_connected:
             self._events.append(CloseLink(1000, "backlog drained"))
-
-    def _replay_send(self, replay: _Replay, call: Call, row: QueuedCall | None, now: float) -> None:
-        replay.in_flight = _Replaying(call, row, now + self.settings.cloud_call_timeout_s)
-        replay.waiting = "answer"
-        self._to_cloud.append(call.serialize())
-
-    def _replay_answered(self, replay: _Replay, answer: CallResult | CallError, now: float) -> None:
-        flight = replay.in_flight
-        assert flight is not None
-        replay.in_flight = None
-        row = flight.row
-        if row is None:  # the stored BootNotification: a CALLERROR leaves it for the next link
-            replay.boot_done = True
-            replay.waiting = ""
-            if isinstance(answer, CallResult):
-                self._warn_if_refused(answer.payload.get("status"), "replayed BootNotification")
-                replay.waiting, replay.recording = "record", "boot"
-                replay.boot_id = flight.call.message_id
-                replay.asked = delivered = BootDelivered(flight.call.message_id, answer.payload)
-                self._events.append(delivered)
-            else:
-                self._replay_next(now)
-            return
-        outcome = decide(
-            row,
-            flight.call,
-            answer,
-            max_attempts=self.settings.max_replay_attempts,
-            max_delay_s=self.settings.max_retry_delay_s,
-        )
-        if isinstance(outcome, Delivered) and row.action == "StartTransaction":
-            info = outcome.result.get("idTagInfo")
-            status = info.get("status") if isinstance(info, dict) else None
-            self._warn_if_refused(status, f"replayed StartTransaction {row.message_id}")
-        self._record(replay, outcome)
-
-    def _record(self, replay: _Replay, outcome: Delivered | RetryLater | DeadLetter) -> None:
-        """Ask the driver to record ``outcome``; the replay waits for ``outcome_recorded``."""
-        row = outcome.row
-        if isinstance(outcome, Delivered):
-            replay.bind = outcome.tx
-            replay.recording = "row"
-            if outcome.tx is not None:
-                log.info(
-                    "%s: local transaction %d is cloud transaction %d", self.charger_id, *outcome.tx
-                )
-        elif isinstance(outcome, RetryLater):
-            replay.recording = "retry"
-            log.warning(
-                "%s: replayed %s %s not delivered (%s); retry in %.0fs",
-                self.charger_id,
-                row.action,
-                row.message_id,
-                outcome.error,
-                outcome.delay_s,
-            )
-        else:
-            replay.recording = "row"
-            log.error(
-                "%s: cloud refused replayed %s %s (%s: %s); moved to dead letters",
-                self.charger_id,
-                row.action,
-                row.message_id,
-                outcome.code,
-                outcome.description,
-            )
-        replay.waiting = "record"
-        replay.asked = outcome
-        self._events.append(outcome)
 
     def outcome_recorded(
         self,
@@ -893,39 +1039,13 @@ class ChargerRelay:
         """The driver recorded ``outcome``. ``ok=False`` (the store failed): nothing is assumed;
         the replay re-reads the store when the driver calls ``resume_replay``. An outcome of an
         earlier link's replay is ignored (that replay restarts from the store)."""
-        replay = self._replay
-        if replay is None or replay.waiting != "record" or replay.asked is not outcome:
-            return
-        bind, replay.bind = replay.bind, None
-        recording, replay.recording = replay.recording, ""
-        if not ok:
-            replay.rows.clear()
-            replay.waiting = "held"  # until resume_replay
-            return
-        replay.waiting = ""
-        if bind is not None:
-            self.txids.bind(*bind)
-        if recording == "retry":
-            replay.rows.clear()  # re-read: the row now carries its next attempt time
-        elif recording == "boot":
-            if self.boot is not None and self.boot[0] == replay.boot_id:
-                self.boot = None  # else a newer Boot was stored meanwhile: replay that one
-        else:
-            self.backlog = max(0, self.backlog - 1)
-        self._replay_next(now)
+        if self._replay is not None:
+            self._replay.recorded(outcome, now, ok=ok)
 
     def resume_replay(self, now: float) -> None:
         """The store commits again after a failed outcome: re-read from the first row queued."""
-        replay = self._replay
-        if replay is not None and replay.waiting == "held":
-            replay.waiting = ""
-            replay.rows.clear()
-            self._replay_next(now)
-
-    def _warn_if_refused(self, status: object, what: str) -> None:
-        """The charger was answered Accepted locally; an operator should know the cloud disagreed."""
-        if status is not None and status != "Accepted":
-            log.warning("%s: cloud answered %s to the %s", self.charger_id, status, what)
+        if self._replay is not None:
+            self._replay.resume(now)
 
     # --- small helpers -------------------------------------------------------------------------------
 
