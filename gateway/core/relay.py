@@ -119,6 +119,126 @@ class _Held:
     deadline: float
 
 
+class ChargerInbox:
+    """The charger's frames that cannot go on at once, and the answers the gateway gives itself.
+
+    A charger CALL the cloud cannot answer now is answered per the offline table: what needs no
+    I/O here (NotSupported, a schema violation), the rest by the driver (``AnswerLocally``). While
+    the driver works on one — or a CALL waits for a connecting link, or a resend check runs —
+    the inbox is ``busy`` and the charger's later frames wait in ``items``; the relay takes them
+    out again in order once the one in front is done."""
+
+    __slots__ = (
+        "_errors",
+        "_events",
+        "_observed_answers",
+        "_recent_order",
+        "_to_charger",
+        "answered_ids",
+        "busy",
+        "checking",
+        "held",
+        "items",
+        "recent_ids",
+    )
+
+    def __init__(
+        self, output: RelayOutput, *, errors: Counter[str], observed_answers: frozenset[str]
+    ) -> None:
+        self._to_charger = output.to_charger
+        self._events = output.events
+        self._errors = errors
+        self._observed_answers = observed_answers
+        # Charger frames behind one that awaits I/O; a Call item: answer it locally (its cloud
+        # answer will not come).
+        self.items: deque[str | Call] = deque()
+        self.busy = False  # a charger frame awaits the driver (or a connecting link)
+        self.checking: str | None = None  # the text of the CALL whose resend check runs
+        self.held: _Held | None = None
+        self.answered_ids: deque[str] = deque(maxlen=LOCAL_ANSWERS_KEPT)
+        self.recent_ids: set[str] = set()
+        self._recent_order: deque[str] = deque()
+
+    def hold(self, call: Call, text: str, deadline: float) -> None:
+        """``call`` (and the frames after it) waits for a connecting link until ``deadline``."""
+        self.busy = True
+        self.held = _Held(call, text, deadline)
+
+    def take_held(self) -> _Held | None:
+        """The held CALL, if any, to be routed now; the frames after it may follow."""
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.busy = False
+        return held
+
+    def check_resend(self, call: Call, text: str) -> None:
+        """Ask the driver whether ``call`` was stored before; its answer: ``end_check``."""
+        self.busy = True
+        self.checking = text
+        self._events.append(CheckResend(call))
+
+    def end_check(self, call: Call) -> str:
+        """The resend check of ``call`` is over (it is new): its text, to be routed."""
+        text, self.checking = self.checking or call.serialize(), None
+        self.busy = False
+        return text
+
+    def answer_locally(self, version: OcppVersion, call: Call) -> None:
+        """Per the offline table; what needs no I/O is answered here, the rest by the driver."""
+        rule = offline.rule_for(version, call.action)
+        if rule.answer is offline.Answer.NOT_SUPPORTED:
+            self._to_charger.append(
+                _error_text(
+                    version,
+                    call.message_id,
+                    "NotSupported",
+                    f"{call.action} is not available offline",
+                )
+            )
+            return
+        try:
+            validate_call(version, call.action, call.payload, call.message_id)
+        except FrameError as exc:
+            self._errors["schema_violation"] += 1
+            self._to_charger.append(_error_text(version, exc.message_id, exc.code, exc.description))
+            return
+        self.busy = True
+        self._events.append(AnswerLocally(call, rule))
+
+    def send_answer(self, call: Call, result: dict[str, Any], *, resend: bool) -> None:
+        """The driver's answer to ``call`` goes to the charger; the inbox is free again."""
+        self.answered_ids.append(call.message_id)
+        self._to_charger.append(CallResult(call.message_id, result).serialize())
+        if not resend and call.action in self._observed_answers:
+            self._events.append(Answered(call, result, by_cloud=False))
+        self.busy = False
+
+    def send_failure(self, version: OcppVersion, call: Call) -> None:
+        """The driver could not answer ``call``: InternalError; the inbox is free again."""
+        self._to_charger.append(_error_text(version, call.message_id, "InternalError", ""))
+        self.busy = False
+
+    def answer_first(self, calls: list[Call]) -> None:
+        """CALLs whose cloud answer will not come are answered locally, in the order they came,
+        before the frames waiting in the inbox."""
+        self.items.extendleft(reversed(calls))
+
+    def remember_stored(self, message_ids: Iterable[str]) -> None:
+        """Note message ids of CALLs stored for replay (the latest RECENT_IDS are kept)."""
+        for message_id in message_ids:
+            if message_id in self.recent_ids:
+                continue
+            self.recent_ids.add(message_id)
+            self._recent_order.append(message_id)
+            if len(self._recent_order) > RECENT_IDS:
+                self.recent_ids.discard(self._recent_order.popleft())
+
+
+def _error_text(version: OcppVersion, message_id: str, code: str, description: str) -> str:
+    return CallError(message_id, frames.error_code_for(version, code), description).serialize()
+
+
 # --- the relay ---------------------------------------------------------------------------------------
 
 
@@ -161,15 +281,10 @@ class ChargerRelay:
             call_timeout_s=settings.charger_call_timeout_s,
             errors=self.errors,
         )
-        # Charger frames behind one that awaits I/O; a Call item: answer it locally (its cloud
-        # answer will not come).
-        self._inbox: deque[str | Call] = deque()
-        self._busy = False  # a charger frame awaits the driver (or a connecting link)
-        self._checking: str | None = None  # the text of the CALL whose resend check runs
-        self._held: _Held | None = None
-        self._answered_locally: deque[str] = deque(maxlen=LOCAL_ANSWERS_KEPT)
-        self.recent_ids: set[str] = set()
-        self._recent_order: deque[str] = deque()
+        self._inbox = ChargerInbox(
+            output, errors=self.errors, observed_answers=settings.observed_answers
+        )
+        self.recent_ids = self._inbox.recent_ids  # the same set: one lookup on the hot path
         self._turn_due: float | None = None
         self._replay: ReplayCursor | None = None  # while the link is REPLAYING
 
@@ -212,7 +327,7 @@ class ChargerRelay:
     @property
     def inbox_size(self) -> int:
         """Charger frames waiting behind one that needs I/O (the driver pauses reading at a bound)."""
-        return len(self._inbox)
+        return len(self._inbox.items)
 
     @property
     def pending_ids(self) -> frozenset[str]:
@@ -231,7 +346,9 @@ class ChargerRelay:
     def has_deadlines(self) -> bool:
         """Whether ``tick`` may have anything to do (a cheap test for a sweep over many)."""
         return bool(self._pending) or (
-            self._slot.current is not None or self._held is not None or self._replay is not None
+            self._slot.current is not None
+            or self._inbox.held is not None
+            or self._replay is not None
         )
 
     def next_deadline(self) -> float | None:
@@ -240,8 +357,9 @@ class ChargerRelay:
         slot_deadline = self._slot.deadline
         if slot_deadline is not None:
             times.append(slot_deadline)
-        if self._held is not None:
-            times.append(self._held.deadline)
+        held = self._inbox.held
+        if held is not None:
+            times.append(held.deadline)
         replay_deadline = self._replay.deadline() if self._replay is not None else None
         if replay_deadline is not None:
             times.append(replay_deadline)
@@ -254,7 +372,8 @@ class ChargerRelay:
             if expired:
                 self._cloud_timed_out(expired, now)
         self._slot.tick(now)
-        if self._held is not None and self._held.deadline <= now:
+        held = self._inbox.held
+        if held is not None and held.deadline <= now:
             self._release_held(now)
         replay = self._replay
         if replay is not None and replay.tick(now):
@@ -313,17 +432,18 @@ class ChargerRelay:
             self._set_state(Event.LOST)
         self._replay = None
         pending, self._pending = self._pending, {}
-        self._answer_first([p.call for p in pending.values()])
+        self._inbox.answer_first([p.call for p in pending.values()])
         self._release_held(now)
-        if not self._busy:
+        if not self._inbox.busy:
             self._next_from_inbox(now)
 
     # --- charger → gateway ---------------------------------------------------------------------------
 
     def receive_charger(self, text: str, now: float) -> None:
         """A text frame from the charger."""
-        if self._busy:  # an earlier frame awaits I/O: keep the charger's order
-            self._inbox.append(text)
+        inbox = self._inbox
+        if inbox.busy:  # an earlier frame awaits I/O: keep the charger's order
+            inbox.items.append(text)
             return
         self._charger_frame(text, now)
 
@@ -370,7 +490,7 @@ class ChargerRelay:
     def _charger_result_error(self, frame: CallResultError, text: str) -> None:
         """The charger could not process a CALLRESULT: the cloud's goes back to the cloud; one
         the gateway gave itself is only counted."""
-        if frame.message_id in self._answered_locally:
+        if frame.message_id in self._inbox.answered_ids:
             self.errors["local_answer_refused"] += 1
             log.warning(
                 "%s: charger could not process the gateway's answer to %s: %s %s",
@@ -391,9 +511,7 @@ class ChargerRelay:
             and self.state is LinkState.ONLINE
         ):
             # Perhaps a resend of a CALL already stored: it must not reach the cloud twice.
-            self._busy = True
-            self._checking = text
-            self._events.append(CheckResend(call))
+            self._inbox.check_resend(call, text)
             return
         if self.state is LinkState.ONLINE and not self.txids:
             self._forward(call, text, now)  # the common case, decided without more calls
@@ -406,14 +524,13 @@ class ChargerRelay:
             if due is None or due - now <= self.settings.turn_hold_s:
                 # The handshake is usually quick: hold the CALL (and the frames after it) for it.
                 hold = min(self.settings.cloud_call_timeout_s, self.settings.connecting_hold_s)
-                self._busy = True
-                self._held = _Held(call, text, now + hold)
+                self._inbox.hold(call, text, now + hold)
                 return
         self._route_now(call, text, now)
 
     def _route_now(self, call: Call, text: str, now: float) -> None:
         if self.state is not LinkState.ONLINE:
-            self._answer_locally(call)
+            self._inbox.answer_locally(self.version, call)
             return
         if self.txids and txmap.local_ids_in(call.action, call.payload):
             try:
@@ -421,7 +538,8 @@ class ChargerRelay:
                     call.action, call.payload, self.txids.local_to_cloud
                 )
             except txmap.UnmappedTransaction:
-                self._answer_locally(call)  # queued; dead-lettered on replay if never mapped
+                # Queued, and dead-lettered on replay if never mapped.
+                self._inbox.answer_locally(self.version, call)
                 return
             call = Call(call.message_id, call.action, payload)
             text = call.serialize()
@@ -432,25 +550,6 @@ class ChargerRelay:
         if call.action == "BootNotification":
             self._events.append(SaveBoot(call))
         self._to_cloud.append(text)
-
-    def _answer_locally(self, call: Call) -> None:
-        """Per the offline table; what needs no I/O is answered here, the rest by the driver."""
-        rule = offline.rule_for(self.version, call.action)
-        if rule.answer is offline.Answer.NOT_SUPPORTED:
-            self._to_charger.append(
-                self._error_text(
-                    call.message_id, "NotSupported", f"{call.action} is not available offline"
-                )
-            )
-            return
-        try:
-            validate_call(self.version, call.action, call.payload, call.message_id)
-        except FrameError as exc:
-            self.errors["schema_violation"] += 1
-            self._to_charger.append(self._error_text(exc.message_id, exc.code, exc.description))
-            return
-        self._busy = True
-        self._events.append(AnswerLocally(call, rule))
 
     def answered_locally(
         self,
@@ -467,15 +566,12 @@ class ChargerRelay:
         if resend:
             self.errors["charger_resend"] += 1
         elif stored:
-            self.remember_stored([call.message_id])
+            self._inbox.remember_stored([call.message_id])
             if local_tx_id is not None:
                 self.txids.add_local(local_tx_id)
             self._backlog_grew(now)
-        self._answered_locally.append(call.message_id)
-        self._to_charger.append(CallResult(call.message_id, result).serialize())
-        if not resend and call.action in self.settings.observed_answers:
-            self._events.append(Answered(call, result, by_cloud=False))
-        self._done_with(now)
+        self._inbox.send_answer(call, result, resend=resend)
+        self._next_from_inbox(now)
 
     def boot_stored(self, message_id: str, payload: str, now: float) -> None:
         """A BootNotification answered locally is stored as the latest undelivered one."""
@@ -489,53 +585,37 @@ class ChargerRelay:
     def local_answer_failed(self, call: Call, now: float) -> None:
         """The driver could not answer (e.g. the store cannot write): nothing was acknowledged,
         so the charger gets InternalError and will send it again."""
-        self._to_charger.append(self._error_text(call.message_id, "InternalError", ""))
-        self._done_with(now)
+        self._inbox.send_failure(self.version, call)
+        self._next_from_inbox(now)
 
     def resend_checked(self, call: Call, answer: dict[str, Any] | None, now: float) -> None:
         """The store's answer to ``CheckResend``: the first answer again, or route it as new."""
         if answer is not None:
             self.answered_locally(call, answer, now, stored=False, resend=True)
             return
-        text, self._checking = self._checking or call.serialize(), None
-        self._busy = False
+        inbox = self._inbox
+        text = inbox.end_check(call)
         self._route(call, text, now)
-        if not self._busy:
+        if not inbox.busy:
             self._next_from_inbox(now)
 
     def remember_stored(self, message_ids: Iterable[str]) -> None:
         """Note message ids of CALLs stored for replay (the latest RECENT_IDS are kept)."""
-        for message_id in message_ids:
-            if message_id in self.recent_ids:
-                continue
-            self.recent_ids.add(message_id)
-            self._recent_order.append(message_id)
-            if len(self._recent_order) > RECENT_IDS:
-                self.recent_ids.discard(self._recent_order.popleft())
-
-    def _done_with(self, now: float) -> None:
-        self._busy = False
-        self._next_from_inbox(now)
-
-    def _answer_first(self, calls: list[Call]) -> None:
-        """CALLs whose cloud answer will not come are answered locally, in the order they came,
-        before the frames waiting in the inbox."""
-        self._inbox.extendleft(reversed(calls))
+        self._inbox.remember_stored(message_ids)
 
     def _next_from_inbox(self, now: float) -> None:
         inbox = self._inbox
-        while inbox and not self._busy:
-            item = inbox.popleft()
+        items = inbox.items
+        while items and not inbox.busy:
+            item = items.popleft()
             if isinstance(item, Call):
-                self._answer_locally(item)
+                inbox.answer_locally(self.version, item)
             else:
                 self._charger_frame(item, now)
 
     def _release_held(self, now: float) -> None:
-        held = self._held
+        held = self._inbox.take_held()
         if held is not None:
-            self._held = None
-            self._busy = False
             self._route_now(held.call, held.text, now)
             self._next_from_inbox(now)
 
@@ -568,8 +648,8 @@ class ChargerRelay:
         self._set_state(Event.CALL_TIMEOUT)
         self._events.append(CloseLink(1011, "call timeout"))
         self._replay = None
-        self._answer_first([p.call for p in expired])
-        if not self._busy:
+        self._inbox.answer_first([p.call for p in expired])
+        if not self._inbox.busy:
             self._next_from_inbox(now)
 
     # --- cloud → charger -----------------------------------------------------------------------------
