@@ -9,6 +9,7 @@ imports, transitively). The pure rules of the feature packages (``gateway.tags.r
 - ``relay``      one charger's relay as a state machine: text frames and ``now`` in, frames to
                  send and events out (pending CALLs, the charger's slot and queue, the replay)
 - ``charger_slot`` the charger's single inbound slot and the queue of CALLs waiting for it
+- ``inbox``      the charger's frames held in order behind one awaiting I/O, and its local answers
 - ``events``     what the relay asks its driver to do (store a row, answer locally, ...)
 - ``replay``     the replay decision: the CALL a stored row becomes, and what its answer means
 - ``link``       the cloud link's state machine, as one table (offline, connecting, replaying, online)
