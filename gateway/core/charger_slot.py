@@ -6,16 +6,18 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-from gateway.core.events import ChargerCallFailed, RelayOutput
+from gateway.core.events import ChargerAnswered, ChargerCallFailed, RelayOutput
 from gateway.errors import ChargerQueueFull
 from gateway.ocpp import frames
-from gateway.ocpp.frames import Call
+from gateway.ocpp.frames import Call, CallError, CallResult
 
-__all__ = ["ChargerSlot", "OutCall"]
+__all__ = ["GATEWAY_ID_PREFIX", "ChargerSlot", "OutCall"]
 
 log = logging.getLogger(__name__)
+
+GATEWAY_ID_PREFIX: Final = "gw-"  # gateway-originated message ids; the cloud's never start so
 
 
 @dataclass(slots=True)
@@ -43,6 +45,7 @@ class ChargerSlot:
         "_errors",
         "_events",
         "_max_queued",
+        "_observed_answers",
         "_queue",
         "_to_charger",
         "current",
@@ -55,11 +58,13 @@ class ChargerSlot:
         *,
         max_queued_calls: int,
         call_timeout_s: float,
+        observed_answers: frozenset[str] = frozenset(),
         errors: Counter[str],
     ) -> None:
         self._charger_id = charger_id
         self._max_queued = max_queued_calls
         self._call_timeout_s = call_timeout_s
+        self._observed_answers = observed_answers  # cloud CALLs whose answer is an event
         self._errors = errors
         self._to_charger = output.to_charger
         self._events = output.events
@@ -117,10 +122,25 @@ class ChargerSlot:
                 return True
         return False
 
-    def release(self, now: float) -> None:
-        """The charger answered the CALL in the slot: the next queued one goes."""
-        self.current = None
-        self._pump(now)
+    def answered(
+        self, frame: CallResult | CallError, text: str, now: float, to_cloud: list[str] | None
+    ) -> None:
+        """A CALLRESULT or CALLERROR from the charger: the answer to the CALL in the slot frees it
+        (a cloud CALL's answer goes on to ``to_cloud``, None while the cloud is away); any other
+        is a late answer (after its timeout), passed on unchanged unless its id is the gateway's."""
+        out = self.current
+        if out is not None and out.call.message_id == frame.message_id:
+            if out.origin == "gateway":
+                self._events.append(ChargerAnswered(out.call, frame, "gateway"))
+            else:
+                if to_cloud is not None:
+                    to_cloud.append(text)
+                if out.call.action in self._observed_answers:
+                    self._events.append(ChargerAnswered(out.call, frame, "cloud"))
+            self.current = None
+            self._pump(now)
+        elif to_cloud is not None and not frame.message_id.startswith(GATEWAY_ID_PREFIX):
+            to_cloud.append(text)
 
     def fail_all(self) -> None:
         """The charger's connection is gone: the slot and the queue are emptied, and each gateway

@@ -41,14 +41,13 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from gateway.core import txmap
-from gateway.core.charger_slot import ChargerSlot, OutCall
+from gateway.core.charger_slot import GATEWAY_ID_PREFIX, ChargerSlot, OutCall
 from gateway.core.events import (
     Answered,
     BootDelivered,
-    ChargerAnswered,
     ChargerCallSeen,
     CloseLink,
     CloudCallSeen,
@@ -72,8 +71,6 @@ from gateway.ocpp.frames import Call, CallError, CallResult, CallResultError, Oc
 __all__ = ["GATEWAY_ID_PREFIX", "RECENT_IDS", "ChargerRelay", "RelaySettings"]
 
 log = logging.getLogger(__name__)
-
-GATEWAY_ID_PREFIX: Final = "gw-"  # gateway-originated message ids; the cloud's never start so
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +140,7 @@ class ChargerRelay:
             output,
             max_queued_calls=settings.max_queued_calls,
             call_timeout_s=settings.charger_call_timeout_s,
+            observed_answers=settings.observed_cloud_answers,
             errors=self.errors,
         )
         self._inbox = ChargerInbox(
@@ -327,7 +325,7 @@ class ChargerRelay:
         if type(frame) is Call:
             self._charger_call(frame, text, now)
         elif type(frame) is CallResult or type(frame) is CallError:
-            self._charger_answer(frame, text, now)
+            self._slot.answered(frame, text, now, self._to_cloud if self._cloud_up else None)
         elif type(frame) is Send:
             self._relay_send("from_charger", self._to_cloud if self._cloud_up else None, text)
         else:
@@ -482,22 +480,6 @@ class ChargerRelay:
         if held is not None:
             self._route_now(held.call, held.text, now)
             self._next_from_inbox(now)
-
-    def _charger_answer(self, frame: CallResult | CallError, text: str, now: float) -> None:
-        slot = self._slot
-        out = slot.current
-        if out is not None and out.call.message_id == frame.message_id:
-            if out.origin == "gateway":
-                self._events.append(ChargerAnswered(out.call, frame, "gateway"))
-            else:
-                if self._cloud_up:
-                    self._to_cloud.append(text)
-                if out.call.action in self.settings.observed_cloud_answers:
-                    self._events.append(ChargerAnswered(out.call, frame, "cloud"))
-            slot.release(now)
-        elif not frame.message_id.startswith(GATEWAY_ID_PREFIX) and self._cloud_up:
-            # A late answer (after our timeout) or one we never tracked: pass it on unchanged.
-            self._to_cloud.append(text)
 
     def _cloud_timed_out(self, expired: list[_Pending], now: float) -> None:
         for pending in expired:
