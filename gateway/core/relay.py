@@ -100,6 +100,102 @@ class _Pending:
     deadline: float
 
 
+class PendingCalls:
+    """The charger's CALLs forwarded live to the cloud, each waiting for the cloud's answer until
+    its deadline (``call_timeout_s`` after it was sent: upstream.call_timeout_s)."""
+
+    __slots__ = (
+        "_charger_id",
+        "_errors",
+        "_events",
+        "_observe_answer_s",
+        "_observed_answers",
+        "_table",
+        "_timeout_s",
+        "_to_charger",
+        "_to_cloud",
+    )
+
+    def __init__(
+        self,
+        charger_id: str,
+        output: RelayOutput,
+        *,
+        call_timeout_s: float,
+        observed_answers: frozenset[str] = frozenset(),
+        observe_answer_s: Callable[[float], None] | None = None,
+        errors: Counter[str],
+    ) -> None:
+        self._charger_id = charger_id
+        self._to_charger = output.to_charger
+        self._to_cloud = output.to_cloud
+        self._events = output.events
+        self._timeout_s = call_timeout_s
+        self._observed_answers = observed_answers  # charger CALLs whose CALLRESULT is an event
+        # Told how long the cloud took to answer each live CALL (a histogram's observe).
+        self._observe_answer_s = observe_answer_s
+        self._errors = errors
+        self._table: dict[str, _Pending] = {}
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @property
+    def ids(self) -> frozenset[str]:
+        return frozenset(self._table)
+
+    def deadlines(self) -> list[float]:
+        return [p.deadline for p in self._table.values()]
+
+    def forward(self, call: Call, text: str, now: float) -> None:
+        """Send ``call`` to the cloud; its answer is awaited until ``now + call_timeout_s``."""
+        self._table[call.message_id] = _Pending(call, now + self._timeout_s)
+        if call.action == "BootNotification":
+            self._events.append(SaveBoot(call))
+        self._to_cloud.append(text)
+
+    def answered(
+        self, frame: CallResult | CallError, text: str, now: float, charger_connected: bool
+    ) -> None:
+        """The cloud's answer to a pending CALL goes to the charger if it is still there; an
+        answer to an id not pending (e.g. after its timeout) is dropped."""
+        pending = self._table.pop(frame.message_id, None)
+        if pending is None:
+            log.info(
+                "%s: dropping cloud answer to unknown id %s", self._charger_id, frame.message_id
+            )
+            return
+        if charger_connected:
+            self._to_charger.append(text)
+        if self._observe_answer_s is not None:
+            self._observe_answer_s(now - pending.deadline + self._timeout_s)
+        if type(frame) is CallResult and pending.call.action in self._observed_answers:
+            self._events.append(Answered(pending.call, frame.payload, by_cloud=True))
+
+    def expire(self, now: float) -> list[Call]:
+        """The CALLs whose deadline passed by ``now``, in the order they were sent; they are no
+        longer pending (the relay answers them locally)."""
+        table = self._table
+        if not table:
+            return []
+        expired = [p for p in table.values() if p.deadline <= now]
+        for pending in expired:
+            del table[pending.call.message_id]
+            self._errors["cloud_call_timeout"] += 1
+            log.warning(
+                "%s: cloud did not answer %s %s in time; answering locally",
+                self._charger_id,
+                pending.call.action,
+                pending.call.message_id,
+            )
+        return [p.call for p in expired]
+
+    def take_all(self) -> list[Call]:
+        """Every pending CALL, in the order they were sent (the link is gone: none is pending)."""
+        table, self._table = self._table, {}
+        return [p.call for p in table.values()]
+
+
 # --- the relay ---------------------------------------------------------------------------------------
 
 
@@ -125,8 +221,6 @@ class ChargerRelay:
         self.txids = txids if txids is not None else txmap.TxIdMap()
         self.errors: Counter[str] = errors if errors is not None else Counter()
         self.sends: Counter[str] = sends if sends is not None else Counter()
-        # Told how long the cloud took to answer each live CALL (a histogram's observe).
-        self._observe_answer_s = observe_answer_s
         self.state = LinkState.OFFLINE
         self.charger_connected = False
         self._backlog = Backlog()
@@ -134,7 +228,14 @@ class ChargerRelay:
         self._to_charger = output.to_charger
         self._to_cloud = output.to_cloud
         self._events = output.events
-        self._pending: dict[str, _Pending] = {}
+        self._pending = PendingCalls(
+            charger_id,
+            output,
+            call_timeout_s=settings.cloud_call_timeout_s,
+            observed_answers=settings.observed_answers,
+            observe_answer_s=observe_answer_s,
+            errors=self.errors,
+        )
         self._slot = ChargerSlot(
             charger_id,
             output,
@@ -193,7 +294,7 @@ class ChargerRelay:
 
     @property
     def pending_ids(self) -> frozenset[str]:
-        return frozenset(self._pending)
+        return self._pending.ids
 
     @property
     def queued(self) -> int:
@@ -215,7 +316,7 @@ class ChargerRelay:
 
     def next_deadline(self) -> float | None:
         """The earliest time ``tick`` has something to do, if any."""
-        times = [p.deadline for p in self._pending.values()]
+        times = self._pending.deadlines()
         slot_deadline = self._slot.deadline
         if slot_deadline is not None:
             times.append(slot_deadline)
@@ -229,10 +330,9 @@ class ChargerRelay:
 
     def tick(self, now: float) -> None:
         """Act on every deadline that passed by ``now``."""
-        if self._pending:
-            expired = [p for p in self._pending.values() if p.deadline <= now]
-            if expired:
-                self._cloud_timed_out(expired, now)
+        expired = self._pending.expire(now)
+        if expired:
+            self._cloud_timed_out(expired, now)
         self._slot.tick(now)
         held = self._inbox.held
         if held is not None and held.deadline <= now:
@@ -293,8 +393,7 @@ class ChargerRelay:
         if self.state is not LinkState.OFFLINE:
             self._set_state(Event.LOST)
         self._replay = None
-        pending, self._pending = self._pending, {}
-        self._inbox.answer_first([p.call for p in pending.values()])
+        self._inbox.answer_first(self._pending.take_all())
         self._release_held(now)
         if not self._inbox.busy:
             self._next_from_inbox(now)
@@ -376,7 +475,7 @@ class ChargerRelay:
             self._inbox.check_resend(call, text)
             return
         if self.state is LinkState.ONLINE and not self.txids:
-            self._forward(call, text, now)  # the common case, decided without more calls
+            self._pending.forward(call, text, now)  # the common case, decided without more calls
             return
         self._route(call, text, now)
 
@@ -405,13 +504,7 @@ class ChargerRelay:
                 return
             call = Call(call.message_id, call.action, payload)
             text = call.serialize()
-        self._forward(call, text, now)
-
-    def _forward(self, call: Call, text: str, now: float) -> None:
-        self._pending[call.message_id] = _Pending(call, now + self.settings.cloud_call_timeout_s)
-        if call.action == "BootNotification":
-            self._events.append(SaveBoot(call))
-        self._to_cloud.append(text)
+        self._pending.forward(call, text, now)
 
     def answered_locally(
         self,
@@ -481,20 +574,11 @@ class ChargerRelay:
             self._route_now(held.call, held.text, now)
             self._next_from_inbox(now)
 
-    def _cloud_timed_out(self, expired: list[_Pending], now: float) -> None:
-        for pending in expired:
-            del self._pending[pending.call.message_id]
-            self.errors["cloud_call_timeout"] += 1
-            log.warning(
-                "%s: cloud did not answer %s %s in time; answering locally",
-                self.charger_id,
-                pending.call.action,
-                pending.call.message_id,
-            )
+    def _cloud_timed_out(self, expired: list[Call], now: float) -> None:
         self._set_state(Event.CALL_TIMEOUT)
         self._events.append(CloseLink(1011, "call timeout"))
         self._replay = None
-        self._inbox.answer_first([p.call for p in expired])
+        self._inbox.answer_first(expired)
         if not self._inbox.busy:
             self._next_from_inbox(now)
 
@@ -517,7 +601,13 @@ class ChargerRelay:
         kind = type(frame)
         if kind is CallResult or kind is CallError:
             assert isinstance(frame, (CallResult, CallError))
-            self._cloud_answer(frame, text, now)
+            replay = self._replay
+            flight = replay.in_flight if replay is not None else None
+            if flight is not None and flight.call.message_id == frame.message_id:
+                assert replay is not None
+                replay.answered(frame, now)
+            else:
+                self._pending.answered(frame, text, now, self.charger_connected)
         elif kind is Call:
             assert isinstance(frame, Call)
             self._cloud_call(frame, text, now)
@@ -532,26 +622,6 @@ class ChargerRelay:
             self._to_charger.append(text)
         else:
             log.info("%s: charger gone; cloud CALLRESULTERROR dropped", self.charger_id)
-
-    def _cloud_answer(self, frame: CallResult | CallError, text: str, now: float) -> None:
-        replay = self._replay
-        flight = replay.in_flight if replay is not None else None
-        if flight is not None and flight.call.message_id == frame.message_id:
-            assert replay is not None
-            replay.answered(frame, now)
-            return
-        pending = self._pending.pop(frame.message_id, None)
-        if pending is None:
-            log.info(
-                "%s: dropping cloud answer to unknown id %s", self.charger_id, frame.message_id
-            )
-            return
-        if self.charger_connected:
-            self._to_charger.append(text)
-        if self._observe_answer_s is not None:
-            self._observe_answer_s(now - pending.deadline + self.settings.cloud_call_timeout_s)
-        if type(frame) is CallResult and pending.call.action in self.settings.observed_answers:
-            self._events.append(Answered(pending.call, frame.payload, by_cloud=True))
 
     def _cloud_call(self, call: Call, text: str, now: float) -> None:
         if call.action in self.settings.observed_cloud_calls:
