@@ -10,6 +10,7 @@ imports, transitively). The pure rules of the feature packages (``gateway.tags.r
                  send and events out (pending CALLs, the charger's slot and queue, the replay)
 - ``charger_slot`` the charger's single inbound slot and the queue of CALLs waiting for it
 - ``inbox``      the charger's frames held in order behind one awaiting I/O, and its local answers
+- ``pending``    the charger's CALLs forwarded live, each with the cloud's deadline to answer it
 - ``events``     what the relay asks its driver to do (store a row, answer locally, ...)
 - ``replay``     the replay decision: the CALL a stored row becomes, and what its answer means
 - ``link``       the cloud link's state machine, as one table (offline, connecting, replaying, online)
