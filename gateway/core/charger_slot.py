@@ -27,7 +27,7 @@ class OutCall:
     call: Call
     text: str
     origin: Literal["cloud", "gateway"]
-    timeout_s: float | None = None  # None: settings.charger_call_timeout_s
+    timeout_s: float | None = None  # None: the slot's call_timeout_s
     deadline: float | None = None  # set when sent
 
 

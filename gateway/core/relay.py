@@ -17,22 +17,26 @@ and reports the outcome of the I/O an event asked for (``answered_locally``, ``r
 ``replay_rows``, ``outcome_recorded``). ``now`` is the driver's monotonic clock in seconds; the
 core keeps no clock and draws message ids from the generator it is given.
 
-What it owns (OCPP-J 1.6 §4.1.1 / 2.0.1 and 2.1 Part 4 §4.1.1: one outstanding CALL per
-direction):
+``ChargerRelay`` is the one facade: it routes each frame, keeps the link state (the table in
+:mod:`gateway.core.link`) and the backlog count, and leaves the rest to its parts, each reached
+with one attribute lookup and appending to one :class:`~gateway.core.events.RelayOutput`
+(OCPP-J 1.6 §4.1.1 / 2.0.1 and 2.1 Part 4 §4.1.1: one outstanding CALL per direction):
 
-* the pending table: charger CALLs forwarded live, each with its deadline
-  (``cloud_call_timeout_s``); a CALL the cloud does not answer in time is answered locally and
-  the link is dropped (``CloseLink``), as is a lost link's pending CALLs;
-* the charger's inbox: a charger frame that needs I/O (a local answer, a resend check) or waits
-  for a connecting link holds the frames after it, so they are handled in the order they came;
-* the charger's single inbound slot and its queue of at most ``max_queued_calls`` cloud and
-  gateway CALLs; ``charger_call_timeout_s`` counts from when the charger got the CALL;
-* the replay: the stored BootNotification first, then the backlog one CALL at a time, each
-  answer decided here — delivered (1.6 StartTransaction binds the local transaction id to the
-  cloud's; later messages are rewritten), retried with backoff on a transient CALLERROR or an
-  answer that breaks the schema, dead-lettered otherwise. A 2.0.1/2.1 TransactionEvent answered
-  locally is replayed with ``offline: true``;
-* the link state, through the table in :mod:`gateway.link`.
+* :mod:`gateway.core.pending` (``PendingCalls``): charger CALLs forwarded live, each with its
+  deadline (``cloud_call_timeout_s``); a CALL the cloud does not answer in time is answered
+  locally and the link is dropped (``CloseLink``), as are a lost link's pending CALLs;
+* :mod:`gateway.core.inbox` (``ChargerInbox``): a charger frame that needs I/O (a local answer,
+  a resend check) or waits for a connecting link holds the frames after it, so they are handled
+  in the order they came; the offline table's answers and the ids kept for resends;
+* :mod:`gateway.core.charger_slot` (``ChargerSlot``): the charger's single inbound slot and its
+  queue of at most ``max_queued_calls`` cloud and gateway CALLs; ``charger_call_timeout_s``
+  counts from when the charger got the CALL;
+* :mod:`gateway.core.replay` (``ReplayCursor``, made per link while it is REPLAYING): the stored
+  BootNotification first, then the backlog one CALL at a time, each answer decided there —
+  delivered (1.6 StartTransaction binds the local transaction id to the cloud's; later messages
+  are rewritten), retried with backoff on a transient CALLERROR or an answer that breaks the
+  schema, dead-lettered otherwise. A 2.0.1/2.1 TransactionEvent answered locally is replayed
+  with ``offline: true``.
 """
 
 from __future__ import annotations

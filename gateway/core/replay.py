@@ -1,7 +1,8 @@
-"""The replay decision, as pure functions: what a stored CALL becomes on the wire, and what the
-cloud's answer to it means (delivered, retried later, or dead-lettered).
-
-The cursor — which row is next, what the replay waits for — is :class:`gateway.core.relay.ChargerRelay`'s.
+"""The replay toward the cloud: the decision, as pure functions — what a stored CALL becomes on
+the wire (``outgoing``), what the cloud's answer to it means (``decide``: delivered, retried
+later, or dead-lettered) — and ``ReplayCursor``, one link's replay (which row is next, what the
+replay waits for), a part of :class:`gateway.core.relay.ChargerRelay` that shares the charger's
+``Backlog`` with it.
 """
 
 from __future__ import annotations
