@@ -22,4 +22,5 @@ imports, transitively). The pure rules of the feature packages (``gateway.tags.r
 - ``depot``        the depot view folded from the frames the gateway sees
 - ``admission``    who may open a charger connection (path, charge point id, Basic credentials)
 - ``certs``        certificates as data: PEM blocks, validity end, the charger's CN
+- ``access``       what is known of an id tag: its synced access id, the cloud's last answer
 """
