@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.core.charger_slot import ChargerSlot, OutCall
@@ -29,23 +28,10 @@ from gateway.core.relay import ChargerRelay, RelaySettings
 from gateway.core.replay import Backlog, ReplayCursor
 from gateway.core.txmap import LOCAL_TX_MIN, TxIdMap
 from gateway.ocpp.frames import Call, CallError, CallResult
+from tests.rows import Row
 
 T0 = 1000.0  # the fake monotonic clock
 WALL = 1_800_000_000.0  # the wall clock of the rows
-
-
-@dataclass(frozen=True)
-class Row:
-    """An outbox row as the store returns it."""
-
-    seq: int
-    message_id: str
-    action: str
-    payload: str
-    version: str = "1.6"
-    local_tx_id: int | None = None
-    attempts: int = 0
-    next_attempt_at: float = 0.0
 
 
 METER = {
