@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 from gateway.core import events as ev
 from gateway.core import txmap
-from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS
+from gateway.core.depot import FOLDED_ANSWERS
 from gateway.core.link import LinkState
 from gateway.core.relay import ChargerRelay
 from gateway.errors import (
@@ -44,6 +44,7 @@ from gateway.errors import (
 from gateway.net.effects import LEARNED_ACTIONS, RelayEffects
 from gateway.net.host import SessionHost, SessionSettings
 from gateway.net.link import UpstreamLink
+from gateway.net.observers import SessionObservers
 from gateway.net.wsconn import ClientConnection, Message, ServerConnection, WsConnection
 from gateway.ocpp import frames
 from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
@@ -107,6 +108,7 @@ class ChargerSession:
         self._tasks: set[asyncio.Task[Any]] = set()
         # log.level = "debug": one line per frame (one attribute test per frame otherwise).
         self._trace_frames = False
+        self._observers = SessionObservers(self, host, wall_clock=wall_clock)
         self._effects = RelayEffects(
             self,
             host,
@@ -224,21 +226,8 @@ class ChargerSession:
             self._handle(event)
 
     def _handle(self, event: ev.RelayEvent) -> None:
-        host = self.host
         if isinstance(event, ev.ChargerCallSeen):
-            call = event.call
-            if call.action in FOLDED_CALLS:  # the depot view, from the charger's own payload
-                seen = self.last_seen_at  # the frame's arrival: the same time the API shows live
-                host.depot.charger_call(
-                    self.charger_id,
-                    self.version,
-                    call.action,
-                    call.payload,
-                    seen if seen is not None else self._wall(),
-                )
-            for hook in host.hooks if call.action in host.hooked_charger_actions else ():
-                if call.action in hook.charger_actions:
-                    self.spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
+            self._observers.charger_call(event.call)
         elif isinstance(event, ev.AnswerLocally):
             self.spawn(self._effects.answer_locally(event.call, event.rule), "answering locally")
         elif isinstance(event, ev.CheckResend):
@@ -250,9 +239,7 @@ class ChargerSession:
             if call.action in FOLDED_ANSWERS:
                 self._effects.fold(call, event.result, by_cloud=event.by_cloud)
         elif isinstance(event, ev.CloudCallSeen):
-            for watcher in host.watchers:
-                if event.call.action in watcher.cloud_calls:
-                    watcher.cloud_call(self, event.call)
+            self._observers.cloud_call(event.call)
         elif isinstance(event, ev.ChargerAnswered):
             self._charger_answered(event)
         elif isinstance(event, ev.ChargerCallFailed):
@@ -371,9 +358,7 @@ class ChargerSession:
             self.charger.release_reading("inbox")
 
     async def gate(self, call: Call, auth_info: dict[str, Any], now: datetime) -> dict[str, Any]:
-        for hook in self.host.hooks:
-            auth_info = await hook.gate(self, call, auth_info, now)
-        return auth_info
+        return await self._observers.gate(call, auth_info, now)
 
     # --- gateway and cloud CALLs to the charger ------------------------------------------------
 
@@ -415,10 +400,7 @@ class ChargerSession:
             if future is not None and not future.done():
                 future.set_result(event.answer)
             return
-        for hook in self.host.hooks:
-            if event.call.action in hook.cloud_actions:
-                answered = hook.on_cloud_call_answered(self, event.call, event.answer)
-                self.spawn(answered, "hook")
+        self._observers.cloud_call_answered(event.call, event.answer)
 
     # --- cloud side ----------------------------------------------------------------------------
 
