@@ -35,12 +35,8 @@ from gateway.core import txmap
 from gateway.core.depot import FOLDED_ANSWERS
 from gateway.core.link import LinkState
 from gateway.core.relay import ChargerRelay
-from gateway.errors import (
-    ChargerNotConnected,
-    ChargerQueueFull,
-    ChargerTimeout,
-    FrameError,
-)
+from gateway.errors import FrameError
+from gateway.net.calls import ChargerCalls
 from gateway.net.effects import LEARNED_ACTIONS, RelayEffects
 from gateway.net.host import SessionHost, SessionSettings
 from gateway.net.link import UpstreamLink
@@ -56,11 +52,6 @@ log = logging.getLogger(__name__)
 # Charger frames waiting behind one that needs I/O (a local answer); beyond this, reading pauses.
 INBOX_HOLD: Final = 16
 _NOT_UTF8: Final = FrameError("FormatViolation", "frame is not UTF-8 text")
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # the outcome is the awaiting code's; never "never retrieved"
 
 
 def _new_id() -> str:
@@ -104,10 +95,10 @@ class ChargerSession:
         self.upstream: ClientConnection | None = None  # the link's, read here on every frame
         self.last_seen_at: float | None = None  # unix time of the charger's last frame
         self.backlog_oldest: float | None = None
-        self._calls: dict[str, asyncio.Future[CallResult | CallError]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         # log.level = "debug": one line per frame (one attribute test per frame otherwise).
         self._trace_frames = False
+        self._calls = ChargerCalls(self, self.relay, clock=self._now)
         self._observers = SessionObservers(self, host, wall_clock=wall_clock)
         self._effects = RelayEffects(
             self,
@@ -243,14 +234,7 @@ class ChargerSession:
         elif isinstance(event, ev.ChargerAnswered):
             self._charger_answered(event)
         elif isinstance(event, ev.ChargerCallFailed):
-            future = self._calls.get(event.message_id)
-            if future is not None and not future.done():
-                error = (
-                    ChargerTimeout(f"{self.charger_id} did not answer {event.action}")
-                    if event.reason == "timeout"
-                    else ChargerNotConnected(self.charger_id)
-                )
-                future.set_exception(error)
+            self._calls.failed(event)
         elif isinstance(event, ev.CloseLink):
             self._link.close(event.code, event.reason)
         elif isinstance(event, ev.Drained):
@@ -373,34 +357,13 @@ class ChargerSession:
         ``chargers.max_queued_calls`` are waiting, ChargerNotConnected when the charger goes
         away, ChargerTimeout when the charger did not answer in time after receiving it.
         """
-        if self.charger is None:
-            raise ChargerNotConnected(self.charger_id)
-        try:
-            message_id = self.relay.call_charger(
-                action, payload, self._now(), payload_text=payload_text
-            )
-        except ChargerQueueFull:
-            self.flush()
-            raise
-        future: asyncio.Future[CallResult | CallError] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_retrieve)
-        self._calls[message_id] = future
-        try:
-            self.flush()
-            return await future
-        except asyncio.CancelledError:  # the caller gave up (e.g. the HTTP client went away)
-            self.relay.cancel_charger_call(message_id)  # not sent yet: never send it
-            raise
-        finally:
-            del self._calls[message_id]
+        return await self._calls.call(action, payload, payload_text=payload_text)
 
     def _charger_answered(self, event: ev.ChargerAnswered) -> None:
         if event.origin == "gateway":
-            future = self._calls.get(event.call.message_id)
-            if future is not None and not future.done():
-                future.set_result(event.answer)
-            return
-        self._observers.cloud_call_answered(event.call, event.answer)
+            self._calls.answered(event)
+        else:
+            self._observers.cloud_call_answered(event.call, event.answer)
 
     # --- cloud side ----------------------------------------------------------------------------
 
