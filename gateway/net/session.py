@@ -41,6 +41,7 @@ from gateway.net.effects import LEARNED_ACTIONS, RelayEffects
 from gateway.net.host import SessionHost, SessionSettings
 from gateway.net.link import UpstreamLink
 from gateway.net.observers import SessionObservers
+from gateway.net.tasks import SessionTasks
 from gateway.net.wsconn import ClientConnection, Message, ServerConnection, WsConnection
 from gateway.ocpp import frames
 from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
@@ -95,7 +96,7 @@ class ChargerSession:
         self.upstream: ClientConnection | None = None  # the link's, read here on every frame
         self.last_seen_at: float | None = None  # unix time of the charger's last frame
         self.backlog_oldest: float | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = SessionTasks(charger_id, stats.errors)
         # log.level = "debug": one line per frame (one attribute test per frame otherwise).
         self._trace_frames = False
         self._calls = ChargerCalls(self, self.relay, clock=self._now)
@@ -249,17 +250,7 @@ class ChargerSession:
             self.spawn(self._effects.record(event), "recording a replay outcome")
 
     def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                self._stats.errors["internal"] += 1
-                log.error("%s: %s failed", self.charger_id, what, exc_info=t.exception())
-
-        task.add_done_callback(done)
-        return task
+        return self._tasks.spawn(coro, what)
 
     def tick(self, now: float) -> None:
         """Act on the core's deadlines (the hub's sweep calls it)."""
@@ -452,7 +443,4 @@ class ChargerSession:
         self._link.close(1001, "gateway shutting down")
         await asyncio.gather(*(ws.wait_closed() for ws in sockets))
         self._link.wake()
-        tasks = [t for t in (self._link.task, *self._tasks) if t is not None and not t.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel(self._link.task)
