@@ -18,7 +18,7 @@ from typing import Any, Final, Protocol
 
 from gateway.core import events as ev
 from gateway.core import offline
-from gateway.core.depot import DepotView
+from gateway.core.depot import FOLDED_ANSWERS, DepotView
 from gateway.core.relay import ChargerRelay
 from gateway.errors import StoreError
 from gateway.metrics import RelayStats
@@ -114,15 +114,47 @@ class RelayEffects:
         """The store holds a BootNotification the cloud has not seen."""
         return self._boot_undelivered or self._relay.boot is not None
 
-    # --- what the session starts (each a coroutine for a task) ---------------------------------
+    # --- the core's events (each started as a task of the session) -----------------------------
 
-    def answer_locally(self, call: Call, rule: offline.Rule) -> Coroutine[Any, Any, None]:
-        self.answering = True
-        return self._answer_locally(call, rule)
+    def handlers(self) -> dict[type[ev.RelayEvent], Callable[[Any], None]]:
+        """The core's events this driver carries out, by type (the session dispatches them)."""
+        return {
+            ev.AnswerLocally: self.answer_locally,
+            ev.CheckResend: self.check_resend,
+            ev.Answered: self.answered,
+            ev.SaveBoot: self.boot_delivered_live,
+            ev.ReadBacklog: self.read_backlog,
+            ev.Delivered: self.record,
+            ev.RetryLater: self.record,
+            ev.DeadLetter: self.record,
+            ev.BootDelivered: self.record,
+        }
 
-    def check_resend(self, call: Call) -> Coroutine[Any, Any, None]:
+    def answer_locally(self, event: ev.AnswerLocally) -> None:
         self.answering = True
-        return self._check_resend(call)
+        self._owner.spawn(self._answer_locally(event.call, event.rule), "answering locally")
+
+    def check_resend(self, event: ev.CheckResend) -> None:
+        self.answering = True
+        self._owner.spawn(self._check_resend(event.call), "checking a resend")
+
+    def answered(self, event: ev.Answered) -> None:
+        """An answer to a charger CALL: what it teaches the access-ID cache and the depot view."""
+        call = event.call
+        if event.by_cloud and call.action in LEARNED_ACTIONS:
+            self.learn(call, event.result)
+        if call.action in FOLDED_ANSWERS:
+            self.fold(call, event.result, by_cloud=event.by_cloud)
+
+    def boot_delivered_live(self, event: ev.SaveBoot) -> None:
+        """A BootNotification relayed live: stored as delivered (the last boot a charger sent)."""
+        self._owner.spawn(self.save_boot(event.call, delivered=True), "saving BootNotification")
+
+    def read_backlog(self, event: ev.ReadBacklog) -> None:
+        self._owner.spawn(self._read_backlog(event), "reading the backlog")
+
+    def record(self, outcome: Outcome) -> None:
+        self._owner.spawn(self._record(outcome), "recording a replay outcome")
 
     async def load_boot(self) -> None:
         """Before the link's replay: the stored BootNotification the cloud has not seen."""
@@ -264,14 +296,14 @@ class RelayEffects:
 
     # --- replay --------------------------------------------------------------------------------
 
-    async def read_backlog(self, request: ev.ReadBacklog) -> None:
+    async def _read_backlog(self, request: ev.ReadBacklog) -> None:
         rows = await self._host.store.pending(self.charger_id, REPLAY_BATCH)
         if rows:
             self._owner.backlog_oldest = rows[0].created_at
         self._relay.replay_rows(request, rows, self._now(), wall_now=self._wall())
         self._owner.flush()
 
-    async def record(self, outcome: Outcome) -> None:
+    async def _record(self, outcome: Outcome) -> None:
         relay = self._relay
         try:
             await self._write_outcome(outcome)

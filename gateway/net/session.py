@@ -32,12 +32,11 @@ from urllib.parse import quote
 
 from gateway.core import events as ev
 from gateway.core import txmap
-from gateway.core.depot import FOLDED_ANSWERS
 from gateway.core.link import LinkState
 from gateway.core.relay import ChargerRelay
 from gateway.errors import FrameError
 from gateway.net.calls import ChargerCalls
-from gateway.net.effects import LEARNED_ACTIONS, RelayEffects
+from gateway.net.effects import RelayEffects
 from gateway.net.host import SessionHost, SessionSettings
 from gateway.net.link import UpstreamLink
 from gateway.net.observers import SessionObservers
@@ -117,6 +116,16 @@ class ChargerSession:
             reconnect_max_s=settings.reconnect_max_s,
             clock=self._now,
         )
+        # Each of the core's events, by type, to the driver that carries it out.
+        self._dispatch: dict[type[ev.RelayEvent], Callable[[Any], None]] = {
+            **self._effects.handlers(),
+            ev.ChargerCallSeen: lambda event: self._observers.charger_call(event.call),
+            ev.CloudCallSeen: lambda event: self._observers.cloud_call(event.call),
+            ev.ChargerAnswered: self._charger_answered,
+            ev.ChargerCallFailed: self._calls.failed,
+            ev.CloseLink: lambda event: self._link.close(event.code, event.reason),
+            ev.Drained: self._drained,
+        }
 
     # --- views ---------------------------------------------------------------------------------
 
@@ -213,44 +222,16 @@ class ChargerSession:
                     self._stats.frames_to_chargers += 1
                     if self._trace_frames:
                         self._trace("to charger", text)
-        events = relay.events()
+        events = relay.events()  # none for a relayed frame unless its action is observed
         for event in events:
-            self._handle(event)
-
-    def _handle(self, event: ev.RelayEvent) -> None:
-        if isinstance(event, ev.ChargerCallSeen):
-            self._observers.charger_call(event.call)
-        elif isinstance(event, ev.AnswerLocally):
-            self.spawn(self._effects.answer_locally(event.call, event.rule), "answering locally")
-        elif isinstance(event, ev.CheckResend):
-            self.spawn(self._effects.check_resend(event.call), "checking a resend")
-        elif isinstance(event, ev.Answered):
-            call = event.call
-            if event.by_cloud and call.action in LEARNED_ACTIONS:
-                self._effects.learn(call, event.result)
-            if call.action in FOLDED_ANSWERS:
-                self._effects.fold(call, event.result, by_cloud=event.by_cloud)
-        elif isinstance(event, ev.CloudCallSeen):
-            self._observers.cloud_call(event.call)
-        elif isinstance(event, ev.ChargerAnswered):
-            self._charger_answered(event)
-        elif isinstance(event, ev.ChargerCallFailed):
-            self._calls.failed(event)
-        elif isinstance(event, ev.CloseLink):
-            self._link.close(event.code, event.reason)
-        elif isinstance(event, ev.Drained):
-            self.backlog_oldest = None
-            self._link.wake()
-        elif isinstance(event, ev.SaveBoot):
-            saving = self._effects.save_boot(event.call, delivered=True)
-            self.spawn(saving, "saving BootNotification")
-        elif isinstance(event, ev.ReadBacklog):
-            self.spawn(self._effects.read_backlog(event), "reading the backlog")
-        elif isinstance(event, (ev.Delivered, ev.RetryLater, ev.DeadLetter, ev.BootDelivered)):
-            self.spawn(self._effects.record(event), "recording a replay outcome")
+            self._dispatch[type(event)](event)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, what)
+
+    def _drained(self, event: ev.Drained) -> None:
+        self.backlog_oldest = None
+        self._link.wake()
 
     def tick(self, now: float) -> None:
         """Act on the core's deadlines (the hub's sweep calls it)."""
