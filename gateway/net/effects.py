@@ -12,7 +12,7 @@ committed: a store that fails makes the answer InternalError, and nothing was ac
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -27,7 +27,14 @@ from gateway.ocpp import frames
 from gateway.ocpp.frames import Call, OcppVersion
 from gateway.store.engine import OutboxRow, Store, call_digest
 
-__all__ = ["LEARNED_ACTIONS", "REPLAY_BATCH", "EffectsHost", "EffectsOwner", "RelayEffects"]
+__all__ = [
+    "LEARNED_ACTIONS",
+    "REPLAY_BATCH",
+    "EffectsHost",
+    "EffectsOwner",
+    "Gate",
+    "RelayEffects",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +79,9 @@ class EffectsOwner(Protocol):
 
     def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> object: ...
 
-    async def gate(self, call: Call, auth_info: dict[str, Any], now: datetime) -> dict[str, Any]:
-        """The auth info to answer offline with, after the hooks' say."""
-        ...
+
+# The auth info to answer a CALL offline with, after the hooks' say (SessionObservers.gate).
+Gate = Callable[[Call, dict[str, Any], datetime], Awaitable[dict[str, Any]]]
 
 
 class RelayEffects:
@@ -88,6 +95,7 @@ class RelayEffects:
         *,
         heartbeat_interval_s: int,
         boot_undelivered: bool,
+        gate: Gate,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
     ) -> None:
@@ -96,6 +104,7 @@ class RelayEffects:
         self._stats = host.stats
         self._relay = relay
         self._heartbeat_interval_s = heartbeat_interval_s
+        self._gate = gate
         self._now = clock  # monotonic: the core's deadlines
         self._wall = wall_clock  # unix time: what is stored
         self.answering = False  # a charger CALL is being answered locally (its frames wait)
@@ -269,7 +278,7 @@ class RelayEffects:
         if tag is None:
             return None
         info: dict[str, Any] = await self._host.authorizer.auth_info(self.version, tag, now)
-        return await self._owner.gate(call, info, now)
+        return await self._gate(call, info, now)
 
     async def save_boot(self, call: Call, *, delivered: bool) -> None:
         await self._host.store.save_boot(

@@ -26,7 +26,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -43,7 +42,7 @@ from gateway.net.observers import SessionObservers
 from gateway.net.tasks import SessionTasks
 from gateway.net.wsconn import ClientConnection, Message, ServerConnection, WsConnection
 from gateway.ocpp import frames
-from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
+from gateway.ocpp.frames import CallError, CallResult, OcppVersion
 
 __all__ = ["ChargerSession"]
 
@@ -106,6 +105,7 @@ class ChargerSession:
             self.relay,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             boot_undelivered=boot_undelivered,
+            gate=self._observers.gate,
             clock=self._now,
             wall_clock=self._wall,
         )
@@ -312,9 +312,6 @@ class ChargerSession:
             self.forget_if_done()
         elif self.relay.inbox_size < INBOX_HOLD:
             self.charger.release_reading("inbox")
-
-    async def gate(self, call: Call, auth_info: dict[str, Any], now: datetime) -> dict[str, Any]:
-        return await self._observers.gate(call, auth_info, now)
 
     # --- gateway and cloud CALLs to the charger ------------------------------------------------
 
