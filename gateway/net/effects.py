@@ -114,6 +114,10 @@ class RelayEffects:
     def charger_id(self) -> str:
         return self._relay.charger_id
 
+    def _wall_time(self) -> datetime:
+        """The injected wall clock as an aware UTC datetime (offline answers, the cache's times)."""
+        return datetime.fromtimestamp(self._wall(), UTC)
+
     @property
     def version(self) -> OcppVersion:
         return self._relay.version
@@ -223,7 +227,7 @@ class RelayEffects:
                 relay.answered_locally(call, earlier, self._now(), stored=False, resend=True)
                 self._owner.answer_done()
                 return
-            now = datetime.now(UTC)
+            now = self._wall_time()
             auth_info = await self._auth_info(call, now)
             if rule.answer is offline.Answer.START_TRANSACTION:
                 tx = self._host.next_local_tx_id()
@@ -294,7 +298,7 @@ class RelayEffects:
 
     def learn(self, call: Call, result: dict[str, Any]) -> None:
         learn = self._host.authorizer.learn_from(
-            self.version, call.action, call.payload, result, datetime.now(UTC)
+            self.version, call.action, call.payload, result, self._wall_time()
         )
         self._owner.spawn(learn, "learning")
 
