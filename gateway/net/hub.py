@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,18 +30,22 @@ from gateway.core.relay import RECENT_IDS, RelaySettings
 from gateway.errors import TransactionIdsExhausted
 from gateway.metrics import RelayStats
 from gateway.net.effects import LEARNED_ACTIONS
-from gateway.net.host import Authorizer, ChargerWatcher, SessionHook, SessionSettings
+from gateway.net.host import (
+    Authorizer,
+    ChargerWatcher,
+    Connector,
+    SessionHook,
+    SessionSettings,
+)
 from gateway.net.link import CONNECTING_HOLD_S, TURN_HOLD_S
 from gateway.net.session import ChargerSession
-from gateway.net.wsconn import ClientConnection, ServerConnection
+from gateway.net.wsconn import ServerConnection
 from gateway.ocpp.frames import OcppVersion, as_version
 from gateway.store.engine import ChargerState, Store
 
 __all__ = ["Hub"]
 
 log = logging.getLogger(__name__)
-
-Connector = Callable[[str, OcppVersion, dict[str, str]], Awaitable[ClientConnection]]
 
 # Standalone mode: nothing drains the queue, so it is bounded by age and size.
 STANDALONE_NOTIFICATION_RETENTION_S = 24 * 3600.0
