@@ -2,11 +2,13 @@
 
 The relay core (:class:`~gateway.core.relay.ChargerRelay`) asks for a local answer, a resend
 check, a BootNotification saved, the next rows of the backlog, or a replay outcome recorded; this
-driver does it with the store, the access-ID cache, the hooks' gate and the depot view, and
-reports each result back to the core (``answered_locally``, ``resend_checked``, ``replay_rows``,
-``outcome_recorded`` ...). The session (an :class:`EffectsOwner`) runs the coroutines as tasks and
-sends what the core then produced. A charger's message is acknowledged only once its row is
-committed: a store that fails makes the answer InternalError, and nothing was acknowledged.
+driver does it with the store, the access-ID cache, the offline gate (the hooks' say, a callable)
+and the depot view, and reports each result back to the core (``answered_locally``,
+``resend_checked``, ``replay_rows``, ``outcome_recorded`` ...). :meth:`RelayEffects.handlers`
+names the events it takes; each starts a task through the session (an :class:`EffectsOwner`),
+which sends what the core then produced. A charger's message is acknowledged only once its row
+is committed: a store that fails makes the answer InternalError, and nothing was acknowledged.
+Times stored and answered come from the session's injected wall clock.
 """
 
 from __future__ import annotations

@@ -2,20 +2,26 @@
 
 The relay core decides everything about the charger's traffic (what is relayed, answered
 locally, queued for the charger, replayed, retried or dead-lettered). The session moves text
-between the charger's socket, the cloud's and the core, sends what the core produced and
-dispatches the core's events. Online, a frame is relayed within the socket's receive callback:
-no task, no await.
+between the charger's socket, the cloud's and the core, sends what the core produced and hands
+each of the core's events to the driver that carries it out (one table by event type). Online, a
+frame is relayed within the socket's receive callback: no task, no await, and no event unless
+its action is observed.
 
-Two drivers do the rest, each told by the session through a narrow protocol it implements:
+The drivers it owns, each told by the session through a narrow protocol or callable:
 
 - :class:`~gateway.net.link.UpstreamLink` keeps the cloud link (paced turns, backoff, early
   retry, the down/up lines); the session tells the core each change of the link (``link_*``).
-- :class:`~gateway.net.effects.RelayEffects` carries out the events that need the store, the
-  access-ID cache or the depot view (local answers, resend checks, boot saves, the replay's
-  reads and outcomes) and reports each result back to the core.
+- :class:`~gateway.net.effects.RelayEffects` carries out the events that need the store or the
+  access-ID cache (local answers, resend checks, boot saves, the replay's reads and outcomes)
+  and reports each result back to the core.
+- :class:`~gateway.net.observers.SessionObservers` shows the CALLs and answers the core reports
+  to the depot view, the hooks and the watchers, and runs the hooks' offline gate.
+- :class:`~gateway.net.calls.ChargerCalls` keeps the futures of the gateway's own CALLs to the
+  charger (:meth:`ChargerSession.call_charger`).
+- :class:`~gateway.net.tasks.SessionTasks` runs the tasks all of them start.
 
 The session knows its hub only through :class:`~gateway.net.host.SessionHost` and gets its
-parameters as one :class:`~gateway.net.host.SessionSettings` value; the clock and the id
+parameters as one :class:`~gateway.net.host.SessionSettings` value; the clocks and the id
 generator are injected.
 """
 
