@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -16,8 +18,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# One worker runs this module's tests: they share one build of the wheel and one wheelhouse.
-pytestmark = pytest.mark.xdist_group("packaging")
 
 
 def requirement_name(spec: str) -> str:
@@ -49,35 +49,55 @@ def test_lock_files_pin_every_dependency_with_hashes() -> None:
         assert all(pins.values()), f"{lock} has a pin without hashes: run `make lock`"
 
 
-@pytest.fixture(scope="module")
+@contextlib.contextmanager
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Path, bool]]:
+    """A directory for ``name`` shared by this run's xdist workers (their base temporary
+    directory's parent is the run's own), held under a file lock: ``(path, True)`` once a worker
+    has filled it and returned from this block, ``(path, False)`` to the first one, which fills it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    directory = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = directory / ".done"
+        directory.mkdir(exist_ok=True)
+        yield directory, done.exists()
+        done.touch()
+
+
+@pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """pip's environment for the builds and installs below: the locked dependencies (hashes
     checked) and the build backend downloaded once into a directory, then found there without an
     index. Each install still runs ``pip install --require-hashes -r requirements.lock`` and each
     build its isolated environment; they no longer ask the index for the same files every time."""
-    wheels = tmp_path_factory.mktemp("wheels")
-    backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
-    pip = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
-    for what in (["--require-hashes", "-r", str(ROOT / "requirements.lock")], backend):
-        got = subprocess.run(
-            [*pip, "--dest", str(wheels), *what], capture_output=True, text=True, timeout=600
-        )
-        assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    with built_once(tmp_path_factory, "wheels") as (wheels, ready):
+        backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
+        locked_wheels = ["--require-hashes", "-r", str(ROOT / "requirements.lock")]
+        for what in [] if ready else [locked_wheels, backend]:
+            got = subprocess.run(
+                [*pip, "--dest", str(wheels), *what], capture_output=True, text=True, timeout=600
+            )
+            assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
     return {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
 
 
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory, wheelhouse: dict[str, str]) -> Iterator[Path]:
-    out = tmp_path_factory.mktemp("dist")
-    result = subprocess.run(
-        ["make", "-C", str(ROOT), "dist", f"DIST={out}"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=wheelhouse,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    yield out
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory: pytest.TempPathFactory, wheelhouse: dict[str, str]) -> Path:
+    """``make dist`` once per run (xdist workers share it)."""
+    with built_once(tmp_path_factory, "dist") as (out, ready):
+        if not ready:
+            result = subprocess.run(
+                ["make", "-C", str(ROOT), "dist", f"DIST={out}"],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                env=wheelhouse,
+            )
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
 
 
 @pytest.mark.slow
@@ -128,6 +148,7 @@ def install(
 
 
 @pytest.mark.slow
+@pytest.mark.first  # the longest test: it builds the shared wheel, then installs twice
 def test_install_then_upgrade_keeps_the_config_and_backs_up_the_store(
     dist: Path, wheelhouse: dict[str, str], tmp_path: Path
 ) -> None:
