@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
 from gateway import __version__
-from tests.procs import GatewayProcess, cli, write_config
+from tests.procs import GatewayProcess, cli, side_by_side, write_config
 from tests.support import FakeCloud, charger, wait_for
 
 
@@ -264,9 +263,8 @@ def test_api_on_the_network_without_a_token_is_refused(tmp_path: Path) -> None:
     accepted.append(
         ("0.0.0.0 with a token", with_api("token.toml", 'host = "0.0.0.0"\ntoken = "t"\n'))
     )
-    with ThreadPoolExecutor(max_workers=4) as pool:  # independent processes, side by side
-        refusals = list(pool.map(lambda r: run_cli("--config", str(r[2]), r[1]), refused))
-        checks = list(pool.map(lambda a: run_cli("--config", str(a[1]), "check-config"), accepted))
+    refusals = side_by_side(lambda r: run_cli("--config", str(r[2]), r[1]), refused)
+    checks = side_by_side(lambda a: run_cli("--config", str(a[1]), "check-config"), accepted)
     for (host, command, _), result in zip(refused, refusals, strict=True):
         assert result.returncode == 2, (host, command, result.stderr)
         assert "api.token" in result.stderr and host in result.stderr, result.stderr
