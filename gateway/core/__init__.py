@@ -6,15 +6,21 @@ imports, transitively). The pure rules of the feature packages (``gateway.tags.r
 ``gateway.tags.flipturn``, ``gateway.tags.local_list``, ``gateway.reservations.rules``,
 ``gateway.reservations.gate``) sit in this layer too.
 
-- ``relay``      one charger's relay as a state machine: text frames and ``now`` in, frames to
-                 send and events out (pending CALLs, the charger's slot and queue, the replay)
-- ``events``     what the relay asks its driver to do (store a row, answer locally, ...)
-- ``replay``     the replay decision: the CALL a stored row becomes, and what its answer means
-- ``link``       the cloud link's state machine, as one table (offline, connecting, replaying, online)
-- ``offline``    the offline action table: what the gateway answers a charger itself, and stores
-- ``txmap``      OCPP 1.6 local transaction ids and their rewrite to the cloud's
-- ``backoff``    reconnect and retry delays, as values
-- ``depot``      the depot view folded from the frames the gateway sees
-- ``admission``  who may open a charger connection (path, charge point id, Basic credentials)
-- ``certs``      certificates as data: PEM blocks, validity end, the charger's CN
+- ``relay``        one charger's relay as a state machine: text frames and ``now`` in, frames
+                   to send and events out; the facade over the next four
+- ``pending``      the charger's CALLs forwarded live, each with the cloud's deadline to answer it
+- ``inbox``        the charger's frames held in order behind one awaiting I/O; its local answers
+- ``charger_slot`` the charger's single inbound slot and the queue of CALLs waiting for it
+- ``replay``       the replay decision (the CALL a stored row becomes, what its answer means)
+                   and the replay cursor of one link
+- ``events``       what the relay asks its driver to do (store a row, answer locally, ...)
+- ``link``         the cloud link's state machine, as one table (offline, connecting,
+                   replaying, online)
+- ``offline``      the offline action table: what the gateway answers a charger itself, and stores
+- ``txmap``        OCPP 1.6 local transaction ids and their rewrite to the cloud's
+- ``backoff``      reconnect and retry delays, as values
+- ``depot``        the depot view folded from the frames the gateway sees
+- ``admission``    who may open a charger connection (path, charge point id, Basic credentials)
+- ``certs``        certificates as data: PEM blocks, validity end, the charger's CN
+- ``access``       what is known of an id tag: its synced access id, the cloud's last answer
 """

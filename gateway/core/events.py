@@ -7,7 +7,7 @@ before it goes on with that part of the work).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from gateway.core import offline
@@ -29,6 +29,7 @@ __all__ = [
     "QueuedCall",
     "ReadBacklog",
     "RelayEvent",
+    "RelayOutput",
     "RetryLater",
     "SaveBoot",
 ]
@@ -193,3 +194,14 @@ RelayEvent = (
     | BootDelivered
     | Drained
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOutput:
+    """What a relay produced that its driver has not taken yet: the frames for each side, in
+    order, and the events. The relay's parts append to the same three lists, which are never
+    replaced (a part keeps them as attributes: one lookup per frame)."""
+
+    to_charger: list[str] = field(default_factory=list)
+    to_cloud: list[str] = field(default_factory=list)
+    events: list[RelayEvent] = field(default_factory=list)

@@ -17,41 +17,41 @@ and reports the outcome of the I/O an event asked for (``answered_locally``, ``r
 ``replay_rows``, ``outcome_recorded``). ``now`` is the driver's monotonic clock in seconds; the
 core keeps no clock and draws message ids from the generator it is given.
 
-What it owns (OCPP-J 1.6 §4.1.1 / 2.0.1 and 2.1 Part 4 §4.1.1: one outstanding CALL per
-direction):
+``ChargerRelay`` is the one facade: it routes each frame, keeps the link state (the table in
+:mod:`gateway.core.link`) and the backlog count, and leaves the rest to its parts, each reached
+with one attribute lookup and appending to one :class:`~gateway.core.events.RelayOutput`
+(OCPP-J 1.6 §4.1.1 / 2.0.1 and 2.1 Part 4 §4.1.1: one outstanding CALL per direction):
 
-* the pending table: charger CALLs forwarded live, each with its deadline
-  (``cloud_call_timeout_s``); a CALL the cloud does not answer in time is answered locally and
-  the link is dropped (``CloseLink``), as is a lost link's pending CALLs;
-* the charger's inbox: a charger frame that needs I/O (a local answer, a resend check) or waits
-  for a connecting link holds the frames after it, so they are handled in the order they came;
-* the charger's single inbound slot and its queue of at most ``max_queued_calls`` cloud and
-  gateway CALLs; ``charger_call_timeout_s`` counts from when the charger got the CALL;
-* the replay: the stored BootNotification first, then the backlog one CALL at a time, each
-  answer decided here — delivered (1.6 StartTransaction binds the local transaction id to the
-  cloud's; later messages are rewritten), retried with backoff on a transient CALLERROR or an
-  answer that breaks the schema, dead-lettered otherwise. A 2.0.1/2.1 TransactionEvent answered
-  locally is replayed with ``offline: true``;
-* the link state, through the table in :mod:`gateway.link`.
+* :mod:`gateway.core.pending` (``PendingCalls``): charger CALLs forwarded live, each with its
+  deadline (``cloud_call_timeout_s``); a CALL the cloud does not answer in time is answered
+  locally and the link is dropped (``CloseLink``), as are a lost link's pending CALLs;
+* :mod:`gateway.core.inbox` (``ChargerInbox``): a charger frame that needs I/O (a local answer,
+  a resend check) or waits for a connecting link holds the frames after it, so they are handled
+  in the order they came; the offline table's answers and the ids kept for resends;
+* :mod:`gateway.core.charger_slot` (``ChargerSlot``): the charger's single inbound slot and its
+  queue of at most ``max_queued_calls`` cloud and gateway CALLs; ``charger_call_timeout_s``
+  counts from when the charger got the CALL;
+* :mod:`gateway.core.replay` (``ReplayCursor``, made per link while it is REPLAYING): the stored
+  BootNotification first, then the backlog one CALL at a time, each answer decided there —
+  delivered (1.6 StartTransaction binds the local transaction id to the cloud's; later messages
+  are rewritten), retried with backoff on a transient CALLERROR or an answer that breaks the
+  schema, dead-lettered otherwise. A 2.0.1/2.1 TransactionEvent answered locally is replayed
+  with ``offline: true``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from dataclasses import dataclass
+from typing import Any
 
-from gateway.core import offline, txmap
+from gateway.core import txmap
+from gateway.core.charger_slot import GATEWAY_ID_PREFIX, ChargerSlot, OutCall
 from gateway.core.events import (
-    Answered,
-    AnswerLocally,
     BootDelivered,
-    ChargerAnswered,
-    ChargerCallFailed,
     ChargerCallSeen,
-    CheckResend,
     CloseLink,
     CloudCallSeen,
     DeadLetter,
@@ -60,26 +60,20 @@ from gateway.core.events import (
     QueuedCall,
     ReadBacklog,
     RelayEvent,
+    RelayOutput,
     RetryLater,
-    SaveBoot,
 )
+from gateway.core.inbox import RECENT_IDS, ChargerInbox
 from gateway.core.link import Event, LinkState, transition
-from gateway.core.replay import decide, outgoing
-from gateway.errors import ChargerNotConnected, ChargerQueueFull, FrameError
+from gateway.core.pending import PendingCalls
+from gateway.core.replay import Backlog, ReplayCursor
+from gateway.errors import ChargerNotConnected, FrameError
 from gateway.ocpp import frames
 from gateway.ocpp.frames import Call, CallError, CallResult, CallResultError, OcppVersion, Send
-from gateway.ocpp.validation import validate_call
 
-__all__ = ["GATEWAY_ID_PREFIX", "ChargerRelay", "RelaySettings"]
+__all__ = ["GATEWAY_ID_PREFIX", "RECENT_IDS", "ChargerRelay", "RelaySettings"]
 
 log = logging.getLogger(__name__)
-
-GATEWAY_ID_PREFIX: Final = "gw-"  # gateway-originated message ids; the cloud's never start so
-# Ids of the latest CALLs the gateway answered itself: a 2.1 CALLRESULTERROR for one of them is
-# about the gateway's own answer and is not the cloud's business (OCPP 2.1 Part 4 §6.4).
-LOCAL_ANSWERS_KEPT: Final = 16
-# Message ids of a charger's latest stored CALLs, checked for resends on the online path.
-RECENT_IDS: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,62 +92,6 @@ class RelaySettings:
     observed_answers: frozenset[str] = frozenset()  # charger CALLs whose CALLRESULT is shown
     observed_cloud_calls: frozenset[str] = frozenset()  # cloud CALLs shown before they queue
     observed_cloud_answers: frozenset[str] = frozenset()  # cloud CALLs whose answer is shown
-
-
-# --- internal values --------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Pending:
-    call: Call
-    deadline: float
-
-
-@dataclass(slots=True)
-class _OutCall:
-    """A CALL waiting for (or holding) the charger's slot."""
-
-    call: Call
-    text: str
-    origin: Literal["cloud", "gateway"]
-    timeout_s: float | None = None  # None: settings.charger_call_timeout_s
-    deadline: float | None = None  # set when sent
-
-
-@dataclass(slots=True)
-class _Held:
-    """A charger CALL waiting for a connecting link until ``deadline``."""
-
-    call: Call
-    text: str
-    deadline: float
-
-
-@dataclass(slots=True)
-class _Replaying:
-    """The one replayed CALL toward the cloud."""
-
-    call: Call
-    row: QueuedCall | None  # None: the stored BootNotification
-    deadline: float
-
-
-@dataclass(slots=True)
-class _Replay:
-    """The replay cursor: rows read and not yet sent, and what the replay waits for."""
-
-    rows: deque[QueuedCall] = field(default_factory=deque)
-    due: dict[int, float] = field(default_factory=dict)  # seq → monotonic time of next attempt
-    waiting: Literal["", "rows", "answer", "record", "due", "held"] = ""
-    in_flight: _Replaying | None = None
-    enqueued_at_read: int = 0
-    boot_done: bool = False  # the stored Boot was tried on this link
-    # What the outcome being recorded was: a row done (delivered or dead-lettered), a retry
-    # (re-read afterwards), or the stored Boot delivered (its message id).
-    recording: Literal["", "row", "retry", "boot"] = ""
-    boot_id: str = ""
-    bind: tuple[int, int] | None = None  # applied once the delivery is recorded
-    asked: object = None  # the ReadBacklog or outcome event the replay waits on (identity)
 
 
 # --- the relay ---------------------------------------------------------------------------------------
@@ -181,162 +119,144 @@ class ChargerRelay:
         self.txids = txids if txids is not None else txmap.TxIdMap()
         self.errors: Counter[str] = errors if errors is not None else Counter()
         self.sends: Counter[str] = sends if sends is not None else Counter()
-        # Told how long the cloud took to answer each live CALL (a histogram's observe).
-        self._observe_answer_s = observe_answer_s
         self.state = LinkState.OFFLINE
         self.charger_connected = False
-        self.backlog = 0
-        self.boot: tuple[str, str] | None = None  # (message id, payload) of the undelivered Boot
-        self._enqueued = 0  # rows queued, ever: a change marker for the replay
-        self._pending: dict[str, _Pending] = {}
-        self._slot: _OutCall | None = None
-        self._queue: deque[_OutCall] = deque()
-        # Charger frames behind one that awaits I/O; a Call item: answer it locally (its cloud
-        # answer will not come).
-        self._inbox: deque[str | Call] = deque()
-        self._busy = False  # a charger frame awaits the driver (or a connecting link)
-        self._checking: str | None = None  # the text of the CALL whose resend check runs
-        self._held: _Held | None = None
-        self._answered_locally: deque[str] = deque(maxlen=LOCAL_ANSWERS_KEPT)
-        self.recent_ids: set[str] = set()
-        self._recent_order: deque[str] = deque()
+        self._backlog = Backlog()
+        self._output = output = RelayOutput()
+        self._to_charger = output.to_charger
+        self._to_cloud = output.to_cloud
+        self._events = output.events
+        self._pending = PendingCalls(
+            charger_id,
+            output,
+            call_timeout_s=settings.cloud_call_timeout_s,
+            observed_answers=settings.observed_answers,
+            observe_answer_s=observe_answer_s,
+            errors=self.errors,
+        )
+        self._slot = ChargerSlot(
+            charger_id,
+            output,
+            max_queued_calls=settings.max_queued_calls,
+            call_timeout_s=settings.charger_call_timeout_s,
+            observed_answers=settings.observed_cloud_answers,
+            errors=self.errors,
+        )
+        self._inbox = ChargerInbox(
+            output, errors=self.errors, observed_answers=settings.observed_answers
+        )
+        self.recent_ids = self._inbox.recent_ids  # the same set: one lookup on the hot path
         self._turn_due: float | None = None
-        self._replay: _Replay | None = None
-        self._to_charger: list[str] = []
-        self._to_cloud: list[str] = []
-        self._events: list[RelayEvent] = []
+        self._replay: ReplayCursor | None = None  # while the link is REPLAYING
 
     # --- output ------------------------------------------------------------------------------------
 
     def data_to_charger(self) -> list[str]:
         """Frames to send to the charger, in order (the returned list is the caller's)."""
         out = self._to_charger
-        if out:
-            self._to_charger = []
-        return out
+        if not out:
+            return out
+        taken = out.copy()
+        out.clear()
+        return taken
 
     def data_to_cloud(self) -> list[str]:
         """Frames to send to the cloud, in order."""
         out = self._to_cloud
-        if out:
-            self._to_cloud = []
-        return out
+        if not out:
+            return out
+        taken = out.copy()
+        out.clear()
+        return taken
 
     def events(self) -> list[RelayEvent]:
         """What the driver must do, in order."""
         out = self._events
-        if out:
-            self._events = []
-        return out
+        if not out:
+            return out
+        taken = out.copy()
+        out.clear()
+        return taken
 
     # --- views -------------------------------------------------------------------------------------
 
     @property
     def wants_link(self) -> bool:
         """The charger is connected or a backlog waits for the cloud."""
-        return self.charger_connected or self.backlog > 0
+        return self.charger_connected or self._backlog.count > 0
 
     @property
     def inbox_size(self) -> int:
         """Charger frames waiting behind one that needs I/O (the driver pauses reading at a bound)."""
-        return len(self._inbox)
+        return len(self._inbox.items)
 
     @property
     def pending_ids(self) -> frozenset[str]:
-        return frozenset(self._pending)
+        return self._pending.ids
 
     @property
     def queued(self) -> int:
         """CALLs waiting for the charger's slot (not counting the one in it)."""
-        return len(self._queue)
+        return self._slot.queued
 
     @property
     def slot_busy(self) -> bool:
-        return self._slot is not None
+        return self._slot.current is not None
 
     @property
     def has_deadlines(self) -> bool:
         """Whether ``tick`` may have anything to do (a cheap test for a sweep over many)."""
         return bool(self._pending) or (
-            self._slot is not None or self._held is not None or self._replay is not None
+            self._slot.current is not None
+            or self._inbox.held is not None
+            or self._replay is not None
         )
 
     def next_deadline(self) -> float | None:
         """The earliest time ``tick`` has something to do, if any."""
-        times = [p.deadline for p in self._pending.values()]
-        if self._slot is not None and self._slot.deadline is not None:
-            times.append(self._slot.deadline)
-        if self._held is not None:
-            times.append(self._held.deadline)
-        replay = self._replay
-        if replay is not None:
-            if replay.in_flight is not None:
-                times.append(replay.in_flight.deadline)
-            if replay.waiting == "due" and replay.rows:
-                times.append(replay.due.get(replay.rows[0].seq, 0.0))
+        times = self._pending.deadlines()
+        slot_deadline = self._slot.deadline
+        if slot_deadline is not None:
+            times.append(slot_deadline)
+        held = self._inbox.held
+        if held is not None:
+            times.append(held.deadline)
+        replay_deadline = self._replay.deadline() if self._replay is not None else None
+        if replay_deadline is not None:
+            times.append(replay_deadline)
         return min(times) if times else None
 
     def tick(self, now: float) -> None:
         """Act on every deadline that passed by ``now``."""
-        if self._pending:
-            expired = [p for p in self._pending.values() if p.deadline <= now]
-            if expired:
-                self._cloud_timed_out(expired, now)
-        slot = self._slot
-        if slot is not None and slot.deadline is not None and slot.deadline <= now:
-            self._charger_timed_out(slot, now)
-        if self._held is not None and self._held.deadline <= now:
+        expired = self._pending.expire(now)
+        if expired:
+            self._cloud_timed_out(expired, now)
+        self._slot.tick(now)
+        held = self._inbox.held
+        if held is not None and held.deadline <= now:
             self._release_held(now)
         replay = self._replay
-        if replay is not None:
-            flight = replay.in_flight
-            if flight is not None and flight.deadline <= now:
-                replay.in_flight = None
-                replay.waiting = ""
-                self.errors["cloud_call_timeout"] += 1
-                log.warning(
-                    "%s: cloud did not answer replayed %s %s in time",
-                    self.charger_id,
-                    flight.call.action,
-                    flight.call.message_id,
-                )
-                self._set_state(Event.CALL_TIMEOUT)
-                self._replay = None
-                self._events.append(CloseLink(1011, "call timeout"))
-            elif (
-                replay.waiting == "due"
-                and replay.rows
-                and replay.due.get(replay.rows[0].seq, 0.0) <= now
-            ):
-                replay.waiting = ""
-                self._replay_next(now)
+        if replay is not None and replay.tick(now):
+            self._set_state(Event.CALL_TIMEOUT)
+            self._replay = None
+            self._events.append(CloseLink(1011, "call timeout"))
 
     # --- the charger's connection ------------------------------------------------------------------
 
     def charger_attached(self, version: OcppVersion, now: float) -> None:
         """A charger connection is served (a new one replaces the old: its slot is failed)."""
         if self.charger_connected:
-            self._fail_charger_calls()
+            self._slot.fail_all()
         self.version = version
         self.charger_connected = True
 
     def charger_detached(self, now: float) -> None:
         """The charger's connection closed: the CALLs queued for it fail; unsent frames are lost."""
         self.charger_connected = False
-        self._fail_charger_calls()
-        self._to_charger = []
-        if self.backlog == 0 and self.state is not LinkState.OFFLINE:
+        self._slot.fail_all()
+        self._to_charger.clear()
+        if self._backlog.count == 0 and self.state is not LinkState.OFFLINE:
             self._events.append(CloseLink(1000, "charger disconnected"))
-
-    def _fail_charger_calls(self) -> None:
-        outs = ([self._slot] if self._slot is not None else []) + list(self._queue)
-        self._slot = None
-        self._queue.clear()
-        for out in outs:
-            if out.origin == "gateway":
-                self._events.append(
-                    ChargerCallFailed(out.call.message_id, out.call.action, "not_connected")
-                )
 
     # --- the cloud link ----------------------------------------------------------------------------
 
@@ -351,7 +271,7 @@ class ChargerRelay:
         self._turn_due = None
         if self.state is LinkState.OFFLINE:
             self._set_state(Event.CONNECTING)
-        if self.backlog > 0 or self.boot is not None:
+        if self._backlog.count > 0 or self._backlog.boot is not None:
             self._set_state(Event.CONNECTED_WITH_BACKLOG)
             self._start_replay(now)
         else:
@@ -371,18 +291,18 @@ class ChargerRelay:
         if self.state is not LinkState.OFFLINE:
             self._set_state(Event.LOST)
         self._replay = None
-        pending, self._pending = self._pending, {}
-        self._answer_first([p.call for p in pending.values()])
+        self._inbox.answer_first(self._pending.take_all())
         self._release_held(now)
-        if not self._busy:
+        if not self._inbox.busy:
             self._next_from_inbox(now)
 
     # --- charger → gateway ---------------------------------------------------------------------------
 
     def receive_charger(self, text: str, now: float) -> None:
         """A text frame from the charger."""
-        if self._busy:  # an earlier frame awaits I/O: keep the charger's order
-            self._inbox.append(text)
+        inbox = self._inbox
+        if inbox.busy:  # an earlier frame awaits I/O: keep the charger's order
+            inbox.items.append(text)
             return
         self._charger_frame(text, now)
 
@@ -402,7 +322,7 @@ class ChargerRelay:
         if type(frame) is Call:
             self._charger_call(frame, text, now)
         elif type(frame) is CallResult or type(frame) is CallError:
-            self._charger_answer(frame, text, now)
+            self._slot.answered(frame, text, now, self._to_cloud if self._cloud_up else None)
         elif type(frame) is Send:
             self._relay_send("from_charger", self._to_cloud if self._cloud_up else None, text)
         else:
@@ -429,7 +349,7 @@ class ChargerRelay:
     def _charger_result_error(self, frame: CallResultError, text: str) -> None:
         """The charger could not process a CALLRESULT: the cloud's goes back to the cloud; one
         the gateway gave itself is only counted."""
-        if frame.message_id in self._answered_locally:
+        if frame.message_id in self._inbox.answered_ids:
             self.errors["local_answer_refused"] += 1
             log.warning(
                 "%s: charger could not process the gateway's answer to %s: %s %s",
@@ -450,12 +370,10 @@ class ChargerRelay:
             and self.state is LinkState.ONLINE
         ):
             # Perhaps a resend of a CALL already stored: it must not reach the cloud twice.
-            self._busy = True
-            self._checking = text
-            self._events.append(CheckResend(call))
+            self._inbox.check_resend(call, text)
             return
         if self.state is LinkState.ONLINE and not self.txids:
-            self._forward(call, text, now)  # the common case, decided without more calls
+            self._pending.forward(call, text, now)  # the common case, decided without more calls
             return
         self._route(call, text, now)
 
@@ -465,14 +383,13 @@ class ChargerRelay:
             if due is None or due - now <= self.settings.turn_hold_s:
                 # The handshake is usually quick: hold the CALL (and the frames after it) for it.
                 hold = min(self.settings.cloud_call_timeout_s, self.settings.connecting_hold_s)
-                self._busy = True
-                self._held = _Held(call, text, now + hold)
+                self._inbox.hold(call, text, now + hold)
                 return
         self._route_now(call, text, now)
 
     def _route_now(self, call: Call, text: str, now: float) -> None:
         if self.state is not LinkState.ONLINE:
-            self._answer_locally(call)
+            self._inbox.answer_locally(self.version, call)
             return
         if self.txids and txmap.local_ids_in(call.action, call.payload):
             try:
@@ -480,36 +397,12 @@ class ChargerRelay:
                     call.action, call.payload, self.txids.local_to_cloud
                 )
             except txmap.UnmappedTransaction:
-                self._answer_locally(call)  # queued; dead-lettered on replay if never mapped
+                # Queued, and dead-lettered on replay if never mapped.
+                self._inbox.answer_locally(self.version, call)
                 return
             call = Call(call.message_id, call.action, payload)
             text = call.serialize()
-        self._forward(call, text, now)
-
-    def _forward(self, call: Call, text: str, now: float) -> None:
-        self._pending[call.message_id] = _Pending(call, now + self.settings.cloud_call_timeout_s)
-        if call.action == "BootNotification":
-            self._events.append(SaveBoot(call))
-        self._to_cloud.append(text)
-
-    def _answer_locally(self, call: Call) -> None:
-        """Per the offline table; what needs no I/O is answered here, the rest by the driver."""
-        rule = offline.rule_for(self.version, call.action)
-        if rule.answer is offline.Answer.NOT_SUPPORTED:
-            self._to_charger.append(
-                self._error_text(
-                    call.message_id, "NotSupported", f"{call.action} is not available offline"
-                )
-            )
-            return
-        try:
-            validate_call(self.version, call.action, call.payload, call.message_id)
-        except FrameError as exc:
-            self.errors["schema_violation"] += 1
-            self._to_charger.append(self._error_text(exc.message_id, exc.code, exc.description))
-            return
-        self._busy = True
-        self._events.append(AnswerLocally(call, rule))
+        self._pending.forward(call, text, now)
 
     def answered_locally(
         self,
@@ -526,19 +419,16 @@ class ChargerRelay:
         if resend:
             self.errors["charger_resend"] += 1
         elif stored:
-            self.remember_stored([call.message_id])
+            self._inbox.remember_stored([call.message_id])
             if local_tx_id is not None:
                 self.txids.add_local(local_tx_id)
             self._backlog_grew(now)
-        self._answered_locally.append(call.message_id)
-        self._to_charger.append(CallResult(call.message_id, result).serialize())
-        if not resend and call.action in self.settings.observed_answers:
-            self._events.append(Answered(call, result, by_cloud=False))
-        self._done_with(now)
+        self._inbox.send_answer(call, result, resend=resend)
+        self._next_from_inbox(now)
 
     def boot_stored(self, message_id: str, payload: str, now: float) -> None:
         """A BootNotification answered locally is stored as the latest undelivered one."""
-        self.boot = (message_id, payload)
+        self._backlog.boot = (message_id, payload)
         if self._replay is not None:
             self._replay.boot_done = False
         elif self.state is LinkState.ONLINE:  # the link came up meanwhile: replay it now
@@ -548,87 +438,46 @@ class ChargerRelay:
     def local_answer_failed(self, call: Call, now: float) -> None:
         """The driver could not answer (e.g. the store cannot write): nothing was acknowledged,
         so the charger gets InternalError and will send it again."""
-        self._to_charger.append(self._error_text(call.message_id, "InternalError", ""))
-        self._done_with(now)
+        self._inbox.send_failure(self.version, call)
+        self._next_from_inbox(now)
 
     def resend_checked(self, call: Call, answer: dict[str, Any] | None, now: float) -> None:
         """The store's answer to ``CheckResend``: the first answer again, or route it as new."""
         if answer is not None:
             self.answered_locally(call, answer, now, stored=False, resend=True)
             return
-        text, self._checking = self._checking or call.serialize(), None
-        self._busy = False
+        inbox = self._inbox
+        text = inbox.end_check(call)
         self._route(call, text, now)
-        if not self._busy:
+        if not inbox.busy:
             self._next_from_inbox(now)
 
     def remember_stored(self, message_ids: Iterable[str]) -> None:
         """Note message ids of CALLs stored for replay (the latest RECENT_IDS are kept)."""
-        for message_id in message_ids:
-            if message_id in self.recent_ids:
-                continue
-            self.recent_ids.add(message_id)
-            self._recent_order.append(message_id)
-            if len(self._recent_order) > RECENT_IDS:
-                self.recent_ids.discard(self._recent_order.popleft())
-
-    def _done_with(self, now: float) -> None:
-        self._busy = False
-        self._next_from_inbox(now)
-
-    def _answer_first(self, calls: list[Call]) -> None:
-        """CALLs whose cloud answer will not come are answered locally, in the order they came,
-        before the frames waiting in the inbox."""
-        self._inbox.extendleft(reversed(calls))
+        self._inbox.remember_stored(message_ids)
 
     def _next_from_inbox(self, now: float) -> None:
         inbox = self._inbox
-        while inbox and not self._busy:
-            item = inbox.popleft()
+        items = inbox.items
+        while items and not inbox.busy:
+            item = items.popleft()
             if isinstance(item, Call):
-                self._answer_locally(item)
+                inbox.answer_locally(self.version, item)
             else:
                 self._charger_frame(item, now)
 
     def _release_held(self, now: float) -> None:
-        held = self._held
+        held = self._inbox.take_held()
         if held is not None:
-            self._held = None
-            self._busy = False
             self._route_now(held.call, held.text, now)
             self._next_from_inbox(now)
 
-    def _charger_answer(self, frame: CallResult | CallError, text: str, now: float) -> None:
-        slot = self._slot
-        if slot is not None and slot.call.message_id == frame.message_id:
-            self._slot = None
-            if slot.origin == "gateway":
-                self._events.append(ChargerAnswered(slot.call, frame, "gateway"))
-            else:
-                if self._cloud_up:
-                    self._to_cloud.append(text)
-                if slot.call.action in self.settings.observed_cloud_answers:
-                    self._events.append(ChargerAnswered(slot.call, frame, "cloud"))
-            self._pump(now)
-        elif not frame.message_id.startswith(GATEWAY_ID_PREFIX) and self._cloud_up:
-            # A late answer (after our timeout) or one we never tracked: pass it on unchanged.
-            self._to_cloud.append(text)
-
-    def _cloud_timed_out(self, expired: list[_Pending], now: float) -> None:
-        for pending in expired:
-            del self._pending[pending.call.message_id]
-            self.errors["cloud_call_timeout"] += 1
-            log.warning(
-                "%s: cloud did not answer %s %s in time; answering locally",
-                self.charger_id,
-                pending.call.action,
-                pending.call.message_id,
-            )
+    def _cloud_timed_out(self, expired: list[Call], now: float) -> None:
         self._set_state(Event.CALL_TIMEOUT)
         self._events.append(CloseLink(1011, "call timeout"))
         self._replay = None
-        self._answer_first([p.call for p in expired])
-        if not self._busy:
+        self._inbox.answer_first(expired)
+        if not self._inbox.busy:
             self._next_from_inbox(now)
 
     # --- cloud → charger -----------------------------------------------------------------------------
@@ -650,7 +499,13 @@ class ChargerRelay:
         kind = type(frame)
         if kind is CallResult or kind is CallError:
             assert isinstance(frame, (CallResult, CallError))
-            self._cloud_answer(frame, text, now)
+            replay = self._replay
+            flight = replay.in_flight if replay is not None else None
+            if flight is not None and flight.call.message_id == frame.message_id:
+                assert replay is not None
+                replay.answered(frame, now)
+            else:
+                self._pending.answered(frame, text, now, self.charger_connected)
         elif kind is Call:
             assert isinstance(frame, Call)
             self._cloud_call(frame, text, now)
@@ -666,26 +521,6 @@ class ChargerRelay:
         else:
             log.info("%s: charger gone; cloud CALLRESULTERROR dropped", self.charger_id)
 
-    def _cloud_answer(self, frame: CallResult | CallError, text: str, now: float) -> None:
-        replay = self._replay
-        flight = replay.in_flight if replay is not None else None
-        if flight is not None and flight.call.message_id == frame.message_id:
-            assert replay is not None
-            self._replay_answered(replay, frame, now)
-            return
-        pending = self._pending.pop(frame.message_id, None)
-        if pending is None:
-            log.info(
-                "%s: dropping cloud answer to unknown id %s", self.charger_id, frame.message_id
-            )
-            return
-        if self.charger_connected:
-            self._to_charger.append(text)
-        if self._observe_answer_s is not None:
-            self._observe_answer_s(now - pending.deadline + self.settings.cloud_call_timeout_s)
-        if type(frame) is CallResult and pending.call.action in self.settings.observed_answers:
-            self._events.append(Answered(pending.call, frame.payload, by_cloud=True))
-
     def _cloud_call(self, call: Call, text: str, now: float) -> None:
         if call.action in self.settings.observed_cloud_calls:
             self._events.append(CloudCallSeen(call))  # before it is queued or refused
@@ -699,11 +534,11 @@ class ChargerRelay:
             if payload is not call.payload:
                 call = Call(call.message_id, call.action, payload)
                 text = call.serialize()
-        if not self._enqueue(_OutCall(call, text, "cloud"), now):
+        if not self._slot.enqueue(OutCall(call, text, "cloud"), now):
             log.warning(
                 "%s: %d CALLs already wait for the charger; refusing %s %s",
                 self.charger_id,
-                len(self._queue),
+                self._slot.queued,
                 call.action,
                 call.message_id,
             )
@@ -733,104 +568,65 @@ class ChargerRelay:
         if not self.charger_connected:
             raise ChargerNotConnected(self.charger_id)
         message_id = GATEWAY_ID_PREFIX + self._new_id()
-        text = (
-            f'[{frames.CALL},"{message_id}",{frames.dumps(action)},{payload_text}]'
-            if payload_text is not None
-            else Call(message_id, action, payload).serialize()
+        self._slot.call(
+            message_id, action, payload, now, payload_text=payload_text, timeout_s=timeout_s
         )
-        out = _OutCall(Call(message_id, action, payload), text, "gateway", timeout_s)
-        if not self._enqueue(out, now):
-            raise ChargerQueueFull(
-                f"charger queue full: {len(self._queue)} CALLs already wait for {self.charger_id}"
-            )
         return message_id
 
     def cancel_charger_call(self, message_id: str) -> bool:
         """The caller gave up: a CALL not yet sent is never sent; True if it was still queued."""
-        for out in self._queue:
-            if out.call.message_id == message_id:
-                self._queue.remove(out)
-                return True
-        return False
-
-    def _enqueue(self, out: _OutCall, now: float) -> bool:
-        if self._slot is not None and len(self._queue) >= self.settings.max_queued_calls:
-            self.errors["charger_queue_full"] += 1
-            return False
-        self._queue.append(out)
-        if self._slot is None:
-            self._pump(now)
-        return True
-
-    def _pump(self, now: float) -> None:
-        """Send the next queued CALL if the charger's slot is free (one outstanding CALL)."""
-        if self._slot is not None or not self._queue or not self.charger_connected:
-            return
-        out = self._queue.popleft()
-        # chargers.call_timeout_s counts from now, when the charger gets it, not from queueing.
-        timeout_s = self.settings.charger_call_timeout_s if out.timeout_s is None else out.timeout_s
-        out.deadline = now + timeout_s
-        self._slot = out
-        self._to_charger.append(out.text)
-
-    def _charger_timed_out(self, out: _OutCall, now: float) -> None:
-        self._slot = None
-        self.errors["charger_call_timeout"] += 1
-        log.warning("%s: no answer to %s %s", self.charger_id, out.call.action, out.call.message_id)
-        if out.origin == "gateway":
-            self._events.append(ChargerCallFailed(out.call.message_id, out.call.action, "timeout"))
-        self._pump(now)
+        return self._slot.cancel(message_id)
 
     # --- replay ----------------------------------------------------------------------------------------
 
+    @property
+    def backlog(self) -> int:
+        """Rows the charger has queued for the cloud (the driver restores it from the store)."""
+        return self._backlog.count
+
+    @backlog.setter
+    def backlog(self, count: int) -> None:
+        self._backlog.count = count
+
+    @property
+    def boot(self) -> tuple[str, str] | None:
+        """(message id, payload) of the undelivered BootNotification, if one is stored."""
+        return self._backlog.boot
+
+    @boot.setter
+    def boot(self, boot: tuple[str, str] | None) -> None:
+        self._backlog.boot = boot
+
     def rows_appeared(self, count: int, now: float) -> None:
         """Rows reached the charger's queue from outside (a requeued dead letter): replay them."""
-        self._enqueued += 1
-        self.backlog = max(self.backlog, count)
+        backlog = self._backlog
+        backlog.changes += 1
+        backlog.count = max(backlog.count, count)
         if self.state is LinkState.ONLINE:
             self._set_state(Event.BACKLOG)
             self._start_replay(now)
 
     def _backlog_grew(self, now: float) -> None:
-        self._enqueued += 1
-        self.backlog += 1
+        backlog = self._backlog
+        backlog.changes += 1
+        backlog.count += 1
         if self.state is LinkState.ONLINE:
             self._set_state(Event.BACKLOG)
             self._start_replay(now)
 
     def _start_replay(self, now: float) -> None:
         if self._replay is None:
-            self._replay = _Replay()
-            self._replay_next(now)
-
-    def _replay_next(self, now: float) -> None:
-        """Send the next replayed CALL, or ask for rows, or declare the backlog drained."""
-        replay = self._replay
-        if replay is None or replay.waiting or self.state is not LinkState.REPLAYING:
-            return
-        if self.boot is not None and not replay.boot_done:
-            message_id, boot_payload = self.boot
-            self._replay_send(
-                replay, Call(message_id, "BootNotification", frames.loads(boot_payload)), None, now
+            self._replay = replay = ReplayCursor(
+                self.charger_id,
+                self._backlog,
+                self.txids,
+                self._output,
+                call_timeout_s=self.settings.cloud_call_timeout_s,
+                max_attempts=self.settings.max_replay_attempts,
+                max_retry_delay_s=self.settings.max_retry_delay_s,
+                errors=self.errors,
             )
-            return
-        while replay.rows:
-            row = replay.rows[0]
-            due = replay.due.get(row.seq, 0.0)
-            if due > now:
-                replay.waiting = "due"
-                return
-            replay.rows.popleft()
-            out = outgoing(row, self.txids.local_to_cloud)
-            if isinstance(out, DeadLetter):
-                self._record(replay, out)
-            else:
-                self._replay_send(replay, out, row, now)
-            return
-        replay.waiting = "rows"
-        replay.enqueued_at_read = self._enqueued
-        replay.asked = request = ReadBacklog()
-        self._events.append(request)
+            replay.next(now)
 
     def replay_rows(
         self, request: ReadBacklog, rows: Iterable[QueuedCall], now: float, *, wall_now: float
@@ -839,97 +635,13 @@ class ChargerRelay:
         ``next_attempt_at``. No rows, and none queued since the read: the backlog is drained.
         An answer to a request of an earlier link (or already answered) is ignored."""
         replay = self._replay
-        if replay is None or replay.waiting != "rows" or replay.asked is not request:
+        if replay is None or not replay.receive_rows(request, rows, now, wall_now=wall_now):
             return
-        replay.waiting = ""
-        replay.rows = deque(rows)
-        replay.due = {
-            row.seq: now + (row.next_attempt_at - wall_now)
-            for row in replay.rows
-            if row.next_attempt_at > wall_now
-        }
-        if replay.rows:
-            self.backlog = max(self.backlog, len(replay.rows))
-            self._replay_next(now)
-            return
-        if self._enqueued != replay.enqueued_at_read:
-            self._replay_next(now)  # queued while the driver read: read again
-            return
-        self.backlog = 0
         self._replay = None
         self._set_state(Event.DRAINED)
         self._events.append(Drained())
         if not self.charger_connected:
             self._events.append(CloseLink(1000, "backlog drained"))
-
-    def _replay_send(self, replay: _Replay, call: Call, row: QueuedCall | None, now: float) -> None:
-        replay.in_flight = _Replaying(call, row, now + self.settings.cloud_call_timeout_s)
-        replay.waiting = "answer"
-        self._to_cloud.append(call.serialize())
-
-    def _replay_answered(self, replay: _Replay, answer: CallResult | CallError, now: float) -> None:
-        flight = replay.in_flight
-        assert flight is not None
-        replay.in_flight = None
-        row = flight.row
-        if row is None:  # the stored BootNotification: a CALLERROR leaves it for the next link
-            replay.boot_done = True
-            replay.waiting = ""
-            if isinstance(answer, CallResult):
-                self._warn_if_refused(answer.payload.get("status"), "replayed BootNotification")
-                replay.waiting, replay.recording = "record", "boot"
-                replay.boot_id = flight.call.message_id
-                replay.asked = delivered = BootDelivered(flight.call.message_id, answer.payload)
-                self._events.append(delivered)
-            else:
-                self._replay_next(now)
-            return
-        outcome = decide(
-            row,
-            flight.call,
-            answer,
-            max_attempts=self.settings.max_replay_attempts,
-            max_delay_s=self.settings.max_retry_delay_s,
-        )
-        if isinstance(outcome, Delivered) and row.action == "StartTransaction":
-            info = outcome.result.get("idTagInfo")
-            status = info.get("status") if isinstance(info, dict) else None
-            self._warn_if_refused(status, f"replayed StartTransaction {row.message_id}")
-        self._record(replay, outcome)
-
-    def _record(self, replay: _Replay, outcome: Delivered | RetryLater | DeadLetter) -> None:
-        """Ask the driver to record ``outcome``; the replay waits for ``outcome_recorded``."""
-        row = outcome.row
-        if isinstance(outcome, Delivered):
-            replay.bind = outcome.tx
-            replay.recording = "row"
-            if outcome.tx is not None:
-                log.info(
-                    "%s: local transaction %d is cloud transaction %d", self.charger_id, *outcome.tx
-                )
-        elif isinstance(outcome, RetryLater):
-            replay.recording = "retry"
-            log.warning(
-                "%s: replayed %s %s not delivered (%s); retry in %.0fs",
-                self.charger_id,
-                row.action,
-                row.message_id,
-                outcome.error,
-                outcome.delay_s,
-            )
-        else:
-            replay.recording = "row"
-            log.error(
-                "%s: cloud refused replayed %s %s (%s: %s); moved to dead letters",
-                self.charger_id,
-                row.action,
-                row.message_id,
-                outcome.code,
-                outcome.description,
-            )
-        replay.waiting = "record"
-        replay.asked = outcome
-        self._events.append(outcome)
 
     def outcome_recorded(
         self,
@@ -941,39 +653,13 @@ class ChargerRelay:
         """The driver recorded ``outcome``. ``ok=False`` (the store failed): nothing is assumed;
         the replay re-reads the store when the driver calls ``resume_replay``. An outcome of an
         earlier link's replay is ignored (that replay restarts from the store)."""
-        replay = self._replay
-        if replay is None or replay.waiting != "record" or replay.asked is not outcome:
-            return
-        bind, replay.bind = replay.bind, None
-        recording, replay.recording = replay.recording, ""
-        if not ok:
-            replay.rows.clear()
-            replay.waiting = "held"  # until resume_replay
-            return
-        replay.waiting = ""
-        if bind is not None:
-            self.txids.bind(*bind)
-        if recording == "retry":
-            replay.rows.clear()  # re-read: the row now carries its next attempt time
-        elif recording == "boot":
-            if self.boot is not None and self.boot[0] == replay.boot_id:
-                self.boot = None  # else a newer Boot was stored meanwhile: replay that one
-        else:
-            self.backlog = max(0, self.backlog - 1)
-        self._replay_next(now)
+        if self._replay is not None:
+            self._replay.recorded(outcome, now, ok=ok)
 
     def resume_replay(self, now: float) -> None:
         """The store commits again after a failed outcome: re-read from the first row queued."""
-        replay = self._replay
-        if replay is not None and replay.waiting == "held":
-            replay.waiting = ""
-            replay.rows.clear()
-            self._replay_next(now)
-
-    def _warn_if_refused(self, status: object, what: str) -> None:
-        """The charger was answered Accepted locally; an operator should know the cloud disagreed."""
-        if status is not None and status != "Accepted":
-            log.warning("%s: cloud answered %s to the %s", self.charger_id, status, what)
+        if self._replay is not None:
+            self._replay.resume(now)
 
     # --- small helpers -------------------------------------------------------------------------------
 

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core.access import LearnedTag, SyncedTag
 from gateway.errors import StoreError
 from gateway.store.base import Record, Table
-from gateway.tags.rules import LearnedTag, SyncedTag
 
 __all__ = ["TagTables"]
 

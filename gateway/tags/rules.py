@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from gateway.core.access import LearnedTag, SyncedTag
+
 __all__ = [
     "AUTHORIZATION_STATUSES_16",
     "AUTHORIZATION_STATUSES_201",
@@ -111,27 +113,6 @@ def parse_datetime(value: str) -> datetime | None:
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class SyncedTag:
-    """An access id from the Flipturn API, as far as authorization needs it."""
-
-    id: int
-    ocpp_id_tag: str
-    authorization_status: str  # Authorized | Revoked
-    revoked_at: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LearnedTag:
-    """The last idTagInfo / idTokenInfo the cloud answered for a tag while online."""
-
-    id_tag: str  # as the charger spelled it when the answer was learned
-    status: str  # as the cloud sent it: 1.6 or 2.0.1 AuthorizationStatus
-    expiry_date: str | None
-    parent_id_tag: str | None
-    learned_at: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import itertools
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -33,23 +33,10 @@ from gateway.core.relay import ChargerRelay, RelaySettings
 from gateway.core.txmap import LOCAL_TX_MIN, TxIdMap
 from gateway.errors import ChargerNotConnected, ChargerQueueFull
 from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
+from tests.rows import Row
 
 T0 = 1000.0  # the fake monotonic clock starts here
 WALL = 1_800_000_000.0  # and the wall clock of the rows here
-
-
-@dataclass(frozen=True)
-class Row:
-    """An outbox row as the store returns it."""
-
-    seq: int
-    message_id: str
-    action: str
-    payload: str
-    version: str = "1.6"
-    local_tx_id: int | None = None
-    attempts: int = 0
-    next_attempt_at: float = 0.0
 
 
 def relay(version: OcppVersion = "1.6", **settings: Any) -> ChargerRelay:

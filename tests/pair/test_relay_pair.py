@@ -26,21 +26,9 @@ from gateway.core.events import (
 from gateway.core.link import LinkState
 from gateway.core.relay import ChargerRelay, RelaySettings
 from gateway.core.txmap import LOCAL_TX_MIN, is_local
+from tests.rows import Row
 
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Row:
-    seq: int
-    message_id: str
-    action: str
-    payload: str
-    answer: str
-    version: str = "1.6"
-    local_tx_id: int | None = None
-    attempts: int = 0
-    next_attempt_at: float = 0.0
 
 
 class SimCharger:
@@ -184,8 +172,8 @@ class Pair:
                         call.message_id,
                         call.action,
                         json.dumps(call.payload),
-                        json.dumps(result),
                         local_tx_id=tx,
+                        answer=json.dumps(result),
                     )
                 )
             r.answered_locally(call, result, self.now, stored=event.rule.stored, local_tx_id=tx)
