@@ -26,9 +26,10 @@ from gateway.core.depot import DepotView
 from gateway.errors import ConfigError
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
 from gateway.net.depot_recorder import DepotRecorder
+from gateway.net.host import SessionHook
 from gateway.net.hub import Hub
 from gateway.net.server import start_charger_server
-from gateway.net.session import SessionHook
+from gateway.net.session import ChargerSession
 from gateway.net.tls import CertificateExpiryCollector, TlsContexts
 from gateway.net.upstream import UpstreamOpener
 from gateway.net.wsconn import WsServer
@@ -118,7 +119,7 @@ class Gateway:
             registry=self.registry,
             settle_s=self.local_list_settle_s,
         )
-        hooks: list[SessionHook] = [ReservationHook(reservations)]
+        hooks: list[SessionHook[ChargerSession]] = [ReservationHook(reservations)]
         if settings.local_list.push:  # only then are Authorize/Start/TransactionEvent observed
             hooks.append(local_list)
         self.hub = hub = Hub(

@@ -31,6 +31,8 @@ Third-party exceptions are translated only in the adapter that calls the library
 (``raise CloudUnavailable(...) from exc``); every SQLite error becomes a ``StoreError`` in the store.
 Each class is defined here; the module that raises it also exports it under its old name
 (``gateway.core.link.InvalidTransition``, ``gateway.tags.flipturn.InvalidPage``, …).
+The private control-flow exceptions of one module, caught in that module (``_Refused`` and
+``_Skip`` of ``gateway.tags.local_list_push``), derive from ``GatewayError`` there.
 """
 
 from __future__ import annotations

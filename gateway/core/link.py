@@ -11,7 +11,7 @@ Everything that decides whether the gateway relays a charger's CALL or answers i
        └──────────────lost / call_timeout (from REPLAYING or ONLINE)────────────────────┘
 
 Only ONLINE relays charger CALLs live. CONNECTING (the handshake, or waiting for its turn at the
-connect pacer) holds a CALL briefly, at most ``session.CONNECTING_HOLD_S``; OFFLINE and REPLAYING
+connect pacer) holds a CALL briefly, at most ``net.link.CONNECTING_HOLD_S``; OFFLINE and REPLAYING
 answer locally so that live messages queue behind the backlog and order is kept.
 """
 

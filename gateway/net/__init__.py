@@ -1,12 +1,18 @@
 """The asyncio drivers: sockets, timers and tasks around the pure core.
 
 Layer 4, beside the drivers of the feature packages. They move bytes, rows and time; the decisions
-are the pure modules' (``gateway.core``, ``gateway.ocpp``).
+are the pure modules' (``gateway.core``, ``gateway.ocpp``). A session sees the hub only through
+``host``'s protocols; its link and effects drivers see the session only through theirs
+(``LinkOwner``, ``EffectsOwner``), so the imports run one way: hub → session → link, effects → host.
 
 - ``wsconn``          WebSocket connections: websockets' sans-I/O protocol on asyncio callbacks
 - ``server``          the charger-facing server: admission, subprotocol choice, hand-off to the hub
 - ``upstream``        opening one charger's cloud link
-- ``session``         one charger's session: its socket, its cloud link and what moves between them
+- ``host``            what a session is given: the hub's services as protocols, its settings
+- ``session``         one charger's session: its two sockets, the frames between them and its relay
+                      core, the core's events dispatched; it owns a link and an effects driver:
+- ``link``            the session's cloud link loop: paced turns, backoff, early retry, down/up lines
+- ``effects``         the session's store side: local answers, resend checks, boot saves, replay I/O
 - ``hub``             every session of the gateway and the services they share
 - ``tls``             TLS contexts of both sides, the checks of their files, reload on SIGHUP
 - ``depot_recorder``  loads the depot view at start-up and writes it in batches

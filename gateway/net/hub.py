@@ -6,8 +6,8 @@ waiting in its backoff; while no link is up, one waiting link is tried every ``P
 A new charger's state (transaction-id map, undelivered BootNotification) is read in one store
 query for every charger that arrived meanwhile, not one query each.
 
-A session sees the hub only as a :class:`~gateway.net.session.SessionHost` with one
-:class:`~gateway.net.session.SessionSettings` value; the hub reads sessions' views and calls their
+A session sees the hub only as a :class:`~gateway.net.host.SessionHost` with one
+:class:`~gateway.net.host.SessionSettings` value; the hub reads sessions' views and calls their
 methods, and never writes their fields.
 """
 
@@ -29,16 +29,10 @@ from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
 from gateway.core.relay import RECENT_IDS, RelaySettings
 from gateway.errors import TransactionIdsExhausted
 from gateway.metrics import RelayStats
-from gateway.net.session import (
-    CONNECTING_HOLD_S,
-    LEARNED_ACTIONS,
-    TURN_HOLD_S,
-    Authorizer,
-    ChargerSession,
-    ChargerWatcher,
-    SessionHook,
-    SessionSettings,
-)
+from gateway.net.effects import LEARNED_ACTIONS
+from gateway.net.host import Authorizer, ChargerWatcher, SessionHook, SessionSettings
+from gateway.net.link import CONNECTING_HOLD_S, TURN_HOLD_S
+from gateway.net.session import ChargerSession
 from gateway.net.wsconn import ClientConnection, ServerConnection
 from gateway.ocpp.frames import OcppVersion, as_version
 from gateway.store.engine import ChargerState, Store
@@ -75,8 +69,8 @@ class Hub:
         *,
         connect_upstream: Connector,
         authorizer: Authorizer,
-        hooks: Sequence[SessionHook] = (),
-        watchers: Sequence[ChargerWatcher] = (),
+        hooks: Sequence[SessionHook[ChargerSession]] = (),
+        watchers: Sequence[ChargerWatcher[ChargerSession]] = (),
         stats: RelayStats | None = None,
         reconnect_max_s: float | None = None,
         backoff: BackoffPolicy | None = None,
@@ -86,11 +80,11 @@ class Hub:
         self.store = store
         self.connect_upstream = connect_upstream
         self.authorizer = authorizer
-        self.hooks: list[SessionHook] = list(hooks)
+        self.hooks: list[SessionHook[ChargerSession]] = list(hooks)
         self.depot = depot if depot is not None else DepotView()  # what every charger is doing
         # Tested once per charger CALL instead of asking every hook.
         self.hooked_charger_actions = frozenset(a for h in self.hooks for a in h.charger_actions)
-        self.watchers: list[ChargerWatcher] = list(watchers)
+        self.watchers: list[ChargerWatcher[ChargerSession]] = list(watchers)
         self.watched_cloud_calls = frozenset(a for w in self.watchers for a in w.cloud_calls)
         self.stats = stats or RelayStats()
         self.reconnect_max_s = (

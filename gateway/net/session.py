@@ -1,193 +1,60 @@
 """One charger's session: the driver of its :class:`~gateway.core.relay.ChargerRelay`.
 
 The relay core decides everything about the charger's traffic (what is relayed, answered
-locally, queued for the charger, replayed, retried or dead-lettered). This driver only moves
-text between the two sockets and the core, runs the upstream link loop, and carries out the
-core's events with the store, the tag cache, the depot view and the hooks, reporting each
-outcome back. Online, a frame is relayed within the socket's receive callback: no task, no await.
+locally, queued for the charger, replayed, retried or dead-lettered). The session moves text
+between the charger's socket, the cloud's and the core, sends what the core produced and
+dispatches the core's events. Online, a frame is relayed within the socket's receive callback:
+no task, no await.
 
-The link to the cloud: each attempt books a handshake turn from the hub's pacer
-(``upstream.max_connects_per_s``); a failed attempt waits its backoff (capped at
-``upstream.reconnect_max_s``), cut short when another link shows the cloud is back or the hub
-picks it as the probe. A charger CALL that arrives while the link is connecting is held by the
-core at most ``CONNECTING_HOLD_S`` (not at all when the turn is more than ``TURN_HOLD_S`` away)
-and then answered locally.
+Two drivers do the rest, each told by the session through a narrow protocol it implements:
 
-The session knows its hub only through :class:`SessionHost` and gets its parameters as one
-:class:`SessionSettings` value; the clock and the id generator are injected.
+- :class:`~gateway.net.link.UpstreamLink` keeps the cloud link (paced turns, backoff, early
+  retry, the down/up lines); the session tells the core each change of the link (``link_*``).
+- :class:`~gateway.net.effects.RelayEffects` carries out the events that need the store, the
+  access-ID cache or the depot view (local answers, resend checks, boot saves, the replay's
+  reads and outcomes) and reports each result back to the core.
+
+The session knows its hub only through :class:`~gateway.net.host.SessionHost` and gets its
+parameters as one :class:`~gateway.net.host.SessionSettings` value; the clock and the id
+generator are injected.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from typing import Any, Final
 from urllib.parse import quote
 
 from gateway.core import events as ev
-from gateway.core import offline, txmap
-from gateway.core.backoff import Backoff, BackoffPolicy, Quiet
-from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
+from gateway.core import txmap
+from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS
 from gateway.core.link import LinkState
-from gateway.core.relay import ChargerRelay, RelaySettings
+from gateway.core.relay import ChargerRelay
 from gateway.errors import (
     ChargerNotConnected,
     ChargerQueueFull,
     ChargerTimeout,
-    CloudUnavailable,
     FrameError,
-    StoreError,
 )
-from gateway.metrics import RelayStats
+from gateway.net.effects import LEARNED_ACTIONS, RelayEffects
+from gateway.net.host import SessionHost, SessionSettings
+from gateway.net.link import UpstreamLink
 from gateway.net.wsconn import ClientConnection, Message, ServerConnection, WsConnection
 from gateway.ocpp import frames
 from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
-from gateway.store.engine import OutboxRow, Store, call_digest
 
-__all__ = [
-    "Authorizer",
-    "ChargerSession",
-    "ChargerWatcher",
-    "SessionHook",
-    "SessionHost",
-    "SessionSettings",
-]
+__all__ = ["ChargerSession"]
 
 log = logging.getLogger(__name__)
 
-LEARNED_ACTIONS: Final = frozenset(
-    {"Authorize", "StartTransaction", "StopTransaction", "TransactionEvent"}
-)
-REPLAY_BATCH: Final = 100
-# Close codes by which the cloud signals an outage rather than ending this charger's session
-# (RFC 6455 §7.4.1: going away, server error, restart, try again later): the charger stays connected.
-_OUTAGE_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
-_CLOSED_BY_US: Final = (0, "closed by the gateway")
 # Charger frames waiting behind one that needs I/O (a local answer); beyond this, reading pauses.
 INBOX_HOLD: Final = 16
-# How long a charger CALL waits for a link that is connecting before it is answered locally: a
-# handshake usually takes less (200-600 ms over TLS on a cellular link); a link queued behind the
-# connect pacer takes longer, and the charger must not wait for it (docs/offline-behaviour.md).
-CONNECTING_HOLD_S: Final = 1.5
-# A link whose handshake turn at the pacer is further away than this does not hold its CALLs at
-# all: they are answered locally at once (a storm's chargers are served in milliseconds). Nearer
-# turns are held (up to CONNECTING_HOLD_S), leaving 0.5 s for the handshake: those are relayed live.
-TURN_HOLD_S: Final = 1.0
-# While a link stays down: one warning when it goes down, then at most one line per this.
-DOWN_LOG_EVERY_S: Final = 60.0
 _NOT_UTF8: Final = FrameError("FormatViolation", "frame is not UTF-8 text")
-
-
-class Authorizer(Protocol):
-    """What the session needs from the access-ID cache."""
-
-    async def auth_info(self, version: OcppVersion, id_tag: str, now: datetime) -> dict[str, Any]:
-        """idTagInfo (1.6) or idTokenInfo (2.0.1) to answer offline for ``id_tag``."""
-        ...
-
-    async def learn_from(
-        self,
-        version: OcppVersion,
-        action: str,
-        request: dict[str, Any],
-        response: dict[str, Any],
-        now: datetime,
-    ) -> None:
-        """Remember the cloud's answer about a tag."""
-        ...
-
-
-class SessionHook(Protocol):
-    """An observer of a session's traffic (reservations use it)."""
-
-    charger_actions: frozenset[str]  # charger CALLs to show to ``on_charger_call``
-    cloud_actions: frozenset[str]  # cloud CALLs whose charger answer goes to the next method
-
-    async def on_charger_call(self, session: ChargerSession, call: Call) -> None: ...
-
-    async def on_cloud_call_answered(
-        self, session: ChargerSession, call: Call, answer: CallResult | CallError
-    ) -> None: ...
-
-    async def gate(
-        self, session: ChargerSession, call: Call, auth_info: dict[str, Any], now: datetime
-    ) -> dict[str, Any]:
-        """The auth info to answer offline with (e.g. refusing a tag on a reserved connector)."""
-        ...
-
-
-class ChargerWatcher(Protocol):
-    """Told synchronously when a charger attaches and before a watched cloud CALL is queued
-    toward it (the local list push uses it: a CALL of its own queued after the cloud's
-    SendLocalList would undo the cloud's list)."""
-
-    cloud_calls: frozenset[str]
-
-    def charger_attached(self, session: ChargerSession) -> None: ...
-
-    def cloud_call(self, session: ChargerSession, call: Call) -> None: ...
-
-
-Connector = Callable[[str, OcppVersion, dict[str, str]], Awaitable[ClientConnection]]
-
-
-class SessionHost(Protocol):
-    """What a session needs from its hub: shared services, nothing of other sessions."""
-
-    @property
-    def store(self) -> Store: ...
-    @property
-    def stats(self) -> RelayStats: ...
-    @property
-    def authorizer(self) -> Authorizer: ...
-    @property
-    def hooks(self) -> Sequence[SessionHook]: ...
-    @property
-    def hooked_charger_actions(self) -> frozenset[str]: ...
-    @property
-    def watchers(self) -> Sequence[ChargerWatcher]: ...
-    @property
-    def depot(self) -> DepotView: ...
-    @property
-    def connect_upstream(self) -> Connector: ...
-    @property
-    def rng(self) -> random.Random: ...  # backoff jitter
-    @property
-    def closing(self) -> bool: ...
-    def next_local_tx_id(self) -> int: ...
-    def forget_if_idle(self, session: ChargerSession) -> None: ...
-    @property
-    def backoff(self) -> BackoffPolicy: ...
-    def book_turn(self) -> tuple[asyncio.Future[None], float]:
-        """A handshake turn (``upstream.max_connects_per_s``) and the seconds until it."""
-        ...
-
-    def link_failed(self) -> None: ...
-    def link_connected(self) -> None: ...
-    def retry_wait(self, session: ChargerSession, waiting: bool) -> None:
-        """The session starts (True) or ends (False) waiting in its reconnect backoff."""
-        ...
-
-    def dead_letter_added(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class SessionSettings:
-    """Every session's parameters, built once by the hub from ``Settings``."""
-
-    upstream_url: str
-    pass_authorization: bool
-    standalone: bool
-    heartbeat_interval_s: int
-    reconnect_max_s: float
-    relay: RelaySettings
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -204,7 +71,7 @@ class ChargerSession:
 
     def __init__(
         self,
-        host: SessionHost,
+        host: SessionHost[ChargerSession],
         charger_id: str,
         version: OcppVersion,
         settings: SessionSettings,
@@ -233,33 +100,29 @@ class ChargerSession:
         self._now = clock or asyncio.get_running_loop().time  # monotonic: deadlines
         self._wall = wall_clock  # unix time: what is stored and shown
         self.charger: ServerConnection | None = None
-        self.upstream: ClientConnection | None = None
+        self.upstream: ClientConnection | None = None  # the link's, read here on every frame
         self.last_seen_at: float | None = None  # unix time of the charger's last frame
         self.backlog_oldest: float | None = None
-        self._auth_header: dict[str, str] = {}
         self._calls: dict[str, asyncio.Future[CallResult | CallError]] = {}
-        self._wanted_changed = asyncio.Event()
-        self._link_task: asyncio.Task[None] | None = None
-        self._closing_upstream = False  # we, not the cloud, are closing the current link
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._answering = False  # a charger CALL is being answered locally (its frames wait)
         # log.level = "debug": one line per frame (one attribute test per frame otherwise).
         self._trace_frames = False
-        reconnect_max_s = settings.reconnect_max_s
-        policy = host.backoff
-        self._backoff = Backoff(
-            initial_s=min(policy.initial_s, reconnect_max_s),
-            max_s=reconnect_max_s,
-            factor=policy.factor,
-            rng=host.rng,
+        self._effects = RelayEffects(
+            self,
+            host,
+            self.relay,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            boot_undelivered=boot_undelivered,
+            clock=self._now,
+            wall_clock=self._wall,
         )
-        self._boot_undelivered = boot_undelivered  # the store holds a Boot not yet read
-        self._booked_turn: asyncio.Future[None] | None = None
-        self._retry_early = False  # set by the hub: try the cloud before the backoff ends
-        self._woken_by_recovery = False  # at most once per failure streak
-        self._down_since: float | None = None  # monotonic time the link went down
-        self._down_attempts = 0
-        self._down_log = Quiet(DOWN_LOG_EVERY_S)
+        self._link = UpstreamLink(
+            self,
+            host,
+            url=f"{settings.upstream_url}/{quote(charger_id, safe='')}",
+            reconnect_max_s=settings.reconnect_max_s,
+            clock=self._now,
+        )
 
     # --- views ---------------------------------------------------------------------------------
 
@@ -285,17 +148,17 @@ class ChargerSession:
 
     @property
     def has_link_task(self) -> bool:
-        return self._link_task is not None and not self._link_task.done()
+        return self._link.running
 
     @property
     def boot_undelivered(self) -> bool:
         """The store holds a BootNotification the cloud has not seen."""
-        return self._boot_undelivered or self.relay.boot is not None
+        return self._effects.boot_undelivered
 
     @property
     def backoff_capped(self) -> bool:
         """The link's reconnect delay has reached ``upstream.reconnect_max_s``."""
-        return self._backoff.capped
+        return self._link.backoff_capped
 
     @property
     def upstream_connected(self) -> bool:
@@ -312,7 +175,7 @@ class ChargerSession:
         if self.backlog_oldest is None or oldest < self.backlog_oldest:
             self.backlog_oldest = oldest
         self.relay.rows_appeared(count, self._now())
-        self._flush()
+        self.flush()
         self.ensure_link()
 
     def remember_stored(self, message_ids: list[str]) -> None:
@@ -337,7 +200,7 @@ class ChargerSession:
 
     # --- moving the core's output --------------------------------------------------------------
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """Send what the core produced and carry out its events."""
         relay = self.relay
         out = relay.data_to_cloud()
@@ -375,19 +238,17 @@ class ChargerSession:
                 )
             for hook in host.hooks if call.action in host.hooked_charger_actions else ():
                 if call.action in hook.charger_actions:
-                    self._spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
+                    self.spawn(hook.on_charger_call(self, call), f"hook for {call.action}")
         elif isinstance(event, ev.AnswerLocally):
-            self._answering = True
-            self._spawn(self._answer_locally(event.call, event.rule), "answering locally")
+            self.spawn(self._effects.answer_locally(event.call, event.rule), "answering locally")
         elif isinstance(event, ev.CheckResend):
-            self._answering = True
-            self._spawn(self._check_resend(event.call), "checking a resend")
+            self.spawn(self._effects.check_resend(event.call), "checking a resend")
         elif isinstance(event, ev.Answered):
             call = event.call
             if event.by_cloud and call.action in LEARNED_ACTIONS:
-                self._learn(call, event.result)
+                self._effects.learn(call, event.result)
             if call.action in FOLDED_ANSWERS:
-                self._fold(call, event.result, by_cloud=event.by_cloud)
+                self._effects.fold(call, event.result, by_cloud=event.by_cloud)
         elif isinstance(event, ev.CloudCallSeen):
             for watcher in host.watchers:
                 if event.call.action in watcher.cloud_calls:
@@ -404,18 +265,19 @@ class ChargerSession:
                 )
                 future.set_exception(error)
         elif isinstance(event, ev.CloseLink):
-            self._close_upstream(event.code, event.reason)
+            self._link.close(event.code, event.reason)
         elif isinstance(event, ev.Drained):
             self.backlog_oldest = None
-            self._wanted_changed.set()
+            self._link.wake()
         elif isinstance(event, ev.SaveBoot):
-            self._spawn(self._save_boot(event.call, delivered=True), "saving BootNotification")
+            saving = self._effects.save_boot(event.call, delivered=True)
+            self.spawn(saving, "saving BootNotification")
         elif isinstance(event, ev.ReadBacklog):
-            self._spawn(self._read_backlog(event), "reading the backlog")
+            self.spawn(self._effects.read_backlog(event), "reading the backlog")
         elif isinstance(event, (ev.Delivered, ev.RetryLater, ev.DeadLetter, ev.BootDelivered)):
-            self._spawn(self._record(event), "recording a replay outcome")
+            self.spawn(self._effects.record(event), "recording a replay outcome")
 
-    def _spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
 
@@ -433,7 +295,7 @@ class ChargerSession:
         relay = self.relay
         if relay.has_deadlines:
             relay.tick(now)
-            self._flush()
+            self.flush()
 
     # --- charger side --------------------------------------------------------------------------
 
@@ -442,14 +304,14 @@ class ChargerSession:
         old = self.charger
         self.charger = ws  # first: the old socket's clean-up must not close the upstream link
         self.relay.charger_attached(version, self._now())
-        self._flush()
+        self.flush()
         if old is not None:
             log.warning("%s: new connection replaces the old one", self.charger_id)
             old.close(1000, "replaced by a new connection")
         if self.upstream is not None:
             self.upstream.release_reading("charger-busy")
         auth = ws.request.headers.get("Authorization") if ws.request else None
-        self._auth_header = (
+        self._link.headers = (
             {"Authorization": auth} if auth and self.settings.pass_authorization else {}
         )
         self.ensure_link()
@@ -462,13 +324,13 @@ class ChargerSession:
         if self.charger is ws:
             self.charger = None
             self.relay.charger_detached(self._now())
-            self._flush()
-            self._wanted_changed.set()
+            self.flush()
+            self._link.wake()
             self.forget_if_done()
 
     def forget_if_done(self) -> None:
         """Let the hub drop this session once nothing of it runs (its link loop does it last)."""
-        if not self.has_link_task and not self._answering:
+        if not self.has_link_task and not self._effects.answering:
             self.host.forget_if_idle(self)
 
     def _charger_write_paused(self, paused: bool) -> None:
@@ -494,147 +356,24 @@ class ChargerSession:
                     relay.receive_charger(message.decode(), self._now())
                 except UnicodeDecodeError:
                     relay.bad_charger_frame(_NOT_UTF8)
-            self._flush()
+            self.flush()
         except Exception:
             self._stats.errors["internal"] += 1
             log.exception("%s: failed to handle a charger frame", self.charger_id)
         if relay.inbox_size >= INBOX_HOLD and self.charger is not None:
             self.charger.hold_reading("inbox")
 
-    async def _check_resend(self, call: Call) -> None:
-        """A CALL with the id of a stored one: answered as the first time if it is a resend."""
-        try:
-            answer = await self._earlier_answer(call, None)
-        except Exception:
-            answer = None  # the store cannot tell: relay it as new (the cloud dedupes by id)
-            log.debug("%s: resend lookup failed", self.charger_id, exc_info=True)
-        self._answering = False
-        self.relay.resend_checked(call, answer, self._now())
-        self._after_answer()
-
-    async def _earlier_answer(self, call: Call, digest: bytes | None) -> dict[str, Any] | None:
-        """The answer given the first time to a stored CALL with the same id, action and
-        payload (queued or delivered within the last 24 h), if ``call`` is its resend."""
-        if not offline.rule_for(self.version, call.action).stored:
-            return None
-        answer = await self.host.store.earlier_answer(
-            self.charger_id,
-            call.message_id,
-            digest or call_digest(call.action, call.payload),
-            now=self._wall(),
-        )
-        if answer is None:
-            return None
-        log.info(
-            "%s: %s %s was stored before; answered as the first time",
-            self.charger_id,
-            call.action,
-            call.message_id,
-        )
-        result: dict[str, Any] = frames.loads(answer)
-        return result
-
-    async def _answer_locally(self, call: Call, rule: offline.Rule) -> None:
-        """Answer per the offline table, storing the row first where required; on failure the
-        charger gets InternalError and nothing was acknowledged (it will send it again)."""
-        version = self.version
-        tx = None
-        try:
-            digest = call_digest(call.action, call.payload) if rule.stored else None
-            earlier = await self._earlier_answer(call, digest) if digest is not None else None
-            if earlier is not None:  # a resend: the first answer; nothing stored or sent again
-                self._answering = False
-                self.relay.answered_locally(call, earlier, self._now(), stored=False, resend=True)
-                self._after_answer()
-                return
-            now = datetime.now(UTC)
-            auth_info = await self._auth_info(call, now)
-            if rule.answer is offline.Answer.START_TRANSACTION:
-                tx = self.host.next_local_tx_id()
-            result = offline.local_result(
-                version,
-                call.action,
-                now=now,
-                heartbeat_interval_s=self.settings.heartbeat_interval_s,
-                auth_info=auth_info,
-                transaction_id=tx,
-            )
-            payload_text = frames.dumps(call.payload)
-            if rule.answer is offline.Answer.BOOT:
-                await self._save_boot(call, delivered=False)
-            elif rule.stored:
-                await self.host.store.enqueue(
-                    self.charger_id,
-                    version,
-                    call.message_id,
-                    call.action,
-                    payload_text,
-                    now.timestamp(),
-                    local_tx_id=tx,
-                    digest=digest,
-                    answer=frames.dumps(result),
-                )
-        except StoreError as exc:
-            # The store logs each change of its state once; a line per message would flood.
-            self._stats.errors["store"] += 1
-            log.debug("%s: cannot store %s: %s", self.charger_id, call.action, exc)
-            self._answering = False
-            self.relay.local_answer_failed(call, self._now())
-        except Exception:
-            self._stats.errors["internal"] += 1
-            log.exception("%s: cannot answer %s locally", self.charger_id, call.action)
-            self._answering = False
-            self.relay.local_answer_failed(call, self._now())
-        else:
-            self._stats.local_answers[call.action] += 1
-            self._answering = False
-            if rule.answer is offline.Answer.BOOT:
-                self.relay.boot_stored(call.message_id, payload_text, self._now())
-            elif rule.stored and self.backlog_oldest is None:
-                self.backlog_oldest = now.timestamp()
-            self.relay.answered_locally(
-                call, result, self._now(), stored=rule.stored, local_tx_id=tx
-            )
-            if rule.stored:
-                self.ensure_link()
-        self._after_answer()
-
-    def _after_answer(self) -> None:
-        self._flush()
+    def answer_done(self) -> None:
+        self.flush()
         if self.charger is None:
             self.forget_if_done()
         elif self.relay.inbox_size < INBOX_HOLD:
             self.charger.release_reading("inbox")
 
-    async def _auth_info(self, call: Call, now: datetime) -> dict[str, Any] | None:
-        tag = offline.presented_tag(self.version, call.action, call.payload)
-        if tag is None:
-            return None
-        info: dict[str, Any] = await self.host.authorizer.auth_info(self.version, tag, now)
+    async def gate(self, call: Call, auth_info: dict[str, Any], now: datetime) -> dict[str, Any]:
         for hook in self.host.hooks:
-            info = await hook.gate(self, call, info, now)
-        return info
-
-    async def _save_boot(self, call: Call, *, delivered: bool) -> None:
-        await self.host.store.save_boot(
-            self.charger_id,
-            self.version,
-            call.message_id,
-            frames.dumps(call.payload),
-            self._wall(),
-            delivered=delivered,
-        )
-
-    def _learn(self, call: Call, result: dict[str, Any]) -> None:
-        learn = self.host.authorizer.learn_from(
-            self.version, call.action, call.payload, result, datetime.now(UTC)
-        )
-        self._spawn(learn, "learning")
-
-    def _fold(self, call: Call, result: dict[str, Any], *, by_cloud: bool) -> None:
-        self.host.depot.answered(
-            self.charger_id, self.version, call.action, call.payload, result, by_cloud=by_cloud
-        )
+            auth_info = await hook.gate(self, call, auth_info, now)
+        return auth_info
 
     # --- gateway and cloud CALLs to the charger ------------------------------------------------
 
@@ -656,13 +395,13 @@ class ChargerSession:
                 action, payload, self._now(), payload_text=payload_text
             )
         except ChargerQueueFull:
-            self._flush()
+            self.flush()
             raise
         future: asyncio.Future[CallResult | CallError] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
         self._calls[message_id] = future
         try:
-            self._flush()
+            self.flush()
             return await future
         except asyncio.CancelledError:  # the caller gave up (e.g. the HTTP client went away)
             self.relay.cancel_charger_call(message_id)  # not sent yet: never send it
@@ -679,171 +418,63 @@ class ChargerSession:
         for hook in self.host.hooks:
             if event.call.action in hook.cloud_actions:
                 answered = hook.on_cloud_call_answered(self, event.call, event.answer)
-                self._spawn(answered, "hook")
+                self.spawn(answered, "hook")
 
     # --- cloud side ----------------------------------------------------------------------------
 
     def ensure_link(self) -> None:
         """Keep an upstream link while the charger is connected or a backlog waits."""
-        if self.settings.standalone or self.has_link_task or not self.relay.wants_link:
-            return
-        self._start_link_loop()
-
-    def _book_turn(self) -> asyncio.Future[None]:
-        turn, eta = self.host.book_turn()
-        self.relay.link_connecting(self._now(), turn_in_s=eta)
-        return turn
-
-    def _start_link_loop(self) -> None:
-        # Booked now, not when the task first runs: a CALL handled before then (frames that came
-        # with the connection) already knows how long the link will take.
-        self._booked_turn = self._book_turn()
-        task = asyncio.create_task(self._link_loop())
-        self._link_task = task
-
-        def done(t: asyncio.Task[None]) -> None:
-            if not t.cancelled() and t.exception() is not None:
-                self._stats.errors["internal"] += 1
-                log.error("%s: link loop failed", self.charger_id, exc_info=t.exception())
-
-        task.add_done_callback(done)
-
-    def _wanted(self) -> bool:
-        return not self.host.closing and self.relay.wants_link
+        if not self.settings.standalone:
+            self._link.ensure()
 
     def retry_now(self, *, recovery: bool) -> None:
-        """Cut the backoff short (the hub saw the cloud come back, or picked this link to probe).
+        """Cut the link's backoff short (see :meth:`UpstreamLink.retry_now`)."""
+        self._link.retry_now(recovery=recovery)
 
-        A recovery wake-up counts once per failure streak: a link the cloud keeps refusing (e.g.
-        an unknown charger id) then follows its own backoff while others connect.
-        """
-        if recovery:
-            if self._woken_by_recovery:
-                return
-            self._woken_by_recovery = True
-        self._retry_early = True
-        self._wanted_changed.set()
+    # The link's LinkOwner side: each change of the link, told to the core.
 
-    async def _link_loop(self) -> None:
-        relay = self.relay
-        while self._wanted():
-            turn, self._booked_turn = self._booked_turn or self._book_turn(), None
-            await turn  # upstream.max_connects_per_s across all links
-            if not self._wanted():
-                break
-            url = f"{self.settings.upstream_url}/{quote(self.charger_id, safe='')}"
-            try:
-                ws = await self.host.connect_upstream(url, self.version, self._auth_header)
-            except CloudUnavailable as exc:
-                self._stats.upstream_failures += 1
-                self.host.link_failed()
-                relay.link_failed(self._now())
-                self._flush()
-                delay = self._backoff.next_delay()
-                self._log_down(str(exc), delay)
-                await self._wait_to_retry(delay)
-                continue
-            self._stats.upstream_connects += 1
-            self._backoff.reset()
-            self._woken_by_recovery = False
-            self.upstream = ws
-            if self._boot_undelivered and relay.boot is None:
-                boot = await self.host.store.undelivered_boot(self.charger_id)
-                if boot is not None:
-                    relay.boot_stored(*boot, self._now())
-            self._boot_undelivered = False
-            # Decided now: a message queued meanwhile is in the backlog, and so is replayed
-            # before live traffic.
-            relay.link_connected(self._now())
-            self._log_up()
-            self.host.link_connected()
-            self._flush()
-            cloud_closed = await self._read_cloud(ws)
-            self.upstream = None
-            if self.charger is not None:
-                self.charger.release_reading("cloud-busy")
-            relay.link_lost(self._now())
-            self._flush()
-            if cloud_closed is _CLOSED_BY_US:
-                continue  # e.g. after a call timeout: re-establish at once, backoff on failure
-            if cloud_closed is not None and self.charger is not None:
-                # The cloud ended the connection on purpose: let the charger see it (transparency).
-                self.charger.close(*cloud_closed)
-            elif self._wanted():
-                delay = self._backoff.next_delay()
-                self._log_down("connection lost", delay)
-                await self._wait_to_retry(delay)
-        relay.link_lost(self._now())
-        self._flush()
-        self._down_since = None
-        if self._wanted():
-            # A charger (or backlog) arrived while this loop was finishing and saw it still
-            # running: serve it rather than leave it without a link.
-            self._start_link_loop()
-            return
-        if not self._answering:  # else the local answer does it when it ends
-            self.host.forget_if_idle(self)  # no await since the check: nothing can slip in
+    @property
+    def wants_link(self) -> bool:
+        return self.relay.wants_link
 
-    def _log_down(self, reason: str, delay: float) -> None:
-        """One warning when the link goes down, then at most one line per DOWN_LOG_EVERY_S."""
-        now = self._now()
-        self._down_attempts += 1
-        if self._down_since is None:
-            self._down_since = now
-            self._down_attempts = 1
-            self._down_log.reset()
-            self._down_log.allow(now)
-            log.warning(
-                "%s: cloud link down (%s); retrying in %.1fs", self.charger_id, reason, delay
-            )
-        elif self._down_log.allow(now):
-            log.warning(
-                "%s: cloud link still down after %.0fs, %d attempts (%s); next in %.1fs",
-                self.charger_id,
-                now - self._down_since,
-                self._down_attempts,
-                reason,
-                delay,
-            )
+    def link_booked(self, turn_in_s: float) -> None:
+        self.relay.link_connecting(self._now(), turn_in_s=turn_in_s)
 
-    def _log_up(self) -> None:
-        if self._down_since is not None:
-            log.info(
-                "%s: cloud link up again after %.1fs down",
-                self.charger_id,
-                self._now() - self._down_since,
-            )
-            self._down_since = None
+    def link_failed(self) -> None:
+        self.relay.link_failed(self._now())
+        self.flush()
 
-    async def _wait_to_retry(self, delay: float) -> None:
-        """Sleep the backoff, or less if the hub wakes this link (see retry_now)."""
-        self._retry_early = False
-        self.host.retry_wait(self, True)
-        try:
-            await self._sleep_unless_unwanted(delay)
-        finally:
-            self.host.retry_wait(self, False)
-            self._retry_early = False
+    async def link_opened(self, ws: ClientConnection) -> None:
+        self.upstream = ws
+        await self._effects.load_boot()
+        # Decided now: a message queued meanwhile is in the backlog, and so is replayed
+        # before live traffic.
+        self.relay.link_connected(self._now())
 
-    async def _sleep_unless_unwanted(self, delay: float) -> None:
-        deadline = self._now() + delay
-        while self._wanted() and not self._retry_early and (left := deadline - self._now()) > 0:
-            self._wanted_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wanted_changed.wait(), left)
-
-    async def _read_cloud(self, ws: ClientConnection) -> tuple[int, str] | None:
-        """Relay cloud frames until the link ends; (code, reason) if the cloud closed it cleanly."""
+    def link_live(self, ws: ClientConnection) -> None:
+        self.flush()
         ws.on_write_paused = self._cloud_write_paused
         ws.on_message = self._cloud_message  # frames that came meanwhile are delivered now
-        await ws.wait_closed()
-        rcvd = ws.close_rcvd
-        by_us, self._closing_upstream = self._closing_upstream, False
-        if by_us:
-            return _CLOSED_BY_US
-        if rcvd is None or self.host.closing or rcvd.code in _OUTAGE_CLOSE_CODES:
-            return None
-        return rcvd.code, rcvd.reason
+
+    def link_closed(self) -> None:
+        self.upstream = None
+        if self.charger is not None:
+            self.charger.release_reading("cloud-busy")
+        self.relay.link_lost(self._now())
+        self.flush()
+
+    def cloud_closed(self, code: int, reason: str) -> bool:
+        if self.charger is None:
+            return False
+        self.charger.close(code, reason)  # transparency: the charger sees the cloud's close
+        return True
+
+    def link_stopped(self) -> None:
+        if not self._effects.answering:  # else the local answer does it when it ends
+            self.host.forget_if_idle(self)  # no await since the check: nothing can slip in
+
+    def retry_wait(self, waiting: bool) -> None:
+        self.host.retry_wait(self, waiting)
 
     def _cloud_message(self, message: Message) -> None:
         self._stats.frames_from_cloud += 1
@@ -858,68 +489,10 @@ class ChargerSession:
                     relay.receive_cloud(message.decode(), self._now())
                 except UnicodeDecodeError:
                     relay.bad_cloud_frame(_NOT_UTF8)
-            self._flush()
+            self.flush()
         except Exception:
             self._stats.errors["internal"] += 1
             log.exception("%s: failed to handle a cloud frame", self.charger_id)
-
-    def _close_upstream(self, code: int, reason: str) -> None:
-        ws = self.upstream
-        if ws is not None:
-            self._closing_upstream = True
-            ws.close(code, reason)
-
-    # --- replay I/O ----------------------------------------------------------------------------
-
-    async def _read_backlog(self, request: ev.ReadBacklog) -> None:
-        rows = await self.host.store.pending(self.charger_id, REPLAY_BATCH)
-        if rows:
-            self.backlog_oldest = rows[0].created_at
-        self.relay.replay_rows(request, rows, self._now(), wall_now=self._wall())
-        self._flush()
-
-    async def _record(
-        self, outcome: ev.Delivered | ev.RetryLater | ev.DeadLetter | ev.BootDelivered
-    ) -> None:
-        try:
-            await self._write_outcome(outcome)
-        except StoreError:
-            # The outcome could not be recorded: hold the replay until the store commits
-            # again, then resume from the first row still queued.
-            self.relay.outcome_recorded(outcome, self._now(), ok=False)
-            await self.host.store.wait_usable()
-            self.relay.resume_replay(self._now())
-        else:
-            self.relay.outcome_recorded(outcome, self._now())
-        self._flush()
-
-    async def _write_outcome(
-        self, outcome: ev.Delivered | ev.RetryLater | ev.DeadLetter | ev.BootDelivered
-    ) -> None:
-        store, cid = self.host.store, self.charger_id
-        if isinstance(outcome, ev.BootDelivered):
-            await store.mark_boot_delivered(cid, outcome.message_id)
-        elif isinstance(outcome, ev.RetryLater):
-            next_at = self._wall() + outcome.delay_s
-            await store.retry_later(outcome.row.seq, next_attempt_at=next_at, error=outcome.error)
-        elif isinstance(outcome, ev.DeadLetter):
-            row = outcome.row
-            assert isinstance(row, OutboxRow)
-            await store.dead_letter(
-                row, code=outcome.code, description=outcome.description, now=self._wall()
-            )
-            self._stats.dead_lettered += 1
-            self.host.dead_letter_added()
-        else:
-            call, tx = outcome.call, outcome.tx
-            await store.delivered(outcome.row.seq, tx=(cid, *tx) if tx is not None else None)
-            if tx is not None:
-                self.host.depot.bind(cid, *tx)
-            elif call.action == "TransactionEvent":
-                self._fold(call, outcome.result, by_cloud=True)
-            self._stats.replayed += 1
-            if call.action in LEARNED_ACTIONS:
-                self._learn(call, outcome.result)
 
     # --- shutdown ------------------------------------------------------------------------------
 
@@ -928,13 +501,13 @@ class ChargerSession:
         if self.charger is not None:
             sockets.append(self.charger)
         if self.upstream is not None:
-            self._closing_upstream = True
             sockets.append(self.upstream)
-        for ws in sockets:
-            ws.close(1001, "gateway shutting down")
+        if self.charger is not None:
+            self.charger.close(1001, "gateway shutting down")
+        self._link.close(1001, "gateway shutting down")
         await asyncio.gather(*(ws.wait_closed() for ws in sockets))
-        self._wanted_changed.set()
-        tasks = [t for t in (self._link_task, *self._tasks) if t is not None and not t.done()]
+        self._link.wake()
+        tasks = [t for t in (self._link.task, *self._tasks) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,4 +1,4 @@
-"""The session hook through which reservations see a charger's traffic (``session.SessionHook``).
+"""The session hook through which reservations see a charger's traffic (``host.SessionHook``).
 
 - Cloud ReserveNow / CancelReservation: relayed unchanged by the session; once the charger has
   answered, the reservation is recorded with the outcome.

@@ -82,7 +82,7 @@ class TagCache:
         return decision
 
     async def auth_info(self, version: str, id_tag: str, now: datetime) -> dict[str, Any]:
-        """The offline idTagInfo (1.6) or idTokenInfo (2.0.1) for ``id_tag`` (``session.Authorizer``)."""
+        """The offline idTagInfo (1.6) or idTokenInfo (2.0.1) for ``id_tag`` (``host.Authorizer``)."""
         decision = await self.authorize(id_tag, now)
         return id_tag_info(decision) if version == "1.6" else id_token_info(decision)
 

@@ -43,6 +43,7 @@ from gateway.errors import (
     ChargerQueueFull,
     ChargerTimeout,
     FrameError,
+    GatewayError,
     StoreError,
 )
 from gateway.ocpp.frames import Call, CallError, CallResult, dumps
@@ -111,11 +112,12 @@ def _make_plan(
     )
 
 
-class _Refused(Exception):
+# Control flow inside one push round, caught in ``_push``; in the tree like every exception here.
+class _Refused(GatewayError):
     """The charger does not take a local list from us (the message says why)."""
 
 
-class _Skip(Exception):
+class _Skip(GatewayError):
     """This round cannot go on (no answer, an odd answer); the next trigger tries again."""
 
 

@@ -12,8 +12,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 from gateway.net.hub import Hub
+from gateway.net.link import CONNECTING_HOLD_S
 from gateway.net.server import start_charger_server
-from gateway.net.session import CONNECTING_HOLD_S
 from gateway.net.upstream import UpstreamOpener
 from gateway.store.engine import ChargerState, Store
 from gateway.tags.cache import TagCache

@@ -1,0 +1,323 @@
+"""One charger's link to the cloud: the loop that keeps it up while its session wants it.
+
+Each attempt books a handshake turn from the hub's pacer (``upstream.max_connects_per_s``); a
+failed attempt waits its backoff (capped at ``upstream.reconnect_max_s``), cut short when another
+link shows the cloud is back or the hub picks it as the probe (:meth:`UpstreamLink.retry_now`).
+While the link stays down it logs one warning, then at most one line per ``DOWN_LOG_EVERY_S``,
+and one line when it is up again. A cloud that closes the connection on purpose is passed on to
+the charger; the close codes of an outage are not (the charger stays connected).
+
+A charger CALL that arrives while the link is connecting is held by the core at most
+``CONNECTING_HOLD_S`` (not at all when the turn is more than ``TURN_HOLD_S`` away) and then
+answered locally.
+
+The loop decides nothing about frames: the session (a :class:`LinkOwner`) tells the relay core
+about each change of the link and reads the cloud's frames. The clock is injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from typing import Final, Protocol
+
+from gateway.core.backoff import Backoff, BackoffPolicy, Quiet
+from gateway.errors import CloudUnavailable
+from gateway.metrics import RelayStats
+from gateway.net.host import Connector
+from gateway.net.wsconn import ClientConnection
+from gateway.ocpp.frames import OcppVersion
+
+__all__ = [
+    "CONNECTING_HOLD_S",
+    "DOWN_LOG_EVERY_S",
+    "TURN_HOLD_S",
+    "LinkHost",
+    "LinkOwner",
+    "UpstreamLink",
+]
+
+log = logging.getLogger(__name__)
+
+# Close codes by which the cloud signals an outage rather than ending this charger's session
+# (RFC 6455 §7.4.1: going away, server error, restart, try again later): the charger stays connected.
+_OUTAGE_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
+_CLOSED_BY_US: Final = (0, "closed by the gateway")
+# How long a charger CALL waits for a link that is connecting before it is answered locally: a
+# handshake usually takes less (200-600 ms over TLS on a cellular link); a link queued behind the
+# connect pacer takes longer, and the charger must not wait for it (docs/offline-behaviour.md).
+# The relay core holds the CALL (``RelaySettings.connecting_hold_s``); the hub sets it from this.
+CONNECTING_HOLD_S: Final = 1.5
+# A link whose handshake turn at the pacer is further away than this does not hold its CALLs at
+# all: they are answered locally at once (a storm's chargers are served in milliseconds). Nearer
+# turns are held (up to CONNECTING_HOLD_S), leaving 0.5 s for the handshake: those are relayed live.
+TURN_HOLD_S: Final = 1.0
+# While a link stays down: one warning when it goes down, then at most one line per this.
+DOWN_LOG_EVERY_S: Final = 60.0
+
+
+class LinkHost(Protocol):
+    """What the link needs from the hub (a part of :class:`~gateway.net.host.SessionHost`)."""
+
+    @property
+    def stats(self) -> RelayStats: ...
+    @property
+    def connect_upstream(self) -> Connector: ...
+    @property
+    def rng(self) -> random.Random: ...
+    @property
+    def closing(self) -> bool: ...
+    @property
+    def backoff(self) -> BackoffPolicy: ...
+    def book_turn(self) -> tuple[asyncio.Future[None], float]: ...
+    def link_failed(self) -> None: ...
+    def link_connected(self) -> None: ...
+
+
+class LinkOwner(Protocol):
+    """What the link tells its session (which passes it on to the relay core)."""
+
+    @property
+    def charger_id(self) -> str: ...
+    @property
+    def version(self) -> OcppVersion: ...
+    @property
+    def wants_link(self) -> bool:
+        """A charger is connected or a backlog waits."""
+        ...
+
+    def link_booked(self, turn_in_s: float) -> None:
+        """A handshake turn is booked; it comes in ``turn_in_s``."""
+        ...
+
+    def link_failed(self) -> None:
+        """The attempt failed."""
+        ...
+
+    async def link_opened(self, ws: ClientConnection) -> None:
+        """The link is open; nothing is read from it yet."""
+        ...
+
+    def link_live(self, ws: ClientConnection) -> None:
+        """Send what waits and read ``ws`` from now on (its ``on_message``)."""
+        ...
+
+    def link_closed(self) -> None:
+        """The link is closed, or the loop ends."""
+        ...
+
+    def cloud_closed(self, code: int, reason: str) -> bool:
+        """The cloud closed the link on purpose: close the charger likewise (if it is there)."""
+        ...
+
+    def link_stopped(self) -> None:
+        """The loop ended and nothing wants another."""
+        ...
+
+    def retry_wait(self, waiting: bool) -> None:
+        """The link starts (True) or ends (False) waiting in its backoff."""
+        ...
+
+
+class UpstreamLink:
+    """The link loop of one session: booked turns, connect, backoff, and the cloud's close."""
+
+    def __init__(
+        self,
+        owner: LinkOwner,
+        host: LinkHost,
+        *,
+        url: str,
+        reconnect_max_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._owner = owner
+        self._host = host
+        self._stats = host.stats
+        self._url = url
+        self._now = clock  # monotonic
+        self.headers: dict[str, str] = {}  # sent with the handshake (the charger's Authorization)
+        self.ws: ClientConnection | None = None
+        self._wanted_changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self._closing = False  # we, not the cloud, are closing the current connection
+        policy = host.backoff
+        self._backoff = Backoff(
+            initial_s=min(policy.initial_s, reconnect_max_s),
+            max_s=reconnect_max_s,
+            factor=policy.factor,
+            rng=host.rng,
+        )
+        self._booked_turn: asyncio.Future[None] | None = None
+        self._retry_early = False  # set by the hub: try the cloud before the backoff ends
+        self._woken_by_recovery = False  # at most once per failure streak
+        self._down_since: float | None = None  # monotonic time the link went down
+        self._down_attempts = 0
+        self._down_log = Quiet(DOWN_LOG_EVERY_S)
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    @property
+    def backoff_capped(self) -> bool:
+        """The reconnect delay has reached ``upstream.reconnect_max_s``."""
+        return self._backoff.capped
+
+    def ensure(self) -> None:
+        """Start the loop if the session wants a link and none runs."""
+        if not self.running and self._owner.wants_link:
+            self._start()
+
+    def wake(self) -> None:
+        """What the session wants changed: a sleeping loop looks again."""
+        self._wanted_changed.set()
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the current connection (the loop reconnects at once if the link is still wanted)."""
+        ws = self.ws
+        if ws is not None:
+            self._closing = True
+            ws.close(code, reason)
+
+    def retry_now(self, *, recovery: bool) -> None:
+        """Cut the backoff short (the hub saw the cloud come back, or picked this link to probe).
+
+        A recovery wake-up counts once per failure streak: a link the cloud keeps refusing (e.g.
+        an unknown charger id) then follows its own backoff while others connect.
+        """
+        if recovery:
+            if self._woken_by_recovery:
+                return
+            self._woken_by_recovery = True
+        self._retry_early = True
+        self._wanted_changed.set()
+
+    def _book_turn(self) -> asyncio.Future[None]:
+        turn, eta = self._host.book_turn()
+        self._owner.link_booked(eta)
+        return turn
+
+    def _start(self) -> None:
+        # Booked now, not when the task first runs: a CALL handled before then (frames that came
+        # with the connection) already knows how long the link will take.
+        self._booked_turn = self._book_turn()
+        task = asyncio.create_task(self._loop())
+        self.task = task
+        charger_id = self._owner.charger_id
+
+        def done(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                self._stats.errors["internal"] += 1
+                log.error("%s: link loop failed", charger_id, exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    def _wanted(self) -> bool:
+        return not self._host.closing and self._owner.wants_link
+
+    async def _loop(self) -> None:
+        owner = self._owner
+        while self._wanted():
+            turn, self._booked_turn = self._booked_turn or self._book_turn(), None
+            await turn  # upstream.max_connects_per_s across all links
+            if not self._wanted():
+                break
+            try:
+                ws = await self._host.connect_upstream(self._url, owner.version, self.headers)
+            except CloudUnavailable as exc:
+                self._stats.upstream_failures += 1
+                self._host.link_failed()
+                owner.link_failed()
+                delay = self._backoff.next_delay()
+                self._log_down(str(exc), delay)
+                await self._wait_to_retry(delay)
+                continue
+            self._stats.upstream_connects += 1
+            self._backoff.reset()
+            self._woken_by_recovery = False
+            self.ws = ws
+            await owner.link_opened(ws)
+            self._log_up()
+            self._host.link_connected()
+            owner.link_live(ws)
+            cloud_closed = await self._closed(ws)
+            self.ws = None
+            owner.link_closed()
+            if cloud_closed is _CLOSED_BY_US:
+                continue  # e.g. after a call timeout: re-establish at once, backoff on failure
+            if cloud_closed is not None and owner.cloud_closed(*cloud_closed):
+                pass  # the cloud ended the connection on purpose: the charger sees it too
+            elif self._wanted():
+                delay = self._backoff.next_delay()
+                self._log_down("connection lost", delay)
+                await self._wait_to_retry(delay)
+        owner.link_closed()
+        self._down_since = None
+        if self._wanted():
+            # A charger (or backlog) arrived while this loop was finishing and saw it still
+            # running: serve it rather than leave it without a link.
+            self._start()
+            return
+        owner.link_stopped()
+
+    async def _closed(self, ws: ClientConnection) -> tuple[int, str] | None:
+        """Wait for the link to end; (code, reason) if the cloud closed it cleanly."""
+        await ws.wait_closed()
+        rcvd = ws.close_rcvd
+        by_us, self._closing = self._closing, False
+        if by_us:
+            return _CLOSED_BY_US
+        if rcvd is None or self._host.closing or rcvd.code in _OUTAGE_CLOSE_CODES:
+            return None
+        return rcvd.code, rcvd.reason
+
+    def _log_down(self, reason: str, delay: float) -> None:
+        """One warning when the link goes down, then at most one line per DOWN_LOG_EVERY_S."""
+        now = self._now()
+        charger_id = self._owner.charger_id
+        self._down_attempts += 1
+        if self._down_since is None:
+            self._down_since = now
+            self._down_attempts = 1
+            self._down_log.reset()
+            self._down_log.allow(now)
+            log.warning("%s: cloud link down (%s); retrying in %.1fs", charger_id, reason, delay)
+        elif self._down_log.allow(now):
+            log.warning(
+                "%s: cloud link still down after %.0fs, %d attempts (%s); next in %.1fs",
+                charger_id,
+                now - self._down_since,
+                self._down_attempts,
+                reason,
+                delay,
+            )
+
+    def _log_up(self) -> None:
+        if self._down_since is not None:
+            log.info(
+                "%s: cloud link up again after %.1fs down",
+                self._owner.charger_id,
+                self._now() - self._down_since,
+            )
+            self._down_since = None
+
+    async def _wait_to_retry(self, delay: float) -> None:
+        """Sleep the backoff, or less if the hub wakes this link (see retry_now)."""
+        self._retry_early = False
+        self._owner.retry_wait(True)
+        try:
+            await self._sleep_unless_unwanted(delay)
+        finally:
+            self._owner.retry_wait(False)
+            self._retry_early = False
+
+    async def _sleep_unless_unwanted(self, delay: float) -> None:
+        deadline = self._now() + delay
+        while self._wanted() and not self._retry_early and (left := deadline - self._now()) > 0:
+            self._wanted_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wanted_changed.wait(), left)

@@ -1,0 +1,232 @@
+"""The upstream link loop without sockets: a connector the cloud refuses, a clock set by the test.
+
+Each test drives :class:`~gateway.net.link.UpstreamLink` with a recording owner (the session's
+side) and a small host (the hub's side): nothing sleeps, a backoff of 30 s ends only when the
+test cuts it short, so a broken wake-up shows as a bounded hang, not a slow pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import pytest
+
+from gateway.core.backoff import BackoffPolicy
+from gateway.errors import CloudUnavailable
+from gateway.metrics import RelayStats
+from gateway.net.link import UpstreamLink
+from gateway.net.wsconn import ClientConnection
+from gateway.ocpp.frames import OcppVersion
+
+BOUND_S = 5.0  # bounds a hang; never reached when the loop works
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Host:
+    """The hub's side: every turn is free at once; the cloud refuses every handshake."""
+
+    def __init__(self) -> None:
+        self.stats = RelayStats()
+        self.rng = random.Random(7)
+        self.closing = False
+        self.backoff = BackoffPolicy(initial_s=30.0, factor=2.0)
+        self.attempts: list[tuple[str, OcppVersion, dict[str, str]]] = []
+        self.failures = 0
+        self.turns = 0
+
+    async def connect_upstream(
+        self, url: str, version: OcppVersion, headers: dict[str, str]
+    ) -> ClientConnection:
+        self.attempts.append((url, version, headers))
+        raise CloudUnavailable("connection refused")
+
+    def book_turn(self) -> tuple[asyncio.Future[None], float]:
+        self.turns += 1
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        turn.set_result(None)
+        return turn, 0.25
+
+    def link_failed(self) -> None:
+        self.failures += 1
+
+    def link_connected(self) -> None:
+        raise AssertionError("the cloud refuses every handshake")
+
+
+class Owner:
+    """The session's side: records what the link tells it; ``waiting`` while it backs off."""
+
+    charger_id = "CP-1"
+    version: OcppVersion = "1.6"
+
+    def __init__(self) -> None:
+        self.wants_link = True
+        self.told: list[str] = []
+        self.waiting = asyncio.Event()
+        self.woken = asyncio.Event()
+        self.stopped = asyncio.Event()
+
+    def link_booked(self, turn_in_s: float) -> None:
+        self.told.append(f"booked {turn_in_s}")
+
+    def link_failed(self) -> None:
+        self.told.append("failed")
+
+    async def link_opened(self, ws: ClientConnection) -> None:
+        raise AssertionError("never opened")
+
+    def link_live(self, ws: ClientConnection) -> None:
+        raise AssertionError("never opened")
+
+    def link_closed(self) -> None:
+        self.told.append("closed")
+
+    def cloud_closed(self, code: int, reason: str) -> bool:
+        raise AssertionError("never opened")
+
+    def link_stopped(self) -> None:
+        self.told.append("stopped")
+        self.stopped.set()
+
+    def retry_wait(self, waiting: bool) -> None:
+        self.told.append(f"waiting {waiting}")
+        if waiting:
+            self.woken.clear()
+            self.waiting.set()
+        else:
+            self.waiting.clear()
+            self.woken.set()
+
+
+def new_link(
+    owner: Owner, host: Host, clock: Clock, *, reconnect_max_s: float = 300.0
+) -> UpstreamLink:
+    return UpstreamLink(
+        owner, host, url="ws://cloud.test/ocpp/CP-1", reconnect_max_s=reconnect_max_s, clock=clock
+    )
+
+
+async def backing_off(owner: Owner) -> None:
+    await asyncio.wait_for(owner.waiting.wait(), BOUND_S)
+
+
+async def retried(link: UpstreamLink, owner: Owner, host: Host, *, recovery: bool) -> None:
+    """Wake the waiting link and wait until its next attempt failed and it backs off again."""
+    before = len(host.attempts)
+    link.retry_now(recovery=recovery)
+    await asyncio.wait_for(owner.woken.wait(), BOUND_S)  # the wake-up ends the wait first
+    await backing_off(owner)
+    assert len(host.attempts) == before + 1
+
+
+async def settle() -> None:
+    """Give a woken loop more than enough turns of the event loop to act."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def stop(link: UpstreamLink, owner: Owner) -> None:
+    owner.wants_link = False
+    link.wake()
+    await asyncio.wait_for(owner.stopped.wait(), BOUND_S)
+    assert link.task is not None
+    await link.task
+
+
+async def test_a_refused_link_backs_off_until_retry_now_cuts_it_short() -> None:
+    owner, host, clock = Owner(), Host(), Clock()
+    link = new_link(owner, host, clock)
+    link.headers = {"Authorization": "Basic Q1AtMTpzZWNyZXQ="}
+    link.ensure()
+    await backing_off(owner)
+    assert host.attempts == [("ws://cloud.test/ocpp/CP-1", "1.6", link.headers)]
+    assert owner.told == ["booked 0.25", "failed", "waiting True"]
+    assert host.failures == 1 and host.stats.upstream_failures == 1
+    link.ensure()  # a running loop is not started twice
+    await settle()
+    assert len(host.attempts) == 1 and host.turns == 1
+
+    await retried(link, owner, host, recovery=False)
+    # Each attempt books its own handshake turn at the pacer.
+    assert owner.told[3:] == ["waiting False", "booked 0.25", "failed", "waiting True"]
+    assert host.turns == 2 and host.failures == 2
+    await stop(link, owner)
+    assert owner.told[-3:] == ["waiting False", "closed", "stopped"]
+    assert not link.running
+
+
+async def test_a_recovery_wake_up_counts_once_per_failure_streak() -> None:
+    owner, host, clock = Owner(), Host(), Clock()
+    link = new_link(owner, host, clock)
+    link.ensure()
+    await backing_off(owner)
+    await retried(link, owner, host, recovery=True)
+    link.retry_now(recovery=True)  # the cloud still refuses this one: its own backoff now
+    await settle()
+    assert len(host.attempts) == 2 and owner.waiting.is_set()
+    await retried(link, owner, host, recovery=False)  # the hub's probe still wakes it
+    await stop(link, owner)
+
+
+async def test_the_delay_grows_to_the_cap() -> None:
+    owner, host, clock = Owner(), Host(), Clock()
+    link = new_link(owner, host, clock, reconnect_max_s=100.0)
+    link.ensure()
+    await backing_off(owner)
+    assert not link.backoff_capped  # 30 s
+    await retried(link, owner, host, recovery=False)
+    assert not link.backoff_capped  # 60 s
+    await retried(link, owner, host, recovery=False)
+    assert link.backoff_capped  # 100 s, not 120
+    await stop(link, owner)
+
+
+async def test_a_link_that_stays_down_logs_once_then_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    owner, host, clock = Owner(), Host(), Clock()
+    link = new_link(owner, host, clock)
+    caplog.set_level(logging.WARNING, logger="gateway.net.link")
+    link.ensure()
+    await backing_off(owner)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("CP-1: cloud link down (connection refused)")
+    for at in (130.0, 150.0):  # attempts 2 and 3, within the minute: nothing more
+        clock.now = at
+        await retried(link, owner, host, recovery=False)
+    assert len(caplog.records) == 1
+    clock.now = 161.0  # attempt 4, a minute after the first line
+    await retried(link, owner, host, recovery=False)
+    assert len(caplog.records) == 2
+    assert (
+        caplog.records[1]
+        .getMessage()
+        .startswith(
+            "CP-1: cloud link still down after 61s, 4 attempts (connection refused); next in "
+        )
+    )
+    clock.now = 200.0
+    await retried(link, owner, host, recovery=False)
+    assert len(caplog.records) == 2
+    await stop(link, owner)
+
+
+async def test_a_closing_gateway_ends_the_backoff_and_starts_no_attempt() -> None:
+    owner, host, clock = Owner(), Host(), Clock()
+    link = new_link(owner, host, clock)
+    link.ensure()
+    await backing_off(owner)
+    host.closing = True
+    link.wake()
+    await asyncio.wait_for(owner.stopped.wait(), BOUND_S)
+    assert len(host.attempts) == 1
+    assert owner.told[-3:] == ["waiting False", "closed", "stopped"]
