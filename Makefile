@@ -42,8 +42,8 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy gateway tests
 
-# PYTEST_WORKERS=2 runs the suite on two worker processes (pytest-xdist); 0, the default, in one.
-PYTEST_WORKERS ?= 0
+# The suite runs on two worker processes (pytest-xdist); PYTEST_WORKERS=0 runs it in one.
+PYTEST_WORKERS ?= 2
 
 test: lint
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS)

@@ -424,7 +424,7 @@ def run_authorize(args: argparse.Namespace, runner: asyncio.Runner) -> dict[str,
         store_info = fill_store(runner, db, args.access_ids, args.vehicles)
         gateway = StandaloneGateway(workdir, db)
         try:
-            time.sleep(1.0)  # settle before reading idle memory
+            time.sleep(args.settle)  # before reading idle memory
             idle_kb = procfs.memory(gateway.pid).rss_kb
             hwm_reset = procfs.reset_peak_rss(gateway.pid)
             versions = ["1.6", "2.0.1"] if args.v201 else ["1.6"]
@@ -466,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revoked", type=float, default=0.1, help="share of synced Revoked tags")
     parser.add_argument("--no-v201", dest="v201", action="store_false")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--settle", type=float, default=1.0, help="seconds before reading idle memory"
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     return parser
 

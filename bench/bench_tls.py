@@ -121,9 +121,22 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         ]
         targets: dict[str, _Target] = {}
         try:
-            for name, chargers, context in runs:
-                gateway = await GatewayProcess(_config(workdir, name, chargers)).start()
-                targets[name] = _Target(gateway, context)
+            # Started side by side (start-up is no part of the measure); kept in the runs' order.
+            processes = [
+                GatewayProcess(_config(workdir, name, chargers)) for name, chargers, _ in runs
+            ]
+            started = await asyncio.gather(*(p.start() for p in processes), return_exceptions=True)
+            failed: list[BaseException] = []
+            for (name, _, context), gateway, outcome in zip(runs, processes, started, strict=True):
+                if not isinstance(outcome, BaseException):
+                    targets[name] = _Target(gateway, context)
+                    continue
+                failed.append(outcome)
+                if gateway.proc is not None and gateway.proc.returncode is None:
+                    gateway.proc.kill()
+                    await gateway.proc.wait()
+            if failed:
+                raise failed[0]
             reloaded = targets["profile3-ec-reloaded"].gateway
             reloaded.signal(signal.SIGHUP)
             await wait_for(lambda: any("TLS files reloaded" in x for x in reloaded.log), 10)
@@ -136,7 +149,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             for target in targets.values():
                 target.gateway.signal(signal.SIGTERM)
-                await target.gateway.wait()
+            await asyncio.gather(*(target.gateway.wait() for target in targets.values()))
     results = {name: target.summary() for name, target in targets.items()}
     base = results["ws"]["gateway_cpu_us"]
     for result in results.values():

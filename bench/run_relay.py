@@ -53,7 +53,7 @@ BENCH_SUITE = "relay"
 ALL_TARGETS = ("direct", "minimal", "nginx", "gateway", "sansio", "baseline")
 DEFAULT_TARGETS = ("direct", "minimal", "nginx", "gateway")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-IDLE_SETTLE_S = 1.0
+IDLE_SETTLE_S = 1.0  # seconds the started targets rest before their idle memory is read
 # The "baseline" target: the gateway package of an earlier commit, e.g. extracted with
 # `git archive <commit> gateway | tar -x -C DIR`, run beside this tree's for before/after ratios.
 BASELINE_ENV = "BENCH_BASELINE_SOURCE"
@@ -229,7 +229,7 @@ def run_relay(args: argparse.Namespace) -> dict[str, Any]:
                 except TargetUnavailable as exc:
                     notes[name] = str(exc)
                     print(f"[bench] {scenario}: skipping {name}: {exc}", file=sys.stderr)
-            time.sleep(IDLE_SETTLE_S)
+            time.sleep(args.settle)
             idle[scenario] = {t.name: procfs.memory(t.pid).rss_kb for t in targets if t.pid}
             try:
                 for rep in range(args.reps):
@@ -300,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per run")
     parser.add_argument("--workers", type=int, default=2, help="load generator processes")
     parser.add_argument("--chargers", type=int, help="override every scenario's charger count")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=IDLE_SETTLE_S,
+        help=f"seconds before reading the targets' idle memory (default {IDLE_SETTLE_S})",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument(
         "--no-install-nginx",

@@ -14,6 +14,14 @@ from gateway.store.engine import Store
 from tests.support import FakeCloud
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On xdist workers (``make test``), the tests marked ``first`` start first: the longest
+    (~25 s) then runs beside the rest instead of keeping one worker busy after the other has run
+    out of tests. One process keeps the files' order."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("first") is None)
+
+
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     """An empty store in a real SQLite file under ``tmp_path``."""

@@ -7,8 +7,13 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 LISTENING = re.compile(
     r"listening for chargers on wss?://[^:]+:(\d+)\S* .*API on http://[^:]+:(\d+)"
@@ -18,6 +23,13 @@ LISTENING = re.compile(
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def side_by_side(run: Callable[[T], R], items: Iterable[T], workers: int = 4) -> list[R]:
+    """``[run(item) for item in items]``, ``workers`` at a time: for independent CLI processes,
+    whose start-up is most of a short command's time."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(run, items))
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> list[str]:

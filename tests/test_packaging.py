@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tomllib
 import zipfile
@@ -45,17 +49,55 @@ def test_lock_files_pin_every_dependency_with_hashes() -> None:
         assert all(pins.values()), f"{lock} has a pin without hashes: run `make lock`"
 
 
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    out = tmp_path_factory.mktemp("dist")
-    result = subprocess.run(
-        ["make", "-C", str(ROOT), "dist", f"DIST={out}"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    yield out
+@contextlib.contextmanager
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Path, bool]]:
+    """A directory for ``name`` shared by this run's xdist workers (their base temporary
+    directory's parent is the run's own), held under a file lock: ``(path, True)`` once a worker
+    has filled it and returned from this block, ``(path, False)`` to the first one, which fills it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    directory = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = directory / ".done"
+        directory.mkdir(exist_ok=True)
+        yield directory, done.exists()
+        done.touch()
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """pip's environment for the builds and installs below: the locked dependencies (hashes
+    checked) and the build backend downloaded once into a directory, then found there without an
+    index. Each install still runs ``pip install --require-hashes -r requirements.lock`` and each
+    build its isolated environment; they no longer ask the index for the same files every time."""
+    with built_once(tmp_path_factory, "wheels") as (wheels, ready):
+        backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
+        locked_wheels = ["--require-hashes", "-r", str(ROOT / "requirements.lock")]
+        for what in [] if ready else [locked_wheels, backend]:
+            got = subprocess.run(
+                [*pip, "--dest", str(wheels), *what], capture_output=True, text=True, timeout=600
+            )
+            assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    return {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory: pytest.TempPathFactory, wheelhouse: dict[str, str]) -> Path:
+    """``make dist`` once per run (xdist workers share it)."""
+    with built_once(tmp_path_factory, "dist") as (out, ready):
+        if not ready:
+            result = subprocess.run(
+                ["make", "-C", str(ROOT), "dist", f"DIST={out}"],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                env=wheelhouse,
+            )
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
 
 
 @pytest.mark.slow
@@ -92,26 +134,30 @@ def test_make_dist_builds_a_wheel_and_an_sdist(dist: Path) -> None:
         assert needed in members, needed
 
 
-def install(source: Path, dist_dir: Path, destdir: Path) -> subprocess.CompletedProcess[str]:
+def install(
+    source: Path, dist_dir: Path, destdir: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
     """``make install`` of ``source`` into ``destdir``."""
     return subprocess.run(
         ["make", "-C", str(source), "install", f"DESTDIR={destdir}", f"DIST={dist_dir}"],
         capture_output=True,
         text=True,
         timeout=600,
+        env=env,
     )
 
 
 @pytest.mark.slow
+@pytest.mark.first  # the longest test: it builds the shared wheel, then installs twice
 def test_install_then_upgrade_keeps_the_config_and_backs_up_the_store(
-    dist: Path, tmp_path: Path
+    dist: Path, wheelhouse: dict[str, str], tmp_path: Path
 ) -> None:
     import sqlite3
 
     from gateway import __version__
 
     dest = tmp_path / "root"
-    first = install(ROOT, dist, dest)
+    first = install(ROOT, dist, dest, wheelhouse)
     assert first.returncode == 0, first.stdout + first.stderr
     prefix = dest / "opt" / "flipturn-gateway"
     assert (prefix / ".venv").readlink() == Path("releases") / __version__
@@ -148,7 +194,9 @@ def test_install_then_upgrade_keeps_the_config_and_backs_up_the_store(
             shutil.copy2(ROOT / name, newer / name)
     init = newer / "gateway" / "__init__.py"
     init.write_text(init.read_text().replace(f'"{__version__}"', '"99.0.0"'))
-    second = install(newer, tmp_path / "no-wheel", dest)  # from the source tree this time
+    second = install(
+        newer, tmp_path / "no-wheel", dest, wheelhouse
+    )  # from the source tree this time
     assert second.returncode == 0, second.stdout + second.stderr
     assert "kept" in second.stdout
     assert 'unknown_tags = "accept"' in config.read_text()

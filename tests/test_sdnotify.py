@@ -247,7 +247,9 @@ async def test_watchdog_is_fed_only_while_the_store_commits(
     systemd: FakeSystemd, socket_path: str, tmp_path: Path
 ) -> None:
     store = await Store.open(tmp_path / "g.db")
-    store.start_monitoring()
+    # Rounds every 0.05 s and a probe commit after 0.1 s without one (the gateway's are 1 s and
+    # 3 s): the same read-only fault, seen by the same probe, sooner.
+    store.start_monitoring(every_s=0.05, idle_s=0.1)
     notifier = Notifier(socket_path)
     task = asyncio.create_task(
         watchdog_loop(notifier, 0.05, store.healthy, lambda: store.status()["error"])

@@ -300,6 +300,7 @@ class Store(OutboxTable, TagTables, BootTable, ReservationTable, LocalListTable,
         self._usable.set()
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
         self._monitor: asyncio.Task[None] | None = None
+        self._probe_idle_s = PROBE_IDLE_S
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -416,10 +417,14 @@ class Store(OutboxTable, TagTables, BootTable, ReservationTable, LocalListTable,
         """Return once commits succeed again (at once if they do)."""
         await self._usable.wait()
 
-    def start_monitoring(self) -> None:
-        """Run the periodic probe until :meth:`close` (the running gateway does this)."""
+    def start_monitoring(
+        self, *, every_s: float = PROBE_EVERY_S, idle_s: float = PROBE_IDLE_S
+    ) -> None:
+        """Run the periodic probe until :meth:`close` (the running gateway does this, with the
+        defaults): a round every ``every_s``, a probe commit after ``idle_s`` without one."""
         if self._monitor is None and self.path != ":memory:":
-            self._monitor = asyncio.create_task(self._monitor_loop())
+            self._probe_idle_s = idle_s
+            self._monitor = asyncio.create_task(self._monitor_loop(every_s))
 
     def _identity(self) -> tuple[int, int] | None:
         if self.path == ":memory:":
@@ -489,7 +494,8 @@ class Store(OutboxTable, TagTables, BootTable, ReservationTable, LocalListTable,
     async def probe(self) -> None:
         """One round of checks: free space and the file's identity (a stat and a statvfs); a
         deleted file restored from the open connection; a tiny commit when none succeeded for
-        PROBE_IDLE_S or while the store is down. The outcome lands in :meth:`status`."""
+        PROBE_IDLE_S (see :meth:`start_monitoring`) or while the store is down. The outcome
+        lands in :meth:`status`."""
         health = self._health
         health.free_bytes = self._free_bytes()
         if self._file_id is not None and not _exists(self.path):
@@ -505,7 +511,10 @@ class Store(OutboxTable, TagTables, BootTable, ReservationTable, LocalListTable,
                 self._fault(str(exc))
         if health.error is not None and health.error.startswith("disk full"):
             await self._release_wal()
-        if health.error is not None or time.monotonic() - health.last_commit_ok >= PROBE_IDLE_S:
+        if (
+            health.error is not None
+            or time.monotonic() - health.last_commit_ok >= self._probe_idle_s
+        ):
             with contextlib.suppress(StoreError):
                 await self.write([(_PROBE_SQL, (time.time(),))])
 
@@ -519,10 +528,10 @@ class Store(OutboxTable, TagTables, BootTable, ReservationTable, LocalListTable,
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    async def _monitor_loop(self) -> None:
+    async def _monitor_loop(self, every_s: float) -> None:
         next_prune = time.monotonic() + PRUNE_EVERY_S
         while True:
-            await asyncio.sleep(PROBE_EVERY_S)
+            await asyncio.sleep(every_s)
             try:
                 await self.probe()
                 if time.monotonic() >= next_prune and self.ok:

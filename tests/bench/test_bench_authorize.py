@@ -73,7 +73,7 @@ def test_suite_is_found_by_run_all() -> None:
 
 def test_tiny_real_run(tmp_path: Path) -> None:
     args = ["--access-ids", "600", "--vehicles", "10", "--chargers", "3", "--rate", "50"]
-    args += ["--block-s", "0.2", "--blocks", "2", "--warmup-blocks", "1"]
+    args += ["--block-s", "0.2", "--blocks", "2", "--warmup-blocks", "1", "--settle", "0.1"]
     assert main([*args, "--results-dir", str(tmp_path)]) == 0
 
     report = json.loads((tmp_path / "authorize-latest.json").read_text())

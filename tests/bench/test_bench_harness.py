@@ -173,8 +173,8 @@ def test_hotspots_count_self_and_inclusive_samples() -> None:
 
 def test_tiny_relay_run_direct_and_minimal(tmp_path: Path) -> None:
     args = ["--scenarios", "S2", "--targets", "direct,minimal,sansio", "--reps", "1"]
-    args += ["--duration", "1", "--warmup", "0.3", "--chargers", "3", "--workers", "1"]
-    assert relay_main([*args, "--results-dir", str(tmp_path)]) == 0
+    args += ["--duration", "0.5", "--warmup", "0.1", "--chargers", "3", "--workers", "1"]
+    assert relay_main([*args, "--settle", "0.1", "--results-dir", str(tmp_path)]) == 0
 
     report = json.loads((tmp_path / "relay-latest.json").read_text())
     assert report["options"]["chargers_override"] == 3
@@ -208,7 +208,7 @@ def test_tiny_relay_run_through_gateway_and_nginx(tmp_path: Path) -> None:
     )
     args = ["--scenarios", "S1", "--targets", targets, "--reps", "1", "--no-install-nginx"]
     args += ["--duration", "1", "--warmup", "0.3", "--chargers", "3", "--workers", "1"]
-    assert relay_main([*args, "--results-dir", str(tmp_path)]) == 0
+    assert relay_main([*args, "--settle", "0.1", "--results-dir", str(tmp_path)]) == 0
 
     report = json.loads((tmp_path / "relay-latest.json").read_text())
     assert report["notes"] == {}

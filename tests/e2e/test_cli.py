@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from gateway import __version__
-from tests.procs import GatewayProcess, cli, write_config
+from tests.procs import GatewayProcess, cli, side_by_side, write_config
 from tests.support import charger
 
 SECRETS = ("hunter2-charger-pass", "flipturn-api-key-123", "local-api-token-xyz")
@@ -60,9 +60,9 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
         '[upstream]\ncall_timeout_s = "soon"\n': "upstream.call_timeout_s",
         "[chargers\n": "not valid TOML",
     }
-    for text, key in cases.items():
-        config = write_config(tmp_path / "bad.toml", text)
-        result = run_cli("--config", str(config), "check-config")
+    configs = [write_config(tmp_path / f"bad-{n}.toml", text) for n, text in enumerate(cases)]
+    results = side_by_side(lambda config: run_cli("--config", str(config), "check-config"), configs)
+    for (text, key), result in zip(cases.items(), results, strict=True):
         assert result.returncode == 2, (text, result.stderr)
         assert key in result.stderr, (text, result.stderr)
     missing = run_cli("--config", str(tmp_path / "nope.toml"), "check-config")

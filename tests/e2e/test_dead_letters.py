@@ -154,11 +154,12 @@ path = "{db}"
     async with GatewayProcess(config) as gw, charger(gw.charger_port, "CP") as cp:
         await make_dead_letters(cp, cloud, [7, 1, 8, 9])
         await cloud.wait_connected("CP")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.api_port}") as api:
+            for _ in range(500):  # the gateway commits the last dead letter just after the answer
+                if len((await api.get("/api/outbox/dead")).json()["data"]) == 3:
+                    break
+                await asyncio.sleep(0.02)
         table = await run_cli_async("outbox", "dead", "--config", str(config))
-        for _ in range(100):  # the gateway commits the last dead letter just after the answer
-            if table.stdout.count("StatusNotification") == 3:
-                break
-            table = await run_cli_async("outbox", "dead", "--config", str(config))
         assert table.returncode == 0, table.stderr
         header, *lines = table.stdout.splitlines()
         assert header.split()[:3] == ["ID", "CHARGER", "ACTION"]
@@ -184,11 +185,13 @@ path = "{db}"
                 await asyncio.sleep(0.02)
             assert health["status"] == "ok" and health["outbox"]["deadLetters"] == 0
 
-        unknown = await run_cli_async("outbox", "drop", "4242", "--config", str(config))
+        unknown, again, usage = await asyncio.gather(  # three refusals, side by side
+            run_cli_async("outbox", "drop", "4242", "--config", str(config)),
+            run_cli_async("outbox", "requeue", "4242", "--config", str(config)),
+            run_cli_async("outbox", "requeue", "--config", str(config)),
+        )
         assert unknown.returncode == 1 and "4242" in unknown.stderr
-        again = await run_cli_async("outbox", "requeue", "4242", "--config", str(config))
         assert again.returncode == 1 and "4242" in again.stderr
-        usage = await run_cli_async("outbox", "requeue", "--config", str(config))
         assert usage.returncode == 2  # ID or --all
 
 

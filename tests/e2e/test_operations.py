@@ -18,7 +18,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
 from gateway import __version__
-from tests.procs import GatewayProcess, cli, write_config
+from tests.procs import GatewayProcess, cli, side_by_side, write_config
 from tests.support import FakeCloud, charger, wait_for
 
 
@@ -245,24 +245,31 @@ async def test_sighup_with_a_broken_file_keeps_the_running_configuration(tmp_pat
 
 
 def test_api_on_the_network_without_a_token_is_refused(tmp_path: Path) -> None:
-    for host in ("0.0.0.0", "192.0.2.10", "::", "gateway.local"):
-        config = base_config(tmp_path).read_text().replace("[api]\n", f'[api]\nhost = "{host}"\n')
-        path = write_config(tmp_path / "open.toml", config)
-        for command in ("check-config", "run"):
-            result = run_cli("--config", str(path), command)
-            assert result.returncode == 2, (host, command, result.stderr)
-            assert "api.token" in result.stderr and host in result.stderr, result.stderr
-    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
-        config = base_config(tmp_path).read_text().replace("[api]\n", f'[api]\nhost = "{host}"\n')
-        path = write_config(tmp_path / "local.toml", config)
-        assert run_cli("--config", str(path), "check-config").returncode == 0, host
-    config = (
-        base_config(tmp_path)
-        .read_text()
-        .replace("[api]\n", '[api]\nhost = "0.0.0.0"\ntoken = "t"\n')
+    def with_api(name: str, lines: str) -> Path:
+        config = base_config(tmp_path).read_text().replace("[api]\n", f"[api]\n{lines}")
+        return write_config(tmp_path / name, config)
+
+    open_hosts = ("0.0.0.0", "192.0.2.10", "::", "gateway.local")
+    refused = [
+        (host, command, with_api(f"open-{n}.toml", f'host = "{host}"\n'))
+        for n, host in enumerate(open_hosts)
+        for command in ("check-config", "run")
+    ]
+    local_hosts = ("127.0.0.1", "::1", "localhost", "127.0.0.2")
+    accepted = [
+        (host, with_api(f"local-{n}.toml", f'host = "{host}"\n'))
+        for n, host in enumerate(local_hosts)
+    ]
+    accepted.append(
+        ("0.0.0.0 with a token", with_api("token.toml", 'host = "0.0.0.0"\ntoken = "t"\n'))
     )
-    path = write_config(tmp_path / "token.toml", config)
-    assert run_cli("--config", str(path), "check-config").returncode == 0
+    refusals = side_by_side(lambda r: run_cli("--config", str(r[2]), r[1]), refused)
+    checks = side_by_side(lambda a: run_cli("--config", str(a[1]), "check-config"), accepted)
+    for (host, command, _), result in zip(refused, refusals, strict=True):
+        assert result.returncode == 2, (host, command, result.stderr)
+        assert "api.token" in result.stderr and host in result.stderr, result.stderr
+    for (host, _), result in zip(accepted, checks, strict=True):
+        assert result.returncode == 0, (host, result.stderr)
 
 
 def test_basic_auth_without_passwords_warns(tmp_path: Path) -> None:

@@ -22,8 +22,8 @@ from tests.support import Charger, FakeCloud, charger, make_settings, wait_for
 
 T0 = "2026-11-21T12:00:00Z"
 STATUS = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
-# The cap stays the default (60 s); only how fast it is reached changes: 0.05 s, 2 s, then 60 s.
-FAST_TO_CAP = BackoffPolicy(initial_s=0.05, factor=40.0)
+# The cap stays the default (60 s); only how fast it is reached changes: 0.05 s, then 60 s.
+FAST_TO_CAP = BackoffPolicy(initial_s=0.05, factor=1200.0)
 
 
 def settings_for(tmp_path: Any, cloud: FakeCloud, **sections: dict[str, Any]) -> Settings:

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from tests.pki import CertificateAuthority, handshake_fails
-from tests.procs import GatewayProcess, cli, write_config
+from tests.procs import GatewayProcess, cli, side_by_side, write_config
 from tests.support import FakeCloud, charger, wait_for
 
 
@@ -47,13 +47,20 @@ def test_check_config_refuses_bad_tls_files_naming_the_key(tmp_path: Path) -> No
         "mismatched": (good.cert, other.key, "chargers.tls_key", "not the private key"),
         "expired": (expired.cert, expired.key, "chargers.tls_cert", "expired on"),
     }
-    for name, (cert, key, config_key, why) in cases.items():
-        config = write_config(tmp_path / f"{name}.toml", config_text(tmp_path, cert, key))
-        for command in ("check-config", "run"):
-            result = run_cli("--config", str(config), command)
-            assert result.returncode == 2, (name, command, result.stderr)
-            assert f"{config_key}: " in result.stderr and why in result.stderr, (name, command)
-            assert "Traceback" not in result.stderr
+    runs = [
+        (name, config_key, why, command, config_text(tmp_path, cert, key))
+        for name, (cert, key, config_key, why) in cases.items()
+        for command in ("check-config", "run")
+    ]
+    for name, *_, text in runs:
+        write_config(tmp_path / f"{name}.toml", text)
+    results = side_by_side(
+        lambda run: run_cli("--config", str(tmp_path / f"{run[0]}.toml"), run[3]), runs
+    )
+    for (name, config_key, why, command, _), result in zip(runs, results, strict=True):
+        assert result.returncode == 2, (name, command, result.stderr)
+        assert f"{config_key}: " in result.stderr and why in result.stderr, (name, command)
+        assert "Traceback" not in result.stderr
     assert not (tmp_path / "gateway.db").exists()  # run refused before opening anything
 
 
