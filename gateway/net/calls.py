@@ -39,6 +39,13 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 class ChargerCalls:
     """The futures of one charger's gateway-originated CALLs, by message id."""
 
+    __slots__ = (
+        "_futures",
+        "_now",
+        "_owner",
+        "_relay",
+    )
+
     def __init__(
         self, owner: CallsOwner, relay: ChargerRelay, *, clock: Callable[[], float]
     ) -> None:

@@ -4,7 +4,7 @@ The relay core (:class:`~gateway.core.relay.ChargerRelay`) asks for a local answ
 check, a BootNotification saved, the next rows of the backlog, or a replay outcome recorded; this
 driver does it with the store, the access-ID cache, the offline gate (the hooks' say, a callable)
 and the depot view, and reports each result back to the core (``answered_locally``,
-``resend_checked``, ``replay_rows``, ``outcome_recorded`` ...). :meth:`RelayEffects.handlers`
+``resend_checked``, ``replay_rows``, ``outcome_recorded`` ...). :data:`EFFECT_HANDLERS`
 names the events it takes; each starts a task through the session (an :class:`EffectsOwner`),
 which sends what the core then produced. A charger's message is acknowledged only once its row
 is committed: a store that fails makes the answer InternalError, and nothing was acknowledged.
@@ -14,7 +14,7 @@ Times stored and answered come from the session's injected wall clock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -30,6 +30,7 @@ from gateway.ocpp.frames import Call, OcppVersion
 from gateway.store.engine import OutboxRow, Store, call_digest
 
 __all__ = [
+    "EFFECT_HANDLERS",
     "LEARNED_ACTIONS",
     "REPLAY_BATCH",
     "EffectsHost",
@@ -89,6 +90,19 @@ Gate = Callable[[Call, dict[str, Any], datetime], Awaitable[dict[str, Any]]]
 class RelayEffects:
     """Local answers, resend checks, boot saves and the replay's store I/O of one charger."""
 
+    __slots__ = (
+        "_boot_undelivered",
+        "_gate",
+        "_heartbeat_interval_s",
+        "_host",
+        "_now",
+        "_owner",
+        "_relay",
+        "_stats",
+        "_wall",
+        "answering",
+    )
+
     def __init__(
         self,
         owner: EffectsOwner,
@@ -130,20 +144,6 @@ class RelayEffects:
         return self._boot_undelivered or self._relay.boot is not None
 
     # --- the core's events (each started as a task of the session) -----------------------------
-
-    def handlers(self) -> dict[type[ev.RelayEvent], Callable[[Any], None]]:
-        """The core's events this driver carries out, by type (the session dispatches them)."""
-        return {
-            ev.AnswerLocally: self.answer_locally,
-            ev.CheckResend: self.check_resend,
-            ev.Answered: self.answered,
-            ev.SaveBoot: self.boot_delivered_live,
-            ev.ReadBacklog: self.read_backlog,
-            ev.Delivered: self.record,
-            ev.RetryLater: self.record,
-            ev.DeadLetter: self.record,
-            ev.BootDelivered: self.record,
-        }
 
     def answer_locally(self, event: ev.AnswerLocally) -> None:
         self.answering = True
@@ -357,3 +357,18 @@ class RelayEffects:
             self._stats.replayed += 1
             if call.action in LEARNED_ACTIONS:
                 self.learn(call, outcome.result)
+
+
+# The core's events RelayEffects carries out, by type, for the session's dispatch: one table for
+# every session (a table of bound methods per session would cost ~2 KB per charger).
+EFFECT_HANDLERS: Final[Mapping[type[ev.RelayEvent], Callable[[RelayEffects, Any], None]]] = {
+    ev.AnswerLocally: RelayEffects.answer_locally,
+    ev.CheckResend: RelayEffects.check_resend,
+    ev.Answered: RelayEffects.answered,
+    ev.SaveBoot: RelayEffects.boot_delivered_live,
+    ev.ReadBacklog: RelayEffects.read_backlog,
+    ev.Delivered: RelayEffects.record,
+    ev.RetryLater: RelayEffects.record,
+    ev.DeadLetter: RelayEffects.record,
+    ev.BootDelivered: RelayEffects.record,
+}

@@ -125,6 +125,26 @@ class LinkOwner(Protocol):
 class UpstreamLink:
     """The link loop of one session: booked turns, connect, backoff, and the cloud's close."""
 
+    __slots__ = (
+        "_backoff",
+        "_booked_turn",
+        "_closing",
+        "_down_attempts",
+        "_down_log",
+        "_down_since",
+        "_host",
+        "_now",
+        "_owner",
+        "_retry_early",
+        "_stats",
+        "_url",
+        "_wanted_changed",
+        "_woken_by_recovery",
+        "headers",
+        "task",
+        "ws",
+    )
+
     def __init__(
         self,
         owner: LinkOwner,

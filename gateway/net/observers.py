@@ -58,6 +58,12 @@ class ObserversHost(Protocol[S_contra]):
 class SessionObservers(Generic[S]):
     """Shows one session's CALLs and answers to the depot view, the hooks and the watchers."""
 
+    __slots__ = (
+        "_host",
+        "_session",
+        "_wall",
+    )
+
     def __init__(
         self, session: S, host: ObserversHost[S], *, wall_clock: Callable[[], float]
     ) -> None:

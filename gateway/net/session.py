@@ -31,7 +31,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -41,7 +41,7 @@ from gateway.core.link import LinkState
 from gateway.core.relay import ChargerRelay
 from gateway.errors import FrameError
 from gateway.net.calls import ChargerCalls
-from gateway.net.effects import RelayEffects
+from gateway.net.effects import EFFECT_HANDLERS, RelayEffects
 from gateway.net.host import SessionHost, SessionSettings
 from gateway.net.link import UpstreamLink
 from gateway.net.observers import SessionObservers
@@ -122,16 +122,6 @@ class ChargerSession:
             reconnect_max_s=settings.reconnect_max_s,
             clock=self._now,
         )
-        # Each of the core's events, by type, to the driver that carries it out.
-        self._dispatch: dict[type[ev.RelayEvent], Callable[[Any], None]] = {
-            **self._effects.handlers(),
-            ev.ChargerCallSeen: lambda event: self._observers.charger_call(event.call),
-            ev.CloudCallSeen: lambda event: self._observers.cloud_call(event.call),
-            ev.ChargerAnswered: self._charger_answered,
-            ev.ChargerCallFailed: self._calls.failed,
-            ev.CloseLink: lambda event: self._link.close(event.code, event.reason),
-            ev.Drained: self._drained,
-        }
 
     # --- views ---------------------------------------------------------------------------------
 
@@ -230,7 +220,12 @@ class ChargerSession:
                         self._trace("to charger", text)
         events = relay.events()  # none for a relayed frame unless its action is observed
         for event in events:
-            self._dispatch[type(event)](event)
+            kind = type(event)
+            effect = EFFECT_HANDLERS.get(kind)
+            if effect is not None:
+                effect(self._effects, event)
+            else:
+                _OWN_HANDLERS[kind](self, event)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, what)
@@ -428,3 +423,15 @@ class ChargerSession:
         await asyncio.gather(*(ws.wait_closed() for ws in sockets))
         self._link.wake()
         await self._tasks.cancel(self._link.task)
+
+
+# The core's events the session hands to its other drivers, by type (those of RelayEffects are in
+# EFFECT_HANDLERS); one table for every session. An event in neither is an internal error.
+_OWN_HANDLERS: Final[Mapping[type[ev.RelayEvent], Callable[[ChargerSession, Any], None]]] = {
+    ev.ChargerCallSeen: lambda s, e: s._observers.charger_call(e.call),
+    ev.CloudCallSeen: lambda s, e: s._observers.cloud_call(e.call),
+    ev.ChargerAnswered: ChargerSession._charger_answered,
+    ev.ChargerCallFailed: lambda s, e: s._calls.failed(e),
+    ev.CloseLink: lambda s, e: s._link.close(e.code, e.reason),
+    ev.Drained: ChargerSession._drained,
+}

@@ -22,6 +22,12 @@ log = logging.getLogger("gateway.net.session")  # the lines are the session's
 class SessionTasks:
     """The running tasks of one session."""
 
+    __slots__ = (
+        "_charger_id",
+        "_errors",
+        "_tasks",
+    )
+
     def __init__(self, charger_id: str, errors: Counter[str]) -> None:
         self._charger_id = charger_id
         self._errors = errors

@@ -21,7 +21,7 @@ from gateway.core.depot import DepotView
 from gateway.core.relay import ChargerRelay, RelaySettings
 from gateway.core.txmap import LOCAL_TX_MIN
 from gateway.metrics import RelayStats
-from gateway.net.effects import RelayEffects
+from gateway.net.effects import EFFECT_HANDLERS, RelayEffects
 from gateway.ocpp.frames import Call
 from gateway.store.engine import Store
 from gateway.tags.cache import TagCache
@@ -78,13 +78,12 @@ class Owner:
         for text in relay.data_to_charger():
             self.committed_at_answer.append(self._committed())
             self.to_charger.append(json.loads(text))
-        handlers = self.effects.handlers()
         for event in relay.events():
-            handler = handlers.get(type(event))
+            handler = EFFECT_HANDLERS.get(type(event))
             if handler is None:
                 self.other_events.append(event)
             else:
-                handler(event)
+                handler(self.effects, event)
 
     def answer_done(self) -> None:
         self.answers_done += 1
