@@ -100,6 +100,29 @@ class RelaySettings:
 class ChargerRelay:
     """Everything one charger's relay decides; see the module docstring for the driving."""
 
+    __slots__ = (
+        "_backlog",
+        "_events",
+        "_inbox",
+        "_new_id",
+        "_output",
+        "_pending",
+        "_replay",
+        "_slot",
+        "_to_charger",
+        "_to_cloud",
+        "_turn_due",
+        "charger_connected",
+        "charger_id",
+        "errors",
+        "recent_ids",
+        "sends",
+        "settings",
+        "state",
+        "txids",
+        "version",
+    )
+
     def __init__(
         self,
         charger_id: str,

@@ -66,6 +66,26 @@ def _new_id() -> str:
 class ChargerSession:
     """Everything about one charge point id; outlives its sockets while a backlog drains."""
 
+    __slots__ = (
+        "_calls",
+        "_effects",
+        "_link",
+        "_now",
+        "_observers",
+        "_stats",
+        "_tasks",
+        "_trace_frames",
+        "_wall",
+        "backlog_oldest",
+        "charger",
+        "charger_id",
+        "host",
+        "last_seen_at",
+        "relay",
+        "settings",
+        "upstream",
+    )
+
     def __init__(
         self,
         host: SessionHost[ChargerSession],
