@@ -240,12 +240,7 @@ class ChargerSession:
                         self._trace("to charger", text)
         events = relay.events()  # none for a relayed frame unless its action is observed
         for event in events:
-            kind = type(event)
-            effect = EFFECT_HANDLERS.get(kind)
-            if effect is not None:
-                effect(self._effects, event)
-            else:
-                _OWN_HANDLERS[kind](self, event)
+            _HANDLERS[type(event)](self, event)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, what)
@@ -445,9 +440,17 @@ class ChargerSession:
         await self._tasks.cancel(self._link.task)
 
 
-# The core's events the session hands to its other drivers, by type (those of RelayEffects are in
-# EFFECT_HANDLERS); one table for every session. An event in neither is an internal error.
-_OWN_HANDLERS: Final[Mapping[type[ev.RelayEvent], Callable[[ChargerSession, Any], None]]] = {
+# Each of the core's events, by type, to the driver that carries it out: one table for every
+# session, one lookup per event (a relayed MeterValues or StatusNotification brings one, for the
+# depot view). An event in none is an internal error.
+def _to_effects(
+    handler: Callable[[RelayEffects, Any], None],
+) -> Callable[[ChargerSession, Any], None]:
+    return lambda session, event: handler(session._effects, event)
+
+
+_HANDLERS: Final[Mapping[type[ev.RelayEvent], Callable[[ChargerSession, Any], None]]] = {
+    **{kind: _to_effects(handler) for kind, handler in EFFECT_HANDLERS.items()},
     ev.ChargerCallSeen: lambda s, e: s._observers.charger_call(e.call),
     ev.CloudCallSeen: lambda s, e: s._observers.cloud_call(e.call),
     ev.ChargerAnswered: ChargerSession._charger_answered,
