@@ -25,6 +25,24 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
+def base_config(tmp_path: Path, extra: str = "", *, db: Path | None = None) -> Path:
+    """``tmp_path/c.toml`` for a gateway process: chargers and API on free ports of 127.0.0.1, the
+    store at ``db`` (``tmp_path/gw.db``); ``extra``: more tables (e.g. ``[upstream]``)."""
+    return write_config(
+        tmp_path / "c.toml",
+        f"""
+[chargers]
+host = "127.0.0.1"
+port = 0
+[api]
+port = 0
+[store]
+path = "{db or tmp_path / "gw.db"}"
+{extra}
+""",
+    )
+
+
 def side_by_side(run: Callable[[T], R], items: Iterable[T], workers: int = 4) -> list[R]:
     """``[run(item) for item in items]``, ``workers`` at a time: for independent CLI processes,
     whose start-up is most of a short command's time."""

@@ -18,29 +18,13 @@ from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
 from gateway import __version__
-from tests.procs import GatewayProcess, cli, side_by_side, write_config
+from tests.procs import GatewayProcess, base_config, cli, side_by_side, write_config
 from tests.support import FakeCloud, charger, wait_for
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         cli(*args), capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
-    )
-
-
-def base_config(tmp_path: Path, extra: str = "", *, db: Path | None = None) -> Path:
-    return write_config(
-        tmp_path / "c.toml",
-        f"""
-[chargers]
-host = "127.0.0.1"
-port = 0
-[api]
-port = 0
-[store]
-path = "{db or tmp_path / "gw.db"}"
-{extra}
-""",
     )
 
 
