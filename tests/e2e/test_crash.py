@@ -13,7 +13,7 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
-from tests.procs import GatewayProcess, write_config
+from tests.procs import GatewayProcess, base_config
 from tests.support import FakeCloud, charger, wait_for
 
 
@@ -33,21 +33,7 @@ async def down_cloud() -> FakeCloud:
 
 
 def config(tmp_path: Path, cloud: FakeCloud) -> Path:
-    return write_config(
-        tmp_path / "c.toml",
-        f"""
-[chargers]
-host = "127.0.0.1"
-port = 0
-[upstream]
-url = "{cloud.url}"
-call_timeout_s = 1
-[api]
-port = 0
-[store]
-path = "{tmp_path / "gw.db"}"
-""",
-    )
+    return base_config(tmp_path, f'[upstream]\nurl = "{cloud.url}"\ncall_timeout_s = 1\n')
 
 
 async def test_queued_messages_survive_kill9(tmp_path: Path) -> None:

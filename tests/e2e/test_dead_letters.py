@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.test_store_forward import drained_and_online
-from tests.procs import GatewayProcess, cli, write_config
+from tests.procs import GatewayProcess, base_config, cli
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
 
 T0 = "2026-11-21T12:00:00Z"
@@ -136,20 +136,8 @@ async def test_cli_exports_requeues_to_the_running_gateway_and_drops(
     refuser = Refuser()
     cloud.responder = refuser
     db = tmp_path / "gw.db"
-    config = write_config(
-        tmp_path / "c.toml",
-        f"""
-[chargers]
-host = "127.0.0.1"
-port = 0
-[api]
-port = 0
-[upstream]
-url = "{cloud.url}"
-call_timeout_s = 1.0
-[store]
-path = "{db}"
-""",
+    config = base_config(
+        tmp_path, f'[upstream]\nurl = "{cloud.url}"\ncall_timeout_s = 1.0\n', db=db
     )
     async with GatewayProcess(config) as gw, charger(gw.charger_port, "CP") as cp:
         await make_dead_letters(cp, cloud, [7, 1, 8, 9])

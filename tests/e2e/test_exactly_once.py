@@ -18,7 +18,7 @@ from gateway.core.link import LinkState
 from gateway.core.txmap import is_local
 from gateway.ocpp.validation import validate_call
 from gateway.store.engine import RESEND_WINDOW_S, Store, call_digest
-from tests.procs import GatewayProcess, write_config
+from tests.procs import GatewayProcess, base_config
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
 
 T0 = "2026-11-21T12:00:00Z"
@@ -26,22 +26,9 @@ START = {"connectorId": 1, "idTag": "TAG-1", "meterStart": 100, "timestamp": T0}
 
 
 def config(tmp_path: Path, cloud: FakeCloud) -> Path:
-    return write_config(
-        tmp_path / "c.toml",
-        f"""
-[chargers]
-host = "127.0.0.1"
-port = 0
-[upstream]
-url = "{cloud.url}"
-call_timeout_s = 1
-[offline]
-unknown_tags = "accept"
-[api]
-port = 0
-[store]
-path = "{tmp_path / "gw.db"}"
-""",
+    return base_config(
+        tmp_path,
+        f'[upstream]\nurl = "{cloud.url}"\ncall_timeout_s = 1\n[offline]\nunknown_tags = "accept"\n',
     )
 
 

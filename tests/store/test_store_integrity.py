@@ -14,28 +14,15 @@ import pytest
 
 from gateway.errors import StoreError
 from gateway.store.engine import Store
-from tests.procs import GatewayProcess, cli, write_config
+from tests.procs import GatewayProcess, base_config, cli
 from tests.support import charger, wait_for
 
 PAGE = 4096
 
 
 def config(tmp_path: Path, store: Path) -> Path:
-    return write_config(
-        tmp_path / "c.toml",
-        f"""
-[chargers]
-host = "127.0.0.1"
-port = 0
-[upstream]
-url = "ws://127.0.0.1:9/ocpp"
-call_timeout_s = 1
-[api]
-port = 0
-[store]
-path = "{store}"
-""",
-    )
+    upstream = '[upstream]\nurl = "ws://127.0.0.1:9/ocpp"\ncall_timeout_s = 1\n'
+    return base_config(tmp_path, upstream, db=store)
 
 
 def digest(path: Path) -> str:
