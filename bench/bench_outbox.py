@@ -19,9 +19,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import re
-import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,20 +28,14 @@ import orjson
 from websockets.asyncio.client import connect
 
 from bench.fake_cloud import start_fake_cloud
+from bench.gateway_proc import start_gateway, stop_gateway
 from bench.loadgen import meter_values
 from bench.machine import describe_machine
 from bench.procfs import cpu_seconds, memory
 from bench.report import emit
+from bench.targets import free_port
 
 BENCH_SUITE = "outbox"
-_DRAINS: set[asyncio.Task[None]] = set()
-LISTENING = re.compile(r"listening for chargers on ws://[^:]+:(\d+)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _config(tmp: Path, cloud_port: int) -> Path:
@@ -68,37 +59,8 @@ path = "{tmp / "gateway.db"}"
 
 async def _start_gateway(config: Path) -> tuple[asyncio.subprocess.Process, int, float]:
     started = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "--config",
-        str(config),
-        "run",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    while True:
-        line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
-        if not line:
-            raise RuntimeError("gateway exited during start-up")
-        match = LISTENING.search(line)
-        if match:
-            break
-    _DRAINS.add(asyncio.create_task(_drain(proc)))
-    return proc, int(match[1]), time.perf_counter() - started
-
-
-async def _drain(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stderr is not None
-    while await proc.stderr.readline():
-        pass
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    proc.terminate()
-    await asyncio.wait_for(proc.wait(), 30)
+    proc, port = await start_gateway(config)
+    return proc, port, time.perf_counter() - started
 
 
 async def _charger(port: int, index: int, count: int) -> int:
@@ -128,7 +90,7 @@ async def run(chargers: int, per_charger: int) -> dict[str, Any]:
     total = chargers * per_charger
     with tempfile.TemporaryDirectory(prefix="bench-outbox-") as tmpdir:
         tmp = Path(tmpdir)
-        cloud_port = _free_port()
+        cloud_port = free_port()
         config = _config(tmp, cloud_port)
 
         # Phase 1: cloud down, everything answered locally and queued durably.
@@ -139,7 +101,7 @@ async def run(chargers: int, per_charger: int) -> dict[str, Any]:
         enqueue_s = time.perf_counter() - t0
         enqueue_cpu = cpu_seconds(proc.pid) - cpu0
         enqueue_mem = memory(proc.pid)
-        await _stop(proc)
+        await stop_gateway(proc)
         db_bytes = sum(os.path.getsize(f) for f in map(str, tmp.glob("gateway.db*")))  # noqa: ASYNC240
 
         # Phase 2: cloud up, restart on the same store, measure the drain.
@@ -156,7 +118,7 @@ async def run(chargers: int, per_charger: int) -> dict[str, Any]:
         last = time.perf_counter()
         replay_cpu = cpu_seconds(proc.pid) - cpu0
         replay_mem = memory(proc.pid)
-        await _stop(proc)
+        await stop_gateway(proc)
         server.close()
         await server.wait_closed()
 

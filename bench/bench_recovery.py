@@ -22,10 +22,7 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
-import re
 import resource
-import socket
 import sys
 import tempfile
 import time
@@ -36,64 +33,25 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.fake_cloud import start_fake_cloud
+from bench.gateway_proc import start_gateway, stop_gateway
 from bench.loadgen import meter_values
 from bench.machine import describe_machine
+from bench.targets import free_port
 
 __all__ = ["BENCH_SUITE", "main"]
 
 BENCH_SUITE = "recovery"
 RESULTS = Path(__file__).resolve().parent / "results"
-LISTENING = re.compile(r"listening for chargers on ws://[^:]+:(\d+)")
-_TASKS: set[asyncio.Task[None]] = set()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _start_gateway(
-    tmp: Path, cloud_port: int, src: str | None
-) -> tuple[asyncio.subprocess.Process, int]:
+def _write_config(tmp: Path, cloud_port: int) -> Path:
     config = tmp / "gateway.toml"
     config.write_text(
         f'[chargers]\nhost = "127.0.0.1"\nport = 0\n'
         f'[upstream]\nurl = "ws://127.0.0.1:{cloud_port}/ocpp"\n'
         f'[api]\nport = 0\n[store]\npath = "{tmp / "gateway.db"}"\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLIPTURN_GATEWAY_")}
-    if src:
-        env["PYTHONPATH"] = src
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "--config",
-        str(config),
-        "run",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=src or None,
-    )
-    assert proc.stderr is not None
-    while True:
-        line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
-        if not line:
-            raise RuntimeError("gateway exited during start-up")
-        match = LISTENING.search(line)
-        if match:
-            break
-    task = asyncio.create_task(_drain(proc))
-    _TASKS.add(task)
-    return proc, int(match[1])
-
-
-async def _drain(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stderr is not None
-    while await proc.stderr.readline():
-        pass
+    return config
 
 
 async def _charger(port: int, charger_id: str, count: int) -> ClientConnection:
@@ -128,8 +86,9 @@ async def _charger(port: int, charger_id: str, count: int) -> ClientConnection:
 
 async def _one(chargers: int, per_charger: int, outage_s: float, src: str | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmpdir:
-        cloud_port = _free_port()
-        proc, port = await _start_gateway(Path(tmpdir), cloud_port, src)
+        cloud_port = free_port()
+        config = _write_config(Path(tmpdir), cloud_port)
+        proc, port = await start_gateway(config, source=src)
         down_at = time.monotonic()
         gate = asyncio.Semaphore(100)
 
@@ -154,8 +113,7 @@ async def _one(chargers: int, per_charger: int, outage_s: float, src: str | None
             await asyncio.sleep(0.02)
         outage = up - down_at
         await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 30)
+        await stop_gateway(proc)
         server.close()
         await server.wait_closed()
     return {
