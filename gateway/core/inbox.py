@@ -12,7 +12,7 @@ from gateway.core import offline
 from gateway.core.events import Answered, AnswerLocally, CheckResend, RelayOutput
 from gateway.errors import FrameError
 from gateway.ocpp import frames
-from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
+from gateway.ocpp.frames import Call, CallResult, OcppVersion
 from gateway.ocpp.validation import validate_call
 
 __all__ = ["LOCAL_ANSWERS_KEPT", "RECENT_IDS", "ChargerInbox", "Held"]
@@ -103,7 +103,7 @@ class ChargerInbox:
         rule = offline.rule_for(version, call.action)
         if rule.answer is offline.Answer.NOT_SUPPORTED:
             self._to_charger.append(
-                _error_text(
+                frames.error_text(
                     version,
                     call.message_id,
                     "NotSupported",
@@ -115,7 +115,9 @@ class ChargerInbox:
             validate_call(version, call.action, call.payload, call.message_id)
         except FrameError as exc:
             self._errors["schema_violation"] += 1
-            self._to_charger.append(_error_text(version, exc.message_id, exc.code, exc.description))
+            self._to_charger.append(
+                frames.error_text(version, exc.message_id, exc.code, exc.description)
+            )
             return
         self.busy = True
         self._events.append(AnswerLocally(call, rule))
@@ -130,7 +132,7 @@ class ChargerInbox:
 
     def send_failure(self, version: OcppVersion, call: Call) -> None:
         """The driver could not answer ``call``: InternalError; the inbox is free again."""
-        self._to_charger.append(_error_text(version, call.message_id, "InternalError", ""))
+        self._to_charger.append(frames.error_text(version, call.message_id, "InternalError", ""))
         self.busy = False
 
     def answer_first(self, calls: list[Call]) -> None:
@@ -147,7 +149,3 @@ class ChargerInbox:
             self._recent_order.append(message_id)
             if len(self._recent_order) > RECENT_IDS:
                 self.recent_ids.discard(self._recent_order.popleft())
-
-
-def _error_text(version: OcppVersion, message_id: str, code: str, description: str) -> str:
-    return CallError(message_id, frames.error_code_for(version, code), description).serialize()

@@ -334,7 +334,9 @@ class ChargerRelay:
         self.errors["bad_frame_from_charger"] += 1
         log.warning("%s: bad frame from charger: %s", self.charger_id, exc.description)
         if not self._unanswered(exc):
-            self._to_charger.append(self._error_text(exc.message_id, exc.code, exc.description))
+            self._to_charger.append(
+                frames.error_text(self.version, exc.message_id, exc.code, exc.description)
+            )
 
     def _charger_frame(self, text: str, now: float) -> None:
         try:
@@ -510,7 +512,9 @@ class ChargerRelay:
         self.errors["bad_frame_from_cloud"] += 1
         log.warning("%s: bad frame from cloud: %s", self.charger_id, exc.description)
         if exc.message_id != "-1" and not self._unanswered(exc):
-            self._to_cloud.append(self._error_text(exc.message_id, exc.code, exc.description))
+            self._to_cloud.append(
+                frames.error_text(self.version, exc.message_id, exc.code, exc.description)
+            )
 
     def receive_cloud(self, text: str, now: float) -> None:
         """A text frame from the cloud."""
@@ -549,7 +553,9 @@ class ChargerRelay:
             self._events.append(CloudCallSeen(call))  # before it is queued or refused
         if not self.charger_connected:
             self._to_cloud.append(
-                self._error_text(call.message_id, "GenericError", "charger is not connected")
+                frames.error_text(
+                    self.version, call.message_id, "GenericError", "charger is not connected"
+                )
             )
             return
         if self.txids.cloud_to_local:
@@ -566,7 +572,9 @@ class ChargerRelay:
                 call.message_id,
             )
             self._to_cloud.append(
-                self._error_text(call.message_id, "GenericError", "charger queue full")
+                frames.error_text(
+                    self.version, call.message_id, "GenericError", "charger queue full"
+                )
             )
             return
 
@@ -691,8 +699,3 @@ class ChargerRelay:
         if new is not self.state:
             log.debug("%s: link %s -> %s", self.charger_id, self.state.value, new.value)
             self.state = new
-
-    def _error_text(self, message_id: str, code: str, description: str) -> str:
-        return CallError(
-            message_id, frames.error_code_for(self.version, code), description
-        ).serialize()

@@ -53,6 +53,7 @@ __all__ = [
     "describe",
     "dumps",
     "error_code_for",
+    "error_text",
     "loads",
     "parse",
 ]
@@ -148,6 +149,11 @@ def as_version(value: str) -> OcppVersion:
 def error_code_for(version: OcppVersion, code: str) -> str:
     """The error code as ``version`` spells it (codes are given in their 2.0.1 spelling)."""
     return _V16_SPELLING.get(code, code) if version == "1.6" else code
+
+
+def error_text(version: OcppVersion, message_id: str, code: str, description: str) -> str:
+    """A CALLERROR frame for ``message_id``, its code (2.0.1 spelling) as ``version`` spells it."""
+    return CallError(message_id, error_code_for(version, code), description).serialize()
 
 
 def _message_id(raw: list[Any]) -> str:
