@@ -14,12 +14,20 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.config import Settings
 from gateway.core.link import LinkState
 from gateway.core.txmap import is_local
 from gateway.ocpp.validation import validate_call
 from gateway.store.engine import RESEND_WINDOW_S, Store, call_digest
 from tests.procs import GatewayProcess, base_config
-from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
+from tests.support import (
+    Charger,
+    FakeCloud,
+    charger,
+    make_settings,
+    running_gateway,
+    wait_for,
+)
 
 T0 = "2026-11-21T12:00:00Z"
 START = {"connectorId": 1, "idTag": "TAG-1", "meterStart": 100, "timestamp": T0}
@@ -198,15 +206,28 @@ V201_CALLS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
-async def test_stored_and_replayed_payloads_are_the_chargers(
-    tmp_path: Path, cloud: FakeCloud, version: str
-) -> None:
-    settings = make_settings(
+def accepting(tmp_path: Path, cloud: FakeCloud) -> Settings:
+    """An in-process gateway relaying to ``cloud`` that accepts unknown tags while it is down."""
+    return make_settings(
         tmp_path,
         upstream={"url": cloud.url, "call_timeout_s": 1.0},
         offline={"unknown_tags": "accept"},
     )
+
+
+async def transaction_while_the_cloud_is_down(cp: Charger, cloud: FakeCloud) -> None:
+    """Online once; then the cloud stops, and a transaction starts and stops answered locally."""
+    await cp.call("Heartbeat", {})
+    await cloud.stop()
+    local = (await cp.call("StartTransaction", START))[2]["transactionId"]
+    await cp.call("StopTransaction", {"transactionId": local, "meterStop": 5, "timestamp": T0})
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_stored_and_replayed_payloads_are_the_chargers(
+    tmp_path: Path, cloud: FakeCloud, version: str
+) -> None:
+    settings = accepting(tmp_path, cloud)
     calls = copy.deepcopy(V16_CALLS if version == "1.6" else V201_CALLS)
     async with running_gateway(settings) as gw, charger(gw.charger_port, "CP", version) as cp:
         await cp.call("Heartbeat", {})
@@ -267,16 +288,9 @@ async def test_invalid_start_transaction_answer_is_retried_not_delivered(
         return {"currentTime": T0} if action == "Heartbeat" else {}
 
     cloud.responder = responder
-    settings = make_settings(
-        tmp_path,
-        upstream={"url": cloud.url, "call_timeout_s": 1.0},
-        offline={"unknown_tags": "accept"},
-    )
+    settings = accepting(tmp_path, cloud)
     async with running_gateway(settings) as gw, charger(gw.charger_port, "CP") as cp:
-        await cp.call("Heartbeat", {})
-        await cloud.stop()
-        local = (await cp.call("StartTransaction", START))[2]["transactionId"]
-        await cp.call("StopTransaction", {"transactionId": local, "meterStop": 5, "timestamp": T0})
+        await transaction_while_the_cloud_is_down(cp, cloud)
         await cloud.restart()
         await wait_for(lambda: len(cloud.calls("CP", "StopTransaction")) == 1, timeout=15)
         assert len(cloud.calls("CP", "StartTransaction")) == 2  # the invalid answer, then a retry
@@ -293,16 +307,9 @@ async def test_invalid_answer_after_the_last_attempt_is_dead_lettered_with_the_r
         return {"currentTime": T0} if action == "Heartbeat" else {}
 
     cloud.responder = responder
-    settings = make_settings(
-        tmp_path,
-        upstream={"url": cloud.url, "call_timeout_s": 1.0},
-        offline={"unknown_tags": "accept"},
-    )
+    settings = accepting(tmp_path, cloud)
     async with running_gateway(settings) as gw, charger(gw.charger_port, "CP") as cp:
-        await cp.call("Heartbeat", {})
-        await cloud.stop()
-        local = (await cp.call("StartTransaction", START))[2]["transactionId"]
-        await cp.call("StopTransaction", {"transactionId": local, "meterStop": 5, "timestamp": T0})
+        await transaction_while_the_cloud_is_down(cp, cloud)
         assert gw.store is not None
         await gw.store.write(
             [("UPDATE outbox SET attempts = 7 WHERE action = 'StartTransaction'", ())]
