@@ -40,6 +40,7 @@ __all__ = [
     "OfflineSettings",
     "PortMapping",
     "Settings",
+    "SiteSettings",
     "StoreSettings",
     "UpstreamSettings",
     "load_settings",
@@ -204,6 +205,76 @@ class LocalListSettings(_Section):
     max_entries: int = Field(default=0, ge=0)  # 0: the charger's own limit
 
 
+class SiteSettings(_Section):
+    """The site power guard (docs/site-power.md): whole amperes per phase, seconds."""
+
+    # The depot's limit for EV charging; 0 turns the guard off.
+    max_current_a: int = Field(default=0, ge=0, le=100_000)
+    # "offline": engaged while a connected charger's cloud link is down; "always": all the time.
+    mode: Literal["offline", "always"] = "offline"
+    # The least a charging vehicle is given (IEC 61851-1 signals 6 A at the lowest); below it, 0.
+    min_current_a: int = Field(default=6, ge=1, le=1000)
+    charger_max_current_a: int = Field(default=32, ge=1, le=1000)
+    voltage_v: float = Field(default=230.0, gt=0, le=1000)  # for chargers taking limits in W
+    engage_after_s: float = Field(default=10.0, ge=0, le=86400)
+    release_after_s: float = Field(default=60.0, ge=0, le=86400)
+    chargers: dict[str, int] = Field(default_factory=dict)  # charge point id -> its maximum, A
+
+    @field_validator("chargers", mode="before")
+    @classmethod
+    def _no_bool_maxima(cls, chargers: Any) -> Any:
+        if isinstance(chargers, dict):
+            for charger_id, max_a in chargers.items():
+                if isinstance(max_a, bool):
+                    raise ValueError(f"{charger_id}: must be a number of amperes, not a boolean")
+        return chargers
+
+    @field_validator("chargers")
+    @classmethod
+    def _charger_maxima(cls, chargers: dict[str, int]) -> dict[str, int]:
+        for charger_id, max_a in chargers.items():
+            if not 1 <= len(charger_id) <= 48:
+                raise ValueError(f"{charger_id!r}: a charge point id has 1-48 characters")
+            if not 1 <= max_a <= 1000:
+                raise ValueError(f"{charger_id}: must be between 1 and 1000 (amperes)")
+        return chargers
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SiteSettings:
+        if self.min_current_a > self.charger_max_current_a:
+            raise ValueError(
+                f"min_current_a ({self.min_current_a}) is above charger_max_current_a "
+                f"({self.charger_max_current_a}): no charger could ever be given it"
+            )
+        if 0 < self.max_current_a < self.min_current_a:
+            raise ValueError(
+                f"max_current_a ({self.max_current_a}) is below min_current_a "
+                f"({self.min_current_a}): no vehicle could ever charge; 0 turns the guard off"
+            )
+        low = sorted(cp for cp, max_a in self.chargers.items() if max_a < self.min_current_a)
+        if low:
+            raise ValueError(
+                f"chargers.{low[0]} is below min_current_a ({self.min_current_a}): "
+                "that charger could never be given a cap"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_current_a > 0
+
+    def charger_max_a(self, charge_point_id: str) -> int:
+        """The maximum current of ``charge_point_id``: its ``[site.chargers]`` entry, else the default.
+
+        As for ``chargers.passwords``, an all-lower-case key (as the environment delivers it)
+        also matches the id whose lower-case form it is.
+        """
+        found = self.chargers.get(charge_point_id)
+        if found is None:
+            found = self.chargers.get(charge_point_id.lower())
+        return self.charger_max_current_a if found is None else found
+
+
 class PortMapping(_Section):
     id: int
     charger: str = Field(min_length=1, max_length=48)
@@ -227,6 +298,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     api: ApiSettings = ApiSettings()
     local_list: LocalListSettings = LocalListSettings()
+    site: SiteSettings = SiteSettings()
     log: LogSettings = LogSettings()
     ports: tuple[PortMapping, ...] = ()
 

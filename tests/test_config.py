@@ -69,6 +69,11 @@ def test_defaults_match_the_contract() -> None:
     assert settings.api.token.get_secret_value() == ""
     assert settings.ports == ()
     assert settings.standalone
+    site = settings.site
+    assert (site.max_current_a, site.mode, site.min_current_a) == (0, "offline", 6)
+    assert (site.charger_max_current_a, site.voltage_v) == (32, 230)
+    assert (site.engage_after_s, site.release_after_s, site.chargers) == (10, 60, {})
+    assert not site.enabled
 
 
 def test_toml_file(tmp_path: Path) -> None:
@@ -482,5 +487,92 @@ def test_example_entries_load_when_uncommented(tmp_path: Path) -> None:
         lines.append(line)
     settings = load_settings(write(tmp_path, "\n".join(lines)))
     assert settings.chargers.password_for("CP-1") == "change-me-0123456789"
+    assert settings.site.chargers == {"CP-1": 16}
     (mapping,) = settings.ports
     assert (mapping.id, mapping.charger, mapping.connector) == (101, "CP-1", 1)
+
+
+# --- [site] ------------------------------------------------------------------------------------
+
+
+def test_site_section(tmp_path: Path) -> None:
+    settings = load_settings(
+        write(
+            tmp_path,
+            """
+            [site]
+            max_current_a = 250
+            mode = "always"
+            min_current_a = 8
+            charger_max_current_a = 16
+            voltage_v = 120
+            engage_after_s = 5
+            release_after_s = 30.5
+            [site.chargers]
+            "CP-1" = 32
+            CP2 = 11
+            """,
+        )
+    )
+    site = settings.site
+    assert site.enabled
+    assert (site.max_current_a, site.mode, site.min_current_a, site.voltage_v) == (
+        250,
+        "always",
+        8,
+        120,
+    )
+    assert (site.engage_after_s, site.release_after_s) == (5, 30.5)
+    assert site.charger_max_a("CP-1") == 32
+    assert site.charger_max_a("CP2") == 11
+    assert site.charger_max_a("CP-3") == 16  # not named: charger_max_current_a
+    assert site.charger_max_a("cp-1") == 16  # ids are case-sensitive
+
+
+def test_site_charger_maximum_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLIPTURN_GATEWAY_SITE__MAX_CURRENT_A", "400")
+    monkeypatch.setenv("FLIPTURN_GATEWAY_SITE__CHARGERS__CP7", "22")
+    site = load_settings(None).site
+    assert site.max_current_a == 400
+    assert site.charger_max_a("CP7") == 22  # the variable arrives lower-cased
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[site]\nmax_current_a = -1\n", "site.max_current_a: "),
+        ("[site]\nmax_current_a = 63.5\n", "site.max_current_a: "),
+        ("[site]\nmax_current_a = true\n", "site.max_current_a: "),
+        ('[site]\nmode = "sometimes"\n', "site.mode: "),
+        ("[site]\nmin_current_a = 0\n", "site.min_current_a: "),
+        ("[site]\nmin_current_a = -6\n", "site.min_current_a: "),
+        ("[site]\ncharger_max_current_a = 0\n", "site.charger_max_current_a: "),
+        ("[site]\nvoltage_v = 0\n", "site.voltage_v: "),
+        ("[site]\nengage_after_s = -1\n", "site.engage_after_s: "),
+        ("[site]\nrelease_after_s = -0.5\n", "site.release_after_s: "),
+        ("[site]\nmax_current = 100\n", "site.max_current: unknown key"),
+        ('[site.chargers]\n"CP-1" = -16\n', "site.chargers: CP-1: must be between 1 and 1000"),
+        ('[site.chargers]\n"CP-1" = "sixteen"\n', "site.chargers.CP-1: "),
+        ('[site.chargers]\n"CP-1" = true\n', "site.chargers: CP-1: must be a number"),
+        ("[site.chargers]\n" + "C" * 49 + " = 16\n", "a charge point id has 1-48 characters"),
+        ("[site]\nmin_current_a = 40\n", "site: min_current_a (40) is above charger_max_current_a"),
+        ("[site]\nmax_current_a = 5\n", "site: max_current_a (5) is below min_current_a (6)"),
+        ('[site.chargers]\n"CP-1" = 4\n', "site: chargers.CP-1 is below min_current_a (6)"),
+    ],
+)
+def test_site_errors_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in error_for(tmp_path, text)
+
+
+def test_site_limits_at_their_bounds_are_accepted(tmp_path: Path) -> None:
+    text = "[site]\nmax_current_a = 6\nmin_current_a = 6\ncharger_max_current_a = 6\n"
+    text += "engage_after_s = 0\nrelease_after_s = 0\n[site.chargers]\nCP1 = 6\n"
+    site = load_settings(write(tmp_path, text)).site
+    assert (site.max_current_a, site.charger_max_a("CP1"), site.engage_after_s) == (6, 6, 0)
+
+
+def test_redacted_shows_the_site_section() -> None:
+    shown = redacted(Settings(site={"max_current_a": 100, "chargers": {"CP-1": 16}}))
+    assert shown["site"]["max_current_a"] == 100
+    assert shown["site"]["chargers"] == {"CP-1": 16}
+    assert shown["site"]["mode"] == "offline"

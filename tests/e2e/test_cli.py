@@ -41,11 +41,17 @@ CP-1 = "{SECRETS[0]}"
 api_key = "{SECRETS[1]}"
 [api]
 token = "{SECRETS[2]}"
+[site]
+max_current_a = 125
+[site.chargers]
+"CP-1" = 16
 """,
     )
     result = run_cli("--config", str(config), "check-config")
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
+    assert shown["site"]["max_current_a"] == 125 and shown["site"]["chargers"] == {"CP-1": 16}
+    assert shown["site"]["mode"] == "offline" and shown["site"]["min_current_a"] == 6
     assert shown["chargers"]["passwords"] == {"CP-1": "***"}
     assert shown["flipturn"]["api_key"] == "***" and shown["api"]["token"] == "***"
     for secret in SECRETS:
@@ -59,6 +65,7 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
         '[chargers]\ntls_cert = "/x.pem"\n': "tls_key",
         '[upstream]\ncall_timeout_s = "soon"\n': "upstream.call_timeout_s",
         "[chargers\n": "not valid TOML",
+        '[site]\nmode = "sometimes"\n': "site.mode",
     }
     configs = [write_config(tmp_path / f"bad-{n}.toml", text) for n, text in enumerate(cases)]
     results = side_by_side(lambda config: run_cli("--config", str(config), "check-config"), configs)
