@@ -45,6 +45,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.tags.local_list",
             "gateway.reservations.rules",
             "gateway.reservations.gate",
+            "gateway.site.guard",
+            "gateway.site.allocation",
+            "gateway.site.lending",
+            "gateway.site.sequencer",
+            "gateway.site.profiles",
+            "gateway.site.rounds",
         ),
     ),
     ("store", ("gateway.store", "gateway.store.*")),
@@ -57,6 +63,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.tags.*",
             "gateway.reservations",
             "gateway.reservations.*",
+            "gateway.site",
+            "gateway.site.*",
         ),
     ),
     ("api", ("gateway.api", "gateway.api.*")),
@@ -233,6 +241,7 @@ def test_packages_import_nothing() -> None:
 def test_the_core_and_the_wire_layer_load_no_io_library() -> None:
     pure = [m for m in MODULES if LAYERS[layer_of(m)][0] in PURE_LAYERS]
     assert "gateway.core.link" in pure and "gateway.ocpp.frames" in pure
+    assert "gateway.site.sequencer" in pure and "gateway.site.profiles" in pure
     assert io_reached(MODULES, pure) == {}
 
 

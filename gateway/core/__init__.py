@@ -4,7 +4,8 @@ Layer 2, above ``gateway.ocpp``. Nothing here opens a socket, a file or a task, 
 makes an id: the drivers in ``gateway.net`` pass them in (``tests/test_architecture.py`` checks the
 imports, transitively). The pure rules of the feature packages (``gateway.tags.rules``,
 ``gateway.tags.flipturn``, ``gateway.tags.local_list``, ``gateway.reservations.rules``,
-``gateway.reservations.gate``) sit in this layer too.
+``gateway.reservations.gate``, and ``gateway.site``'s ``guard``, ``allocation``, ``lending``,
+``sequencer``, ``rounds``, ``profiles``) sit in this layer too.
 
 - ``relay``        one charger's relay as a state machine: text frames and ``now`` in, frames
                    to send and events out; the facade over the next four
