@@ -14,7 +14,8 @@
 
 The profile. One period from second 0 (2.0.1 K01.FR.31), kind ``Absolute`` with a start in the
 past (a station maximum may not be ``Relative``, K01.FR.38; ``Absolute`` needs ``startSchedule``,
-K01.FR.40; a past start leaves no gap, 1.6 §5.16.4), no ``numberPhases`` (a charger that cannot
+K01.FR.40; a past start leaves no gap, 1.6 §5.16.4): :data:`BACKDATE_S` before ``now``, so a
+charger whose clock runs behind the gateway's still has the cap in force at once, no ``numberPhases`` (a charger that cannot
 ensure a given number of phases rejects it, K01.FR.43; absent means 3, K01.FR.49) and no
 duration or validTo: it holds until the gateway clears it (K01.FR.10) and survives the charger's
 reboot (K01.FR.27), so a depot stays capped while the gateway itself is down.
@@ -48,6 +49,7 @@ from typing import Any, Final, Literal
 from gateway.site.sequencer import Answer
 
 __all__ = [
+    "BACKDATE_S",
     "DEFAULT_RATE_UNIT",
     "DEFAULT_STACK_LEVEL",
     "PROFILE_ID",
@@ -71,6 +73,7 @@ PROFILE_ID: Final = 2_000_000_001
 DEFAULT_STACK_LEVEL: Final = 1
 DEFAULT_RATE_UNIT: Final[RateUnit] = "A"
 DEFAULT_PHASES: Final = 3
+BACKDATE_S: Final = 86_400.0  # the schedule starts a day before it is sent
 
 STATION_MAX: Final[dict[str, str]] = {
     "1.6": "ChargePointMaxProfile",
@@ -108,12 +111,13 @@ def set_cap(
     version: Version,
     cap_a: int,
     *,
-    start: float,
+    now: float,
     caps: Capabilities = Capabilities(),
     voltage_v: float = 230.0,
     phases: int | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """(action, payload) of the cap ``cap_a`` (A per phase) with its schedule starting at ``start``."""
+    """(action, payload) of the cap ``cap_a`` (A per phase), sent at ``now`` (unix time)."""
+    start = now - BACKDATE_S
     limit = limit_value(cap_a, caps.rate_unit, voltage_v=voltage_v, phases=phases)
     period = {"startPeriod": 0, "limit": limit}
     if version == "1.6":

@@ -25,20 +25,20 @@ from gateway.site.profiles import (
 from gateway.site.sequencer import Answer
 
 VERSIONS = ("1.6", "2.0.1", "2.1")
-START = 1_796_000_000.0  # 2026-11-30T00:53:20Z
+START = 1_796_000_000.0  # 2026-11-30T00:53:20Z; the schedule starts a day earlier
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("unit", ["A", "W"])
 @pytest.mark.parametrize("cap", [0, 6, 16, 32])
 def test_set_cap_validates_against_the_schema(version: Any, unit: Any, cap: int) -> None:
-    action, payload = set_cap(version, cap, start=START, caps=Capabilities(unit, 7), phases=1)
+    action, payload = set_cap(version, cap, now=START, caps=Capabilities(unit, 7), phases=1)
     assert action == "SetChargingProfile"
     validate_call(version, action, payload, "1")
 
 
 def test_set_cap_1_6_is_a_charge_point_max_profile_on_connector_0() -> None:
-    _, payload = set_cap("1.6", 16, start=START, caps=Capabilities("A", 9))
+    _, payload = set_cap("1.6", 16, now=START, caps=Capabilities("A", 9))
     assert payload == {
         "connectorId": 0,
         "csChargingProfiles": {
@@ -47,7 +47,7 @@ def test_set_cap_1_6_is_a_charge_point_max_profile_on_connector_0() -> None:
             "chargingProfilePurpose": "ChargePointMaxProfile",
             "chargingProfileKind": "Absolute",
             "chargingSchedule": {
-                "startSchedule": "2026-11-30T00:53:20Z",
+                "startSchedule": "2026-11-29T00:53:20Z",
                 "chargingRateUnit": "A",
                 "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16}],
             },
@@ -57,7 +57,7 @@ def test_set_cap_1_6_is_a_charge_point_max_profile_on_connector_0() -> None:
 
 @pytest.mark.parametrize("version", ["2.0.1", "2.1"])
 def test_set_cap_2_x_is_a_charging_station_max_profile_on_evse_0(version: Any) -> None:
-    _, payload = set_cap(version, 20, start=START, caps=Capabilities("W", 3), voltage_v=230)
+    _, payload = set_cap(version, 20, now=START, caps=Capabilities("W", 3), voltage_v=230)
     profile = payload["chargingProfile"]
     assert payload["evseId"] == 0
     assert (profile["id"], profile["stackLevel"]) == (PROFILE_ID, 3)
@@ -65,13 +65,13 @@ def test_set_cap_2_x_is_a_charging_station_max_profile_on_evse_0(version: Any) -
     assert profile["chargingProfileKind"] == "Absolute"  # never Relative (K01.FR.38)
     (schedule,) = profile["chargingSchedule"]
     assert schedule["chargingRateUnit"] == "W"
-    assert schedule["startSchedule"] == "2026-11-30T00:53:20Z"  # Absolute needs it (K01.FR.40)
+    assert schedule["startSchedule"] == "2026-11-29T00:53:20Z"  # Absolute needs it (K01.FR.40)
     # W = A x V x phases; 3 phases when the meter did not say.
     assert schedule["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 20 * 230 * 3}]
 
 
 def test_watts_use_the_phases_the_meter_reported() -> None:
-    _, payload = set_cap("1.6", 16, start=START, caps=Capabilities("W"), voltage_v=230, phases=1)
+    _, payload = set_cap("1.6", 16, now=START, caps=Capabilities("W"), voltage_v=230, phases=1)
     period = payload["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"][0]
     assert period["limit"] == 16 * 230
 
@@ -92,7 +92,7 @@ def test_capability_request_validates(version: Any) -> None:
 
 
 def test_a_built_payload_that_broke_the_schema_would_be_caught() -> None:
-    _, payload = set_cap("1.6", 16, start=START)
+    _, payload = set_cap("1.6", 16, now=START)
     payload["csChargingProfiles"]["chargingProfilePurpose"] = "ChargingStationMaxProfile"
     with pytest.raises(FrameError):
         validate_call("1.6", "SetChargingProfile", payload, "1")
@@ -207,7 +207,7 @@ def test_cloud_station_maximum() -> None:
         )
         is None
     )
-    _, ours = set_cap("2.0.1", 12, start=START)
+    _, ours = set_cap("2.0.1", 12, now=START)
     assert cloud_station_max_a("2.0.1", ours, voltage_v=230, phases=None) == 12
 
 
