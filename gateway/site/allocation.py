@@ -124,6 +124,17 @@ def _fill(
     for tx, station in funded:
         by_station.setdefault(station.id, []).append(tx)
         station_of[station.id] = station
+    ceilings = {
+        sid: [max(min_a, _ceiling(tx, station_of[sid])) for tx in members]
+        for sid, members in by_station.items()
+    }
+
+    def total_at(level: int) -> int:
+        """The funded transactions' total at a water level; a charger gives at most its maximum."""
+        return sum(
+            min(station_of[sid].limit_a, sum(min(level, c) for c in tops))
+            for sid, tops in ceilings.items()
+        )
 
     def at_level(level: int) -> dict[str, int]:
         """Each transaction's share at a water level; a charger's maximum splits equally."""
@@ -136,10 +147,10 @@ def _fill(
             result.update(wanted)
         return result
 
-    low, high = min_a, max(max(_ceiling(tx, s) for tx, s in funded), min_a)
+    low, high = min_a, max(max(max(tops) for tops in ceilings.values()), min_a)
     while low < high:  # the highest level whose total fits the budget
         mid = (low + high + 1) // 2
-        if sum(at_level(mid).values()) <= budget:
+        if total_at(mid) <= budget:
             low = mid
         else:
             high = mid - 1

@@ -71,15 +71,13 @@ def run_round(
         if cid not in known
     ]
     allocation = allocate(limit_a, min_a, stations)
+
     # Increases are tried in priority order: the earliest transaction first, idle chargers last.
-    order = sorted(
-        (s for s in stations if s.id in allocation.targets),
-        key=lambda s: (
-            min((tx.started for tx in s.transactions), default=None) is None,
-            min((tx.started for tx in s.transactions), default=0),
-            s.connected,
-        ),
-    )
+    def priority(station: Station) -> tuple[int, int, int]:
+        first = min((tx.started for tx in station.transactions), default=None)
+        return (0, first, station.connected) if first is not None else (1, 0, station.connected)
+
+    order = sorted((s for s in stations if s.id in allocation.targets), key=priority)
     targets = {s.id: allocation.targets[s.id] for s in order}
     new_slots, changes = plan(slots, targets, limit_a, now, engaged=engaged)
     return Round(slots=new_slots, changes=changes, allocation=allocation)
