@@ -367,3 +367,36 @@ def test_once_under_the_limit_it_stays_under_when_every_charger_answers_yes(
             loan = site.lending.get(key, Lend()).ceiling_a
             held = share >= min(slot.max_a, loan or slot.max_a) or slot.accepted_a == slot.max_a
             assert held or share >= max(funded.values()) - 1, (key, share, funded)
+
+
+def test_an_unmanaged_charger_counts_at_its_maximum_until_it_is_due_again() -> None:
+    state = {"A": Slot(max_a=32, accepted_a=16, unmanaged_until=60.0), "B": Slot(max_a=32)}
+    chargers = [Charger("A", 1, {"a": 1}), Charger("B", 2, {"b": 2})]
+    before = run_round(state, chargers, {}, limit_a=48, min_a=6, now=30.0, engaged=True)
+    # A is fixed at 32 and gets no target; B gets what is left.
+    assert before.allocation.targets == {"B": 16}
+    assert before.changes == [Change("B", 16)]
+    due = run_round(state, chargers, {}, limit_a=48, min_a=6, now=60.0, engaged=True)
+    # Due again: A takes part and is asked for its share (a decrease from 32, sent at once).
+    assert due.allocation.targets == {"A": 24, "B": 24}
+    assert Change("A", 24) in due.changes
+
+
+def test_a_loan_ends_when_the_vehicle_draws_near_its_lowered_cap() -> None:
+    state = {"A": Slot(max_a=32, accepted_a=24), "B": Slot(max_a=32, accepted_a=24)}
+    chargers = [Charger("A", 1, {"a": 1}), Charger("B", 2, {"b": 2})]
+    lend = Lend()
+    for _ in range(2):
+        lend = observe(lend, 7.2, 24, 6)  # A's vehicle draws 7.2 A of its 24
+    result = run_round(state, chargers, {"a": lend}, limit_a=48, min_a=6, now=0.0, engaged=True)
+    assert result.allocation.targets == {"A": 10, "B": 32}
+    assert result.changes == [Change("A", 10)]  # B's increase waits for A's decrease
+    state = answered(result.slots, "A", Answer.ACCEPTED, 1.0)
+    result = run_round(state, chargers, {"a": lend}, limit_a=48, min_a=6, now=1.0, engaged=True)
+    assert result.changes == [Change("B", 32)]
+    state = answered(result.slots, "B", Answer.ACCEPTED, 2.0)
+    lend = observe(lend, 9.5, 10, 6)  # within 1 A of its lowered cap: the loan ends
+    assert lend == Lend()
+    result = run_round(state, chargers, {"a": lend}, limit_a=48, min_a=6, now=3.0, engaged=True)
+    assert result.allocation.targets == {"A": 24, "B": 24}
+    assert result.changes == [Change("B", 24)]  # B gives back first; A's increase follows
