@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "RETRY_S",
@@ -42,7 +42,9 @@ __all__ = [
     "follow_cloud",
     "forget",
     "plan",
+    "record",
     "release",
+    "restore",
 ]
 
 RETRY_S: Final = (
@@ -242,3 +244,45 @@ def forget(slots: Slots, chargers: Iterable[str]) -> dict[str, Slot]:
     """Drop chargers the gateway no longer tracks (no cap held, nothing due)."""
     gone = set(chargers)
     return {cid: s for cid, s in slots.items() if cid not in gone}
+
+
+def record(slot: Slot) -> dict[str, Any]:
+    """What survives a restart: the cap the charger holds and whether it is owed a Clear.
+
+    A cap in flight is recorded as unanswered (the gateway cannot know whether it was applied).
+    """
+    return {
+        "maxA": slot.max_a,
+        "acceptedA": slot.accepted_a,
+        "unmanaged": slot.unmanaged_until is not None or slot.sent_a is not None,
+        # A Clear in flight is sent again when the charger connects.
+        "clear": Clear.ON_CONNECT.value if slot.clearing else slot.clear.value,
+    }
+
+
+def restore(data: Mapping[str, Any]) -> Slot:
+    """A :func:`record` read back after a restart: the charger not connected yet (it counts at
+    the cap it accepted, or its maximum), an unmanaged one asked again when it connects.
+
+    Raise ``ValueError`` naming the field for a record that is not one.
+    """
+    max_a, accepted, unmanaged = data.get("maxA"), data.get("acceptedA"), data.get("unmanaged")
+    if isinstance(max_a, bool) or not isinstance(max_a, int) or max_a < 0:
+        raise ValueError(f"maxA: not a current: {max_a!r}")
+    if accepted is not None and (
+        isinstance(accepted, bool) or not isinstance(accepted, int) or accepted < 0
+    ):
+        raise ValueError(f"acceptedA: not a current: {accepted!r}")
+    if not isinstance(unmanaged, bool):
+        raise ValueError(f"unmanaged: not a boolean: {unmanaged!r}")
+    try:
+        clear = Clear(data.get("clear"))
+    except ValueError:
+        raise ValueError(f"clear: unknown value {data.get('clear')!r}") from None
+    return Slot(
+        max_a=max_a,
+        connected=False,
+        accepted_a=accepted,
+        unmanaged_until=0.0 if unmanaged else None,
+        clear=clear,
+    )

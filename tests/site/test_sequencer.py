@@ -3,8 +3,10 @@ safety property over random sites and any interleaving of answers."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +26,9 @@ from gateway.site.sequencer import (
     fixed_a,
     follow_cloud,
     plan,
+    record,
     release,
+    restore,
 )
 
 
@@ -400,3 +404,40 @@ def test_a_loan_ends_when_the_vehicle_draws_near_its_lowered_cap() -> None:
     result = run_round(state, chargers, {"a": lend}, limit_a=48, min_a=6, now=3.0, engaged=True)
     assert result.allocation.targets == {"A": 24, "B": 24}
     assert result.changes == [Change("B", 24)]  # B gives back first; A's increase follows
+
+
+# --- restart ------------------------------------------------------------------------------------
+
+
+def test_caps_survive_a_restart() -> None:
+    state = slots_of(A=12)
+    state, _ = plan(state | {"B": Slot(max_a=16, accepted_a=10)}, {"B": 6}, 100, 0.0, engaged=True)
+    state["C"] = Slot(max_a=32, accepted_a=20, clearing=True, clear=Clear.DUE)
+    state["D"] = Slot(max_a=32, accepted_a=20, unmanaged_until=50.0)
+    saved = json.loads(json.dumps({cid: record(slot) for cid, slot in state.items()}))
+    back = {cid: restore(data) for cid, data in saved.items()}
+    # Disconnected until they come back: A counts at the cap it accepted; B's cap in flight is
+    # unknown, so B counts at its maximum and is asked again; C is owed its Clear.
+    assert back["A"] == Slot(max_a=32, connected=False, accepted_a=12)
+    assert back["B"].counted_a == 16 and back["B"].unmanaged_until is not None
+    assert back["C"].clear is Clear.ON_CONNECT
+    assert back["D"].counted_a == 32
+    # On reconnect, A gets its cap again before anything else.
+    again = connected(back, "A", 32, 100.0)
+    assert plan(again, {"A": 20}, 100, 100.0, engaged=True)[1] == [Change("A", 12)]
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"maxA": -1, "acceptedA": None, "unmanaged": False, "clear": "none"}, "maxA"),
+        ({"maxA": True, "acceptedA": None, "unmanaged": False, "clear": "none"}, "maxA"),
+        ({"maxA": 32, "acceptedA": "12", "unmanaged": False, "clear": "none"}, "acceptedA"),
+        ({"maxA": 32, "acceptedA": 12, "unmanaged": "no", "clear": "none"}, "unmanaged"),
+        ({"maxA": 32, "acceptedA": 12, "unmanaged": False, "clear": "later"}, "clear"),
+        ({}, "maxA"),
+    ],
+)
+def test_a_bad_record_is_refused_naming_the_field(data: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        restore(data)
