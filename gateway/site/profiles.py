@@ -15,8 +15,7 @@
 The profile. One period from second 0 (2.0.1 K01.FR.31), kind ``Absolute`` with a start in the
 past (a station maximum may not be ``Relative``, K01.FR.38; ``Absolute`` needs ``startSchedule``,
 K01.FR.40; a past start leaves no gap, 1.6 §5.16.4): :data:`BACKDATE_S` before ``now``, so a
-charger whose clock runs behind the gateway's still has the cap in force at once, no ``numberPhases`` (a charger that cannot
-ensure a given number of phases rejects it, K01.FR.43; absent means 3, K01.FR.49) and no
+charger whose clock runs behind the gateway's still has the cap in force at once; no
 duration or validTo: it holds until the gateway clears it (K01.FR.10) and survives the charger's
 reboot (K01.FR.27), so a depot stays capped while the gateway itself is down.
 
@@ -31,8 +30,14 @@ K01.FR.17), so a station maximum the cloud installs below it does not displace t
 (the gateway instead keeps its cap under the cloud's, :func:`cloud_station_max_a`). When the
 charger does not say, :data:`DEFAULT_STACK_LEVEL`.
 
-Rate unit: amperes when the charger takes them (the limit is per phase, K01.FR.51), else watts at
-``voltage_v`` x phases (K01.FR.50 computes the current back the same way). When the charger does
+Rate unit: amperes when the charger takes them (the limit is per phase, K01.FR.51; no
+``numberPhases``: a charger that cannot ensure a given number of phases rejects it, K01.FR.43).
+Else watts = A x ``voltage_v`` x phases. The charger computes the current per phase back as
+W / (line voltage x ``numberPhases``), 3 when absent (1.6 §7 ChargingRateUnitType; 2.0.1
+K01.FR.49/50), so the period states ``numberPhases`` when the phases are known from the
+charger's MeterValues and differ from 3: a single-phase vehicle then gets its cap, not a third
+of it (which under 6 A would stop it), and a charger reading W as the total power of the phases
+in use computes the same current. When the charger does
 not say, :data:`DEFAULT_RATE_UNIT`: AC chargers take amperes (K01.FR.50 notes "It is usually more
 convenient to use chargingRateUnit = A for AC charging"); one that refuses is unmanaged, counted
 at its maximum, never unsafe.
@@ -120,6 +125,8 @@ def set_cap(
     start = now - BACKDATE_S
     limit = limit_value(cap_a, caps.rate_unit, voltage_v=voltage_v, phases=phases)
     period = {"startPeriod": 0, "limit": limit}
+    if caps.rate_unit == "W" and phases is not None and phases != DEFAULT_PHASES:
+        period["numberPhases"] = phases
     if version == "1.6":
         return "SetChargingProfile", {
             "connectorId": 0,

@@ -31,8 +31,12 @@ START = 1_796_000_000.0  # 2026-11-30T00:53:20Z; the schedule starts a day earli
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("unit", ["A", "W"])
 @pytest.mark.parametrize("cap", [0, 6, 16, 32])
-def test_set_cap_validates_against_the_schema(version: Any, unit: Any, cap: int) -> None:
-    action, payload = set_cap(version, cap, now=START, caps=Capabilities(unit, 7), phases=1)
+@pytest.mark.parametrize("phases", [None, 1, 2, 3])
+def test_set_cap_validates_against_the_schema(
+    version: Any, unit: Any, cap: int, phases: int | None
+) -> None:
+    caps = Capabilities(unit, 7)
+    action, payload = set_cap(version, cap, now=START, caps=caps, phases=phases)
     assert action == "SetChargingProfile"
     validate_call(version, action, payload, "1")
 
@@ -70,10 +74,18 @@ def test_set_cap_2_x_is_a_charging_station_max_profile_on_evse_0(version: Any) -
     assert schedule["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 20 * 230 * 3}]
 
 
-def test_watts_use_the_phases_the_meter_reported() -> None:
+def test_watts_use_the_phases_the_meter_reported_and_say_so() -> None:
+    # The charger computes A = W / (V x numberPhases), 3 when absent (1.6 §7, K01.FR.49/50).
     _, payload = set_cap("1.6", 16, now=START, caps=Capabilities("W"), voltage_v=230, phases=1)
     period = payload["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"][0]
-    assert period["limit"] == 16 * 230
+    assert period == {"startPeriod": 0, "limit": 16 * 230, "numberPhases": 1}
+    _, payload = set_cap("2.1", 16, now=START, caps=Capabilities("W"), voltage_v=230, phases=3)
+    period = payload["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]
+    assert period == {"startPeriod": 0, "limit": 16 * 230 * 3}
+    # Amperes are per phase whatever the phases: never numberPhases (K01.FR.43, K01.FR.51).
+    _, payload = set_cap("2.0.1", 16, now=START, caps=Capabilities("A"), phases=1)
+    period = payload["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]
+    assert period == {"startPeriod": 0, "limit": 16}
 
 
 @pytest.mark.parametrize("version", VERSIONS)
