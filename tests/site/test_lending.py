@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.site.lending import Lend, Reading, ceilings, observe, reading
 
@@ -104,3 +106,24 @@ def test_a_steady_lender_stays_put() -> None:
 @pytest.mark.parametrize("cap", [0, -1])
 def test_nothing_to_lend_at_0(cap: int) -> None:
     assert observe(Lend(), 0.0, cap, 6) == Lend()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 10),
+    st.lists(st.tuples(st.floats(0, 80, allow_nan=False), st.integers(0, 80)), max_size=40),
+)
+def test_a_loan_is_never_below_the_minimum_nor_above_the_cap_it_was_taken_under(
+    min_a: int, readings: list[tuple[float, int]]
+) -> None:
+    lend = Lend()
+    for draw, cap in readings:
+        after = observe(lend, draw, cap, min_a)
+        if after.ceiling_a is not None and after != lend:
+            assert min_a <= after.ceiling_a
+            if after.ceiling_a != lend.ceiling_a:  # a new loan: taken under this cap
+                assert after.ceiling_a <= max(min_a, cap)
+                assert draw < cap - 2
+        if lend.ceiling_a is not None and after.ceiling_a is None:
+            assert draw >= cap - 1  # given back only near the cap in force
+        lend = after
