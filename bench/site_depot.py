@@ -22,7 +22,7 @@ import argparse
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from gateway.site import guard as guard_table
 from gateway.site.lending import Lend, observe, reading
@@ -189,6 +189,7 @@ class PureGuard:
     depot: Depot
     min_a: int = 6
     engage_after_s: float = 10.0
+    mode: Literal["offline", "always"] = "offline"
     release_after_s: float = 60.0
     slots: dict[str, Slot] = field(default_factory=dict)
     lending: dict[str, Lend] = field(default_factory=dict)
@@ -223,7 +224,7 @@ class PureGuard:
         cond = guard_table.condition(
             links,
             depot.now,
-            mode="offline",
+            mode=self.mode,
             engage_after_s=self.engage_after_s,
             release_after_s=self.release_after_s,
         )
@@ -273,6 +274,7 @@ def run(
     limit_a: int = 400,
     outage_s: int = 3600,
     refusing: int = 0,
+    mode: Literal["offline", "always"] = "offline",
     seed: int = 1,
     occupied: float = 0.7,
 ) -> Figures:
@@ -300,7 +302,7 @@ def run(
         charger.cloud_tx_a = float(
             max(PILOT_MIN_A, min(charger.max_a, share)) if share >= PILOT_MIN_A else 0
         )
-    guard = PureGuard(depot)
+    guard = PureGuard(depot, mode=mode)
     figures = Figures(0, 0, 0, 0.0, 0, 0.0, 0, 0, 0, 0)
     utilisation_sum = 0.0
     settled_at: float | None = None
@@ -346,6 +348,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=400)
     parser.add_argument("--outage", type=int, default=3600)
     parser.add_argument("--refusing", type=int, default=0)
+    parser.add_argument("--mode", choices=["offline", "always"], default="offline")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     figures = run(
@@ -353,6 +356,7 @@ def main() -> None:
         limit_a=args.limit,
         outage_s=args.outage,
         refusing=args.refusing,
+        mode=args.mode,
         seed=args.seed,
     )
     print(json.dumps(figures.__dict__, indent=2))

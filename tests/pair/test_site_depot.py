@@ -20,3 +20,11 @@ def test_chargers_refusing_every_cap_are_counted_at_their_maximum_and_never_over
     figures = run(chargers=50, limit_a=400, outage_s=900, refusing=3, seed=2)
     assert figures.seconds_over_engaged == 0
     assert figures.caps_left == 0
+
+
+def test_the_engage_delay_is_the_one_window_and_mode_always_closes_it() -> None:
+    # Seed 1: a 32 A vehicle plugs in 2 s into the outage, before the guard engages (10 s).
+    offline = run(chargers=50, limit_a=400, outage_s=600, seed=1)
+    assert offline.seconds_over > 0 and offline.seconds_over_engaged == 0
+    always = run(chargers=50, limit_a=400, outage_s=600, seed=1, mode="always")
+    assert always.seconds_over == 0
