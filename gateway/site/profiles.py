@@ -73,8 +73,9 @@ Version = Literal["1.6", "2.0.1", "2.1"]
 RateUnit = Literal["A", "W"]
 
 PROFILE_ID: Final = 2_000_000_001
-# The 2.0.1 part 6 test cases require ProfileStackLevel > 0, so every certified charger takes 1,
-# which is above the 0 a CSMS most often gives its own station maximum.
+# 1 rather than 0: it outranks a cloud station maximum at level 0 (1.6 §3.13.2, K01.FR.17), and
+# the 2.0.1 test case for stacked profiles (part 6, TC_K_40_CS) expects a charger to take a stack
+# level above 0. A charger that refuses it is unmanaged, counted at its maximum.
 DEFAULT_STACK_LEVEL: Final = 1
 DEFAULT_RATE_UNIT: Final[RateUnit] = "A"
 DEFAULT_PHASES: Final = 3
