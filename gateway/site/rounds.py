@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from gateway.site.allocation import Allocation, Station, Tx, allocate
 from gateway.site.lending import Lend
 from gateway.site.sequencer import Change, Slot, fixed_a, plan
 
-__all__ = ["Charger", "Round", "run_round"]
+__all__ = ["ROUND_EVERY_S", "Charger", "Round", "round_due", "run_round"]
+
+ROUND_EVERY_S: Final = 1.0  # at most one round a second unless something urgent happened
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,12 @@ class Round:
     slots: dict[str, Slot]
     changes: list[Change]
     allocation: Allocation
+
+
+def round_due(last_at: float | None, now: float, *, urgent: bool) -> bool:
+    """Whether a round runs now: at once when ``urgent`` (a transaction started or stopped, a cap
+    was answered), otherwise at most once every :data:`ROUND_EVERY_S`."""
+    return urgent or last_at is None or now - last_at >= ROUND_EVERY_S
 
 
 def run_round(

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.site.lending import Lend, observe
-from gateway.site.rounds import Charger, run_round
+from gateway.site.rounds import Charger, round_due, run_round
 from gateway.site.sequencer import (
     RETRY_S,
     Answer,
@@ -441,3 +441,10 @@ def test_caps_survive_a_restart() -> None:
 def test_a_bad_record_is_refused_naming_the_field(data: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=f"^{field}: "):
         restore(data)
+
+
+def test_rounds_run_at_once_when_urgent_else_once_a_second() -> None:
+    assert round_due(None, 0.0, urgent=False)
+    assert not round_due(10.0, 10.5, urgent=False)
+    assert round_due(10.0, 10.5, urgent=True)
+    assert round_due(10.0, 11.0, urgent=False)
