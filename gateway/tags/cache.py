@@ -146,11 +146,14 @@ class TagCache:
             self._overlay.put(normalise(tag), LearnedTag(tag, status, expiry, parent, at))
             for tag, status, expiry, parent in entries
         ]
-        if self._overlay.evicted != self._evicted_logged:
-            self._evicted_logged = self._overlay.evicted
+        evicted = self._overlay.evicted
+        if evicted >= 2 * self._evicted_logged and evicted > self._evicted_logged:
+            # At 1, 2, 4, 8 ... dropped answers: a store down for long must not flood the log.
+            self._evicted_logged = evicted
             log.warning(
-                "%d learned answers were not yet written when the in-memory bound dropped them",
-                self._evicted_logged,
+                "%d learned answers not yet written were dropped from memory (bound %d)",
+                evicted,
+                self._overlay.max_entries,
             )
         if self._metrics is not None:
             self._metrics.learned.inc(len(entries))
@@ -201,13 +204,17 @@ class TagCache:
                 return
             try:
                 await self._commit(pending)
-            except BaseException as exc:
+            except asyncio.CancelledError:
+                self._overlay.not_written(pending)  # close() writes them
+                raise
+            except Exception as exc:
                 self._overlay.not_written(pending)
-                if not isinstance(exc, StoreError):
-                    raise
-                if self._store.ok:  # the store is fine: this write itself cannot succeed
-                    log.error("could not write %d learned answers: %s", len(pending), exc)
-                    return
+                if isinstance(exc, StoreError) and not self._store.ok:
+                    continue  # down again: wait for the next recovery
+                # The store commits, yet not these rows: retrying cannot help. They keep
+                # answering from memory; close() tries once more.
+                log.error("could not write %d learned answers: %s", len(pending), exc)
+                return
             else:
                 log.info("wrote %d learned answers the store could not take", len(pending))
 

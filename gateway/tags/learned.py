@@ -54,6 +54,10 @@ class LearnedOverlay:
         self._generation = 0
         self.evicted = 0  # entries dropped to keep the bound, since start
 
+    @property
+    def max_entries(self) -> int:
+        return self._max
+
     def __len__(self) -> int:
         return len(self._entries)
 

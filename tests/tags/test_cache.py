@@ -234,3 +234,27 @@ async def test_close_writes_what_is_still_held(store: Store) -> None:
     assert cache.pending == 0
     row = await store.find_learned_tag("LATE")
     assert row is not None and row.status == "Blocked"
+
+
+async def test_the_memory_bound_drops_the_oldest_unwritten_answer_and_says_so(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = TagCache(store, unknown_tags="reject", max_pending=2)
+    await store.fetchone("PRAGMA query_only = 1")
+    caplog.set_level(logging.WARNING)
+    for tag in ("a", "b", "c"):
+        await cache.learn_from(
+            "1.6", "Authorize", {"idTag": tag}, {"idTagInfo": {"status": "Blocked"}}, NOW
+        )
+    assert cache.pending == 2
+    assert [(await cache.authorize(t, NOW)).source for t in "abc"] == [
+        "policy",
+        "learned",
+        "learned",
+    ]
+    assert any(
+        "1 learned answers not yet written were dropped" in r.message for r in caplog.records
+    )
+    await store.fetchone("PRAGMA query_only = 0")
+    await cache.close()
+    assert cache.pending == 0 and await store.find_learned_tag("C") is not None
