@@ -116,6 +116,52 @@ async def test_authorize_answer_is_the_offline_answer_at_once_16(tmp_path: Path)
 @pytest.mark.parametrize(
     ("action", "payload", "answer"),
     [
+        (
+            "StartTransaction",
+            {
+                "connectorId": 1,
+                "idTag": "tag",
+                "meterStart": 0,
+                "timestamp": "2026-11-21T12:00:00Z",
+            },
+            {"transactionId": 7, **BLOCKED_16},
+        ),
+        (
+            "StopTransaction",
+            {
+                "transactionId": 7,
+                "idTag": "tag",
+                "meterStop": 5,
+                "timestamp": "2026-11-21T13:00:00Z",
+            },
+            BLOCKED_16,
+        ),
+    ],
+)
+async def test_transaction_answers_are_the_offline_answer_at_once_16(
+    tmp_path: Path, action: str, payload: dict[str, Any], answer: dict[str, Any]
+) -> None:
+    rounds = 20
+    async with DroppingCloud({action: answer}) as cloud:
+        settings = make_settings(tmp_path, upstream={"url": cloud.url, "call_timeout_s": 2})
+        async with running_gateway(settings) as gw:
+            failed = []
+            for n in range(rounds):
+                cid, tag = f"CP-{n}", f"tag-{n}"
+                async with charger(gw.charger_port, cid) as cp:
+                    await cloud.wait_connected(cid)
+                    online = await cp.call(action, {**payload, "idTag": tag})
+                    assert online[2] == answer
+                    offline = await cp.call("Authorize", {"idTag": tag})
+                    if offline[2] != BLOCKED_16:
+                        failed.append((n, offline[2]))
+            assert len(cloud.received) == rounds
+            assert failed == [], f"{len(failed)} of {rounds} rounds forgot the answer: {failed}"
+
+
+@pytest.mark.parametrize(
+    ("action", "payload", "answer"),
+    [
         ("Authorize", {"idToken": token("tag")}, BLOCKED_201),
         (
             "TransactionEvent",
