@@ -288,6 +288,8 @@ class Gateway:
             await self.local_list.close()
         if self.hub is not None:
             await self.hub.close()
+        if self.tag_cache is not None:
+            await self.tag_cache.close()  # learned answers still only in memory: written now
         if self.charger_server is not None:
             await self.charger_server.wait_closed()
         if self._depot_task is not None:

@@ -41,6 +41,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.core",
             "gateway.core.*",
             "gateway.tags.rules",
+            "gateway.tags.learned",
             "gateway.tags.flipturn",
             "gateway.tags.local_list",
             "gateway.reservations.rules",

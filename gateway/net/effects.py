@@ -299,10 +299,13 @@ class RelayEffects:
     # --- what the cloud's answers teach --------------------------------------------------------
 
     def learn(self, call: Call, result: dict[str, Any]) -> None:
-        learn = self._host.authorizer.learn_from(
+        # Synchronously, in the flush that sends the answer to the charger: the offline answer
+        # knows it before the charger can ask again, whenever the link drops (its row follows).
+        write = self._host.authorizer.learn(
             self.version, call.action, call.payload, result, self._wall_time()
         )
-        self._owner.spawn(learn, "learning")
+        if write is not None:
+            self._owner.spawn(write, "learning")
 
     def fold(self, call: Call, result: dict[str, Any], *, by_cloud: bool) -> None:
         self._host.depot.answered(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -45,15 +45,16 @@ class Authorizer(Protocol):
         """idTagInfo (1.6) or idTokenInfo (2.0.1) to answer offline for ``id_tag``."""
         ...
 
-    async def learn_from(
+    def learn(
         self,
         version: OcppVersion,
         action: str,
         request: dict[str, Any],
         response: dict[str, Any],
         now: datetime,
-    ) -> None:
-        """Remember the cloud's answer about a tag."""
+    ) -> Coroutine[Any, Any, None] | None:
+        """Remember the cloud's answer about a tag: used offline from the return on; returns
+        the write of it to run in a task (None: nothing to learn)."""
         ...
 
 

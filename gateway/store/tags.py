@@ -133,15 +133,23 @@ class TagTables(Table):
         self, entries: Sequence[tuple[str, str, str, str | None, str | None]], learned_at: str
     ) -> None:
         """Upsert learned (key, id_tag, status, expiry, parent) entries; durable on return."""
-        sql = (
-            "INSERT INTO learned_tags"
-            " (tag_key, id_tag, status, expiry_date, parent_id_tag, learned_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tag_key) DO UPDATE SET"
-            " id_tag = excluded.id_tag, status = excluded.status,"
-            " expiry_date = excluded.expiry_date, parent_id_tag = excluded.parent_id_tag,"
-            " learned_at = excluded.learned_at"
-        )
-        await self.write([(sql, (*entry, learned_at)) for entry in entries])
+        await self.learn_tag_rows([(*entry, learned_at) for entry in entries])
+
+    _LEARN_SQL = (
+        "INSERT INTO learned_tags"
+        " (tag_key, id_tag, status, expiry_date, parent_id_tag, learned_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tag_key) DO UPDATE SET"
+        " id_tag = excluded.id_tag, status = excluded.status,"
+        " expiry_date = excluded.expiry_date, parent_id_tag = excluded.parent_id_tag,"
+        " learned_at = excluded.learned_at"
+    )
+
+    async def learn_tag_rows(
+        self, rows: Sequence[tuple[str, str, str, str | None, str | None, str]]
+    ) -> None:
+        """Upsert learned (key, id_tag, status, expiry, parent, learned_at) rows in one
+        transaction, in order (a later row for a key wins); durable on return."""
+        await self.write([(self._LEARN_SQL, row) for row in rows])
 
     async def create_sync_stage(self, now_s: float) -> str:
         """Create empty stage tables shaped like the synced ones; returns the stage's name."""

@@ -15,6 +15,7 @@ from gateway.tags.cache import CacheMetrics, TagCache
 from gateway.tags.flipturn import parse_access_id
 from gateway.tags.rules import Decision
 from tests.flipturn_fake import access_id
+from tests.support import wait_for
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -98,14 +99,18 @@ async def test_later_answers_replace_learned_entries(store: Store) -> None:
 async def test_learn_from_never_raises(store: Store, caplog: pytest.LogCaptureFixture) -> None:
     cache = TagCache(store, unknown_tags="reject")
     await cache.learn_from("1.6", "Authorize", {"idTag": None}, {"idTagInfo": 3}, NOW)
+    assert cache.pending == 0  # nothing learnable, nothing held
     await store.close()  # a broken store is logged, not raised
-    caplog.set_level(logging.ERROR)
+    caplog.set_level(logging.WARNING)
     await cache.learn_from(
         "1.6", "Authorize", {"idTag": "x"}, {"idTagInfo": {"status": "Accepted"}}, NOW
     )
-    assert any("could not learn" in r.getMessage() for r in caplog.records)
-    # and an unreadable store still answers, by policy
+    assert any("wait in memory" in r.getMessage() for r in caplog.records)
+    # An unreadable store still answers: what was learned since start, else by policy.
+    assert await cache.authorize("X", NOW) == Decision("Accepted", None, None, "learned")
     assert (await cache.authorize("RFID-1", NOW)).source == "policy"
+    await cache.close()
+    assert cache.pending == 1  # the last attempt at stop could not write it either
 
 
 async def test_metrics_count_local_answers_by_outcome(store: Store) -> None:
@@ -175,3 +180,81 @@ async def test_in_memory_store_falls_back_to_the_shared_connection() -> None:
         assert (await cache.authorize("M", NOW)).status == "Blocked"
     finally:
         await store.close()
+
+
+async def test_an_answer_counts_before_its_row_is_written(store: Store) -> None:
+    cache = TagCache(store, unknown_tags="reject")
+    blocked = {"idTagInfo": {"status": "Blocked"}}
+    write = cache.learn("1.6", "Authorize", {"idTag": "fresh"}, blocked, NOW)
+    assert write is not None and cache.pending == 1
+    assert await store.find_learned_tag("FRESH") is None  # not committed yet ...
+    assert await cache.authorize("fresh", NOW) == Decision("Blocked", None, None, "learned")
+    view = await cache.describe("FRESH", NOW)  # ... and the lookup view shows it too
+    assert view["learned"]["status"] == "Blocked" and view["decision"]["source"] == "learned"
+    await write
+    assert cache.pending == 0
+    assert (await store.find_learned_tag("FRESH")) is not None
+    assert await cache.authorize("fresh", NOW) == Decision("Blocked", None, None, "learned")
+    # Nothing to learn: nothing held, no write.
+    assert cache.learn("1.6", "Heartbeat", {}, {"currentTime": "x"}, NOW) is None
+
+
+async def test_answers_learned_while_the_store_is_down_are_written_when_it_is_back(
+    store: Store,
+) -> None:
+    cache = TagCache(store, unknown_tags="reject")
+    await store.fetchone("PRAGMA query_only = 1")  # every commit fails, as on a read-only disk
+    for n, status in enumerate(["Blocked", "Expired", "Accepted"]):
+        await cache.learn_from(
+            "1.6", "Authorize", {"idTag": f"t{n}"}, {"idTagInfo": {"status": status}}, NOW
+        )
+    assert not store.ok and cache.pending == 3
+    assert [(await cache.authorize(f"T{n}", NOW)).status for n in range(3)] == [
+        "Blocked",
+        "Expired",
+        "Accepted",
+    ]
+    await store.fetchone("PRAGMA query_only = 0")
+    await store.probe()  # the store's own probe finds it commits again
+    await wait_for(lambda: cache.pending == 0)
+    rows = [await store.find_learned_tag(f"T{n}") for n in range(3)]
+    assert [r.status if r is not None else None for r in rows] == ["Blocked", "Expired", "Accepted"]
+    await cache.close()
+
+
+async def test_close_writes_what_is_still_held(store: Store) -> None:
+    cache = TagCache(store, unknown_tags="reject")
+    await store.fetchone("PRAGMA query_only = 1")
+    await cache.learn_from(
+        "1.6", "Authorize", {"idTag": "late"}, {"idTagInfo": {"status": "Blocked"}}, NOW
+    )
+    await store.fetchone("PRAGMA query_only = 0")  # writable, and no commit has shown it yet
+    assert cache.pending == 1
+    await cache.close()
+    assert cache.pending == 0
+    row = await store.find_learned_tag("LATE")
+    assert row is not None and row.status == "Blocked"
+
+
+async def test_the_memory_bound_drops_the_oldest_unwritten_answer_and_says_so(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = TagCache(store, unknown_tags="reject", max_pending=2)
+    await store.fetchone("PRAGMA query_only = 1")
+    caplog.set_level(logging.WARNING)
+    for tag in ("a", "b", "c"):
+        await cache.learn_from(
+            "1.6", "Authorize", {"idTag": tag}, {"idTagInfo": {"status": "Blocked"}}, NOW
+        )
+    assert cache.pending == 2
+    assert [(await cache.authorize(t, NOW)).source for t in "abc"] == [
+        "policy",
+        "learned",
+        "learned",
+    ]
+    assert any(
+        "1 learned answers not yet written were dropped" in r.message for r in caplog.records
+    )
+    await store.fetchone("PRAGMA query_only = 0")
+    await cache.close()
+    assert cache.pending == 0 and await store.find_learned_tag("C") is not None
