@@ -23,6 +23,7 @@ from gateway.api.server import ApiContext, ApiServer, build_api
 from gateway.config import Settings, load_settings
 from gateway.core.backoff import BackoffPolicy
 from gateway.core.depot import DepotView
+from gateway.core.limits import LogLimiter
 from gateway.errors import ConfigError
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
 from gateway.net.depot_recorder import DepotRecorder
@@ -69,6 +70,9 @@ class Gateway:
         self.backoff = backoff
         self.local_list_settle_s = local_list_settle_s
         self.stats = RelayStats()
+        # Repeated warnings, once a minute per kind and charger: the store's, the tag cache's and
+        # every session's (the hub's sweep writes the counts of those left out).
+        self.log_limit = LogLimiter()
         self.registry = new_registry()
         self.store: Store | None = None
         self.reservations: ReservationBook | None = None
@@ -101,6 +105,7 @@ class Gateway:
         self.tls = tls = TlsContexts(settings)  # ConfigError naming the key if a file is bad
         self.registry.register(CertificateExpiryCollector(tls))
         self.store = store = await Store.open(settings.store.path)
+        store.lines.limiter = self.log_limit
         store.start_monitoring()  # /health and the watchdog follow the store's real state
         self.depot_recorder = DepotRecorder(self.depot, store)
         await self.depot_recorder.load()
@@ -133,6 +138,7 @@ class Gateway:
             hooks=hooks,
             watchers=[local_list],
             depot=self.depot,
+            log_limit=self.log_limit,
         )
         self.registry.register(
             GatewayCollector(

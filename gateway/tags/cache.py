@@ -6,11 +6,13 @@ The decisions are :mod:`gateway.tags.rules`' pure functions; this module only re
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from gateway.core.limits import LimitedLog
 from gateway.errors import StoreError
 from gateway.store.engine import Store
 from gateway.tags.flipturn import access_id_json
@@ -62,6 +64,7 @@ class TagCache:
     ) -> None:
         self._store = store
         self._unknown_tags = unknown_tags
+        self._lines = LimitedLog(log, store.lines.limiter, "tag cache")  # the store's limiter
         self._metrics = metrics
 
     async def authorize(self, id_tag: str, now: datetime) -> Decision:
@@ -74,7 +77,8 @@ class TagCache:
         try:
             synced, learned = await self._store.lookup_tag(normalise(id_tag))
         except StoreError:
-            log.exception("tag lookup failed; answering by offline.unknown_tags")
+            kind = "lookup failed; answering by offline.unknown_tags"
+            self._lines.error(time.monotonic(), kind, exc_info=True)
             synced, learned = None, None
         decision = decide(synced, learned, unknown_tags=self._unknown_tags, now=now)
         if self._metrics is not None:
@@ -111,7 +115,8 @@ class TagCache:
                 _timestamp(now),
             )
         except Exception:
-            log.exception("could not learn from the cloud's %s answer", action)
+            kind = "could not learn from the cloud's answer"
+            self._lines.error(time.monotonic(), kind, "%s", action, exc_info=True)
             return
         if self._metrics is not None:
             self._metrics.learned.inc(len(entries))
