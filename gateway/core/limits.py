@@ -73,7 +73,9 @@ class LogLimiter:
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._next_flush = float("inf")
 
-    def __len__(self) -> int:
+    @property
+    def tracked(self) -> int:
+        """Keys held (their window has not passed or not been flushed)."""
         return len(self._entries)
 
     def allow(
@@ -144,12 +146,12 @@ class LimitedLog:
         self.subject = subject
 
     def warning(self, now: float, kind: str, detail: str = "", *args: object) -> None:
-        self.log(logging.WARNING, now, kind, detail, *args)
+        self._emit(logging.WARNING, now, kind, detail, args, False)
 
     def error(
         self, now: float, kind: str, detail: str = "", *args: object, exc_info: bool = False
     ) -> None:
-        self.log(logging.ERROR, now, kind, detail, *args, exc_info=exc_info)
+        self._emit(logging.ERROR, now, kind, detail, args, exc_info)
 
     def log(
         self,
@@ -162,18 +164,23 @@ class LimitedLog:
     ) -> None:
         """Log the line unless one of ``kind`` was logged less than a window ago; first the
         count of those left out since then, if any."""
+        self._emit(level, now, kind, detail, args, exc_info)
+
+    def _emit(
+        self, level: int, now: float, kind: str, detail: str, args: tuple[object, ...], exc: bool
+    ) -> None:
         logger, subject = self.logger, self.subject
         omitted = self.limiter.allow(kind, subject, now, level=level, logger=logger.name)
         if omitted is None:
             return
+        # stacklevel 3: the record names the line that called warning/error/log, not this one.
         if omitted:
-            logger.log(
-                level, "%s: %s: %s", subject, kind, summary_text(omitted, self.limiter.every_s)
-            )
+            text = summary_text(omitted, self.limiter.every_s)
+            logger.log(level, "%s: %s: %s", subject, kind, text, stacklevel=3)
         if detail:
-            logger.log(level, "%s: %s: " + detail, subject, kind, *args, exc_info=exc_info)
+            logger.log(level, "%s: %s: " + detail, subject, kind, *args, exc_info=exc, stacklevel=3)
         else:
-            logger.log(level, "%s: %s", subject, kind, exc_info=exc_info)
+            logger.log(level, "%s: %s", subject, kind, exc_info=exc, stacklevel=3)
 
 
 def log_left_out(limiter: LogLimiter, now: float) -> None:

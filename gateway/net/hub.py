@@ -86,7 +86,7 @@ class Hub:
     ) -> None:
         self.settings = settings
         # One of each per gateway: every charger, the store and the API share them.
-        self.log_limit = log_limit or LogLimiter()
+        self.log_limit = LogLimiter() if log_limit is None else log_limit
         self.auth_throttle = AuthThrottle()
         self.store = store
         self.connect_upstream = connect_upstream

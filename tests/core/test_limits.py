@@ -34,8 +34,8 @@ def test_flush_tells_each_window_once_and_forgets_its_key() -> None:
     assert limit.flush(59.9) == []
     assert limit.flush(60.0) == [LeftOut("bad frame", "CP-1", 12, logging.ERROR, "gateway.x")]
     assert limit.flush(61.0) == []  # told once
-    assert len(limit) == 1  # CP-2's window has not passed yet
-    assert limit.flush(90.0) == [] and len(limit) == 0  # memory follows what is still limited
+    assert limit.tracked == 1  # CP-2's window has not passed yet
+    assert limit.flush(90.0) == [] and limit.tracked == 0  # memory follows what is still limited
     assert limit.allow("bad frame", "CP-1", 61.0) == 0  # its count was told: logged at once
 
 
@@ -44,7 +44,7 @@ def test_keys_beyond_the_cap_share_one_entry_per_kind() -> None:
     assert [limit.allow("refused", f"10.0.0.{i}", 0.0) for i in range(3)] == [0, 0, 0]
     assert limit.allow("refused", "10.0.0.3", 0.0) == 0  # the first of the overflow entry
     assert [limit.allow("refused", f"10.0.1.{i}", 1.0) for i in range(100)] == [None] * 100
-    assert len(limit) == 4
+    assert limit.tracked == 4
     (left,) = limit.flush(60.0)
     assert (left.subject, left.count) == ("(others)", 100)
 
