@@ -270,6 +270,30 @@ class Hub:
     def get(self, charger_id: str) -> ChargerSession | None:
         return self.sessions.get(charger_id)
 
+    # --- failed authentications (the charger server and the API) ---------------------------
+
+    def auth_refused_for(self, address: str, kind: str) -> float:
+        """Seconds ``address`` is still refused for after too many failed authentications (0:
+        go on and check its credentials). A refused attempt counts as a failure of ``kind``."""
+        wait = self.auth_throttle.blocked_for(address, self.loop_time())
+        if wait:
+            self.stats.auth_failures[kind] += 1
+        return wait
+
+    def auth_failed(self, address: str, kind: str) -> None:
+        """Wrong credentials from ``address`` (``charger``, ``api`` or ``login``)."""
+        self.stats.auth_failures[kind] += 1
+        throttle = self.auth_throttle
+        if throttle.failed(address, self.loop_time()):  # one line per address and block
+            log.warning(
+                "%s: %d failed authentications within %.0f s (the last: %s); refusing it for %.0f s",
+                address,
+                throttle.max_failures,
+                throttle.window_s,
+                kind,
+                throttle.block_s,
+            )
+
     # --- upstream links: pacing and recovery ---------------------------------------------------
 
     def turn_eta_s(self) -> float:
