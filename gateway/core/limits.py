@@ -106,6 +106,12 @@ class LogLimiter:
         self._next_flush = min(self._next_flush, now + self.every_s)
         return omitted
 
+    def forget(self, kind: str, subject: str) -> int:
+        """The condition behind (``kind``, ``subject``) ended: its next line is logged at once.
+        Returns how many of its lines were left out since the last one logged."""
+        entry = self._entries.pop((kind, subject), None)
+        return 0 if entry is None else entry.omitted
+
     def flush(self, now: float) -> list[LeftOut]:
         """The counts of windows that have passed by ``now``, each told once; their keys are
         forgotten (the next line of such a key is logged at once). Cheap when nothing is due."""

@@ -39,6 +39,15 @@ def test_flush_tells_each_window_once_and_forgets_its_key() -> None:
     assert limit.allow("bad frame", "CP-1", 61.0) == 0  # its count was told: logged at once
 
 
+def test_a_condition_that_ends_is_forgotten_and_its_next_line_shown_at_once() -> None:
+    limit = LogLimiter(60.0)
+    shown = [t for t in range(0, 600, 5) if limit.allow("down", "CP-1", float(t)) is not None]
+    assert shown == [0, 60, 120, 180, 240, 300, 360, 420, 480, 540]
+    assert limit.forget("down", "CP-1") == 11  # 545-595: left out since the line at 540
+    assert limit.allow("down", "CP-1", 601.0) == 0  # a new outage: its first line at once
+    assert limit.forget("never", "CP-1") == 0
+
+
 def test_keys_beyond_the_cap_share_one_entry_per_kind() -> None:
     limit = LogLimiter(60.0, max_keys=3)
     assert [limit.allow("refused", f"10.0.0.{i}", 0.0) for i in range(3)] == [0, 0, 0]
