@@ -60,9 +60,11 @@ class Gateway:
         backoff: BackoffPolicy | None = None,
         local_list_settle_s: float = local_list_push.SETTLE_S,
         config_path: Path | None = None,
+        log_limit: LogLimiter | None = None,
     ) -> None:
         """``reconnect_max_s`` overrides ``upstream.reconnect_max_s`` and ``backoff`` how fast the
-        delays grow (tests use both to reach the cap without waiting for it)."""
+        delays grow (tests use both to reach the cap without waiting for it); ``log_limit`` the
+        minute between repeated lines (tests see its counts written without waiting a minute)."""
         self.settings = settings
         self.config_path = config_path  # read again by reload()
         self._api_context: ApiContext | None = None
@@ -72,7 +74,7 @@ class Gateway:
         self.stats = RelayStats()
         # Repeated warnings, once a minute per kind and charger: the store's, the tag cache's and
         # every session's (the hub's sweep writes the counts of those left out).
-        self.log_limit = LogLimiter()
+        self.log_limit = LogLimiter() if log_limit is None else log_limit
         self.registry = new_registry()
         self.store: Store | None = None
         self.reservations: ReservationBook | None = None

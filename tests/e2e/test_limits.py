@@ -18,7 +18,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
 from gateway.app import Gateway
-from gateway.core.limits import log_left_out
+from gateway.core.limits import LogLimiter, log_left_out
 from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
 
 FLOOD = 20_000
@@ -104,6 +104,37 @@ async def test_a_flood_of_bad_charger_frames_logs_a_handful_of_lines(
         (summary,) = left_out_after_a_minute(gw, caplog)
         assert summary.startswith("NOISY: bad frame from charger: … and ")
         assert count_in(summary) == FLOOD - 1
+
+
+async def test_the_hub_writes_the_count_once_the_window_has_passed(
+    tmp_path: Any, cloud: FakeCloud, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No later line is needed: the hub's sweep writes the count when the window ends (here
+    0.5 s instead of the minute), and the next line of that kind is then logged at once."""
+    caplog.set_level(logging.INFO, logger="gateway")
+    settings = make_settings(tmp_path, upstream={"url": cloud.url})
+    gw = Gateway(settings, log_limit=LogLimiter(0.5))
+    await gw.start()
+    try:
+        async with charger(gw.charger_port, "NOISY") as cp:
+            await cloud.wait_connected("NOISY")
+            caplog.clear()
+            for n in range(50):
+                await cp.send_raw(f'[2, "b{n}", "Heartbeat"]')
+            summary = "NOISY: bad frame from charger: … and 49 more like it in 0.5 s"
+            await wait_for(lambda: summary in gateway_lines(caplog), timeout=5)
+            assert gateway_lines(caplog) == [
+                "NOISY: bad frame from charger: CALL must have 4 elements",
+                summary,
+            ]
+            caplog.clear()
+            await cp.send_raw('[2, "again", "Heartbeat"]')
+            await wait_for(lambda: len(cp.received) == 51)
+            assert gateway_lines(caplog) == [
+                "NOISY: bad frame from charger: CALL must have 4 elements"
+            ]
+    finally:
+        await gw.stop()
 
 
 # --- failed authentications throttle their address ----------------------------------------------
