@@ -159,27 +159,16 @@ class LimitedLog:
     ) -> None:
         self._emit(logging.ERROR, now, kind, detail, args, exc_info)
 
-    def log(
-        self,
-        level: int,
-        now: float,
-        kind: str,
-        detail: str = "",
-        *args: object,
-        exc_info: bool = False,
-    ) -> None:
-        """Log the line unless one of ``kind`` was logged less than a window ago; first the
-        count of those left out since then, if any."""
-        self._emit(level, now, kind, detail, args, exc_info)
-
     def _emit(
         self, level: int, now: float, kind: str, detail: str, args: tuple[object, ...], exc: bool
     ) -> None:
+        """Log the line unless one of ``kind`` was logged less than a window ago; first the
+        count of those left out since then, if any."""
         logger, subject = self.logger, self.subject
         omitted = self.limiter.allow(kind, subject, now, level=level, logger=logger.name)
         if omitted is None:
             return
-        # stacklevel 3: the record names the line that called warning/error/log, not this one.
+        # stacklevel 3: the record names the line that called warning or error, not this one.
         if omitted:
             text = summary_text(omitted, self.limiter.every_s)
             logger.log(level, "%s: %s: %s", subject, kind, text, stacklevel=3)
