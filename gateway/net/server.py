@@ -68,9 +68,10 @@ async def start_charger_server(
         )
         if isinstance(decision, Refused):
             hub.stats.errors[f"refused_{decision.status.value}"] += 1
-            lines = LimitedLog(log, hub.log_limit, request.path[:80])
+            # Per source address: a scanner trying many paths is one line a minute, not one each.
+            lines = LimitedLog(log, hub.log_limit, address)
             kind = f"refused ({decision.status.value})"
-            lines.warning(hub.loop_time(), kind, "%s from %s", decision.reason, address)
+            lines.warning(hub.loop_time(), kind, "%s: %s", request.path[:80], decision.reason)
             if decision.status == 401 and authorization and not throttled:
                 hub.auth_failed(address, "charger")  # wrong credentials (none given is no guess)
             response = connection.reject(decision.status, decision.reason + "\n")
