@@ -148,9 +148,7 @@ class ChargerRelay:
         self.state = LinkState.OFFLINE
         self.charger_connected = False
         self._backlog = Backlog()
-        self._output = output = RelayOutput(
-            log_limit=LogLimiter() if log_limit is None else log_limit
-        )
+        self._output = output = RelayOutput(log_limit=log_limit or LogLimiter())
         self.lines = LimitedLog(log, output.log_limit, charger_id)  # the driver's lines too
         self._to_charger = output.to_charger
         self._to_cloud = output.to_cloud
