@@ -23,6 +23,7 @@ from gateway.api.server import ApiContext, ApiServer, build_api
 from gateway.config import Settings, load_settings
 from gateway.core.backoff import BackoffPolicy
 from gateway.core.depot import DepotView
+from gateway.core.limits import LogLimiter
 from gateway.errors import ConfigError
 from gateway.metrics import GatewayCollector, RelayStats, new_registry
 from gateway.net.depot_recorder import DepotRecorder
@@ -59,9 +60,11 @@ class Gateway:
         backoff: BackoffPolicy | None = None,
         local_list_settle_s: float = local_list_push.SETTLE_S,
         config_path: Path | None = None,
+        log_limit: LogLimiter | None = None,
     ) -> None:
         """``reconnect_max_s`` overrides ``upstream.reconnect_max_s`` and ``backoff`` how fast the
-        delays grow (tests use both to reach the cap without waiting for it)."""
+        delays grow (tests use both to reach the cap without waiting for it); ``log_limit`` the
+        minute between repeated lines (tests see its counts written without waiting a minute)."""
         self.settings = settings
         self.config_path = config_path  # read again by reload()
         self._api_context: ApiContext | None = None
@@ -69,6 +72,9 @@ class Gateway:
         self.backoff = backoff
         self.local_list_settle_s = local_list_settle_s
         self.stats = RelayStats()
+        # Repeated warnings, once a minute per kind and charger: the store's, the tag cache's and
+        # every session's (the hub's sweep writes the counts of those left out).
+        self.log_limit = LogLimiter() if log_limit is None else log_limit
         self.registry = new_registry()
         self.store: Store | None = None
         self.reservations: ReservationBook | None = None
@@ -101,6 +107,7 @@ class Gateway:
         self.tls = tls = TlsContexts(settings)  # ConfigError naming the key if a file is bad
         self.registry.register(CertificateExpiryCollector(tls))
         self.store = store = await Store.open(settings.store.path)
+        store.lines.limiter = self.log_limit
         store.start_monitoring()  # /health and the watchdog follow the store's real state
         self.depot_recorder = DepotRecorder(self.depot, store)
         await self.depot_recorder.load()
@@ -133,6 +140,7 @@ class Gateway:
             hooks=hooks,
             watchers=[local_list],
             depot=self.depot,
+            log_limit=self.log_limit,
         )
         self.registry.register(
             GatewayCollector(

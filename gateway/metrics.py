@@ -88,6 +88,9 @@ class RelayStats:
     # OCPP 2.1 SEND frames (no answer, never stored) by "<direction> <outcome>",
     # e.g. "from_charger relayed", "from_charger dropped" (no link to pass it on).
     sends: Counter[str] = field(default_factory=Counter)
+    # Failed authentications by kind: "charger" (Basic auth), "api" (api.token on /api/*),
+    # "login" (the dashboard's sign-in), attempts refused while the address is throttled included.
+    auth_failures: Counter[str] = field(default_factory=Counter)
 
 
 class GatewayCollector(Collector):
@@ -155,6 +158,15 @@ class GatewayCollector(Collector):
         for key, n in sorted(s.sends.items()):
             sends.add_metric(key.split(" ", 1), n)
         yield sends
+        auth = CounterMetricFamily(
+            PREFIX + "auth_failures",
+            "Failed authentications (wrong credentials, or refused while the source address is"
+            " throttled), by kind",
+            labels=["kind"],
+        )
+        for kind in sorted({"charger", "api", "login", *s.auth_failures}):
+            auth.add_metric([kind], s.auth_failures[kind])
+        yield auth
         yield CounterMetricFamily(
             PREFIX + "replayed_messages", "Queued messages delivered to the cloud", value=s.replayed
         )

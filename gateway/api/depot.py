@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import __version__
-from gateway.api.server import SESSION_COOKIE, ApiContext, error, session_value
+from gateway.api.server import SESSION_COOKIE, ApiContext, client_address, error, session_value
 from gateway.core import offline
 from gateway.core.depot import DepotView
 from gateway.errors import StoreError
@@ -162,6 +162,7 @@ def depot_routes(
         if not isinstance(given, str):
             return error(422, "token must be a string")
         if expected and not hmac.compare_digest(given.encode(), expected.encode()):
+            ctx.hub.auth_failed(client_address(request), "login")
             return error(401, "invalid token")
         response = JSONResponse({"status": "LoggedIn"})
         if expected:

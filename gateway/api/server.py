@@ -2,7 +2,9 @@
 
 Errors are JSON ``{"error": "..."}`` with the right status, never a stack trace. When ``api.token``
 is set, ``/api/*`` needs ``Authorization: Bearer <token>`` or the dashboard's session cookie (set by
-``POST /api/login``); ``/health`` and ``/metrics`` stay open.
+``POST /api/login``); ``/health`` and ``/metrics`` stay open. After 10 wrong tokens (or sign-ins, or
+charger passwords) from one address within 60 s, ``/api/*`` answers that address 429 with
+``Retry-After`` for 60 s, before any token check (the hub's throttle, shared with the chargers).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
@@ -33,7 +36,16 @@ from gateway.config import Settings
 from gateway.net.hub import Hub
 from gateway.store.engine import Store
 
-__all__ = ["SESSION_COOKIE", "ApiContext", "ApiServer", "build_api", "error", "session_value"]
+__all__ = [
+    "SESSION_COOKIE",
+    "ApiContext",
+    "ApiServer",
+    "build_api",
+    "client_address",
+    "error",
+    "session_value",
+    "too_many_failures",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +78,18 @@ class ApiContext:
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def client_address(request: Request) -> str:
+    """The source address of the request's connection (proxy headers are not trusted)."""
+    return request.client.host if request.client is not None else ""
+
+
+def too_many_failures(wait_s: float) -> JSONResponse:
+    """429 for an address refused after too many failed authentications (RFC 6585 §4)."""
+    response = error(429, "too many failed authentications from this address; try again later")
+    response.headers["Retry-After"] = str(max(1, math.ceil(wait_s)))
+    return response
 
 
 async def _outbox_health(ctx: ApiContext) -> dict[str, Any]:
@@ -140,12 +164,22 @@ def build_api(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starle
 
     async def token_guard(request: Request, call_next: RequestResponseEndpoint) -> Response:
         token = ctx.settings.api.token.get_secret_value()
-        if token and request.url.path.startswith("/api/") and request.url.path != LOGIN_PATH:
+        path = request.url.path
+        if token and path.startswith("/api/"):
+            address = client_address(request)
+            # Before any token check, the sign-in's included: a throttled address learns nothing.
+            wait = ctx.hub.auth_refused_for(address, "login" if path == LOGIN_PATH else "api")
+            if wait:
+                return too_many_failures(wait)
+            if path == LOGIN_PATH:
+                return await call_next(request)
             given = request.headers.get("authorization", "")
             cookie = request.cookies.get(SESSION_COOKIE, "")
             if not hmac.compare_digest(
                 given.encode(), f"Bearer {token}".encode()
             ) and not hmac.compare_digest(cookie.encode(), session_value(token).encode()):
+                if given or cookie:  # wrong credentials; none at all is no guess
+                    ctx.hub.auth_failed(address, "api")
                 return error(401, "missing or invalid bearer token")
         return await call_next(request)
 
@@ -189,8 +223,16 @@ class ApiServer:
         self.socket.bind((host, port))
         self.port: int = self.socket.getsockname()[1]
         # ws="none": the API serves no WebSockets, so uvicorn loads no WebSocket implementation.
+        # proxy_headers off: the address throttled after failed authentications is the socket's
+        # peer, never one a client names in X-Forwarded-For.
         config = uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off", ws="none", http="h11"
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ws="none",
+            http="h11",
+            proxy_headers=False,
         )
         self._server = _Server(config)
 

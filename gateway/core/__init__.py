@@ -20,6 +20,8 @@ imports, transitively). The pure rules of the feature packages (``gateway.tags.r
 - ``offline``      the offline action table: what the gateway answers a charger itself, and stores
 - ``txmap``        OCPP 1.6 local transaction ids and their rewrite to the cloud's
 - ``backoff``      reconnect and retry delays, as values
+- ``limits``       rate limits: repeated log lines (once a minute per kind and charger), failed
+                   authentications per source address
 - ``depot``        the depot view folded from the frames the gateway sees
 - ``admission``    who may open a charger connection (path, charge point id, Basic credentials)
 - ``certs``        certificates as data: PEM blocks, validity end, the charger's CN

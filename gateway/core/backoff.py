@@ -10,7 +10,6 @@
   (through the pacer). While no link is up, one waiting link is tried every ``probe_every_s``
   (the probe is a real handshake, the only test that the cloud accepts connections again), so
   the time to recover does not grow with the backoff, whatever the outage length.
-- :class:`Quiet`: at most one log line per interval while a condition lasts.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff", "BackoffPolicy", "ConnectPacer", "Quiet", "Recovery"]
+__all__ = ["Backoff", "BackoffPolicy", "ConnectPacer", "Recovery"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,24 +107,3 @@ class Recovery:
     def probe_due(self, now: float, *, waiting: int, links_up: int) -> bool:
         """Try one waiting link now? Only while none is up and none was tried for a while."""
         return waiting > 0 and links_up == 0 and now - self._last_attempt >= self.probe_every_s
-
-
-class Quiet:
-    """Rate limit for one recurring log line: the first is shown, then one per ``every_s``."""
-
-    def __init__(self, every_s: float) -> None:
-        self.every_s = every_s
-        self._last = float("-inf")
-        self.suppressed = 0
-
-    def allow(self, now: float) -> bool:
-        if now - self._last >= self.every_s:
-            self._last = now
-            return True
-        self.suppressed += 1
-        return False
-
-    def reset(self) -> None:
-        """The condition ended: the next occurrence is shown at once."""
-        self._last = float("-inf")
-        self.suppressed = 0

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from gateway.core.events import ChargerAnswered, ChargerCallFailed, RelayOutput
+from gateway.core.limits import LimitedLog
 from gateway.errors import ChargerQueueFull
 from gateway.ocpp import frames
 from gateway.ocpp.frames import Call, CallError, CallResult
@@ -44,6 +45,7 @@ class ChargerSlot:
         "_charger_id",
         "_errors",
         "_events",
+        "_lines",
         "_max_queued",
         "_observed_answers",
         "_queue",
@@ -68,6 +70,7 @@ class ChargerSlot:
         self._errors = errors
         self._to_charger = output.to_charger
         self._events = output.events
+        self._lines = LimitedLog(log, output.log_limit, charger_id)
         self.current: OutCall | None = None  # the CALL the charger holds, awaiting its answer
         self._queue: deque[OutCall] = deque()
 
@@ -160,8 +163,9 @@ class ChargerSlot:
         if out is not None and out.deadline is not None and out.deadline <= now:
             self.current = None
             self._errors["charger_call_timeout"] += 1
-            log.warning(
-                "%s: no answer to %s %s", self._charger_id, out.call.action, out.call.message_id
+            call = out.call
+            self._lines.warning(
+                now, "no answer from charger", "%s %s", call.action, call.message_id
             )
             if out.origin == "gateway":
                 self._events.append(

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from gateway.core import txmap
+from gateway.core.limits import LimitedLog, LogLimiter
 
 __all__ = [
     "FOLDED_ANSWERS",
@@ -184,6 +185,7 @@ class DepotView:
         self.dirty: set[str] = set()  # the picture changed: write soon
         self.touched: set[str] = set()  # only meter readings changed: write at a slower cadence
         self._max_chargers = max_chargers
+        self._log_limit = LogLimiter()  # its own: ``now`` here is wall-clock time
 
     # --- folding ---------------------------------------------------------------------------------
 
@@ -215,7 +217,8 @@ class DepotView:
         except (AttributeError, TypeError, ValueError, KeyError):
             log.debug("%s: %s not folded (malformed)", charger_id, action)
         except Exception:  # the fold never costs the charger its frame
-            log.exception("%s: %s not folded", charger_id, action)
+            lines = LimitedLog(log, self._log_limit, charger_id)
+            lines.error(now, "CALL not folded", "%s", action, exc_info=True)
 
     def answered(
         self,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from gateway.core import offline
+from gateway.core.limits import LogLimiter
 from gateway.ocpp.frames import Call, CallError, CallResult
 
 __all__ = [
@@ -200,8 +201,10 @@ RelayEvent = (
 class RelayOutput:
     """What a relay produced that its driver has not taken yet: the frames for each side, in
     order, and the events. The relay's parts append to the same three lists, which are never
-    replaced (a part keeps them as attributes: one lookup per frame)."""
+    replaced (a part keeps them as attributes: one lookup per frame). Their repeated log lines
+    go through ``log_limit``, one per gateway (at most one a minute per kind and charger)."""
 
     to_charger: list[str] = field(default_factory=list)
     to_cloud: list[str] = field(default_factory=list)
     events: list[RelayEvent] = field(default_factory=list)
+    log_limit: LogLimiter = field(default_factory=LogLimiter)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.core.events import Answered, RelayOutput, SaveBoot
+from gateway.core.limits import LimitedLog
 from gateway.ocpp.frames import Call, CallError, CallResult
 
 __all__ = ["PendingCalls"]
@@ -30,6 +31,7 @@ class PendingCalls:
         "_charger_id",
         "_errors",
         "_events",
+        "_lines",
         "_observe_answer_s",
         "_observed_answers",
         "_table",
@@ -52,6 +54,7 @@ class PendingCalls:
         self._to_charger = output.to_charger
         self._to_cloud = output.to_cloud
         self._events = output.events
+        self._lines = LimitedLog(log, output.log_limit, charger_id)
         self._timeout_s = call_timeout_s
         self._observed_answers = observed_answers  # charger CALLs whose CALLRESULT is an event
         # Told how long the cloud took to answer each live CALL (a histogram's observe).
@@ -104,11 +107,13 @@ class PendingCalls:
         for pending in expired:
             del table[pending.call.message_id]
             self._errors["cloud_call_timeout"] += 1
-            log.warning(
-                "%s: cloud did not answer %s %s in time; answering locally",
-                self._charger_id,
-                pending.call.action,
-                pending.call.message_id,
+            call = pending.call
+            self._lines.warning(
+                now,
+                "cloud did not answer in time",
+                "%s %s; answered locally",
+                call.action,
+                call.message_id,
             )
         return [p.call for p in expired]
 

@@ -64,6 +64,7 @@ from gateway.core.events import (
     RetryLater,
 )
 from gateway.core.inbox import RECENT_IDS, ChargerInbox
+from gateway.core.limits import LimitedLog, LogLimiter
 from gateway.core.link import Event, LinkState, transition
 from gateway.core.pending import PendingCalls
 from gateway.core.replay import Backlog, ReplayCursor
@@ -115,6 +116,7 @@ class ChargerRelay:
         "charger_connected",
         "charger_id",
         "errors",
+        "lines",
         "recent_ids",
         "sends",
         "settings",
@@ -134,6 +136,7 @@ class ChargerRelay:
         errors: Counter[str] | None = None,
         sends: Counter[str] | None = None,
         observe_answer_s: Callable[[float], None] | None = None,
+        log_limit: LogLimiter | None = None,
     ) -> None:
         self.charger_id = charger_id
         self.version: OcppVersion = version
@@ -145,7 +148,8 @@ class ChargerRelay:
         self.state = LinkState.OFFLINE
         self.charger_connected = False
         self._backlog = Backlog()
-        self._output = output = RelayOutput()
+        self._output = output = RelayOutput(log_limit=log_limit or LogLimiter())
+        self.lines = LimitedLog(log, output.log_limit, charger_id)  # the driver's lines too
         self._to_charger = output.to_charger
         self._to_cloud = output.to_cloud
         self._events = output.events
@@ -329,10 +333,10 @@ class ChargerRelay:
             return
         self._charger_frame(text, now)
 
-    def bad_charger_frame(self, exc: FrameError) -> None:
+    def bad_charger_frame(self, exc: FrameError, now: float) -> None:
         """A charger frame that cannot be accepted (also one the driver could not decode)."""
         self.errors["bad_frame_from_charger"] += 1
-        log.warning("%s: bad frame from charger: %s", self.charger_id, exc.description)
+        self.lines.warning(now, "bad frame from charger", "%s", exc.description)
         if not self._unanswered(exc):
             self._to_charger.append(
                 frames.error_text(self.version, exc.message_id, exc.code, exc.description)
@@ -342,7 +346,7 @@ class ChargerRelay:
         try:
             frame = frames.parse(text, self.version)
         except FrameError as exc:
-            self.bad_charger_frame(exc)
+            self.bad_charger_frame(exc, now)
             return
         if type(frame) is Call:
             self._charger_call(frame, text, now)
@@ -352,7 +356,7 @@ class ChargerRelay:
             self._relay_send("from_charger", self._to_cloud if self._cloud_up else None, text)
         else:
             assert isinstance(frame, CallResultError)
-            self._charger_result_error(frame, text)
+            self._charger_result_error(frame, text, now)
 
     @property
     def _cloud_up(self) -> bool:
@@ -371,14 +375,15 @@ class ChargerRelay:
         else:
             self.sends[direction + " dropped"] += 1
 
-    def _charger_result_error(self, frame: CallResultError, text: str) -> None:
+    def _charger_result_error(self, frame: CallResultError, text: str, now: float) -> None:
         """The charger could not process a CALLRESULT: the cloud's goes back to the cloud; one
         the gateway gave itself is only counted."""
         if frame.message_id in self._inbox.answered_ids:
             self.errors["local_answer_refused"] += 1
-            log.warning(
-                "%s: charger could not process the gateway's answer to %s: %s %s",
-                self.charger_id,
+            self.lines.warning(
+                now,
+                "charger could not process the gateway's answer",
+                "to %s: %s %s",
                 frame.message_id,
                 frame.code,
                 frame.description,
@@ -507,10 +512,10 @@ class ChargerRelay:
 
     # --- cloud → charger -----------------------------------------------------------------------------
 
-    def bad_cloud_frame(self, exc: FrameError) -> None:
+    def bad_cloud_frame(self, exc: FrameError, now: float) -> None:
         """A cloud frame that cannot be accepted (also one the driver could not decode)."""
         self.errors["bad_frame_from_cloud"] += 1
-        log.warning("%s: bad frame from cloud: %s", self.charger_id, exc.description)
+        self.lines.warning(now, "bad frame from cloud", "%s", exc.description)
         if exc.message_id != "-1" and not self._unanswered(exc):
             self._to_cloud.append(
                 frames.error_text(self.version, exc.message_id, exc.code, exc.description)
@@ -521,7 +526,7 @@ class ChargerRelay:
         try:
             frame = frames.parse(text, self.version)
         except FrameError as exc:
-            self.bad_cloud_frame(exc)
+            self.bad_cloud_frame(exc, now)
             return
         kind = type(frame)
         if kind is CallResult or kind is CallError:
@@ -564,9 +569,10 @@ class ChargerRelay:
                 call = Call(call.message_id, call.action, payload)
                 text = call.serialize()
         if not self._slot.enqueue(OutCall(call, text, "cloud"), now):
-            log.warning(
-                "%s: %d CALLs already wait for the charger; refusing %s %s",
-                self.charger_id,
+            self.lines.warning(
+                now,
+                "charger queue full",
+                "%d CALLs already wait for the charger; refusing %s %s",
                 self._slot.queued,
                 call.action,
                 call.message_id,

@@ -23,6 +23,7 @@ from gateway.core.events import (
     RelayOutput,
     RetryLater,
 )
+from gateway.core.limits import LimitedLog
 from gateway.errors import FrameError
 from gateway.ocpp import frames
 from gateway.ocpp.frames import Call, CallError, CallResult
@@ -131,6 +132,7 @@ class ReplayCursor:
         "_charger_id",
         "_errors",
         "_events",
+        "_lines",
         "_max_attempts",
         "_max_retry_delay_s",
         "_to_cloud",
@@ -164,6 +166,7 @@ class ReplayCursor:
         self._txids = txids
         self._to_cloud = output.to_cloud
         self._events = output.events
+        self._lines = LimitedLog(log, output.log_limit, charger_id)
         self._call_timeout_s = call_timeout_s
         self._max_attempts = max_attempts
         self._max_retry_delay_s = max_retry_delay_s
@@ -198,11 +201,13 @@ class ReplayCursor:
             self.in_flight = None
             self.waiting = ""
             self._errors["cloud_call_timeout"] += 1
-            log.warning(
-                "%s: cloud did not answer replayed %s %s in time",
-                self._charger_id,
-                flight.call.action,
-                flight.call.message_id,
+            call = flight.call
+            self._lines.warning(
+                now,
+                "cloud did not answer a replayed CALL in time",
+                "%s %s",
+                call.action,
+                call.message_id,
             )
             return True
         if self.waiting == "due" and self.rows and self.due.get(self.rows[0].seq, 0.0) <= now:
@@ -229,7 +234,7 @@ class ReplayCursor:
             self.rows.popleft()
             out = outgoing(row, self._txids.local_to_cloud)
             if isinstance(out, DeadLetter):
-                self._record(out)
+                self._record(out, now)
             else:
                 self._send(out, row, now)
             return
@@ -273,7 +278,9 @@ class ReplayCursor:
             self.boot_done = True
             self.waiting = ""
             if isinstance(answer, CallResult):
-                self._warn_if_refused(answer.payload.get("status"), "replayed BootNotification")
+                self._warn_if_refused(
+                    answer.payload.get("status"), "replayed BootNotification", now
+                )
                 self.waiting, self.recording = "record", "boot"
                 self.boot_id = flight.call.message_id
                 self.asked = delivered = BootDelivered(flight.call.message_id, answer.payload)
@@ -291,8 +298,8 @@ class ReplayCursor:
         if isinstance(outcome, Delivered) and row.action == "StartTransaction":
             info = outcome.result.get("idTagInfo")
             status = info.get("status") if isinstance(info, dict) else None
-            self._warn_if_refused(status, f"replayed StartTransaction {row.message_id}")
-        self._record(outcome)
+            self._warn_if_refused(status, f"replayed StartTransaction {row.message_id}", now)
+        self._record(outcome, now)
 
     def recorded(
         self,
@@ -335,7 +342,7 @@ class ReplayCursor:
         self.waiting = "answer"
         self._to_cloud.append(call.serialize())
 
-    def _record(self, outcome: Delivered | RetryLater | DeadLetter) -> None:
+    def _record(self, outcome: Delivered | RetryLater | DeadLetter, now: float) -> None:
         """Ask the driver to record ``outcome``; the replay waits for ``recorded``."""
         row = outcome.row
         if isinstance(outcome, Delivered):
@@ -349,9 +356,10 @@ class ReplayCursor:
                 )
         elif isinstance(outcome, RetryLater):
             self.recording = "retry"
-            log.warning(
-                "%s: replayed %s %s not delivered (%s); retry in %.0fs",
-                self._charger_id,
+            self._lines.warning(
+                now,
+                "replayed message not delivered",
+                "%s %s (%s); retry in %.0fs",
                 row.action,
                 row.message_id,
                 outcome.error,
@@ -359,9 +367,10 @@ class ReplayCursor:
             )
         else:
             self.recording = "row"
-            log.error(
-                "%s: cloud refused replayed %s %s (%s: %s); moved to dead letters",
-                self._charger_id,
+            self._lines.error(
+                now,
+                "cloud refused a replayed message",
+                "%s %s (%s: %s); moved to dead letters",
                 row.action,
                 row.message_id,
                 outcome.code,
@@ -371,7 +380,8 @@ class ReplayCursor:
         self.asked = outcome
         self._events.append(outcome)
 
-    def _warn_if_refused(self, status: object, what: str) -> None:
+    def _warn_if_refused(self, status: object, what: str, now: float) -> None:
         """The charger was answered Accepted locally; an operator should know the cloud disagreed."""
         if status is not None and status != "Accepted":
-            log.warning("%s: cloud answered %s to the %s", self._charger_id, status, what)
+            kind = "cloud disagreed with a local answer"
+            self._lines.warning(now, kind, "cloud answered %s to the %s", status, what)

@@ -264,7 +264,9 @@ class RelayEffects:
             relay.local_answer_failed(call, self._now())
         except Exception:
             self._stats.errors["internal"] += 1
-            log.exception("%s: cannot answer %s locally", self.charger_id, call.action)
+            relay.lines.error(
+                self._now(), "cannot answer locally", "%s", call.action, exc_info=True
+            )
             self.answering = False
             relay.local_answer_failed(call, self._now())
         else:

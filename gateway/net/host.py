@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from gateway.core.backoff import BackoffPolicy
 from gateway.core.depot import DepotView
+from gateway.core.limits import LogLimiter
 from gateway.core.relay import RelaySettings
 from gateway.metrics import RelayStats
 from gateway.net.wsconn import ClientConnection
@@ -99,6 +100,8 @@ class SessionHost(Protocol[S]):
     def store(self) -> Store: ...
     @property
     def stats(self) -> RelayStats: ...
+    @property
+    def log_limit(self) -> LogLimiter: ...  # repeated lines: once a minute per kind and charger
     @property
     def authorizer(self) -> Authorizer: ...
     @property

@@ -1,6 +1,8 @@
 """All charger sessions of one gateway and the services they share.
 
-Shared by every session: the connect pacer (``upstream.max_connects_per_s`` new upstream
+Shared by every session: the log limiter (a repeated warning at most once a minute per kind and
+charger; the counts of those left out are written by the sweep once their minute has passed), the
+failed-authentication throttle of the charger server and the API, the connect pacer (``upstream.max_connects_per_s`` new upstream
 handshakes per second) and recovery (a link that connects after failures wakes every link
 waiting in its backoff; while no link is up, one waiting link is tried every ``PROBE_EVERY_S``).
 A new charger's state (transaction-id map, undelivered BootNotification) is read in one store
@@ -26,6 +28,7 @@ from gateway.config import Settings
 from gateway.core import offline, txmap
 from gateway.core.backoff import BackoffPolicy, ConnectPacer, Recovery
 from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
+from gateway.core.limits import AuthThrottle, LogLimiter, log_left_out
 from gateway.core.relay import RECENT_IDS, RelaySettings
 from gateway.errors import TransactionIdsExhausted
 from gateway.metrics import RelayStats
@@ -79,8 +82,12 @@ class Hub:
         reconnect_max_s: float | None = None,
         backoff: BackoffPolicy | None = None,
         depot: DepotView | None = None,
+        log_limit: LogLimiter | None = None,
     ) -> None:
         self.settings = settings
+        # One of each per gateway: every charger, the store and the API share them.
+        self.log_limit = LogLimiter() if log_limit is None else log_limit
+        self.auth_throttle = AuthThrottle()
         self.store = store
         self.connect_upstream = connect_upstream
         self.authorizer = authorizer
@@ -262,6 +269,30 @@ class Hub:
 
     def get(self, charger_id: str) -> ChargerSession | None:
         return self.sessions.get(charger_id)
+
+    # --- failed authentications (the charger server and the API) ---------------------------
+
+    def auth_refused_for(self, address: str, kind: str) -> float:
+        """Seconds ``address`` is still refused for after too many failed authentications (0:
+        go on and check its credentials). A refused attempt counts as a failure of ``kind``."""
+        wait = self.auth_throttle.blocked_for(address, self.loop_time())
+        if wait:
+            self.stats.auth_failures[kind] += 1
+        return wait
+
+    def auth_failed(self, address: str, kind: str) -> None:
+        """Wrong credentials from ``address`` (``charger``, ``api`` or ``login``)."""
+        self.stats.auth_failures[kind] += 1
+        throttle = self.auth_throttle
+        if throttle.failed(address, self.loop_time()):  # one line per address and block
+            log.warning(
+                "%s: %d failed authentications within %.0f s (the last: %s); refusing it for %.0f s",
+                address,
+                throttle.max_failures,
+                throttle.window_s,
+                kind,
+                throttle.block_s,
+            )
 
     # --- upstream links: pacing and recovery ---------------------------------------------------
 
@@ -445,9 +476,10 @@ class Hub:
                     session.tick(now)
                 except Exception:
                     self.stats.errors["internal"] += 1
-                    log.exception("%s: failed to act on a deadline", session.charger_id)
+                    session.relay.lines.error(now, "failed to act on a deadline", exc_info=True)
             if self.retrying:
                 self._probe(now)
+            log_left_out(self.log_limit, now)
 
     async def _prune_loop(self) -> None:
         while True:

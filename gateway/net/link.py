@@ -24,7 +24,8 @@ import random
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from gateway.core.backoff import Backoff, BackoffPolicy, Quiet
+from gateway.core.backoff import Backoff, BackoffPolicy
+from gateway.core.limits import LogLimiter
 from gateway.errors import CloudUnavailable
 from gateway.metrics import RelayStats
 from gateway.net.host import Connector
@@ -176,7 +177,8 @@ class UpstreamLink:
         self._woken_by_recovery = False  # at most once per failure streak
         self._down_since: float | None = None  # monotonic time the link went down
         self._down_attempts = 0
-        self._down_log = Quiet(DOWN_LOG_EVERY_S)
+        # Its own limiter, not the hub's: the "still down" line carries the count itself.
+        self._down_log = LogLimiter(DOWN_LOG_EVERY_S, max_keys=1)
 
     @property
     def running(self) -> bool:
@@ -303,10 +305,10 @@ class UpstreamLink:
         if self._down_since is None:
             self._down_since = now
             self._down_attempts = 1
-            self._down_log.reset()
-            self._down_log.allow(now)
+            self._down_log.forget("down", charger_id)  # a new outage: its first line at once
+            self._down_log.allow("down", charger_id, now)
             log.warning("%s: cloud link down (%s); retrying in %.1fs", charger_id, reason, delay)
-        elif self._down_log.allow(now):
+        elif self._down_log.allow("down", charger_id, now) is not None:
             log.warning(
                 "%s: cloud link still down after %.0fs, %d attempts (%s); next in %.1fs",
                 charger_id,

@@ -15,6 +15,7 @@ from websockets.typing import Subprotocol
 from gateway.config import ChargersSettings
 from gateway.core.admission import Refused, admit
 from gateway.core.certs import check_client_certificate
+from gateway.core.limits import LimitedLog
 from gateway.net.hub import Hub
 from gateway.net.wsconn import Keepalive, ServerConnection, Timeouts, WsServer
 from gateway.ocpp.frames import OcppVersion
@@ -54,10 +55,25 @@ async def start_charger_server(
     """
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
-        decision = admit(request.path, request.headers.get("Authorization"), hub.settings.chargers)
+        peer = connection.remote_address
+        address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        authorization = request.headers.get("Authorization")
+        # Before any password check (no oracle); only where there is a password to guess.
+        basic = hub.settings.chargers.auth == "basic"
+        throttled = basic and hub.auth_refused_for(address, "charger") > 0
+        decision = (
+            Refused(HTTPStatus.UNAUTHORIZED, "too many failed authentications")
+            if throttled
+            else admit(request.path, authorization, hub.settings.chargers)
+        )
         if isinstance(decision, Refused):
             hub.stats.errors[f"refused_{decision.status.value}"] += 1
-            log.warning("refused %s: %s", request.path[:80], decision.reason)
+            # Per source address: a scanner trying many paths is one line a minute, not one each.
+            lines = LimitedLog(log, hub.log_limit, address)
+            kind = f"refused ({decision.status.value})"
+            lines.warning(hub.loop_time(), kind, "%s: %s", request.path[:80], decision.reason)
+            if decision.status == 401 and authorization and not throttled:
+                hub.auth_failed(address, "charger")  # wrong credentials (none given is no guess)
             response = connection.reject(decision.status, decision.reason + "\n")
             if decision.status == 401:
                 response.headers["WWW-Authenticate"] = (

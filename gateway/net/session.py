@@ -112,6 +112,7 @@ class ChargerSession:
             errors=stats.errors,
             sends=stats.sends,
             observe_answer_s=stats.upstream_call_s.observe,
+            log_limit=host.log_limit,
         )
         self._stats = stats
         self._now = clock or asyncio.get_running_loop().time  # monotonic: deadlines
@@ -251,9 +252,8 @@ class ChargerSession:
 
     def tick(self, now: float) -> None:
         """Act on the core's deadlines (the hub's sweep calls it)."""
-        relay = self.relay
-        if relay.has_deadlines:
-            relay.tick(now)
+        if self.relay.has_deadlines:
+            self.relay.tick(now)
             self.flush()
 
     # --- charger side --------------------------------------------------------------------------
@@ -265,7 +265,7 @@ class ChargerSession:
         self.relay.charger_attached(version, self._now())
         self.flush()
         if old is not None:
-            log.warning("%s: new connection replaces the old one", self.charger_id)
+            self.relay.lines.warning(self._now(), "new connection replaces the old one")
             old.close(1000, "replaced by a new connection")
         if self.upstream is not None:
             self.upstream.release_reading("charger-busy")
@@ -314,11 +314,11 @@ class ChargerSession:
                 try:
                     relay.receive_charger(message.decode(), self._now())
                 except UnicodeDecodeError:
-                    relay.bad_charger_frame(_NOT_UTF8)
+                    relay.bad_charger_frame(_NOT_UTF8, self._now())
             self.flush()
         except Exception:
             self._stats.errors["internal"] += 1
-            log.exception("%s: failed to handle a charger frame", self.charger_id)
+            relay.lines.error(self._now(), "failed to handle a charger frame", exc_info=True)
         if relay.inbox_size >= INBOX_HOLD and self.charger is not None:
             self.charger.hold_reading("inbox")
 
@@ -418,11 +418,11 @@ class ChargerSession:
                 try:
                     relay.receive_cloud(message.decode(), self._now())
                 except UnicodeDecodeError:
-                    relay.bad_cloud_frame(_NOT_UTF8)
+                    relay.bad_cloud_frame(_NOT_UTF8, self._now())
             self.flush()
         except Exception:
             self._stats.errors["internal"] += 1
-            log.exception("%s: failed to handle a cloud frame", self.charger_id)
+            relay.lines.error(self._now(), "failed to handle a cloud frame", exc_info=True)
 
     # --- shutdown ------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import aiosqlite
 
+from gateway.core.limits import LimitedLog, LogLimiter
 from gateway.errors import StoreError
 from gateway.store.base import Statement, log
 from gateway.store.boot import BootTable
@@ -301,6 +302,8 @@ class Store(OutboxTable, TagTables, BootTable, ReservationTable, LocalListTable,
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
         self._monitor: asyncio.Task[None] | None = None
         self._probe_idle_s = PROBE_IDLE_S
+        # Its repeated lines (a disk that fails every other commit); the app shares the hub's.
+        self.lines = LimitedLog(log, LogLimiter(), f"store {path}")
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -449,7 +452,7 @@ class Store(OutboxTable, TagTables, BootTable, ReservationTable, LocalListTable,
         health = self._health
         health.sticky = health.sticky or sticky
         if health.error != reason:
-            log.error("store %s cannot commit: %s", self.path, reason)
+            self.lines.error(time.monotonic(), "cannot commit", "%s", reason)
             health.error = reason
             health.checkpoint_tried = False
         self._usable.clear()
@@ -471,7 +474,7 @@ class Store(OutboxTable, TagTables, BootTable, ReservationTable, LocalListTable,
         health = self._health
         health.last_commit_ok = time.monotonic()
         if health.error is not None and not health.sticky:
-            log.warning("store %s commits again (was: %s)", self.path, health.error)
+            self.lines.warning(time.monotonic(), "commits again", "was: %s", health.error)
             health.error = None
         if health.error is None:
             self._usable.set()
@@ -636,7 +639,7 @@ class Store(OutboxTable, TagTables, BootTable, ReservationTable, LocalListTable,
                     self._waiting = []
                     raise
                 if not isinstance(exc, StoreError):
-                    log.error("store write failed: %r", exc)
+                    self.lines.error(time.monotonic(), "write failed", "%r", exc)
 
     async def _commit_group(self, batches: list[_Batch]) -> None:
         # A stat before and after: nothing is written into a file already without a name, and

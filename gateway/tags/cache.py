@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from gateway.core.access import LearnedTag, SyncedTag
+from gateway.core.limits import LimitedLog
 from gateway.errors import StoreError
 from gateway.store.engine import Store
 from gateway.tags.flipturn import access_id_json
@@ -79,6 +81,7 @@ class TagCache:
     ) -> None:
         self._store = store
         self._unknown_tags = unknown_tags
+        self._lines = LimitedLog(log, store.lines.limiter, "tag cache")  # the store's limiter
         self._metrics = metrics
         self._overlay = LearnedOverlay(max_pending)
         self._retrier: asyncio.Task[None] | None = None
@@ -108,7 +111,8 @@ class TagCache:
         try:
             synced, learned = await self._lookup(key)
         except StoreError:
-            log.exception("tag lookup failed; answering by offline.unknown_tags")
+            kind = "lookup failed; answering by offline.unknown_tags"
+            self._lines.error(time.monotonic(), kind, exc_info=True)
             synced, learned = None, self._overlay.get(key)
         decision = decide(synced, learned, unknown_tags=self._unknown_tags, now=now)
         if self._metrics is not None:
@@ -137,7 +141,8 @@ class TagCache:
         try:
             entries = learnable(version, action, request, response)
         except Exception:
-            log.exception("could not learn from the cloud's %s answer", action)
+            kind = "could not learn from the cloud's answer"
+            self._lines.error(time.monotonic(), kind, "%s", action, exc_info=True)
             return None
         if not entries:
             return None

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter
 
+from gateway.core.limits import LimitedLog, LogLimiter
 from gateway.errors import (
     ChargerNotConnected,
     ChargerQueueFull,
@@ -533,7 +534,10 @@ class LocalListPusher:
             self._clock(),
         )
         self._states[charger_id] = row
-        log.warning("%s: not pushing a local authorization list: %s", charger_id, reason)
+        # A charger reconnecting in a loop is refused each time: the hub's limiter holds it.
+        limit = self._hub.log_limit if self._hub is not None else LogLimiter()
+        lines = LimitedLog(log, limit, charger_id)
+        lines.warning(time.monotonic(), "not pushing a local authorization list", "%s", reason)
         await self._store.put_local_list(row)
 
     def _count(self, result: str) -> None:

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from gateway.core.backoff import Backoff, ConnectPacer, Quiet, Recovery
+from gateway.core.backoff import Backoff, ConnectPacer, Recovery
 
 
 def test_backoff_grows_to_its_cap_and_resets() -> None:
@@ -76,15 +76,6 @@ def test_recovery_a_success_after_failures_ends_an_outage() -> None:
     recovery.failed()
     assert recovery.connected()
     assert not recovery.connected()
-
-
-def test_quiet_lets_one_line_through_per_interval() -> None:
-    quiet = Quiet(60.0)
-    shown = [t for t in range(0, 600, 5) if quiet.allow(float(t))]
-    assert shown == [0, 60, 120, 180, 240, 300, 360, 420, 480, 540]
-    assert quiet.suppressed == 120 - 10
-    quiet.reset()
-    assert quiet.allow(601.0)
 
 
 def _simulate(chargers: int, outage_s: float, rate: float, seed: int) -> tuple[float, int]:

@@ -157,6 +157,49 @@ def test_charge_point_id_from_path() -> None:
     assert charge_point_id("/CP-1", "") == "CP-1"
 
 
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/ocpp/CP%201", None),  # a space: it would break log lines and Basic user names
+        ("/ocpp/Lades%C3%A4ule-7", "Ladesäule-7"),  # UTF-8 once decoded: kept
+        ("/ocpp/%E2%82%AC" + "x" * 47, "€" + "x" * 47),  # 48 characters (50 bytes)
+        ("/ocpp/%E2%82%AC" + "x" * 48, None),  # 49 characters
+        ("/ocpp/", None),  # empty
+        ("/ocpp", None),
+        ("/ocpp/?x=1", None),  # empty before the query
+        ("/ocpp/a%2fb", None),  # / once decoded (either case of the escape)
+        ("/ocpp/a/b", None),
+        ("/ocpp/%ZZ", None),  # not an escape
+        ("/ocpp/CP%2", None),  # a cut escape
+        ("/ocpp/CP%", None),
+        ("/ocpp/%FF%FE", None),  # not UTF-8
+        ("/ocpp/%C3", None),  # a cut UTF-8 sequence
+        ("/ocpp/%00CP", None),  # a control character
+        ("/other/CP-1", None),
+    ],
+)
+def test_charge_point_ids_refused_and_kept(path: str, expected: str | None) -> None:
+    assert charge_point_id(path, "/ocpp") == expected
+    decision = admit(path, None, ChargersSettings())
+    if expected is None:
+        assert isinstance(decision, Refused) and decision.status == HTTPStatus.NOT_FOUND
+    else:
+        assert decision == Admitted(expected)
+
+
+def test_refusals_say_why() -> None:
+    reasons = {
+        path: admit(path, None, ChargersSettings())
+        for path in ["/ocpp/", "/ocpp/a%2Fb", "/ocpp/%ZZ", "/ocpp/" + "x" * 49]
+    }
+    assert [r.reason for r in reasons.values() if isinstance(r, Refused)] == [
+        "charge point id is empty",
+        "charge point id contains /",
+        "charge point id is not valid percent-encoded UTF-8",
+        "charge point id longer than 48",
+    ]
+
+
 def test_admission_rules() -> None:
     open_ = ChargersSettings()
     assert admit("/ocpp/CP-1", None, open_) == Admitted("CP-1")

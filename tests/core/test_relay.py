@@ -28,6 +28,7 @@ from gateway.core.events import (
     RetryLater,
     SaveBoot,
 )
+from gateway.core.limits import LogLimiter
 from gateway.core.link import LinkState
 from gateway.core.relay import ChargerRelay, RelaySettings
 from gateway.core.txmap import LOCAL_TX_MIN, TxIdMap
@@ -639,3 +640,44 @@ def test_offline_rule_used_for_answers_is_the_table() -> None:
     assert isinstance(ev, AnswerLocally)
     assert ev.rule == offline.rule_for("1.6", "StartTransaction")
     assert isinstance(TxIdMap(), TxIdMap) and CallError("x", "y").code == "y"
+
+
+# --- repeated warnings ----------------------------------------------------------------------------
+
+
+def test_refused_cloud_calls_and_bad_frames_log_once_a_minute_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A silent charger flooded by the cloud, and a charger sending garbage: every refusal and
+    every bad frame is answered, but each kind is logged once a minute, the rest counted."""
+    caplog.set_level("WARNING", logger="gateway")
+    limit = LogLimiter(60.0)
+    r = ChargerRelay(
+        "CP1",
+        "1.6",
+        settings=RelaySettings(max_queued_calls=1),
+        new_id=lambda: "x",
+        log_limit=limit,
+    )
+    r.charger_attached("1.6", T0)
+    r.link_connecting(T0)
+    r.link_connected(T0)
+    for n in range(1000):  # c0 in the slot, c1 queued, the rest refused
+        r.receive_cloud(call(f"c{n}", "Reset", {"type": "Soft"}), T0 + n / 100)
+        r.receive_charger(f'[2, "b{n}", "Heartbeat"]', T0 + n / 100)
+    refused = [f for f in parsed(r.data_to_cloud()) if f[0] == 4]
+    assert len(refused) == 998 and {f[3] for f in refused} == {"charger queue full"}
+    assert sum(1 for f in parsed(r.data_to_charger()) if f[0] == 4) == 1000
+    assert [rec.getMessage() for rec in caplog.records] == [
+        "CP1: bad frame from charger: CALL must have 4 elements",
+        "CP1: charger queue full: 1 CALLs already wait for the charger; refusing Reset c2",
+    ]
+    caplog.clear()
+    r.receive_charger('[2, "late", "Heartbeat"]', T0 + 60.0)  # a minute after the first
+    assert [rec.getMessage() for rec in caplog.records] == [
+        "CP1: bad frame from charger: … and 999 more like it in 60 s",
+        "CP1: bad frame from charger: CALL must have 4 elements",
+    ]
+    assert [(left.kind, left.count) for left in limit.flush(T0 + 60.5)] == [
+        ("charger queue full", 997)
+    ]

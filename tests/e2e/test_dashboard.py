@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -289,6 +290,31 @@ async def test_token_login_once_and_nothing_shown_without_it(tmp_path: Any, brow
         check, opts = expect(page.get_by_label("API token"))
         await check.to_be_visible(**opts)
         assert "CP-SECRET" not in await page.content()
+
+
+async def test_sign_in_after_ten_wrong_tokens_says_when_to_try_again(
+    tmp_path: Any, browser: Any
+) -> None:
+    settings = make_settings(tmp_path, api={"token": "depot-token-123"})
+    async with running_gateway(settings) as gw:
+        page = await new_page(browser)
+        await page.goto(f"http://127.0.0.1:{gw.api_port}/")
+        token, error = page.get_by_label("API token"), page.locator("#login-error")
+        for n in range(10):
+            await token.fill(f"guess-{n}")
+            await page.get_by_role("button", name="Sign in").click()
+            check, opts = expect(error)
+            await check.to_have_text("That token is not right.", **opts)
+            await page.evaluate("document.getElementById('login-error').textContent = ''")
+        await token.fill("depot-token-123")  # the right one: refused while throttled
+        await page.get_by_role("button", name="Sign in").click()
+        check, opts = expect(error)
+        await check.to_have_text(
+            re.compile(r"^Too many failed sign-ins from this address; try again in (59|60) s\.$"),
+            **opts,
+        )
+        check, opts = expect(page.locator("#app"))
+        await check.to_be_hidden(**opts)
 
 
 async def test_screenshot_of_a_busy_depot(tmp_path: Any, cloud: FakeCloud, browser: Any) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -279,3 +280,27 @@ async def test_stat_per_group_commit_sees_a_deletion_before_the_answer(tmp_path:
         assert not await store.healthy()
     finally:
         await store.close()
+
+
+async def test_a_store_failing_every_other_commit_logs_once_a_minute(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A flaky disk: each commit alternates between failing and working. Each change of state
+    # used to be a line (200 here); now each kind is logged once a minute, the rest counted.
+    caplog.set_level(logging.INFO, logger="gateway.store")
+    probe = ("INSERT OR REPLACE INTO store_probe (id, at) VALUES (1, ?)", (1.0,))
+    failed = 0
+    for _ in range(100):
+        await store.fetchone("PRAGMA query_only = 1")
+        with pytest.raises(StoreError):
+            await store.write([probe])
+        failed += 1
+        await store.fetchone("PRAGMA query_only = 0")
+        await store.write([probe])
+    assert failed == 100 and store.status()["ok"] is True
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"store {store.path}: cannot commit: read-only")
+    assert lines[1].startswith(f"store {store.path}: commits again: was: read-only")
+    left = store.lines.limiter.flush(time.monotonic() + 60.0)
+    assert sorted((x.kind, x.count) for x in left) == [("cannot commit", 99), ("commits again", 99)]

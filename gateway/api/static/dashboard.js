@@ -73,7 +73,7 @@ async function api(method, path, body) {
     showLogin();
     throw new Error("unauthorised");
   }
-  return { ok: response.ok, status: response.status, data };
+  return { ok: response.ok, status: response.status, data, retryAfter: response.headers.get("Retry-After") };
 }
 
 // --- formatting ------------------------------------------------------------------------------
@@ -370,7 +370,15 @@ async function login(event) {
   event.preventDefault();
   const res = await api("POST", "/api/login", { token: $("token").value });
   if (!res.ok) {
-    setText($("login-error"), res.status === 401 ? "That token is not right." : "Sign-in failed.");
+    const wait = res.status === 429 ? res.retryAfter : null;
+    setText(
+      $("login-error"),
+      res.status === 401
+        ? "That token is not right."
+        : wait
+          ? `Too many failed sign-ins from this address; try again in ${wait} s.`
+          : "Sign-in failed.",
+    );
     return;
   }
   $("token").value = "";
