@@ -24,7 +24,7 @@ from gateway.config import Settings, load_settings
 from gateway.core.backoff import BackoffPolicy
 from gateway.core.depot import DepotView
 from gateway.errors import ConfigError
-from gateway.metrics import GatewayCollector, RelayStats, new_registry
+from gateway.metrics import FleetCollector, GatewayCollector, RelayStats, new_registry
 from gateway.net.depot_recorder import DepotRecorder
 from gateway.net.host import SessionHook
 from gateway.net.hub import Hub
@@ -141,6 +141,14 @@ class Gateway:
                 upstreams_connected=hub.upstreams_connected,
                 outbox=hub.outbox,
                 dead_letters=lambda: hub.dead_letters,
+                now=time.time,
+            )
+        )
+        self.registry.register(
+            FleetCollector(
+                hub.charger_samples,
+                store_ok=lambda: store.ok,
+                links=not settings.standalone,
                 now=time.time,
             )
         )
