@@ -7,25 +7,13 @@ They need Debian's ``prometheus`` package (``promtool``); without it they skip, 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.procs import prometheus_tool
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "prometheus"
-
-
-def prometheus_tool(name: str) -> str:
-    """The path of ``promtool`` or ``prometheus``; skips (or fails under .ci/run) without it."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("FLIPTURN_REQUIRE_PROMETHEUS"):
-            pytest.fail(f"{name} is missing (apt-get install prometheus)")
-        pytest.skip(f"needs {name} (apt-get install prometheus)")
-    return path
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
