@@ -93,3 +93,18 @@ def test_every_recording_rule_is_tested() -> None:
     assert records
     for name in records:
         assert name in tested, name
+
+
+def without_comments(text: str) -> str:
+    """The YAML's lines without full-line comments and blank runs (inline comments stay)."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    return re.sub(r"\n{2,}", "\n\n", "\n".join(lines)).strip()
+
+
+def test_the_configurations_in_the_docs_are_the_shipped_files() -> None:
+    """docs/fleet.md shows prometheus.yml, agent.yml and receiver.yml as shipped (comments aside);
+    tests/e2e/test_prometheus.py runs Prometheus with these files."""
+    docs = (CONTRIB.parent.parent / "docs" / "fleet.md").read_text()
+    blocks = {without_comments(b) for b in re.findall(r"```yaml\n(.*?)```", docs, re.S)}
+    for name in ("prometheus.yml", "agent.yml", "receiver.yml"):
+        assert without_comments((CONTRIB / name).read_text()) in blocks, name
