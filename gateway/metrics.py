@@ -224,7 +224,8 @@ class ChargerSample:
 
 
 class FleetCollector(Collector):
-    """Per-charger series and ``store_up``, built from state the gateway keeps anyway.
+    """Per-charger series, ``store_up`` and ``upstream_configured``, built from state the gateway
+    keeps anyway.
 
     Nothing is updated per frame: at each scrape ``chargers()`` lists the sessions and the depot
     view, and this collector decides which chargers still have series. A connected charger always
@@ -287,6 +288,7 @@ class FleetCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         """The families without samples (the registry's check of names, with no scrape)."""
         yield GaugeMetricFamily(PREFIX + "store_up", "")
+        yield GaugeMetricFamily(PREFIX + "upstream_configured", "")
         for name in ("link_up", "outbox_pending", "last_seen_timestamp_seconds"):
             yield GaugeMetricFamily(PREFIX + "charger_" + name, "", labels=["charger"])
 
@@ -295,6 +297,13 @@ class FleetCollector(Collector):
             PREFIX + "store_up",
             "1 while the store commits (GET /health store.ok), else 0",
             value=1 if self._store_ok() else 0,
+        )
+        # The alerts about the cloud (a queue that does not drain) do not apply to a standalone
+        # gateway, whose queue nothing drains by design.
+        yield GaugeMetricFamily(
+            PREFIX + "upstream_configured",
+            "1 when a cloud is configured (upstream.url), 0 for a standalone gateway",
+            value=1 if self._links else 0,
         )
         shown = self.visible(self._chargers(), self._now())
         link = GaugeMetricFamily(

@@ -141,6 +141,8 @@ def test_standalone_has_no_link_series() -> None:
     got = depot.scrape()
     assert series(got, "charger_link_up") == {}
     assert series(got, "charger_outbox_pending") == {"CP-1": 2.0}
+    assert series(got, "upstream_configured") == {"": 0.0}
+    assert series(Depot(links=True).scrape(), "upstream_configured") == {"": 1.0}
 
 
 def test_a_charger_the_gateway_forgot_is_shown_from_its_last_sample_for_its_hour() -> None:

@@ -38,6 +38,7 @@ async def test_link_queue_and_last_frame_per_charger(tmp_path: Path, cloud: Fake
             await cp1.call("Heartbeat", {})
             got = await scrape(gw)
             assert got["flipturn_gateway_store_up"] == {"": 1.0}
+            assert got["flipturn_gateway_upstream_configured"] == {"": 1.0}
             assert got["flipturn_gateway_charger_link_up"] == {"CP-1": 1.0, "CP-2": 1.0}
             assert got["flipturn_gateway_charger_outbox_pending"] == {"CP-1": 0.0, "CP-2": 0.0}
             seen = got["flipturn_gateway_charger_last_seen_timestamp_seconds"]
