@@ -20,7 +20,7 @@ from gateway.api.depot import depot_routes
 from gateway.api.outbox import dead_letter_routes
 from gateway.api.reservations import reservation_routes
 from gateway.api.server import ApiContext, ApiServer, build_api
-from gateway.config import Settings, load_settings
+from gateway.config import Settings, load_settings, redact_url
 from gateway.core.backoff import BackoffPolicy
 from gateway.core.depot import DepotView
 from gateway.errors import ConfigError
@@ -202,7 +202,9 @@ class Gateway:
             settings.chargers.path_prefix,
             settings.api.host,
             self.api_port,
-            f"upstream {settings.upstream.url}" if settings.upstream.url else "standalone",
+            f"upstream {redact_url(settings.upstream.url)}"
+            if settings.upstream.url
+            else "standalone",
         )
 
     def certificates(self) -> list[dict[str, Any]]:

@@ -3,7 +3,8 @@
 One ``.tar.gz`` with a top directory ``flipturn-gateway-support-<UTC time>/`` holding:
 
 - ``README.txt``: what the bundle is, when and where it was made, whether the gateway answered;
-- ``config.json``: the effective settings with every secret redacted (as ``check-config``);
+- ``config.json``: the effective settings with every secret redacted (``check-config``'s
+  redaction, which covers the password of a URL too);
 - ``api/health.json``, ``api/metrics.txt``, ``api/chargers.json``, ``api/site.json``: the running
   gateway's local API (``api.host``/``api.port``, with ``api.token`` if set), and
   ``api/answers.json``: what each request answered (status, or why there was no answer);
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -95,23 +96,6 @@ def secret_values(settings: Settings) -> list[str]:
         if password:
             found.add(password)
     return sorted((s for s in found if len(s) >= MIN_SCRUBBED), key=len, reverse=True)
-
-
-def _without_userinfo(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def redacted_config(settings: Settings) -> dict[str, Any]:
-    """``check-config``'s redaction, and the password of a URL too."""
-    config = redacted(settings)
-    config["upstream"]["url"] = _without_userinfo(settings.upstream.url)
-    config["flipturn"]["api_url"] = _without_userinfo(settings.flipturn.api_url)
-    return config
 
 
 def api_base(settings: Settings) -> str | None:
@@ -214,7 +198,7 @@ def versions() -> dict[str, Any]:
 
 def collect(settings: Settings, config_path: Path | None) -> tuple[Bundle, bool]:
     bundle = Bundle(secret_values(settings))
-    bundle.add("config.json", json.dumps(redacted_config(settings), indent=2) + "\n")
+    bundle.add("config.json", json.dumps(redacted(settings), indent=2) + "\n")
     running = fetch_api(bundle, settings)
     journal(bundle)
     store_check(bundle, settings)
