@@ -20,12 +20,12 @@ from gateway.api.depot import depot_routes
 from gateway.api.outbox import dead_letter_routes
 from gateway.api.reservations import reservation_routes
 from gateway.api.server import ApiContext, ApiServer, build_api
-from gateway.config import Settings, load_settings
+from gateway.config import Settings, load_settings, redact_url
 from gateway.core.backoff import BackoffPolicy
 from gateway.core.depot import DepotView
 from gateway.core.limits import LogLimiter
 from gateway.errors import ConfigError
-from gateway.metrics import GatewayCollector, RelayStats, new_registry
+from gateway.metrics import FleetCollector, GatewayCollector, RelayStats, new_registry
 from gateway.net.depot_recorder import DepotRecorder
 from gateway.net.host import SessionHook
 from gateway.net.hub import Hub
@@ -152,6 +152,14 @@ class Gateway:
                 now=time.time,
             )
         )
+        self.registry.register(
+            FleetCollector(
+                hub.charger_samples,
+                store_ok=lambda: store.ok,
+                links=not settings.standalone,
+                now=time.time,
+            )
+        )
         await local_list.start(hub)
         hub.set_trace_frames(settings.log.level == "debug")
         await hub.start()
@@ -202,7 +210,9 @@ class Gateway:
             settings.chargers.path_prefix,
             settings.api.host,
             self.api_port,
-            f"upstream {settings.upstream.url}" if settings.upstream.url else "standalone",
+            f"upstream {redact_url(settings.upstream.url)}"
+            if settings.upstream.url
+            else "standalone",
         )
 
     def certificates(self) -> list[dict[str, Any]]:

@@ -186,6 +186,25 @@ def cmd_store_backup(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_support_bundle(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gateway.support import write_bundle
+
+    try:
+        written = write_bundle(settings, Path(args.path), args.config_path)
+    except GatewayError as exc:
+        print(f"flipturn-gateway: support-bundle: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not written["gatewayRunning"]:
+        print(
+            "flipturn-gateway: the gateway did not answer on its local API; the bundle says so",
+            file=sys.stderr,
+        )
+    print(json.dumps(written))
+    return EXIT_OK
+
+
 def cmd_version(settings: Settings | None, args: argparse.Namespace) -> int:
     print(__version__)
     return EXIT_OK
@@ -344,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_store_backup,
     )
     backup.add_argument("path", metavar="PATH")
+    bundle = command(
+        commands,
+        "support-bundle",
+        "write one .tar.gz for support: config (redacted), API answers, logs, store check",
+        cmd_support_bundle,
+    )
+    bundle.add_argument("path", metavar="PATH", help="the .tar.gz to write")
     command(commands, "version", "print the version", cmd_version, needs_config=False)
     return parser
 

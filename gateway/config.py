@@ -9,6 +9,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -44,6 +45,7 @@ __all__ = [
     "StoreSettings",
     "UpstreamSettings",
     "load_settings",
+    "redact_url",
     "redacted",
     "resolve_config_path",
 ]
@@ -374,8 +376,19 @@ def load_settings(path: Path | None) -> Settings:
         raise ConfigError(f"invalid configuration in the environment: {exc}") from exc
 
 
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user info (``wss://user:password@host``) as ``***``: for
+    logs and output, which never show a secret."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def redacted(settings: Settings) -> dict[str, Any]:
-    """The effective settings as plain data; every secret is ``"***"`` (or ``""`` if unset)."""
+    """The effective settings as plain data; every secret is ``"***"`` (or ``""`` if unset),
+    and so is the password of a URL."""
 
     def walk(value: Any) -> Any:
         if isinstance(value, SecretStr):
@@ -389,4 +402,6 @@ def redacted(settings: Settings) -> dict[str, Any]:
         return value
 
     result: dict[str, Any] = walk(settings)
+    result["upstream"]["url"] = redact_url(settings.upstream.url)
+    result["flipturn"]["api_url"] = redact_url(settings.flipturn.api_url)
     return result

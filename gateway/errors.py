@@ -17,6 +17,7 @@
     ├── SyncError                   Flipturn REST API sync failed
     │   ├── SyncAuthError           401/403: the api_key is wrong; no retry until the next interval
     │   └── SyncRateLimited         429 with a Retry-After too long to wait inside one sync
+    ├── SupportBundleError          ``support-bundle`` cannot write its PATH (CLI exit 1)
     ├── ReservationError            a local API reservation request that cannot be carried out
     │   ├── InvalidReservationRequest   bad body (HTTP 422), ``field`` names the field
     │   └── UnknownPort             portId not in [[ports]] (HTTP 404)
@@ -56,6 +57,7 @@ __all__ = [
     "InvalidTransition",
     "ReservationError",
     "StoreError",
+    "SupportBundleError",
     "SyncAuthError",
     "SyncError",
     "SyncRateLimited",
@@ -190,3 +192,7 @@ class InvalidReservationRequest(ReservationError):
 
 class UnknownPort(ReservationError):
     """No ``[[ports]]`` entry has this portId."""
+
+
+class SupportBundleError(GatewayError):
+    """``flipturn-gateway support-bundle`` cannot write its PATH (a directory, no such parent)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import ProcessCollector
@@ -24,7 +24,16 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from gateway import __version__
 
-__all__ = ["PREFIX", "GatewayCollector", "Histogram", "RelayStats", "new_registry"]
+__all__ = [
+    "CHARGER_SERIES_TTL_S",
+    "PREFIX",
+    "ChargerSample",
+    "FleetCollector",
+    "GatewayCollector",
+    "Histogram",
+    "RelayStats",
+    "new_registry",
+]
 
 PREFIX = "flipturn_gateway_"
 # Cloud answer times: a LAN cloud answers in milliseconds, a far one in 100s of ms, a slow one
@@ -208,6 +217,131 @@ class GatewayCollector(Collector):
             "Dead letters waiting for an operator (GET /api/outbox/dead)",
             value=self._dead(),
         )
+
+
+# A charger's series go once it has been disconnected this long: the label set follows the chargers
+# a depot has, not every id ever seen (bounded cardinality at the central Prometheus).
+CHARGER_SERIES_TTL_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerSample:
+    """What the gateway already knows of one charger, read at scrape time."""
+
+    charger_id: str
+    connected: bool  # its WebSocket to the gateway is open
+    link_up: bool  # its cloud link relays (online or replaying)
+    outbox_pending: int
+    last_seen_at: float | None  # unix time of its last frame; None if none was seen
+
+
+class FleetCollector(Collector):
+    """Per-charger series, ``store_up`` and ``upstream_configured``, built from state the gateway
+    keeps anyway.
+
+    Nothing is updated per frame: at each scrape ``chargers()`` lists the sessions and the depot
+    view, and this collector decides which chargers still have series. A connected charger always
+    has them; a disconnected one keeps them for ``ttl_s`` after it left, measured from the first
+    scrape that found it gone (or from its last frame, for one this collector never saw connected,
+    e.g. after a restart). What it remembers is bounded by the chargers shown: those connected or
+    gone for less than ``ttl_s``. ``link_up`` exists only while the charger is connected and only when a
+    cloud is configured: a standalone gateway has no link to be down.
+    """
+
+    def __init__(
+        self,
+        chargers: Callable[[], Iterable[ChargerSample]],
+        *,
+        store_ok: Callable[[], bool],
+        links: bool,
+        now: Callable[[], float],
+        ttl_s: float = CHARGER_SERIES_TTL_S,
+    ) -> None:
+        self._chargers = chargers
+        self._store_ok = store_ok
+        self._links = links
+        self._now = now
+        self._ttl_s = ttl_s
+        self._shown: dict[str, ChargerSample] = {}  # at the previous scrape
+        self._gone_since: dict[str, float] = {}  # disconnected, since (only those shown)
+
+    @property
+    def departed(self) -> int:
+        """Disconnected chargers whose departure is remembered (those left within ``ttl_s``)."""
+        return len(self._gone_since)
+
+    def visible(self, samples: Iterable[ChargerSample], now: float) -> list[ChargerSample]:
+        """The chargers that have series now, by id; remembers who left and when.
+
+        A charger seen connected that the gateway then forgets altogether (it left with nothing
+        queued and never sent a message the depot view keeps) is shown from its last sample,
+        disconnected, until its hour is over.
+        """
+        listed = {s.charger_id: s for s in samples}
+        for cid, last in self._shown.items():
+            if cid not in listed and (last.connected or cid in self._gone_since):
+                listed[cid] = ChargerSample(cid, False, False, 0, last.last_seen_at)
+        shown: dict[str, ChargerSample] = {}
+        gone: dict[str, float] = {}
+        for cid, sample in listed.items():
+            if sample.connected:
+                shown[cid] = sample
+                continue
+            since = self._gone_since.get(cid)
+            if since is None:
+                before = self._shown.get(cid)
+                since = now if before is not None and before.connected else sample.last_seen_at
+            if since is not None and now - since < self._ttl_s:
+                gone[cid] = since
+                shown[cid] = sample
+        self._shown, self._gone_since = shown, gone
+        return [shown[cid] for cid in sorted(shown)]
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples (the registry's check of names, with no scrape)."""
+        yield GaugeMetricFamily(PREFIX + "store_up", "")
+        yield GaugeMetricFamily(PREFIX + "upstream_configured", "")
+        for name in ("link_up", "outbox_pending", "last_seen_timestamp_seconds"):
+            yield GaugeMetricFamily(PREFIX + "charger_" + name, "", labels=["charger"])
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            PREFIX + "store_up",
+            "1 while the store commits (GET /health store.ok), else 0",
+            value=1 if self._store_ok() else 0,
+        )
+        # The alerts about the cloud (a queue that does not drain) do not apply to a standalone
+        # gateway, whose queue nothing drains by design.
+        yield GaugeMetricFamily(
+            PREFIX + "upstream_configured",
+            "1 when a cloud is configured (upstream.url), 0 for a standalone gateway",
+            value=1 if self._links else 0,
+        )
+        shown = self.visible(self._chargers(), self._now())
+        link = GaugeMetricFamily(
+            PREFIX + "charger_link_up",
+            "1 while a connected charger's cloud link is up, 0 while it is connected without one",
+            labels=["charger"],
+        )
+        pending = GaugeMetricFamily(
+            PREFIX + "charger_outbox_pending",
+            "Messages of this charger waiting for the cloud",
+            labels=["charger"],
+        )
+        seen = GaugeMetricFamily(
+            PREFIX + "charger_last_seen_timestamp_seconds",
+            "Unix time of the charger's last frame",
+            labels=["charger"],
+        )
+        for s in shown:
+            if self._links and s.connected:
+                link.add_metric([s.charger_id], 1 if s.link_up else 0)
+            pending.add_metric([s.charger_id], s.outbox_pending)
+            if s.last_seen_at is not None:
+                seen.add_metric([s.charger_id], s.last_seen_at)
+        yield link
+        yield pending
+        yield seen
 
 
 def new_registry() -> CollectorRegistry:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -41,6 +44,17 @@ path = "{db or tmp_path / "gw.db"}"
 {extra}
 """,
     )
+
+
+def prometheus_tool(name: str) -> str:
+    """The path of Debian's ``promtool`` or ``prometheus``. Without it the test skips, except
+    under ``.ci/run`` (``FLIPTURN_REQUIRE_PROMETHEUS=1``, which installs it), where it fails."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("FLIPTURN_REQUIRE_PROMETHEUS"):
+            pytest.fail(f"{name} is missing (apt-get install prometheus)")
+        pytest.skip(f"needs {name} (apt-get install prometheus)")
+    return path
 
 
 def side_by_side(run: Callable[[T], R], items: Iterable[T], workers: int = 4) -> list[R]:

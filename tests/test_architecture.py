@@ -69,7 +69,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("api", ("gateway.api", "gateway.api.*")),
-    ("app", ("gateway.app", "gateway.cli", "gateway.__main__")),
+    ("app", ("gateway.app", "gateway.cli", "gateway.support", "gateway.__main__")),
 )
 PURE_LAYERS = ("ocpp", "core")
 # What a pure module must not reach, even through other gateway modules.

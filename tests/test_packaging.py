@@ -129,6 +129,9 @@ def test_make_dist_builds_a_wheel_and_an_sdist(dist: Path) -> None:
         "systemd/flipturn-gateway.service",
         "scripts/install.sh",
         "docs/deployment.md",
+        "docs/fleet.md",
+        "contrib/prometheus/alerts.yml",
+        "contrib/prometheus/agent.yml",
         "gateway/cli.py",
     ):
         assert needed in members, needed

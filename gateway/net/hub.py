@@ -31,7 +31,7 @@ from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
 from gateway.core.limits import AuthThrottle, LogLimiter, log_left_out
 from gateway.core.relay import RECENT_IDS, RelaySettings
 from gateway.errors import TransactionIdsExhausted
-from gateway.metrics import RelayStats
+from gateway.metrics import ChargerSample, RelayStats
 from gateway.net.effects import LEARNED_ACTIONS
 from gateway.net.host import (
     Authorizer,
@@ -440,6 +440,29 @@ class Hub:
             for cid, s in self.sessions.items()
             if s.backlog
         }
+
+    def charger_samples(self) -> list[ChargerSample]:
+        """Every charger with a session or in the depot view, for the per-charger metrics."""
+        samples = [
+            ChargerSample(
+                s.charger_id,
+                s.connected,
+                s.upstream_connected,
+                s.backlog,
+                s.last_seen_at or self._depot_seen(s.charger_id),
+            )
+            for s in self.sessions.values()
+        ]
+        samples.extend(
+            ChargerSample(cid, False, False, 0, view.last_seen_at)
+            for cid, view in self.depot.chargers.items()
+            if cid not in self.sessions
+        )
+        return samples
+
+    def _depot_seen(self, charger_id: str) -> float | None:
+        view = self.depot.chargers.get(charger_id)
+        return view.last_seen_at if view is not None else None
 
     def describe(self) -> list[dict[str, Any]]:
         """The /api/chargers rows."""

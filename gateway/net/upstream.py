@@ -9,6 +9,7 @@ from websockets.extensions.permessage_deflate import enable_client_permessage_de
 from websockets.typing import Subprotocol
 
 from gateway import __version__
+from gateway.config import redact_url
 from gateway.errors import CloudUnavailable
 from gateway.net.wsconn import ClientConnection, Keepalive, Timeouts, connect
 from gateway.ocpp.frames import OcppVersion
@@ -53,8 +54,10 @@ class UpstreamOpener:
                 ssl_context=self.ssl_context,
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI, WebSocketException) as exc:
-            raise CloudUnavailable(f"{url}: {str(exc) or type(exc).__name__}") from exc
+            shown = redact_url(url)  # the message is logged: no password of the URL in it
+            detail = (str(exc) or type(exc).__name__).replace(url, shown)
+            raise CloudUnavailable(f"{shown}: {detail}") from exc
         if ws.subprotocol != subprotocol:
             ws.close(1002, "subprotocol not accepted")
-            raise CloudUnavailable(f"{url}: cloud did not accept {subprotocol}")
+            raise CloudUnavailable(f"{redact_url(url)}: cloud did not accept {subprotocol}")
         return ws

@@ -143,6 +143,15 @@ class SyncMetrics:
             ["reason"],
             registry=registry,
         )
+        # For the "tag sync failing for 1 h" alert (contrib/prometheus/alerts.yml): a run of
+        # failures has a start, which neither the last success (a daily sync_interval_s would look
+        # stale) nor the failure counter (how many, not since when) says.
+        self.failing_since = Gauge(
+            "flipturn_gateway_sync_failing_since_timestamp_seconds",
+            "Unix time of the first failed sync since the last success (0: the last one succeeded)",
+            registry=registry,
+        )
+        self._failing_since = 0.0
         self.rejected = Counter(
             "flipturn_gateway_sync_rejected_items",
             "Malformed items rejected during syncs, by kind (access_id, vehicle)",
@@ -152,11 +161,16 @@ class SyncMetrics:
 
     def succeeded(self, result: SyncResult, at: float) -> None:
         self.last_success.set(at)
+        self._failing_since = 0.0
+        self.failing_since.set(0)
         self.duration.observe(result.duration_s)
         self.access_ids.set(result.access_ids)
         self.vehicles.set(result.vehicles)
 
-    def failed(self, error: SyncError) -> None:
+    def failed(self, error: SyncError, at: float) -> None:
+        if not self._failing_since:  # the first of a run of failures
+            self._failing_since = at
+            self.failing_since.set(at)
         if isinstance(error, SyncAuthError):
             reason = "auth"
         elif isinstance(error, SyncRateLimited):
@@ -364,7 +378,7 @@ async def sync_once(
                     await asyncio.shield(store.drop_sync_stage(stage))
     except SyncError as exc:
         if metrics is not None:
-            metrics.failed(exc)
+            metrics.failed(exc, time.time())
         with contextlib.suppress(StoreError):
             await store.record_sync_failure(str(exc))
         raise

@@ -305,6 +305,40 @@ async def test_metrics(store: Store) -> None:
     assert value("flipturn_gateway_sync_failures_total", {"reason": "auth"}) == 1
 
 
+async def test_failing_since_marks_the_start_of_a_run_of_failures(store: Store) -> None:
+    """The gauge the "tag sync failing for 1 h" alert reads: the first failure of a run, kept
+    through later failures, back to 0 at the next success."""
+    registry = CollectorRegistry()
+    metrics = SyncMetrics(registry)
+
+    def since() -> float:
+        return (
+            registry.get_sample_value("flipturn_gateway_sync_failing_since_timestamp_seconds")
+            or 0.0
+        )
+
+    assert since() == 0.0
+    down = FakeFlipturn(fleet(2))
+    down.fail[("/api/access-ids", 0)] = [500] * 20
+    before = datetime.now(UTC).timestamp()
+    async with client_for(down) as client:
+        with pytest.raises(SyncError):
+            await sync_once(store, client, metrics=metrics)
+    first = since()
+    assert before <= first <= datetime.now(UTC).timestamp()
+    async with client_for(FakeFlipturn(fleet(2)), key="bad") as client:
+        with pytest.raises(SyncAuthError):
+            await sync_once(store, client, metrics=metrics)
+    assert since() == first  # still the same run
+    async with client_for(FakeFlipturn(fleet(2))) as client:
+        await sync_once(store, client, metrics=metrics)
+    assert since() == 0.0
+    async with client_for(FakeFlipturn(fleet(2)), key="bad") as client:
+        with pytest.raises(SyncAuthError):
+            await sync_once(store, client, metrics=metrics)
+    assert since() > first  # a new run
+
+
 # --- the periodic loop ----------------------------------------------------------------------
 
 
