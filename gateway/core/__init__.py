@@ -19,6 +19,7 @@ imports, transitively). The pure rules of the feature packages (``gateway.tags.r
 - ``offline``      the offline action table: what the gateway answers a charger itself, and stores
 - ``txmap``        OCPP 1.6 local transaction ids and their rewrite to the cloud's
 - ``backoff``      reconnect and retry delays, as values
+- ``pacer``        upstream handshakes in flight: at most K, K adapting to the cloud's answers
 - ``depot``        the depot view folded from the frames the gateway sees
 - ``admission``    who may open a charger connection (path, charge point id, Basic credentials)
 - ``certs``        certificates as data: PEM blocks, validity end, the charger's CN
