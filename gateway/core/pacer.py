@@ -19,9 +19,14 @@ another (one reduction per window of data in flight, RFC 6582 §3.2), so K halve
 cloud goes down with 50 handshakes open, not 50 times. While all of K is in use and handshakes
 complete fast, K can at most double per round of handshakes (each completion adds one).
 
-Two more bounds:
+Three more bounds:
+- ``failing_per_s`` (50): while the last handshake to end was refused or timed out, starts are at
+  least ``1 / failing_per_s`` apart. A cloud that is down refuses at once, so a bound on those in
+  flight alone would let every link's retries through as fast as their backoffs allow (hundreds a
+  second at the start of an outage): this keeps them to the old fixed rate until one succeeds,
+  and keeps the links' backoffs from growing faster than they did under it.
 - ``max_per_s`` (``upstream.max_connects_per_s``; 0 = none): starts at least ``1 / max_per_s``
-  apart, for operators whose cloud asks for a rate.
+  apart, always, for operators whose cloud asks for a rate.
 - ``lease_s``: a handshake whose end is not reported within it is released (counted as an error),
   so a lost report cannot shrink the pool for good.
 """
@@ -56,6 +61,7 @@ class PacerSettings:
     slow_s: float = 1.0
     decrease: float = 0.5
     max_per_s: float = 0.0  # 0: no rate cap
+    failing_per_s: float = 50.0  # the rate cap while the last handshake failed
     lease_s: float = 60.0
     # Before any handshake completed, a wait estimate assumes this per handshake.
     first_estimate_s: float = 0.5
@@ -65,8 +71,8 @@ class PacerSettings:
             raise ValueError("need 1 <= floor <= initial <= ceiling")
         if not 0 < self.decrease < 1:
             raise ValueError("decrease must be in (0, 1)")
-        if self.max_per_s < 0 or self.slow_s <= 0 or self.lease_s <= 0:
-            raise ValueError("max_per_s must be >= 0, slow_s and lease_s > 0")
+        if self.max_per_s < 0 or self.slow_s <= 0 or self.lease_s <= 0 or self.failing_per_s <= 0:
+            raise ValueError("max_per_s must be >= 0; slow_s, lease_s and failing_per_s > 0")
 
 
 class HandshakePacer:
@@ -79,7 +85,9 @@ class HandshakePacer:
         self._next_ticket = 0
         self._decrease_mark = 0  # tickets below this started before the last decrease
         self._interval_s = 1.0 / s.max_per_s if s.max_per_s else 0.0
-        self._next_free = -math.inf  # earliest start the rate cap allows
+        self._failing_interval_s = max(self._interval_s, 1.0 / s.failing_per_s)
+        self._failing = False  # the last handshake to end was refused or timed out
+        self._last_start = -math.inf
         self._duration_s = s.first_estimate_s  # moving average of successful handshakes
 
     @property
@@ -101,7 +109,10 @@ class HandshakePacer:
         otherwise the seconds until the rate cap allows the next start."""
         if len(self._started) >= self.limit:
             return math.inf
-        return max(0.0, self._next_free - now)
+        return max(0.0, self._last_start + self._spacing_s() - now)
+
+    def _spacing_s(self) -> float:
+        return self._failing_interval_s if self._failing else self._interval_s
 
     def start(self, now: float) -> int:
         """A handshake starts now; returns its ticket for :meth:`finish`."""
@@ -110,8 +121,7 @@ class HandshakePacer:
         ticket = self._next_ticket
         self._next_ticket += 1
         self._started[ticket] = now
-        if self._interval_s:
-            self._next_free = max(now, self._next_free) + self._interval_s
+        self._last_start = now
         return ticket
 
     def finish(self, ticket: int, outcome: Outcome, now: float) -> bool:
@@ -125,6 +135,7 @@ class HandshakePacer:
             self._duration_s += 0.2 * (duration - self._duration_s)
         if outcome is Outcome.ERROR:
             return True
+        self._failing = outcome is not Outcome.SUCCESS
         if outcome is Outcome.SUCCESS and duration <= s.slow_s:
             # The limit was in use (with fewer in flight, a larger K would change nothing).
             if (len(self._started) + 1) * 2 >= self._limit:
@@ -150,6 +161,6 @@ class HandshakePacer:
         free = self.limit - len(self._started)
         rounds = 0 if ahead < free else (ahead - free) // self.limit + 1
         wait = rounds * self._duration_s
-        if self._interval_s:
-            wait = max(wait, max(0.0, self._next_free - now) + ahead * self._interval_s)
+        if spacing := self._spacing_s():
+            wait = max(wait, max(0.0, self._last_start + spacing - now) + ahead * spacing)
         return wait

@@ -60,7 +60,8 @@ def test_a_burst_of_refusals_halves_k_once() -> None:
     for ticket in tickets:  # the cloud went down with 40 handshakes open
         pacer.finish(ticket, Outcome.REFUSED, 0.01)
     assert pacer.limit == 20
-    late = [pacer.start(1.0) for _ in range(20)]  # started after the decrease: may decrease again
+    # Started after the decrease (50 a second while the cloud refuses): may decrease again.
+    late = [pacer.start(1.0 + n / 32) for n in range(20)]
     pacer.finish(late[0], Outcome.TIMEOUT, 11.0)
     assert pacer.limit == 10
     for ticket in late[1:]:
@@ -92,6 +93,18 @@ def test_the_rate_cap_spaces_starts() -> None:
     assert pacer.wait_estimate_s(4, 100.04) == pytest.approx(0.01 + 4 * 0.02)
 
 
+def test_while_handshakes_fail_starts_are_spaced_until_one_succeeds() -> None:
+    """A cloud that is down refuses at once: K alone would not slow the retries down."""
+    pacer = HandshakePacer(PacerSettings(initial=10, failing_per_s=50.0))
+    pacer.finish(pacer.start(0.0), Outcome.REFUSED, 0.001)
+    assert pacer.start_in(0.001) == pytest.approx(0.019)
+    assert pacer.wait_estimate_s(3, 0.001) == pytest.approx(0.019 + 3 * 0.02)
+    pacer.finish(pacer.start(0.02), Outcome.SUCCESS, 0.021)
+    assert pacer.start_in(0.021) == 0.0  # the cloud answers again: no spacing
+    pacer.finish(pacer.start(0.021), Outcome.ERROR, 0.022)
+    assert pacer.start_in(0.022) == 0.0  # an error says nothing about the cloud
+
+
 def test_a_handshake_never_reported_is_released_after_its_lease() -> None:
     pacer = HandshakePacer(PacerSettings(initial=2, lease_s=30.0))
     lost = pacer.start(0.0)
@@ -121,6 +134,7 @@ def test_the_wait_estimate_counts_rounds_of_k() -> None:
         {"decrease": 1.0},
         {"max_per_s": -1.0},
         {"lease_s": 0.0},
+        {"failing_per_s": 0.0},
     ],
 )
 def test_settings_out_of_bounds_are_refused(settings: dict[str, float]) -> None:
@@ -198,6 +212,7 @@ class Result:
     peak_in_flight: int
     peak_limit: int
     limits: list[int] = field(default_factory=list)  # K at each start
+    starts: list[float] = field(default_factory=list)  # when each handshake started
 
 
 def simulate(
@@ -252,6 +267,7 @@ def simulate(
             result.peak_in_flight = max(result.peak_in_flight, cloud.in_flight)
             result.peak_limit = max(result.peak_limit, pacer.limit)
             result.limits.append(pacer.limit)
+            result.starts.append(now)
             outcome, duration = cloud.answer(started, now, cloud.in_flight)
             started += 1
             heapq.heappush(events, (now + duration, next(seq), "end", link, ticket, outcome))
@@ -364,12 +380,37 @@ def test_after_an_outage_everyone_is_back_within_the_bound(
     assert len(result.up_at) == 1000
     assert max(result.up_at.values()) - outage_s <= 5.0 + 1000 / 50
     assert result.peak_in_flight <= 200
+    # While the cloud refuses everything, the retries come at most 50 a second (one more at the
+    # edges of a second), not as fast as a thousand backoffs end; only the first K start at once.
+    assert max_in_one_second([t for t in result.starts if t < 1.0]) <= 50 + 51
+    assert max_in_one_second([t for t in result.starts if 1.0 <= t < outage_s]) <= 51
+
+
+def max_in_one_second(times: list[float]) -> int:
+    left, most = 0, 0
+    for right, t in enumerate(times):  # in order already
+        while times[left] <= t - 1.0:
+            left += 1
+        most = max(most, right - left + 1)
+    return most
+
+
+def test_a_refusing_cloud_after_an_outage_links_nearly_everyone_within_the_bound() -> None:
+    """Down 20 s, then refusing every other handshake: the first pass links half at once; the
+    refused ones retry after their backoffs (grown by at most 50 attempts a second during the
+    outage), 90% linked within the bound, the last ones after their own capped backoffs."""
+    result = simulate(down_until(20.0, refusing_half), until=20.0 + 600.0, stable_from=20.0)
+    ups = sorted(t - 20.0 for t in result.up_at.values())
+    assert len(ups) == 1000
+    assert ups[499] <= 5.0
+    assert ups[899] <= 5.0 + 1000 / 50
 
 
 def test_with_a_rate_cap_the_outage_bound_holds_and_starts_are_spaced() -> None:
     settings = PacerSettings(max_per_s=50.0)
     result = simulate(down_until(65.0, fast), settings=settings, until=200.0, stable_from=65.0)
     assert max(result.up_at.values()) - 65.0 <= 5.0 + 1000 / 50
+    assert max_in_one_second(result.starts) <= 51
 
 
 def test_a_flapping_cloud_keeps_k_bounded_and_everyone_links_once_it_stays() -> None:
