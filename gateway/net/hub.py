@@ -309,9 +309,9 @@ class Hub:
         """Give turns to the links at the head of the queue while the pacer allows a start now.
 
         At K handshakes in flight the next end hands out the next turn; under a rate cap
-        (``upstream.max_connects_per_s``) one timer fires when the next start is allowed, and
-        turns are taken when it fires: if the loop was busy, turns that came due meanwhile do
-        not all start at once.
+        (``upstream.max_connects_per_s``, or 50 a second while handshakes fail) one timer fires
+        when the next start is allowed, and turns are taken when it fires: if the loop was busy,
+        turns that came due meanwhile do not all start at once.
         """
         if self._turn_timer is not None:
             self._turn_timer.cancel()

@@ -3,8 +3,9 @@
 Each attempt books a handshake turn from the hub's pacer (at most K handshakes in flight across
 all links) and tells the hub how the handshake ended, also when the loop is cancelled in the
 middle of it (:func:`handshake_outcome`: the pacer gives fewer turns while the cloud refuses or
-times out); a failed attempt waits its backoff (capped at ``upstream.reconnect_max_s``), cut short when another
-link shows the cloud is back or the hub picks it as the probe (:meth:`UpstreamLink.retry_now`).
+times out). A failed attempt waits its backoff (capped at ``upstream.reconnect_max_s``), cut
+short when another link shows the cloud is back or the hub picks it as the probe
+(:meth:`UpstreamLink.retry_now`).
 While the link stays down it logs one warning, then at most one line per ``DOWN_LOG_EVERY_S``,
 and one line when it is up again. A cloud that closes the connection on purpose is passed on to
 the charger; the close codes of an outage are not (the charger stays connected).
