@@ -156,7 +156,6 @@ class Cloud:
     answer: Callable[[int, float, int], tuple[Outcome, float]]
     up: Callable[[float], bool] = lambda now: True
     in_flight: int = 0
-    peak_in_flight: int = 0
 
 
 def fast(n: int, now: float, open_: int) -> tuple[Outcome, float]:
@@ -174,14 +173,9 @@ def refusing_half(n: int, now: float, open_: int) -> tuple[Outcome, float]:
 def loaded(n: int, now: float, open_: int) -> tuple[Outcome, float]:
     """A cloud whose handshake time grows with the handshakes it has open (20 ms each)."""
     duration = 0.02 * open_
-    return (
-        (Outcome.TIMEOUT, OPEN_TIMEOUT_S)
-        if duration > OPEN_TIMEOUT_S
-        else (
-            Outcome.SUCCESS,
-            duration,
-        )
-    )
+    if duration > OPEN_TIMEOUT_S:
+        return Outcome.TIMEOUT, OPEN_TIMEOUT_S
+    return Outcome.SUCCESS, duration
 
 
 def down_until(back_at: float, answer: Callable[[int, float, int], tuple[Outcome, float]]) -> Cloud:
