@@ -135,7 +135,8 @@ async def test_handshakes_in_flight_are_bounded_and_fewer_while_the_cloud_times_
     again every link comes up and the pacer counts none in flight (every end was reported)."""
     gate = cloud.handshake_gate = asyncio.Event()
     ids = [f"H-{i:02d}" for i in range(80)]
-    settings = settings_for(tmp_path, cloud, upstream={"call_timeout_s": 2.0})
+    # Long enough for the 80 chargers to connect one by one before the first handshake times out.
+    settings = settings_for(tmp_path, cloud, upstream={"call_timeout_s": 5.0})
     async with gateway(settings) as gw, contextlib.AsyncExitStack() as stack:
         assert gw.hub is not None
         pacer = gw.hub.pacer
