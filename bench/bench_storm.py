@@ -1,9 +1,10 @@
 """Power-restore storm: N chargers connect and send BootNotification at the same moment.
 
-For each cloud handshake delay (``--delays``, default 0 and 0.3 s) one fake cloud runs
-(``bench.fake_cloud --handshake-delay``); for each charger count (``--chargers``, default 100, 1,000,
-2,000) the targets (``minimal``, ``gateway``) are started fresh and run in turn against the same
-cloud. The gateway runs with its defaults (``upstream.max_connects_per_s = 50``), a fresh store.
+For each cloud (``--clouds``: ``fast`` answers handshakes at once, ``slow`` after 0.3 s,
+``refusing`` answers every other one with HTTP 503: ``bench.fake_cloud --handshake-delay``,
+``--refuse-every-other``) and each charger count (``--chargers``, default 100, 1,000, 2,000) the
+targets (``minimal``, ``gateway``) are started fresh, each with a fresh cloud. The gateway runs
+with its defaults (no rate cap: at most K handshakes in flight, gateway.core.pacer), a fresh store.
 
 The chargers are split over ``--workers`` processes that start together at a time the parent gives
 (CLOCK_MONOTONIC): each opens its WebSocket (no compression offered) and sends BootNotification as
@@ -11,17 +12,18 @@ soon as it is open, then waits up to ``--boot-timeout`` s for the answer. Per ch
 latency (send → answer). Errors: failed connections, Boots unanswered in time, CALLERRORs, wrong ids.
 
 After the Boots, the chargers stay connected until the cloud has one live connection per charger
-(the target's upstream links; the gateway opens them at the paced rate) or ``--links-timeout``
-passes: ``linksUpS`` is that time from the start. ``cloudBoots`` is the number of BootNotifications
-the cloud received (the gateway forwards a Boot live, or replays the one it answered itself once
-the charger's link is up: exactly one per charger); ``peakConnectsPerS`` the busiest second of new
-upstream handshakes at the cloud. The target's CPU is utime + stime over the whole storm (from the
+(the target's upstream links) or ``--links-timeout`` passes: ``linksUpS`` is that time from the
+start (``linksUp99S`` when 99% were up; ``linksUp`` how many were up at the end). ``cloudBoots``
+is the number of BootNotifications the cloud received (the gateway forwards a Boot live, or
+replays the one it answered itself once the charger's link is up: exactly one per charger);
+``peakConnectsPerS`` the busiest second of new upstream handshakes at the cloud,
+``maxHandshakesInFlight`` the most it had open at once, ``refused`` the handshakes it refused. The target's CPU is utime + stime over the whole storm (from the
 start until the links are up), its peak RSS VmHWM (reset before the storm).
 
 ``--targets minimal,baseline,gateway --baseline-src DIR`` adds the gateway's code from DIR (e.g.
 ``git archive <commit> | tar -x -C DIR``) as target ``baseline``: before and after in one run.
 
-Run: ``python -m bench.bench_storm`` (~3 min); ``--chargers 1000 --delays 0.3 --targets gateway``.
+Run: ``python -m bench.bench_storm`` (~3 min); ``--chargers 1000 --clouds slow --targets gateway``.
 Writes ``bench/results/storm-latest.json``.
 """
 
@@ -31,6 +33,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import resource
 import shutil
 import signal
@@ -66,6 +69,8 @@ BENCH_SUITE = "storm"
 RESULTS = Path(__file__).resolve().parent / "results"
 START_DELAY_S = 0.5
 BOOT = {"chargePointVendor": "Bench", "chargePointModel": "AC22", "firmwareVersion": "1.0"}
+# name -> (handshake delay in seconds, refuse every other handshake)
+CLOUDS = {"fast": (0.0, False), "slow": (0.3, False), "refusing": (0.0, True)}
 
 
 def _cloud_stats(port: int) -> dict[str, Any]:
@@ -181,12 +186,16 @@ def _storm(
         if not pipe.poll(boot_timeout_s + 120):
             raise RuntimeError("storm worker did not report")
         results.append(pipe.recv())
-    links_up_s = None
+    links_up_s = links_up_99_s = None
+    links_up = 0
     deadline = start_ns + int(links_timeout_s * 1e9)
     while time.monotonic_ns() < deadline:
-        now = _cloud_stats(cloud_port)
-        if now["connections"] - before["connections"] >= chargers:
-            links_up_s = round((time.monotonic_ns() - start_ns) / 1e9, 2)
+        links_up = _cloud_stats(cloud_port)["connections"] - before["connections"]
+        at_s = round((time.monotonic_ns() - start_ns) / 1e9, 2)
+        if links_up_99_s is None and links_up >= 0.99 * chargers:
+            links_up_99_s = at_s
+        if links_up >= chargers:
+            links_up_s = at_s
             break
         time.sleep(0.1)
     time.sleep(1.0)  # let replayed Boots arrive
@@ -225,8 +234,12 @@ def _storm(
         "errors": sum(errors.values()),
         "errorsByKind": dict(errors),
         "linksUpS": links_up_s,
+        "linksUp99S": links_up_99_s,
+        "linksUp": links_up,
         "cloudBoots": boots,
         "peakConnectsPerS": after["peakHandshakesPerS"],
+        "maxHandshakesInFlight": after["maxHandshakesInFlight"],
+        "refused": after["refused"],
         "cpuS": round(cpu_s, 2),
         "peakRssMb": round(mem.hwm_kb / 1024, 1) if hwm_reset else None,
     }
@@ -242,9 +255,10 @@ def _target(name: str, cloud_port: int, workdir: Path, baseline_src: str | None)
     return GatewayTarget(cloud_port, workdir)
 
 
-def _start_cloud(delay: float, log: IO[bytes]) -> tuple[subprocess.Popen[bytes], int]:
+def _start_cloud(cloud: str, log: IO[bytes]) -> tuple[subprocess.Popen[bytes], int]:
+    delay, refuse = CLOUDS[cloud]
     args = [sys.executable, "-m", "bench.fake_cloud", "--handshake-delay", str(delay)]
-    return start_listening_process(args, log)
+    return start_listening_process([*args, "--refuse-every-other"] if refuse else args, log)
 
 
 def run_storm(args: argparse.Namespace) -> dict[str, Any]:
@@ -253,12 +267,12 @@ def run_storm(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp:
         workdir = Path(tmp)
         log = (workdir / "cloud.log").open("wb")
-        for delay in args.delays:
+        for cloud_name in args.clouds:
             for chargers in args.chargers:
                 for name in args.targets:
                     # A fresh cloud per run: its busiest second of handshakes is this run's.
-                    cloud, cloud_port = _start_cloud(delay, log)
-                    run_dir = workdir / f"{name}-{chargers}-{delay}"
+                    cloud, cloud_port = _start_cloud(cloud_name, log)
+                    run_dir = workdir / f"{name}-{chargers}-{cloud_name}"
                     run_dir.mkdir()
                     try:
                         target = _target(name, cloud_port, run_dir, args.baseline_src)
@@ -278,7 +292,7 @@ def run_storm(args: argparse.Namespace) -> dict[str, Any]:
                             links_timeout_s=args.links_timeout,
                             id_prefix=f"STORM-{chargers}-",
                             profile=(
-                                RESULTS / f"profile-storm-{name}-{chargers}-{delay}.txt"
+                                RESULTS / f"profile-storm-{name}-{chargers}-{cloud_name}.txt"
                                 if args.profile and name != "minimal"
                                 else None
                             ),
@@ -287,7 +301,9 @@ def run_storm(args: argparse.Namespace) -> dict[str, Any]:
                         target.stop()
                         cloud.terminate()
                         cloud.wait(10)
-                    result["handshakeDelayS"] = delay
+                    result["cloud"] = cloud_name
+                    result["handshakeDelayS"] = CLOUDS[cloud_name][0]
+                    result["loadAverage"] = round(os.getloadavg()[0], 2)
                     print(json.dumps(result), file=sys.stderr)
                     runs.append(result)
     return {"machine": describe_machine(), "runs": runs}
@@ -295,17 +311,21 @@ def run_storm(args: argparse.Namespace) -> dict[str, Any]:
 
 def _markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| cloud handshake | chargers | target | Boot p50 / p99 / max (ms) | all answered (s) "
-        "| errors | links up (s) | Boots at cloud | peak connects/s | CPU (s) | peak RSS (MB) |",
-        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| cloud | chargers | target | Boot p50 / p99 / max (ms) | all answered (s) | errors "
+        "| 99% / all links up (s) | Boots at cloud | max handshakes in flight | peak connects/s "
+        "| refused | CPU (s) | peak RSS (MB) | load avg |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
     ]
     for r in result["runs"]:
         b = r["bootMs"]
+        all_up = r["linksUpS"] if r["linksUpS"] is not None else f"{r['linksUp']:,} up at end"
         lines.append(
-            f"| {r['handshakeDelayS'] * 1000:.0f} ms | {r['chargers']:,} | {r['target']} "
+            f"| {r['cloud']} | {r['chargers']:,} | {r['target']} "
             f"| {b['p50']:.0f} / {b['p99']:.0f} / {b['max']:.0f} | {r['allAnsweredS']} "
-            f"| {r['errors']} | {r['linksUpS']} | {r['cloudBoots']:,} | {r['peakConnectsPerS']} "
-            f"| {r['cpuS']} | {r['peakRssMb']} |"
+            f"| {r['errors']} | {r['linksUp99S']} / {all_up} | {r['cloudBoots']:,} "
+            f"| {r['maxHandshakesInFlight']} | {r['peakConnectsPerS']} | {r['refused']} "
+            f"| {r['cpuS']} | {r['peakRssMb']} | {r['loadAverage']} |"
         )
     return "\n".join(lines)
 
@@ -317,7 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         return lambda text: [kind(x) for x in text.split(",")]
 
     parser.add_argument("--chargers", type=numbers(int), default=[100, 1000, 2000])
-    parser.add_argument("--delays", type=numbers(float), default=[0.0, 0.3])
+    parser.add_argument(
+        "--clouds",
+        type=lambda t: t.split(","),
+        default=["fast", "slow"],
+        help="fast (0 s handshakes), slow (0.3 s), refusing (every other one refused with 503)",
+    )
     parser.add_argument(
         "--targets",
         type=lambda t: t.split(","),

@@ -10,13 +10,16 @@ permessage-deflate is not negotiated, so every target in a comparison relays the
 frames (the chargers of the load generator do not offer it either, like most 1.6 firmware).
 
 ``GET /_stats`` (plain HTTP, no upgrade) returns ``{"calls": N, "connections": N, "handshakes": N,
-"peakHandshakesPerS": N, "byAction": {...}}``: the bench runner compares the CALLs the cloud
+"peakHandshakesPerS": N, "maxHandshakesInFlight": N, "refused": N, "byAction": {...}}``: the bench runner compares the CALLs the cloud
 answered with those the chargers saw answered, to show that a relay forwarded every frame rather
 than answering some itself; the storm and recovery benchmarks read how fast new connections came
-(handshakes per wall-clock second, the busiest second).
+(handshakes per wall-clock second, the busiest second) and how many it had open at once
+(``maxHandshakesInFlight``: requests received and not yet answered, nor abandoned by the client).
 
 ``--handshake-delay S`` holds each WebSocket handshake response for S seconds (a cloud behind TLS
 over a cellular link answers its handshakes in 200-600 ms); frames are answered at once.
+``--refuse-every-other`` answers every second handshake (counted across all connections) with
+HTTP 503, as an overloaded cloud or its load balancer does.
 
 Run: ``python -m bench.fake_cloud --port 0``; the first line on stdout is ``LISTENING <port>``.
 """
@@ -56,6 +59,17 @@ class CloudStats:
         self.handshakes = 0
         self.by_second: Counter[int] = Counter()  # accepted handshakes per wall-clock second
         self.by_action: Counter[str] = Counter()
+        self.requests = 0  # WebSocket handshake requests received
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.refused = 0
+
+    def request(self) -> int:
+        """A handshake request arrived; its number (0, 1, ...)."""
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.requests += 1
+        return self.requests - 1
 
     def handshake(self) -> None:
         self.handshakes += 1
@@ -72,6 +86,8 @@ class CloudStats:
                 "connections": self.connections,
                 "handshakes": self.handshakes,
                 "peakHandshakesPerS": self.peak_handshakes_per_s,
+                "maxHandshakesInFlight": self.max_in_flight,
+                "refused": self.refused,
                 "byAction": self.by_action,
             }
         )
@@ -163,9 +179,14 @@ class _CloudConnection(asyncio.Protocol):
     No task, future or queue per frame: the cloud must cost little next to the target measured.
     """
 
-    def __init__(self, stats: CloudStats, handshake_delay_s: float = 0.0) -> None:
+    def __init__(
+        self, stats: CloudStats, handshake_delay_s: float = 0.0, refuse_every_other: bool = False
+    ) -> None:
         self.stats = stats
         self.handshake_delay_s = handshake_delay_s
+        self.refuse_every_other = refuse_every_other
+        self.refuse = False
+        self.answering = False  # a handshake request is in flight (counted in stats.in_flight)
         self.ws = ServerProtocol(subprotocols=SUBPROTOCOLS, max_size=1 << 20)
         self.v201 = False
         self.transport: asyncio.Transport | None = None
@@ -177,12 +198,19 @@ class _CloudConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.connections -= 1
+        if self.answering:  # the client gave up before the answer
+            self.answering = False
+            self.stats.in_flight -= 1
 
     def data_received(self, data: bytes) -> None:
         ws = self.ws
         ws.receive_data(data)
         for event in ws.events_received():
             if isinstance(event, Request):
+                if event.path != "/_stats":
+                    number = self.stats.request()
+                    self.answering = True
+                    self.refuse = self.refuse_every_other and number % 2 == 1
                 if self.handshake_delay_s and event.path != "/_stats":
                     loop = asyncio.get_running_loop()
                     loop.call_later(self.handshake_delay_s, self._respond, event)
@@ -208,6 +236,12 @@ class _CloudConnection(asyncio.Protocol):
             headers = Headers([("Content-Type", "application/json")])
             headers["Content-Length"] = str(len(body))
             return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
+        if self.answering:
+            self.answering = False
+            self.stats.in_flight -= 1
+        if self.refuse:
+            self.stats.refused += 1
+            return self.ws.reject(HTTPStatus.SERVICE_UNAVAILABLE, "busy, try again\n")
         response = self.ws.accept(request)
         self.v201 = self.ws.subprotocol == "ocpp2.0.1"
         if response.status_code == 101:
@@ -239,19 +273,32 @@ class _CloudConnection(asyncio.Protocol):
 
 
 async def start_fake_cloud(
-    host: str = "127.0.0.1", port: int = 0, *, handshake_delay_s: float = 0.0
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    handshake_delay_s: float = 0.0,
+    refuse_every_other: bool = False,
+    stats: CloudStats | None = None,
 ) -> tuple[asyncio.Server, CloudStats]:
-    """Start the fake cloud in the running loop; return the server and its counters."""
-    stats = CloudStats()
+    """Start the fake cloud in the running loop; return the server and its counters (``stats``
+    if given: one count across restarts)."""
+    stats = stats or CloudStats()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: _CloudConnection(stats, handshake_delay_s), host, port, backlog=4096
+        lambda: _CloudConnection(stats, handshake_delay_s, refuse_every_other),
+        host,
+        port,
+        backlog=4096,
     )
     return server, stats
 
 
-async def _serve_forever(host: str, port: int, handshake_delay_s: float) -> None:
-    server, _stats = await start_fake_cloud(host, port, handshake_delay_s=handshake_delay_s)
+async def _serve_forever(
+    host: str, port: int, handshake_delay_s: float, refuse_every_other: bool
+) -> None:
+    server, _stats = await start_fake_cloud(
+        host, port, handshake_delay_s=handshake_delay_s, refuse_every_other=refuse_every_other
+    )
     bound = server.sockets[0].getsockname()[1]
     print(f"LISTENING {bound}", flush=True)
     stop = asyncio.get_running_loop().create_future()
@@ -268,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--handshake-delay", type=float, default=0.0, help="seconds before each handshake answer"
     )
+    parser.add_argument(
+        "--refuse-every-other", action="store_true", help="answer every 2nd handshake with 503"
+    )
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -275,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    runner(_serve_forever(args.host, args.port, args.handshake_delay))
+    runner(_serve_forever(args.host, args.port, args.handshake_delay, args.refuse_every_other))
     return 0
 
 

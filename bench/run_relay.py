@@ -73,7 +73,7 @@ def _cloud_calls(port: int) -> int:
 
 def _wait_for_links(port: int, chargers: int, timeout_s: float = 60.0) -> None:
     """Until the cloud has a connection per charger: a relay that paces its upstream handshakes
-    (the gateway: upstream.max_connects_per_s) is measured relaying, not still connecting."""
+    (the gateway: at most K handshakes in flight) is measured relaying, not still connecting."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stats", timeout=5) as response:

@@ -139,8 +139,10 @@ class UpstreamSettings(_Section):
     # Backoff cap of one link's reconnect attempts (a returning cloud is noticed sooner: any link
     # that connects, or a probe every few seconds, wakes every waiting link).
     reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
-    # New upstream handshakes per second across all chargers (no herd at a returning cloud).
-    max_connects_per_s: float = Field(default=50.0, gt=0, le=10_000)
+    # An optional cap on new upstream handshakes per second across all chargers; 0 = none. The
+    # herd at a returning cloud is bounded by the handshakes in flight (at most 200, adapting to
+    # how the cloud answers: gateway.core.pacer), which a healthy cloud completes in milliseconds.
+    max_connects_per_s: float = Field(default=0.0, ge=0, le=10_000)
     tls_ca: str = ""  # verify the cloud against this CA bundle instead of the system store
     tls_cert: str = ""  # the gateway's client certificate toward the cloud (profile 3)
     tls_key: str = ""

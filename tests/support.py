@@ -57,6 +57,10 @@ class FakeCloud:
     delay_s: float = 0.0  # how long the cloud takes to answer each CALL
     handshake_delay_s: float = 0.0  # how long the cloud takes to accept a WebSocket handshake
     connected_at: list[float] = field(default_factory=list)  # loop time of each accepted link
+    # While set to an unset event, handshakes wait for it (or for the client to give up).
+    handshake_gate: asyncio.Event | None = None
+    handshakes_open: int = 0  # handshakes received and not yet answered or abandoned
+    max_handshakes_open: int = 0
     ssl_context: ssl.SSLContext | None = None  # serve wss:// with this context
     server: Server | None = None
     _answers: dict[str, asyncio.Future[list[Any]]] = field(default_factory=dict)
@@ -96,8 +100,18 @@ class FakeCloud:
             self.connections.clear()
 
     async def _slow_handshake(self, ws: ServerConnection, request: Any) -> None:
-        if self.handshake_delay_s:
-            await asyncio.sleep(self.handshake_delay_s)
+        self.handshakes_open += 1
+        self.max_handshakes_open = max(self.max_handshakes_open, self.handshakes_open)
+        try:
+            if self.handshake_delay_s:
+                await asyncio.sleep(self.handshake_delay_s)
+            if self.handshake_gate is not None:
+                opened = asyncio.ensure_future(self.handshake_gate.wait())
+                either: list[asyncio.Future[Any]] = [opened, ws.connection_lost_waiter]
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                opened.cancel()
+        finally:
+            self.handshakes_open -= 1
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None

@@ -22,6 +22,7 @@ imports, transitively). The pure rules of the feature packages (``gateway.tags.r
 - ``backoff``      reconnect and retry delays, as values
 - ``limits``       rate limits: repeated log lines (once a minute per kind and charger), failed
                    authentications per source address
+- ``pacer``        upstream handshakes in flight: at most K, K adapting to the cloud's answers
 - ``depot``        the depot view folded from the frames the gateway sees
 - ``admission``    who may open a charger connection (path, charge point id, Basic credentials)
 - ``certs``        certificates as data: PEM blocks, validity end, the charger's CN

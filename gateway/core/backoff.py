@@ -2,12 +2,9 @@
 
 - :class:`Backoff`: one link's delay before its next attempt (exponential, jittered, capped at
   ``upstream.reconnect_max_s``).
-- :class:`ConnectPacer`: new upstream handshakes across every charger, at most
-  ``upstream.max_connects_per_s``, evenly spaced, so a returning cloud is not hit by every charger
-  at once.
 - :class:`Recovery`: when to try the cloud before a link's own backoff says so. A link that
   connects shows that the cloud is back: every link waiting in its backoff retries at once
-  (through the pacer). While no link is up, one waiting link is tried every ``probe_every_s``
+  (through the handshake pacer, :mod:`gateway.core.pacer`). While no link is up, one waiting link is tried every ``probe_every_s``
   (the probe is a real handshake, the only test that the cloud accepts connections again), so
   the time to recover does not grow with the backoff, whatever the outage length.
 """
@@ -17,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff", "BackoffPolicy", "ConnectPacer", "Recovery"]
+__all__ = ["Backoff", "BackoffPolicy", "Recovery"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,31 +49,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempts = 0
-
-
-class ConnectPacer:
-    """Hands out start times for new upstream handshakes, ``1 / rate_per_s`` apart.
-
-    ``reserve(now)`` books the next free slot and returns how long to wait for it (0 when the pacer
-    is idle). No burst: the cloud never sees more than ``rate_per_s`` new connections in any second
-    (one more at most, at the edges of a second). The hub books each slot when it starts the
-    handshake (``backlog_s(now) == 0``), so turns delayed by a busy loop are not made up at once.
-    """
-
-    def __init__(self, rate_per_s: float) -> None:
-        if rate_per_s <= 0:
-            raise ValueError("rate_per_s must be positive")
-        self.interval_s = 1.0 / rate_per_s
-        self._next_free = float("-inf")
-
-    def reserve(self, now: float) -> float:
-        start = max(now, self._next_free)
-        self._next_free = start + self.interval_s
-        return start - now
-
-    def backlog_s(self, now: float) -> float:
-        """How long a handshake booked now would wait."""
-        return max(0.0, self._next_free - now)
 
 
 class Recovery:

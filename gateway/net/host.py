@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 from gateway.core.backoff import BackoffPolicy
 from gateway.core.depot import DepotView
 from gateway.core.limits import LogLimiter
+from gateway.core.pacer import Outcome
 from gateway.core.relay import RelaySettings
 from gateway.metrics import RelayStats
 from gateway.net.wsconn import ClientConnection
@@ -123,7 +124,11 @@ class SessionHost(Protocol[S]):
     @property
     def backoff(self) -> BackoffPolicy: ...
     def book_turn(self) -> tuple[asyncio.Future[None], float]:
-        """A handshake turn (``upstream.max_connects_per_s``) and the seconds until it."""
+        """A handshake turn (at most K handshakes in flight) and the seconds until it."""
+        ...
+
+    def turn_ended(self, turn: asyncio.Future[None], outcome: Outcome) -> None:
+        """The handshake of a booked turn ended (or was given up: ``Outcome.ERROR``)."""
         ...
 
     def link_failed(self) -> None: ...

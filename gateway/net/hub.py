@@ -2,9 +2,11 @@
 
 Shared by every session: the log limiter (a repeated warning at most once a minute per kind and
 charger; the counts of those left out are written by the sweep once their minute has passed), the
-failed-authentication throttle of the charger server and the API, the connect pacer (``upstream.max_connects_per_s`` new upstream
-handshakes per second) and recovery (a link that connects after failures wakes every link
-waiting in its backoff; while no link is up, one waiting link is tried every ``PROBE_EVERY_S``).
+failed-authentication throttle of the charger server and the API, the handshake pacer (at most K
+upstream handshakes in flight, K adapting to how the cloud answers, :mod:`gateway.core.pacer`;
+optionally at most ``upstream.max_connects_per_s`` starts per second) and recovery (a link that
+connects after failures wakes every link waiting in its backoff; while no link is up, one waiting
+link is tried every ``PROBE_EVERY_S``).
 A new charger's state (transaction-id map, undelivered BootNotification) is read in one store
 query for every charger that arrived meanwhile, not one query each.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -26,9 +29,10 @@ from typing import Any
 
 from gateway.config import Settings
 from gateway.core import offline, txmap
-from gateway.core.backoff import BackoffPolicy, ConnectPacer, Recovery
+from gateway.core.backoff import BackoffPolicy, Recovery
 from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
 from gateway.core.limits import AuthThrottle, LogLimiter, log_left_out
+from gateway.core.pacer import HandshakePacer, Outcome, PacerSettings
 from gateway.core.relay import RECENT_IDS, RelaySettings
 from gateway.errors import TransactionIdsExhausted
 from gateway.metrics import ChargerSample, RelayStats
@@ -58,6 +62,9 @@ STANDALONE_PRUNE_EVERY_S = 600.0
 # While no link is up, one link waiting in its backoff is tried this often: the cloud's return is
 # noticed within this (plus one handshake) whatever the backoff has grown to.
 PROBE_EVERY_S = 3.0
+# A handshake turn whose end is not reported within its open timeout (upstream.call_timeout_s)
+# plus this is freed: no handshake takes that long, so only a lost report is.
+TURN_LEASE_MARGIN_S = 30.0
 # How often the store is asked whether another process (an operator's CLI) changed it.
 STORE_WATCH_EVERY_S = 1.0
 
@@ -102,11 +109,17 @@ class Hub:
             settings.upstream.reconnect_max_s if reconnect_max_s is None else reconnect_max_s
         )
         self.backoff = backoff or BackoffPolicy()
-        self.pacer = ConnectPacer(settings.upstream.max_connects_per_s)
+        self.pacer = HandshakePacer(
+            PacerSettings(
+                max_per_s=settings.upstream.max_connects_per_s,
+                lease_s=settings.upstream.call_timeout_s + TURN_LEASE_MARGIN_S,
+            )
+        )
         self.recovery = Recovery(PROBE_EVERY_S)
         # Sessions sleeping in their reconnect backoff, longest-waiting first (dicts keep order).
         self.retrying: dict[str, ChargerSession] = {}
         self._turns: deque[asyncio.Future[None]] = deque()  # links waiting to start a handshake
+        self._granted: dict[asyncio.Future[None], int] = {}  # turns in their handshake -> ticket
         self._turn_timer: asyncio.TimerHandle | None = None
         self.sessions: dict[str, ChargerSession] = {}
         self.rng = random.Random()  # backoff jitter for every session (one generator, ~2.5 KB)
@@ -298,40 +311,67 @@ class Hub:
 
     def turn_eta_s(self) -> float:
         """How long a link asking for its handshake turn now would wait for it."""
-        return self.pacer.backlog_s(self.loop_time()) + len(self._turns) * self.pacer.interval_s
+        return self.pacer.wait_estimate_s(len(self._turns), self.loop_time())
 
     def book_turn(self) -> tuple[asyncio.Future[None], float]:
         """Queue a link for its turn to start a handshake (first come, first served): the future
         that resolves at its turn, and the seconds it is expected to wait.
 
-        One timer hands out the turns, each when the pacer allows it at the time it fires: if the
-        loop was busy, turns that came due meanwhile do not all start at once.
+        Whoever books a turn reports its end with :meth:`turn_ended`, also when it gives up
+        before or during the handshake (its place among the K in flight is freed then).
         """
         eta = self.turn_eta_s()
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._turns.append(turn)
-        if self._turn_timer is None:
-            self._next_turn()
+        self._hand_out_turns()
         return turn, eta
 
-    def _next_turn(self) -> None:
-        self._turn_timer = None
+    def turn_ended(self, turn: asyncio.Future[None], outcome: Outcome) -> None:
+        """The handshake of ``turn`` ended with ``outcome`` (ERROR for one given up): its place
+        is free. A turn not yet given is withdrawn; a second report of the same turn is ignored."""
+        ticket = self._granted.pop(turn, None)
+        if ticket is None:
+            turn.cancel()  # still queued (a no-op if it was given and its lease expired)
+            return
+        self.pacer.finish(ticket, outcome, self.loop_time())
+        self._hand_out_turns()
+
+    def _hand_out_turns(self) -> None:
+        """Give turns to the links at the head of the queue while the pacer allows a start now.
+
+        At K handshakes in flight the next end hands out the next turn; under a rate cap
+        (``upstream.max_connects_per_s``, or 50 a second while handshakes fail) one timer fires
+        when the next start is allowed, and turns are taken when it fires: if the loop was busy,
+        turns that came due meanwhile do not all start at once.
+        """
+        if self._turn_timer is not None:
+            self._turn_timer.cancel()
+            self._turn_timer = None
         turns = self._turns
-        while turns and turns[0].done():  # its link loop was cancelled
-            turns.popleft()
-        if not turns:
-            return
         now = self.loop_time()
-        loop = asyncio.get_running_loop()
-        wait = self.pacer.backlog_s(now)
-        if wait > 0:
-            self._turn_timer = loop.call_later(wait, self._next_turn)
-            return
-        self.pacer.reserve(now)
-        self.recovery.attempt_started(now)
-        turns.popleft().set_result(None)
-        if turns:
-            self._turn_timer = loop.call_later(self.pacer.interval_s, self._next_turn)
+        while turns:
+            if turns[0].done():  # its link loop was cancelled
+                turns.popleft()
+                continue
+            wait = self.pacer.start_in(now)
+            if wait == math.inf:
+                return
+            if wait > 0:
+                self._turn_timer = asyncio.get_running_loop().call_later(wait, self._hand_out_turns)
+                return
+            turn = turns.popleft()
+            self._granted[turn] = self.pacer.start(now)
+            self.recovery.attempt_started(now)
+            turn.set_result(None)
+
+    def _expire_turns(self, now: float) -> None:
+        """Free the places of turns whose end was never reported (see PacerSettings.lease_s)."""
+        lost = set(self.pacer.expire(now))
+        if lost:
+            lease_s = self.pacer.settings.lease_s
+            log.warning("%d handshake turns were not ended within %.0fs", len(lost), lease_s)
+            self._granted = {f: t for f, t in self._granted.items() if t not in lost}
+            self._hand_out_turns()
 
     def retry_wait(self, session: ChargerSession, waiting: bool) -> None:
         """``session`` starts or ends waiting in its reconnect backoff."""
@@ -503,6 +543,8 @@ class Hub:
             if self.retrying:
                 self._probe(now)
             log_left_out(self.log_limit, now)
+            if self._granted:
+                self._expire_turns(now)
 
     async def _prune_loop(self) -> None:
         while True:

@@ -1,8 +1,11 @@
 """One charger's link to the cloud: the loop that keeps it up while its session wants it.
 
-Each attempt books a handshake turn from the hub's pacer (``upstream.max_connects_per_s``); a
-failed attempt waits its backoff (capped at ``upstream.reconnect_max_s``), cut short when another
-link shows the cloud is back or the hub picks it as the probe (:meth:`UpstreamLink.retry_now`).
+Each attempt books a handshake turn from the hub's pacer (at most K handshakes in flight across
+all links) and tells the hub how the handshake ended, also when the loop is cancelled in the
+middle of it (:func:`handshake_outcome`: the pacer gives fewer turns while the cloud refuses or
+times out). A failed attempt waits its backoff (capped at ``upstream.reconnect_max_s``), cut
+short when another link shows the cloud is back or the hub picks it as the probe
+(:meth:`UpstreamLink.retry_now`).
 While the link stays down it logs one warning, then at most one line per ``DOWN_LOG_EVERY_S``,
 and one line when it is up again. A cloud that closes the connection on purpose is passed on to
 the charger; the close codes of an outage are not (the charger stays connected).
@@ -24,8 +27,11 @@ import random
 from collections.abc import Callable
 from typing import Final, Protocol
 
+from websockets.exceptions import InvalidStatus
+
 from gateway.core.backoff import Backoff, BackoffPolicy
 from gateway.core.limits import LogLimiter
+from gateway.core.pacer import Outcome
 from gateway.errors import CloudUnavailable
 from gateway.metrics import RelayStats
 from gateway.net.host import Connector
@@ -39,6 +45,7 @@ __all__ = [
     "LinkHost",
     "LinkOwner",
     "UpstreamLink",
+    "handshake_outcome",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +81,7 @@ class LinkHost(Protocol):
     @property
     def backoff(self) -> BackoffPolicy: ...
     def book_turn(self) -> tuple[asyncio.Future[None], float]: ...
+    def turn_ended(self, turn: asyncio.Future[None], outcome: Outcome) -> None: ...
     def link_failed(self) -> None: ...
     def link_connected(self) -> None: ...
 
@@ -232,6 +240,10 @@ class UpstreamLink:
         charger_id = self._owner.charger_id
 
         def done(t: asyncio.Task[None]) -> None:
+            booked = self._booked_turn
+            if self.task is t and booked is not None:  # cancelled before it ever ran
+                self._booked_turn = None
+                self._host.turn_ended(booked, Outcome.ERROR)
             if not t.cancelled() and t.exception() is not None:
                 self._stats.errors["internal"] += 1
                 log.error("%s: link loop failed", charger_id, exc_info=t.exception())
@@ -245,11 +257,8 @@ class UpstreamLink:
         owner = self._owner
         while self._wanted():
             turn, self._booked_turn = self._booked_turn or self._book_turn(), None
-            await turn  # upstream.max_connects_per_s across all links
-            if not self._wanted():
-                break
             try:
-                ws = await self._host.connect_upstream(self._url, owner.version, self.headers)
+                ws = await self._handshake(turn)
             except CloudUnavailable as exc:
                 self._stats.upstream_failures += 1
                 self._host.link_failed()
@@ -258,6 +267,8 @@ class UpstreamLink:
                 self._log_down(str(exc), delay)
                 await self._wait_to_retry(delay)
                 continue
+            if ws is None:
+                break
             self._stats.upstream_connects += 1
             self._backoff.reset()
             self._woken_by_recovery = False
@@ -285,6 +296,24 @@ class UpstreamLink:
             self._start()
             return
         owner.link_stopped()
+
+    async def _handshake(self, turn: asyncio.Future[None]) -> ClientConnection | None:
+        """Wait for the turn, then open the link (None if it is no longer wanted by then). The
+        hub hears how the handshake ended however it ends, cancellation included."""
+        outcome = Outcome.ERROR
+        try:
+            await turn
+            if not self._wanted():
+                return None
+            try:
+                ws = await self._host.connect_upstream(self._url, self._owner.version, self.headers)
+            except CloudUnavailable as exc:
+                outcome = handshake_outcome(exc)
+                raise
+            outcome = Outcome.SUCCESS
+            return ws
+        finally:
+            self._host.turn_ended(turn, outcome)
 
     async def _closed(self, ws: ClientConnection) -> tuple[int, str] | None:
         """Wait for the link to end; (code, reason) if the cloud closed it cleanly."""
@@ -343,3 +372,17 @@ class UpstreamLink:
             self._wanted_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wanted_changed.wait(), left)
+
+
+def handshake_outcome(exc: CloudUnavailable) -> Outcome:
+    """What a failed handshake says about the cloud's load, for the pacer: a timeout; an answer
+    for this charger alone (HTTP 4xx other than 429: an unknown id, bad credentials), which says
+    nothing about load; otherwise a refusal (connection refused or reset, 5xx, 429)."""
+    cause = exc.__cause__
+    if isinstance(cause, TimeoutError):
+        return Outcome.TIMEOUT
+    if isinstance(cause, InvalidStatus):
+        status = cause.response.status_code
+        if 400 <= status < 500 and status != 429:
+            return Outcome.ERROR
+    return Outcome.REFUSED

@@ -237,3 +237,35 @@ def test_fake_cloud_counts_handshakes_per_second_and_calls_by_action() -> None:
     reply_for('[2,"1","BootNotification",{}]', False, by_action)
     reply_for('[2,"2","Nope",{}]', False, by_action)
     assert by_action == {"BootNotification": 1}
+
+
+async def test_fake_cloud_refuses_every_other_handshake_and_counts_those_in_flight() -> None:
+    """The storm and recovery benchmarks read the cloud's handshakes in flight and refusals."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    from bench.fake_cloud import start_fake_cloud
+
+    server, stats = await start_fake_cloud(handshake_delay_s=0.3, refuse_every_other=True)
+    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ocpp/CP"
+    try:
+        results = await asyncio.gather(
+            *(connect(url, subprotocols=["ocpp1.6"]) for _ in range(4)),  # type: ignore[list-item]
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, InvalidStatus)]
+        assert len(refused) == 2 and all(r.response.status_code == 503 for r in refused)
+        assert stats.refused == 2 and stats.handshakes == 2
+        assert stats.max_in_flight == 4 and stats.in_flight == 0
+        for ws in results:
+            if not isinstance(ws, BaseException):
+                await ws.close()
+        with pytest.raises(TimeoutError):  # a client that gives up is no longer in flight
+            await connect(url, subprotocols=["ocpp1.6"], open_timeout=0.05)  # type: ignore[list-item]
+        await asyncio.sleep(0.05)
+        assert stats.in_flight == 0 and stats.requests == 5
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -56,7 +56,7 @@ def all_drained_and_online(gw: Gateway, ids: list[str]) -> bool:
 def test_recovery_settings_defaults_and_bounds(tmp_path: Any) -> None:
     settings = load_settings(None)
     assert settings.upstream.reconnect_max_s == 60.0
-    assert settings.upstream.max_connects_per_s == 50.0
+    assert settings.upstream.max_connects_per_s == 0.0  # none: the pacer bounds what is in flight
     assert settings.chargers.call_timeout_s == 30.0
     assert settings.chargers.max_queued_calls == 100
     for text, key in [
@@ -75,7 +75,7 @@ async def test_long_outage_every_link_back_within_the_bound(
     tmp_path: Any, cloud: FakeCloud
 ) -> None:
     """Default cap (60 s), reached: every link waits 30-60 s for its next attempt. When the cloud
-    returns, every link is back and its backlog replayed within 5 s + chargers / rate."""
+    returns, every link is back and its backlog replayed within 5 s + chargers / 50."""
     ids = [f"CP-{i:02d}" for i in range(20)]
     settings = settings_for(tmp_path, cloud)
     assert settings.upstream.reconnect_max_s == 60.0
@@ -90,7 +90,7 @@ async def test_long_outage_every_link_back_within_the_bound(
         back = loop.time()
         await wait_for(lambda: all_drained_and_online(gw, ids), timeout=30)
         took = loop.time() - back
-        assert took <= 5.0 + len(ids) / settings.upstream.max_connects_per_s, took
+        assert took <= 5.0 + len(ids) / 50.0, took
         assert all(len(cloud.calls(cid, "StatusNotification")) == 1 for cid in ids)
 
 
@@ -125,6 +125,33 @@ async def test_new_links_are_paced(tmp_path: Any, cloud: FakeCloud) -> None:
         for i in range(len(times)):  # no second holds more than rate + 1 new links
             assert sum(1 for t in times[i:] if t - times[i] < 1.0) <= 11
         assert times[-1] - times[0] >= (len(ids) - 11) / 10.0
+
+
+async def test_handshakes_in_flight_are_bounded_and_fewer_while_the_cloud_times_out(
+    tmp_path: Any, cloud: FakeCloud
+) -> None:
+    """80 chargers behind a cloud that holds every handshake: it never has more than K = 50 open
+    at once; when they time out (upstream.call_timeout_s) K comes down; once the cloud answers
+    again every link comes up and the pacer counts none in flight (every end was reported)."""
+    gate = cloud.handshake_gate = asyncio.Event()
+    ids = [f"H-{i:02d}" for i in range(80)]
+    # Long enough for the 80 chargers to connect one by one before the first handshake times out.
+    settings = settings_for(tmp_path, cloud, upstream={"call_timeout_s": 5.0})
+    async with gateway(settings) as gw, contextlib.AsyncExitStack() as stack:
+        assert gw.hub is not None
+        pacer = gw.hub.pacer
+        for cid in ids:
+            await stack.enter_async_context(charger(gw.charger_port, cid))
+        await wait_for(lambda: cloud.handshakes_open == 50, timeout=10)
+        await asyncio.sleep(0.3)  # no 51st arrives while the 50 wait
+        assert cloud.handshakes_open == 50 and pacer.in_flight == 50
+        await wait_for(lambda: pacer.limit < 50, timeout=10)  # the first timeouts
+        assert pacer.limit == 25  # halved once for the 50 that timed out together
+        gate.set()
+        await wait_for(lambda: len(cloud.connections) == len(ids), timeout=30)
+        await wait_for(lambda: pacer.in_flight == 0, timeout=5)
+        assert cloud.max_handshakes_open == 50
+        assert all(sessions(gw)[cid].upstream_connected for cid in ids)
 
 
 async def test_charger_queue_is_bounded(tmp_path: Any, cloud: FakeCloud) -> None:

@@ -61,7 +61,7 @@ async def _boot(port: int, charger_id: str) -> tuple[ClientConnection, float]:
 async def test_storm_of_chargers_behind_a_slow_cloud_handshake(tmp_path: Any) -> None:
     cloud = await FakeCloud(handshake_delay_s=0.3).start()
     settings = make_settings(tmp_path, upstream={"url": cloud.url})
-    assert settings.upstream.max_connects_per_s == 50.0  # 200 links take 4 s of pacing
+    assert settings.upstream.max_connects_per_s == 0.0  # at most K handshakes in flight
     store = await RecordingStore.open(settings.store.path)
     assert isinstance(store, RecordingStore)
     store.state_reads = []
@@ -87,7 +87,7 @@ async def test_storm_of_chargers_behind_a_slow_cloud_handshake(tmp_path: Any) ->
         assert store.single_reads == 0
         assert sum(store.state_reads) == len(ids) and len(store.state_reads) < len(ids) / 4
 
-        # Pacing allows every link within 200 / 50 s: none is left without one.
+        # Every link comes up (the pacer keeps at most K in flight): none is left without one.
         await wait_for(lambda: len(cloud.connections) == len(ids), timeout=30)
         # The cloud gets every Boot exactly once: live, or replayed once the link was up.
         await wait_for(lambda: all(cloud.calls(cid) for cid in ids), timeout=10)

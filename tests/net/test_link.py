@@ -10,13 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 
 import pytest
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidStatus
+from websockets.http11 import Response
 
 from gateway.core.backoff import BackoffPolicy
+from gateway.core.pacer import Outcome
 from gateway.errors import CloudUnavailable
 from gateway.metrics import RelayStats
-from gateway.net.link import UpstreamLink
+from gateway.net.link import UpstreamLink, handshake_outcome
 from gateway.net.wsconn import ClientConnection
 from gateway.ocpp.frames import OcppVersion
 
@@ -32,7 +37,8 @@ class Clock:
 
 
 class Host:
-    """The hub's side: every turn is free at once; the cloud refuses every handshake."""
+    """The hub's side: every turn is free at once (unless ``hold_turns``); the cloud refuses every
+    handshake (or ``connect`` stands in for it); each turn's end is recorded."""
 
     def __init__(self) -> None:
         self.stats = RelayStats()
@@ -42,18 +48,29 @@ class Host:
         self.attempts: list[tuple[str, OcppVersion, dict[str, str]]] = []
         self.failures = 0
         self.turns = 0
+        self.hold_turns = False
+        self.booked: list[asyncio.Future[None]] = []
+        self.ended: list[tuple[int, Outcome]] = []  # (turn number, outcome)
+        self.connect: Callable[[], Awaitable[ClientConnection]] | None = None
 
     async def connect_upstream(
         self, url: str, version: OcppVersion, headers: dict[str, str]
     ) -> ClientConnection:
         self.attempts.append((url, version, headers))
+        if self.connect is not None:
+            return await self.connect()
         raise CloudUnavailable("connection refused")
 
     def book_turn(self) -> tuple[asyncio.Future[None], float]:
         self.turns += 1
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        turn.set_result(None)
+        if not self.hold_turns:
+            turn.set_result(None)
+        self.booked.append(turn)
         return turn, 0.25
+
+    def turn_ended(self, turn: asyncio.Future[None], outcome: Outcome) -> None:
+        self.ended.append((self.booked.index(turn), outcome))
 
     def link_failed(self) -> None:
         self.failures += 1
@@ -151,6 +168,7 @@ async def test_a_refused_link_backs_off_until_retry_now_cuts_it_short() -> None:
     assert host.attempts == [("ws://cloud.test/ocpp/CP-1", "1.6", link.headers)]
     assert owner.told == ["booked 0.25", "failed", "waiting True"]
     assert host.failures == 1 and host.stats.upstream_failures == 1
+    assert host.ended == [(0, Outcome.REFUSED)]  # the pacer hears of the refusal
     link.ensure()  # a running loop is not started twice
     await settle()
     assert len(host.attempts) == 1 and host.turns == 1
@@ -230,3 +248,71 @@ async def test_a_closing_gateway_ends_the_backoff_and_starts_no_attempt() -> Non
     await asyncio.wait_for(owner.stopped.wait(), BOUND_S)
     assert len(host.attempts) == 1
     assert owner.told[-3:] == ["waiting False", "closed", "stopped"]
+
+
+async def test_a_link_cancelled_in_its_handshake_gives_its_turn_back() -> None:
+    """The pacer counts the handshakes in flight: one whose loop is cancelled while the cloud
+    has not answered yet must still end its turn, or its place would be lost for good."""
+    owner, host, clock = Owner(), Host(), Clock()
+    in_handshake = asyncio.Event()
+
+    async def hang() -> ClientConnection:
+        in_handshake.set()
+        await asyncio.Future()  # the cloud never answers
+        raise AssertionError("unreachable")
+
+    host.connect = hang
+    link = new_link(owner, host, clock)
+    link.ensure()
+    await asyncio.wait_for(in_handshake.wait(), BOUND_S)
+    assert host.ended == []
+    assert link.task is not None
+    link.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await link.task
+    assert host.ended == [(0, Outcome.ERROR)]
+
+
+async def test_a_link_cancelled_while_it_waits_for_its_turn_withdraws_it() -> None:
+    owner, host, clock = Owner(), Host(), Clock()
+    host.hold_turns = True
+    link = new_link(owner, host, clock)
+    link.ensure()
+    await settle()  # waiting for its turn
+    assert link.task is not None
+    link.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await link.task
+    assert host.ended == [(0, Outcome.ERROR)] and host.attempts == []
+
+
+async def test_a_link_cancelled_before_its_loop_ran_withdraws_its_turn() -> None:
+    """The turn is booked when the loop is created (before it first runs)."""
+    owner, host, clock = Owner(), Host(), Clock()
+    host.hold_turns = True
+    link = new_link(owner, host, clock)
+    link.ensure()
+    assert link.task is not None and host.turns == 1
+    link.task.cancel()
+    await asyncio.gather(link.task, return_exceptions=True)
+    assert host.ended == [(0, Outcome.ERROR)]
+
+
+def _refused_with(status: int) -> CloudUnavailable:
+    response = Response(status, "", Headers())
+    exc = CloudUnavailable(f"HTTP {status}")
+    exc.__cause__ = InvalidStatus(response)
+    return exc
+
+
+def test_handshake_outcomes_say_what_a_failure_tells_about_the_clouds_load() -> None:
+    timed_out = CloudUnavailable("timed out")
+    timed_out.__cause__ = TimeoutError()
+    reset = CloudUnavailable("reset")
+    reset.__cause__ = ConnectionResetError()
+    assert handshake_outcome(timed_out) is Outcome.TIMEOUT
+    assert handshake_outcome(reset) is Outcome.REFUSED
+    assert handshake_outcome(_refused_with(503)) is Outcome.REFUSED
+    assert handshake_outcome(_refused_with(429)) is Outcome.REFUSED
+    assert handshake_outcome(_refused_with(404)) is Outcome.ERROR  # this charger's id alone
+    assert handshake_outcome(_refused_with(401)) is Outcome.ERROR
