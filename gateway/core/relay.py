@@ -116,6 +116,7 @@ class ChargerRelay:
         "charger_id",
         "errors",
         "recent_ids",
+        "refused_versions",
         "sends",
         "settings",
         "state",
@@ -137,6 +138,8 @@ class ChargerRelay:
     ) -> None:
         self.charger_id = charger_id
         self.version: OcppVersion = version
+        # Versions the cloud refused for this charger: what is stored under one is a dead letter.
+        self.refused_versions: frozenset[OcppVersion] = frozenset()
         self.settings = settings
         self._new_id = new_id
         self.txids = txids if txids is not None else txmap.TxIdMap()
@@ -212,6 +215,12 @@ class ChargerRelay:
     def inbox_size(self) -> int:
         """Charger frames waiting behind one that needs I/O (the driver pauses reading at a bound)."""
         return len(self._inbox.items)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight: no charger frame awaits an answer, no CALL to the charger waits."""
+        inbox, slot = self._inbox, self._slot
+        return not (self._pending or inbox.busy or inbox.items or slot.current or slot.queued)
 
     @property
     def pending_ids(self) -> frozenset[str]:
@@ -652,6 +661,8 @@ class ChargerRelay:
                 self._backlog,
                 self.txids,
                 self._output,
+                version=self.version,
+                refused=self.refused_versions,
                 call_timeout_s=self.settings.cloud_call_timeout_s,
                 max_attempts=self.settings.max_replay_attempts,
                 max_retry_delay_s=self.settings.max_retry_delay_s,
