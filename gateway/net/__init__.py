@@ -13,6 +13,7 @@ link, effects, observers, calls, tasks; link, effects, observers → host.
 - ``session``         one charger's session: its two sockets, the frames between them and its relay
                       core, the core's events dispatched by type to the drivers it owns:
 - ``link``            the session's cloud link loop: paced turns, backoff, early retry, down/up lines
+- ``cloud_version``   the session's versions: the charger's offer, the cloud's choice, the 1012 close
 - ``effects``         the session's store side: local answers, resend checks, boot saves, replay I/O
 - ``observers``       what its traffic shows others: depot view folds, hooks, watchers, the gate
 - ``calls``           the futures of the gateway's own CALLs to its charger

@@ -21,13 +21,15 @@ from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from gateway.config import Settings
-from gateway.core import offline, txmap
+from gateway.core import offline, txmap, versions
 from gateway.core.backoff import BackoffPolicy, ConnectPacer, Recovery
 from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
 from gateway.core.relay import RECENT_IDS, RelaySettings
-from gateway.errors import TransactionIdsExhausted
+from gateway.core.versions import VersionRecord
+from gateway.errors import CloudUnavailable, TransactionIdsExhausted
 from gateway.metrics import RelayStats
 from gateway.net.effects import LEARNED_ACTIONS
 from gateway.net.host import (
@@ -39,7 +41,7 @@ from gateway.net.host import (
 )
 from gateway.net.link import CONNECTING_HOLD_S, TURN_HOLD_S
 from gateway.net.session import ChargerSession
-from gateway.net.wsconn import ServerConnection
+from gateway.net.wsconn import ClientConnection, ServerConnection
 from gateway.ocpp.frames import OcppVersion, as_version
 from gateway.store.engine import ChargerState, Store
 
@@ -57,6 +59,9 @@ STANDALONE_PRUNE_EVERY_S = 600.0
 PROBE_EVERY_S = 3.0
 # How often the store is asked whether another process (an operator's CLI) changed it.
 STORE_WATCH_EVERY_S = 1.0
+
+
+Offer = tuple[OcppVersion, ...]  # versions a charger offered (the gateway's), in its order
 
 
 def _as_version(value: str) -> OcppVersion:
@@ -107,10 +112,14 @@ class Hub:
         self._next_local_tx = txmap.LOCAL_TX_MIN
         self._prune_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
-        self._to_attach: list[tuple[str, OcppVersion, ServerConnection]] = []
+        self._to_attach: list[tuple[str, OcppVersion, ServerConnection, Offer]] = []
         self._attach_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self.dead_letters = 0  # rows in the store's dead letters (for /metrics, no SQL on scrape)
+        # charger id → the version the cloud last selected (the store's, read once at start).
+        self.cloud_versions: dict[str, VersionRecord] = {}
+        # charger id → the cloud link opened while its handshake waited, until its session takes it.
+        self.first_links: dict[str, asyncio.Future[ClientConnection]] = {}
         self.trace_frames = False  # log.level = "debug": sessions log every frame
         self._sweep_every_s = min(0.25, settings.upstream.call_timeout_s / 4)
         self.session_settings = self._session_settings(settings)
@@ -139,13 +148,14 @@ class Hub:
     async def start(self) -> None:
         """Load persistent state and open upstream links for chargers that have a backlog."""
         self.dead_letters = await self.store.dead_letter_count()
+        self.cloud_versions = await self.store.cloud_versions()
         highest = await self.store.max_local_tx_id()
         self._next_local_tx = txmap.LOCAL_TX_MIN if highest is None else highest + 1
         backlog = await self.store.backlog()
-        versions = await self.store.backlog_versions()
+        backlog_versions = await self.store.backlog_versions()
         states = await self.store.charger_states(sorted(backlog), recent=RECENT_IDS)
         for charger_id, (count, oldest) in backlog.items():
-            version = _as_version(versions.get(charger_id, "1.6"))
+            version = self._link_version(charger_id, backlog_versions.get(charger_id, "1.6"))
             session = self._new_session(charger_id, version, states.get(charger_id))
             session.restore_backlog(count, oldest)
         if backlog:
@@ -174,6 +184,13 @@ class Hub:
         task.add_done_callback(done)
         return task
 
+    def _link_version(self, charger_id: str, stored: str) -> OcppVersion:
+        """The version of a backlog's link without its charger: the one its rows are stored
+        under, unless the cloud refused it (they are then dead letters: see ``replay.outgoing``)."""
+        version = _as_version(stored)
+        record = self.cloud_versions.get(charger_id)
+        return record.version if record is not None and version in record.refused else version
+
     def _new_session(
         self, charger_id: str, version: OcppVersion, state: ChargerState | None
     ) -> ChargerSession:
@@ -186,6 +203,9 @@ class Hub:
             boot_undelivered=state is not None and state.boot_undelivered,
         )
         session.set_trace_frames(self.trace_frames)
+        record = self.cloud_versions.get(charger_id)
+        if record is not None:
+            session.relay.refused_versions = record.refused
         if state is not None:
             session.remember_stored(state.recent_ids)
         self.sessions[charger_id] = session
@@ -201,16 +221,24 @@ class Hub:
                 session = self._new_session(charger_id, version, states.get(charger_id))
         return session
 
-    def accept(self, charger_id: str, version: OcppVersion, ws: ServerConnection) -> None:
+    def accept(
+        self,
+        charger_id: str,
+        version: OcppVersion,
+        ws: ServerConnection,
+        offered: Offer = (),
+    ) -> None:
         """Hand a charger's open connection to its session (its frames wait until then).
 
-        A charger with a session in memory is served at once; for the others, the chargers that
-        arrive while a store read is running share the next read.
+        ``offered``: the versions the charger offered (the gateway's), in its order. A charger
+        with a session in memory is served at once; for the others, the chargers that arrive while
+        a store read is running share the next read.
         """
+        offered = offered or (version,)
         if charger_id in self.sessions and not self._to_attach:
-            self._attach(charger_id, version, ws)
+            self._attach(charger_id, version, ws, offered)
             return
-        self._to_attach.append((charger_id, version, ws))
+        self._to_attach.append((charger_id, version, ws, offered))
         if self._attach_task is None:
             self._attach_task = self._own(self._attach_batches(), "serving new chargers")
 
@@ -218,35 +246,40 @@ class Hub:
         try:
             while self._to_attach:
                 batch, self._to_attach = self._to_attach, []
-                new = sorted({cid for cid, _, _ in batch if cid not in self.sessions})
+                new = sorted({cid for cid, _, _, _ in batch if cid not in self.sessions})
                 try:
                     states = await self.store.charger_states(new, recent=RECENT_IDS) if new else {}
                 except Exception:
                     self.stats.errors["internal"] += 1
                     log.exception("cannot read the state of %d new chargers", len(new))
-                    for _, _, ws in batch:
+                    for _, _, ws, _ in batch:
                         ws.close(1011, "gateway error")
                     continue
                 except BaseException:  # cancelled: the gateway is closing
-                    for _, _, ws in batch:
+                    for _, _, ws, _ in batch:
                         ws.close(1001, "gateway shutting down")
                     raise
-                for charger_id, version, ws in batch:
+                for charger_id, version, ws, offered in batch:
                     if charger_id not in self.sessions:
                         self._new_session(charger_id, version, states.get(charger_id))
-                    self._attach(charger_id, version, ws)
+                    self._attach(charger_id, version, ws, offered)
         finally:
             self._attach_task = None
 
-    def _attach(self, charger_id: str, version: OcppVersion, ws: ServerConnection) -> None:
+    def _attach(
+        self, charger_id: str, version: OcppVersion, ws: ServerConnection, offered: Offer
+    ) -> None:
         session = self.sessions[charger_id]
         if session.charger is ws:  # already served (never replace a socket by itself)
             return
+        first = self.first_links.pop(charger_id, None)
         if ws.closed.done() or self.closing:
+            if first is not None:
+                self._drop_first_link(charger_id, first)
             ws.close(1001, "gateway shutting down")
             session.forget_if_done()
             return
-        session.attach_charger(ws, version)
+        session.attach_charger(ws, version, offered, first_link=first)
         for watcher in self.watchers:
             watcher.charger_attached(session)
 
@@ -345,6 +378,98 @@ class Hub:
         for session in self.sessions.values():
             session.set_trace_frames(on)
 
+    # --- OCPP version negotiation with the cloud (gateway.core.versions) ------------------------
+
+    def plan_answer(
+        self, charger_id: str, offered: Offer
+    ) -> versions.AnswerNow | versions.AskCloud:
+        """How to answer a charger's handshake offering ``offered``."""
+        record = self.cloud_versions.get(charger_id)
+        return versions.plan_answer(
+            offered, record.version if record else None, cloud=not self.settings.standalone
+        )
+
+    def upstream_url(self, charger_id: str) -> str:
+        return f"{self.settings.upstream.url}/{quote(charger_id, safe='')}"
+
+    async def negotiate(
+        self, charger_id: str, plan: versions.AskCloud, headers: dict[str, str]
+    ) -> OcppVersion:
+        """The version to answer a charger with: the cloud's choice among ``plan.offer``, waited
+        for at most NEGOTIATE_WAIT_S with the pacing turn; ``plan.fallback`` past that or when the
+        cloud cannot be reached. The connection opened is kept for the charger's session, as its
+        first link (``first_links``), even when it comes too late for the answer."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + versions.NEGOTIATE_WAIT_S
+        turn, eta = self.book_turn()
+        if eta >= versions.NEGOTIATE_WAIT_S:  # the turn alone is too far: the link books again
+            turn.cancel()
+            return plan.fallback
+        first = asyncio.ensure_future(self._open_first_link(turn, charger_id, plan.offer, headers))
+        old = self.first_links.get(charger_id)
+        if old is not None:  # an earlier connection of the same charger is still negotiating
+            self._drop_first_link(charger_id, old)
+        self.first_links[charger_id] = first
+        try:
+            ws = await asyncio.wait_for(asyncio.shield(first), deadline - loop.time())
+        except (TimeoutError, CloudUnavailable):
+            return plan.fallback
+        except asyncio.CancelledError:  # the charger's connection was lost meanwhile
+            self._drop_first_link(charger_id, first)
+            raise
+        selected = versions.SUBPROTOCOLS.get(ws.subprotocol or "")
+        return selected if selected in plan.offer else plan.fallback
+
+    async def _open_first_link(
+        self,
+        turn: asyncio.Future[None],
+        charger_id: str,
+        offer: Offer,
+        headers: dict[str, str],
+    ) -> ClientConnection:
+        await turn
+        return await self.connect_upstream(
+            self.upstream_url(charger_id), offer[0], headers, alternatives=offer[1:]
+        )
+
+    def _drop_first_link(self, charger_id: str, first: asyncio.Future[ClientConnection]) -> None:
+        """A first link no session will take: close it, keeping what the cloud chose."""
+        if self.first_links.get(charger_id) is first:
+            del self.first_links[charger_id]
+
+        def dispose(done: asyncio.Future[ClientConnection]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return
+            ws = done.result()
+            selected = versions.SUBPROTOCOLS.get(ws.subprotocol or "")
+            if selected is not None:
+                choice = versions.cloud_selected(
+                    selected, selected, self.cloud_versions.get(charger_id)
+                )
+                if choice.remember is not None:
+                    self.remember_cloud_version(charger_id, choice.remember)
+            ws.close(1000, "charger gone")
+
+        if first.done():
+            dispose(first)
+        else:
+            first.add_done_callback(dispose)
+            first.cancel()
+
+    def remember_cloud_version(self, charger_id: str, record: VersionRecord) -> None:
+        """Keep the cloud's choice for ``charger_id`` (in memory now, in the store soon)."""
+        self.cloud_versions[charger_id] = record
+        log.info(
+            "%s: the cloud selected OCPP %s%s",
+            charger_id,
+            record.version,
+            f" (refused {', '.join(sorted(record.refused))})" if record.refused else "",
+        )
+        self._own(
+            self.store.save_cloud_version(charger_id, record, time.time()),
+            "saving the cloud's OCPP version",
+        )
+
     # --- dead letters ----------------------------------------------------------------------------
 
     async def requeue_dead_letter(self, seq: int) -> bool:
@@ -372,13 +497,13 @@ class Hub:
         backlog = await self.store.backlog()
         if not backlog:
             return
-        versions = await self.store.backlog_versions()
+        backlog_versions = await self.store.backlog_versions()
         for charger_id, (count, oldest) in backlog.items():
             session = self.sessions.get(charger_id)
             if session is not None and session.backlog >= count:
                 continue
             if session is None:
-                version = _as_version(versions.get(charger_id, "1.6"))
+                version = self._link_version(charger_id, backlog_versions.get(charger_id, "1.6"))
                 session = await self._session(charger_id, version)
             session.rows_appeared(count, oldest)
 
@@ -468,9 +593,11 @@ class Hub:
     async def close(self) -> None:
         """Close every charger and upstream socket; queued writes finish first."""
         self.closing = True
-        for _, _, ws in self._to_attach:
+        for _, _, ws, _ in self._to_attach:
             ws.close(1001, "gateway shutting down")
         self._to_attach.clear()
+        for charger_id, first in list(self.first_links.items()):
+            self._drop_first_link(charger_id, first)
         for task in (self._prune_task, self._sweep_task, self._watch_task, self._attach_task):
             if task is not None:
                 task.cancel()

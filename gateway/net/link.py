@@ -11,6 +11,14 @@ A charger CALL that arrives while the link is connecting is held by the core at 
 ``CONNECTING_HOLD_S`` (not at all when the turn is more than ``TURN_HOLD_S`` away) and then
 answered locally.
 
+Versions (gateway.core.versions): an attempt offers the charger's version; once the cloud refuses
+it, the next attempt (at once) offers the charger's whole list, in its order. The version the cloud
+selects is told to the session (``cloud_selected``); a version other than the charger's cannot
+carry its frames, so that connection is closed and the loop waits for the session to change
+version (it closes the charger with 1012 so that it comes back with the cloud's). The connection
+opened while the charger's handshake waited for the cloud is the loop's first attempt
+(:meth:`UpstreamLink.adopt`), without a turn of its own.
+
 The loop decides nothing about frames: the session (a :class:`LinkOwner`) tells the relay core
 about each change of the link and reads the cloud's frames. The clock is injected.
 """
@@ -21,11 +29,12 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
+from gateway.core import versions
 from gateway.core.backoff import Backoff, BackoffPolicy, Quiet
-from gateway.errors import CloudUnavailable
+from gateway.errors import CloudRefused, CloudUnavailable
 from gateway.metrics import RelayStats
 from gateway.net.host import Connector
 from gateway.net.wsconn import ClientConnection
@@ -85,6 +94,11 @@ class LinkOwner(Protocol):
     @property
     def version(self) -> OcppVersion: ...
     @property
+    def offered(self) -> tuple[OcppVersion, ...]:
+        """The versions the charger offered, in its order (the link's version alone if unknown)."""
+        ...
+
+    @property
     def wants_link(self) -> bool:
         """A charger is connected or a backlog waits."""
         ...
@@ -95,6 +109,10 @@ class LinkOwner(Protocol):
 
     def link_failed(self) -> None:
         """The attempt failed."""
+        ...
+
+    def cloud_selected(self, version: OcppVersion) -> bool:
+        """The cloud selected ``version``; False: it is not the charger's, do not use this link."""
         ...
 
     async def link_opened(self, ws: ClientConnection) -> None:
@@ -122,6 +140,14 @@ class LinkOwner(Protocol):
         ...
 
 
+def _discard(first: asyncio.Future[ClientConnection]) -> None:
+    """Close a first link nobody will use (or stop its opening)."""
+    if not first.done():
+        first.cancel()
+    elif not first.cancelled() and first.exception() is None:
+        first.result().close(1000, "not needed")
+
+
 class UpstreamLink:
     """The link loop of one session: booked turns, connect, backoff, and the cloud's close."""
 
@@ -132,9 +158,11 @@ class UpstreamLink:
         "_down_attempts",
         "_down_log",
         "_down_since",
+        "_first",
         "_host",
         "_now",
         "_owner",
+        "_refused",
         "_retry_early",
         "_stats",
         "_url",
@@ -172,6 +200,9 @@ class UpstreamLink:
             rng=host.rng,
         )
         self._booked_turn: asyncio.Future[None] | None = None
+        # The connection opened while the charger's handshake waited for the cloud's choice.
+        self._first: asyncio.Future[ClientConnection] | None = None
+        self._refused = False  # the cloud refused the last attempt, which offered one version
         self._retry_early = False  # set by the hub: try the cloud before the backoff ends
         self._woken_by_recovery = False  # at most once per failure streak
         self._down_since: float | None = None  # monotonic time the link went down
@@ -216,6 +247,17 @@ class UpstreamLink:
         self._retry_early = True
         self._wanted_changed.set()
 
+    def adopt(self, first: asyncio.Future[ClientConnection]) -> None:
+        """Use ``first`` (opened for the charger's handshake) as the next attempt."""
+        old, self._first = self._first, first
+        if old is not None:
+            _discard(old)
+        if self.running:
+            if self.ws is not None:
+                self.close(1000, "replaced by a new connection")
+            else:
+                self.retry_now(recovery=False)
+
     def _book_turn(self) -> asyncio.Future[None]:
         turn, eta = self._host.book_turn()
         self._owner.link_booked(eta)
@@ -224,7 +266,10 @@ class UpstreamLink:
     def _start(self) -> None:
         # Booked now, not when the task first runs: a CALL handled before then (frames that came
         # with the connection) already knows how long the link will take.
-        self._booked_turn = self._book_turn()
+        if self._first is None:
+            self._booked_turn = self._book_turn()
+        else:
+            self._owner.link_booked(0.0)  # opened, or opening since the charger's handshake
         task = asyncio.create_task(self._loop())
         self.task = task
         charger_id = self._owner.charger_id
@@ -242,19 +287,40 @@ class UpstreamLink:
     async def _loop(self) -> None:
         owner = self._owner
         while self._wanted():
-            turn, self._booked_turn = self._booked_turn or self._book_turn(), None
-            await turn  # upstream.max_connects_per_s across all links
-            if not self._wanted():
-                break
+            offer = versions.link_offer(owner.version, owner.offered, refused=self._refused)
+            opening: Awaitable[ClientConnection] | None = self._first
+            self._first = None
+            if opening is not None:
+                offer = owner.offered  # what the charger's handshake offered the cloud
+            else:
+                turn, self._booked_turn = self._booked_turn or self._book_turn(), None
+                await turn  # upstream.max_connects_per_s across all links
+                if not self._wanted():
+                    break
+                opening = self._host.connect_upstream(
+                    self._url, offer[0], self.headers, alternatives=offer[1:]
+                )
             try:
-                ws = await self._host.connect_upstream(self._url, owner.version, self.headers)
+                ws = await opening
             except CloudUnavailable as exc:
                 self._stats.upstream_failures += 1
-                self._host.link_failed()
                 owner.link_failed()
+                # Refused with the charger's version alone: its whole list next, at once.
+                self._refused = isinstance(exc, CloudRefused) and len(offer) == 1
+                if self._refused and len(owner.offered) > 1:
+                    continue
+                self._host.link_failed()
                 delay = self._backoff.next_delay()
                 self._log_down(str(exc), delay)
                 await self._wait_to_retry(delay)
+                continue
+            self._refused = False
+            selected = versions.SUBPROTOCOLS.get(ws.subprotocol or "", owner.version)
+            if not owner.cloud_selected(selected):
+                ws.close(1000, "OCPP version changes")
+                owner.link_failed()
+                # Until the session changes version (it wakes the loop then).
+                await self._wait_to_retry(self._backoff.next_delay())
                 continue
             self._stats.upstream_connects += 1
             self._backoff.reset()
@@ -277,6 +343,12 @@ class UpstreamLink:
                 await self._wait_to_retry(delay)
         owner.link_closed()
         self._down_since = None
+        first, self._first = self._first, None
+        if first is not None:  # adopted as the loop ended: it serves the next loop, if any
+            if self._wanted():
+                self._first = first
+            else:
+                _discard(first)
         if self._wanted():
             # A charger (or backlog) arrived while this loop was finishing and saw it still
             # running: serve it rather than leave it without a link.

@@ -41,6 +41,7 @@ from gateway.core.link import LinkState
 from gateway.core.relay import ChargerRelay
 from gateway.errors import FrameError
 from gateway.net.calls import ChargerCalls
+from gateway.net.cloud_version import CloudVersion
 from gateway.net.effects import EFFECT_HANDLERS, RelayEffects
 from gateway.net.host import SessionHost, SessionSettings
 from gateway.net.link import UpstreamLink
@@ -75,6 +76,7 @@ class ChargerSession:
         "_stats",
         "_tasks",
         "_trace_frames",
+        "_versions",
         "_wall",
         "backlog_oldest",
         "charger",
@@ -142,6 +144,7 @@ class ChargerSession:
             reconnect_max_s=settings.reconnect_max_s,
             clock=self._now,
         )
+        self._versions = CloudVersion(self, host, self._link, version)
 
     # --- views ---------------------------------------------------------------------------------
 
@@ -255,11 +258,25 @@ class ChargerSession:
         if relay.has_deadlines:
             relay.tick(now)
             self.flush()
+        if self._versions.close_due:
+            self._versions.close_if_idle()
 
     # --- charger side --------------------------------------------------------------------------
 
-    def attach_charger(self, ws: ServerConnection, version: OcppVersion) -> None:
-        """Serve a charger's open connection: its frames arrive in ``_charger_message``."""
+    def attach_charger(
+        self,
+        ws: ServerConnection,
+        version: OcppVersion,
+        offered: tuple[OcppVersion, ...] = (),
+        *,
+        first_link: asyncio.Future[ClientConnection] | None = None,
+    ) -> None:
+        """Serve a charger's open connection: its frames arrive in ``_charger_message``.
+        ``offered``: the versions it offered; ``first_link``: the cloud link opened while its
+        handshake waited for the cloud's choice of version (the link's first attempt)."""
+        self._versions.charger_attached(version, offered)
+        if first_link is not None:
+            self._link.adopt(first_link)
         old = self.charger
         self.charger = ws  # first: the old socket's clean-up must not close the upstream link
         self.relay.charger_attached(version, self._now())
@@ -282,6 +299,7 @@ class ChargerSession:
         log.info("%s disconnected", self.charger_id)
         if self.charger is ws:
             self.charger = None
+            self._versions.charger_detached()
             self.relay.charger_detached(self._now())
             self.flush()
             self._link.wake()
@@ -366,6 +384,13 @@ class ChargerSession:
     @property
     def wants_link(self) -> bool:
         return self.relay.wants_link
+
+    @property
+    def offered(self) -> tuple[OcppVersion, ...]:
+        return self._versions.offered
+
+    def cloud_selected(self, version: OcppVersion) -> bool:
+        return self._versions.cloud_selected(version)
 
     def link_booked(self, turn_in_s: float) -> None:
         self.relay.link_connecting(self._now(), turn_in_s=turn_in_s)

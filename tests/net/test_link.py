@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Sequence
 
 import pytest
 
@@ -44,7 +45,12 @@ class Host:
         self.turns = 0
 
     async def connect_upstream(
-        self, url: str, version: OcppVersion, headers: dict[str, str]
+        self,
+        url: str,
+        version: OcppVersion,
+        headers: dict[str, str],
+        *,
+        alternatives: Sequence[OcppVersion] = (),
     ) -> ClientConnection:
         self.attempts.append((url, version, headers))
         raise CloudUnavailable("connection refused")
@@ -67,6 +73,7 @@ class Owner:
 
     charger_id = "CP-1"
     version: OcppVersion = "1.6"
+    offered: tuple[OcppVersion, ...] = ("1.6",)
 
     def __init__(self) -> None:
         self.wants_link = True
@@ -80,6 +87,9 @@ class Owner:
 
     def link_failed(self) -> None:
         self.told.append("failed")
+
+    def cloud_selected(self, version: OcppVersion) -> bool:
+        raise AssertionError("never opened")
 
     async def link_opened(self, ws: ClientConnection) -> None:
         raise AssertionError("never opened")
