@@ -279,8 +279,21 @@ class ChargerRelay:
         """A charger connection is served (a new one replaces the old: its slot is failed)."""
         if self.charger_connected:
             self._slot.fail_all()
-        self.version = version
+        self.change_version(version)
         self.charger_connected = True
+
+    def change_version(self, version: OcppVersion) -> None:
+        """The charger's frames and the link speak ``version`` from now on. A BootNotification
+        stored under the previous one is not replayed (versions are never translated)."""
+        if version != self.version and self._backlog.boot is not None:
+            log.warning(
+                "%s: the BootNotification stored under OCPP %s is not replayed on OCPP %s",
+                self.charger_id,
+                self.version,
+                version,
+            )
+            self._backlog.boot = None
+        self.version = version
 
     def charger_detached(self, now: float) -> None:
         """The charger's connection closed: the CALLs queued for it fail; unsent frames are lost."""

@@ -80,7 +80,7 @@ class CloudVersion:
         record = self._host.cloud_versions.get(session.charger_id)
         relay = session.relay
         if record is not None and relay.version in record.refused:
-            relay.version = record.version
+            relay.change_version(record.version)
             self.offered = (record.version,)
             self._link.retry_now(recovery=False)
 
@@ -98,7 +98,7 @@ class CloudVersion:
         if choice.refused is None:
             return True
         if session.charger is None:  # a backlog: its link takes the cloud's version
-            relay.version = selected
+            relay.change_version(selected)
             self.offered = (selected,)
             return True
         log.warning(

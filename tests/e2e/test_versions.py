@@ -237,6 +237,8 @@ async def test_a_cloud_unreachable_at_first_contact_then_refusing_the_charger_s_
         async with running_gateway(settings) as gw:
             async with station(gw, "CP-U", offered) as (ws, cp):
                 assert ws.subprotocol == "ocpp2.1"  # the cloud cannot be asked: the charger's first
+                boot = await cp.call("BootNotification", BOOT_201)
+                assert boot[2]["status"] == "Accepted"  # answered locally, kept for the cloud
                 stored = await cp.call("StatusNotification", status_201("Available"))
                 assert stored[0] == 3  # answered locally, stored under 2.1
                 body = await detail(gw, "/api/chargers/CP-U")
@@ -254,6 +256,7 @@ async def test_a_cloud_unreachable_at_first_contact_then_refusing_the_charger_s_
                 assert "cloud does not speak ocpp2.1" in dead["error"]
                 body = await detail(gw, "/api/chargers/CP-U")
                 assert body["cloudVersion"] == "2.0.1"
+            # Only the Boot sent on 2.0.1: the one stored under 2.1 is not replayed on 2.0.1.
             assert cloud.actions("CP-U") == ["BootNotification"]
     finally:
         await cloud.stop()
