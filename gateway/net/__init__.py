@@ -19,6 +19,7 @@ link, effects, observers, calls, tasks; link, effects, observers → host.
 - ``calls``           the futures of the gateway's own CALLs to its charger
 - ``tasks``           the tasks they start: kept until done, failures counted and logged
 - ``hub``             every session of the gateway and the services they share
+- ``negotiation``     the hub's versions: the cloud's choices kept, the cloud asked at a handshake
 - ``tls``             TLS contexts of both sides, the checks of their files, reload on SIGHUP
 - ``depot_recorder``  loads the depot view at start-up and writes it in batches
 """

@@ -21,15 +21,14 @@ from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 from gateway.config import Settings
-from gateway.core import offline, txmap, versions
+from gateway.core import offline, txmap
 from gateway.core.backoff import BackoffPolicy, ConnectPacer, Recovery
 from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
 from gateway.core.relay import RECENT_IDS, RelaySettings
 from gateway.core.versions import VersionRecord
-from gateway.errors import CloudUnavailable, TransactionIdsExhausted
+from gateway.errors import TransactionIdsExhausted
 from gateway.metrics import RelayStats
 from gateway.net.effects import LEARNED_ACTIONS
 from gateway.net.host import (
@@ -40,8 +39,9 @@ from gateway.net.host import (
     SessionSettings,
 )
 from gateway.net.link import CONNECTING_HOLD_S, TURN_HOLD_S
+from gateway.net.negotiation import Negotiation, Offer
 from gateway.net.session import ChargerSession
-from gateway.net.wsconn import ClientConnection, ServerConnection
+from gateway.net.wsconn import ServerConnection
 from gateway.ocpp.frames import OcppVersion, as_version
 from gateway.store.engine import ChargerState, Store
 
@@ -59,9 +59,6 @@ STANDALONE_PRUNE_EVERY_S = 600.0
 PROBE_EVERY_S = 3.0
 # How often the store is asked whether another process (an operator's CLI) changed it.
 STORE_WATCH_EVERY_S = 1.0
-
-
-Offer = tuple[OcppVersion, ...]  # versions a charger offered (the gateway's), in its order
 
 
 def _as_version(value: str) -> OcppVersion:
@@ -116,10 +113,14 @@ class Hub:
         self._attach_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self.dead_letters = 0  # rows in the store's dead letters (for /metrics, no SQL on scrape)
-        # charger id → the version the cloud last selected (the store's, read once at start).
-        self.cloud_versions: dict[str, VersionRecord] = {}
-        # charger id → the cloud link opened while its handshake waited, until its session takes it.
-        self.first_links: dict[str, asyncio.Future[ClientConnection]] = {}
+        self.negotiation = Negotiation(
+            store,
+            connect_upstream=connect_upstream,
+            book_turn=self.book_turn,
+            upstream_url=settings.upstream.url,
+            standalone=settings.standalone,
+            spawn=self._own,
+        )
         self.trace_frames = False  # log.level = "debug": sessions log every frame
         self._sweep_every_s = min(0.25, settings.upstream.call_timeout_s / 4)
         self.session_settings = self._session_settings(settings)
@@ -148,7 +149,7 @@ class Hub:
     async def start(self) -> None:
         """Load persistent state and open upstream links for chargers that have a backlog."""
         self.dead_letters = await self.store.dead_letter_count()
-        self.cloud_versions = await self.store.cloud_versions()
+        await self.negotiation.load()
         highest = await self.store.max_local_tx_id()
         self._next_local_tx = txmap.LOCAL_TX_MIN if highest is None else highest + 1
         backlog = await self.store.backlog()
@@ -272,10 +273,10 @@ class Hub:
         session = self.sessions[charger_id]
         if session.charger is ws:  # already served (never replace a socket by itself)
             return
-        first = self.first_links.pop(charger_id, None)
+        first = self.negotiation.take_first_link(charger_id)
         if ws.closed.done() or self.closing:
             if first is not None:
-                self._drop_first_link(charger_id, first)
+                self.negotiation.drop_first_link(charger_id, first)
             ws.close(1001, "gateway shutting down")
             session.forget_if_done()
             return
@@ -378,97 +379,15 @@ class Hub:
         for session in self.sessions.values():
             session.set_trace_frames(on)
 
-    # --- OCPP version negotiation with the cloud (gateway.core.versions) ------------------------
+    # --- OCPP version negotiation (gateway.net.negotiation) ------------------------------------
 
-    def plan_answer(
-        self, charger_id: str, offered: Offer
-    ) -> versions.AnswerNow | versions.AskCloud:
-        """How to answer a charger's handshake offering ``offered``."""
-        record = self.cloud_versions.get(charger_id)
-        return versions.plan_answer(
-            offered, record.version if record else None, cloud=not self.settings.standalone
-        )
-
-    def upstream_url(self, charger_id: str) -> str:
-        return f"{self.settings.upstream.url}/{quote(charger_id, safe='')}"
-
-    async def negotiate(
-        self, charger_id: str, plan: versions.AskCloud, headers: dict[str, str]
-    ) -> OcppVersion:
-        """The version to answer a charger with: the cloud's choice among ``plan.offer``, waited
-        for at most NEGOTIATE_WAIT_S with the pacing turn; ``plan.fallback`` past that or when the
-        cloud cannot be reached. The connection opened is kept for the charger's session, as its
-        first link (``first_links``), even when it comes too late for the answer."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + versions.NEGOTIATE_WAIT_S
-        turn, eta = self.book_turn()
-        if eta >= versions.NEGOTIATE_WAIT_S:  # the turn alone is too far: the link books again
-            turn.cancel()
-            return plan.fallback
-        first = asyncio.ensure_future(self._open_first_link(turn, charger_id, plan.offer, headers))
-        old = self.first_links.get(charger_id)
-        if old is not None:  # an earlier connection of the same charger is still negotiating
-            self._drop_first_link(charger_id, old)
-        self.first_links[charger_id] = first
-        try:
-            ws = await asyncio.wait_for(asyncio.shield(first), deadline - loop.time())
-        except (TimeoutError, CloudUnavailable):
-            return plan.fallback
-        except asyncio.CancelledError:  # the charger's connection was lost meanwhile
-            self._drop_first_link(charger_id, first)
-            raise
-        selected = versions.SUBPROTOCOLS.get(ws.subprotocol or "")
-        return selected if selected in plan.offer else plan.fallback
-
-    async def _open_first_link(
-        self,
-        turn: asyncio.Future[None],
-        charger_id: str,
-        offer: Offer,
-        headers: dict[str, str],
-    ) -> ClientConnection:
-        await turn
-        return await self.connect_upstream(
-            self.upstream_url(charger_id), offer[0], headers, alternatives=offer[1:]
-        )
-
-    def _drop_first_link(self, charger_id: str, first: asyncio.Future[ClientConnection]) -> None:
-        """A first link no session will take: close it, keeping what the cloud chose."""
-        if self.first_links.get(charger_id) is first:
-            del self.first_links[charger_id]
-
-        def dispose(done: asyncio.Future[ClientConnection]) -> None:
-            if done.cancelled() or done.exception() is not None:
-                return
-            ws = done.result()
-            selected = versions.SUBPROTOCOLS.get(ws.subprotocol or "")
-            if selected is not None:
-                choice = versions.cloud_selected(
-                    selected, selected, self.cloud_versions.get(charger_id)
-                )
-                if choice.remember is not None:
-                    self.remember_cloud_version(charger_id, choice.remember)
-            ws.close(1000, "charger gone")
-
-        if first.done():
-            dispose(first)
-        else:
-            first.add_done_callback(dispose)
-            first.cancel()
+    @property
+    def cloud_versions(self) -> dict[str, VersionRecord]:
+        """charger id → the version the cloud last selected."""
+        return self.negotiation.cloud_versions
 
     def remember_cloud_version(self, charger_id: str, record: VersionRecord) -> None:
-        """Keep the cloud's choice for ``charger_id`` (in memory now, in the store soon)."""
-        self.cloud_versions[charger_id] = record
-        log.info(
-            "%s: the cloud selected OCPP %s%s",
-            charger_id,
-            record.version,
-            f" (refused {', '.join(sorted(record.refused))})" if record.refused else "",
-        )
-        self._own(
-            self.store.save_cloud_version(charger_id, record, time.time()),
-            "saving the cloud's OCPP version",
-        )
+        self.negotiation.remember(charger_id, record)
 
     # --- dead letters ----------------------------------------------------------------------------
 
@@ -596,8 +515,7 @@ class Hub:
         for _, _, ws, _ in self._to_attach:
             ws.close(1001, "gateway shutting down")
         self._to_attach.clear()
-        for charger_id, first in list(self.first_links.items()):
-            self._drop_first_link(charger_id, first)
+        self.negotiation.close()
         for task in (self._prune_task, self._sweep_task, self._watch_task, self._attach_task):
             if task is not None:
                 task.cancel()

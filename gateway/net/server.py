@@ -83,14 +83,14 @@ async def start_charger_server(
         decision = admit(request.path, request.headers.get("Authorization"), hub.settings.chargers)
         if isinstance(decision, Refused):  # cannot happen: process_request refused it already
             return None
-        plan = hub.plan_answer(decision.charger_id, versions.offered_versions(offered))
+        plan = hub.negotiation.plan_answer(decision.charger_id, versions.offered_versions(offered))
         if isinstance(plan, versions.AnswerNow):
             return None if plan.version is None else Subprotocol(versions.subprotocol(plan.version))
         auth = request.headers.get("Authorization")
         headers = (
             {"Authorization": auth} if auth and hub.settings.upstream.pass_authorization else {}
         )
-        return _answer(hub.negotiate(decision.charger_id, plan, headers))
+        return _answer(hub.negotiation.negotiate(decision.charger_id, plan, headers))
 
     def on_open(connection: ServerConnection) -> None:
         assert connection.request is not None
