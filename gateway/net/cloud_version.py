@@ -10,22 +10,33 @@ are then dead letters on replay (``replay.outgoing``); versions are never transl
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from gateway.core import versions
 from gateway.core.relay import ChargerRelay
 from gateway.core.versions import VersionRecord
 from gateway.net.link import UpstreamLink
-from gateway.net.wsconn import ServerConnection
+from gateway.net.wsconn import ClientConnection, ServerConnection
 from gateway.ocpp.frames import OcppVersion
 
-__all__ = ["VERSION_CHANGE_CLOSE", "CloudVersion", "VersionHost", "VersionSession"]
+__all__ = ["VERSION_CHANGE_CLOSE", "ChargerOffer", "CloudVersion", "VersionHost", "VersionSession"]
 
 log = logging.getLogger(__name__)
 
 # RFC 6455 §7.4.1: 1012 service restart — the charger reconnects (and gets the cloud's version).
 VERSION_CHANGE_CLOSE: Final = (1012, "OCPP version changes")
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerOffer:
+    """What a charger's handshake brings its session: the versions it offered (the gateway's, in
+    its order) and the cloud link opened while the handshake waited for the cloud's choice."""
+
+    offered: tuple[OcppVersion, ...]
+    first_link: asyncio.Future[ClientConnection] | None = None
 
 
 class VersionHost(Protocol):
@@ -58,17 +69,22 @@ class CloudVersion:
         self._session = session
         self._host = host
         self._link = link
+        link.versions = self
         self.offered: tuple[OcppVersion, ...] = (version,)
         self.close_due = False  # the charger is closed with 1012 once nothing is in flight
 
-    def charger_attached(self, version: OcppVersion, offered: tuple[OcppVersion, ...]) -> None:
-        """A charger connects on ``version`` offering ``offered`` (called before the relay is
-        told): a link on another version (a backlog's) cannot carry its frames and is replaced."""
+    def charger_attached(self, version: OcppVersion, offer: ChargerOffer | None) -> None:
+        """A charger connects on ``version`` (called before the relay is told): its first link is
+        the link's next attempt; a link on another version (a backlog's) cannot carry its frames
+        and is replaced."""
+        offered = offer.offered if offer is not None else ()
         self.offered = offered if version in offered else (version,)
         self.close_due = False
+        link = self._link
+        if offer is not None and offer.first_link is not None:
+            link.adopt(offer.first_link)
         if version == self._session.relay.version:
             return
-        link = self._link
         if link.ws is not None:
             link.close(1000, "OCPP version changes")
         link.retry_now(recovery=False)  # a link waiting for another version tries this one
@@ -111,6 +127,11 @@ class CloudVersion:
         self.close_due = True
         self.close_if_idle()
         return False
+
+    def tick(self) -> None:
+        """The hub's sweep: the 1012 close waits for nothing to be in flight."""
+        if self.close_due:
+            self.close_if_idle()
 
     def close_if_idle(self) -> None:
         """Close the charger (1012) if it is due and nothing is in flight."""

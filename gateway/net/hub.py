@@ -30,6 +30,7 @@ from gateway.core.relay import RECENT_IDS, RelaySettings
 from gateway.core.versions import VersionRecord
 from gateway.errors import TransactionIdsExhausted
 from gateway.metrics import RelayStats
+from gateway.net.cloud_version import ChargerOffer
 from gateway.net.effects import LEARNED_ACTIONS
 from gateway.net.host import (
     Authorizer,
@@ -280,7 +281,7 @@ class Hub:
             ws.close(1001, "gateway shutting down")
             session.forget_if_done()
             return
-        session.attach_charger(ws, version, offered, first_link=first)
+        session.attach_charger(ws, version, ChargerOffer(offered, first))
         for watcher in self.watchers:
             watcher.charger_attached(session)
 

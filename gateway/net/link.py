@@ -46,6 +46,7 @@ __all__ = [
     "TURN_HOLD_S",
     "LinkHost",
     "LinkOwner",
+    "LinkVersions",
     "UpstreamLink",
 ]
 
@@ -94,11 +95,6 @@ class LinkOwner(Protocol):
     @property
     def version(self) -> OcppVersion: ...
     @property
-    def offered(self) -> tuple[OcppVersion, ...]:
-        """The versions the charger offered, in its order (the link's version alone if unknown)."""
-        ...
-
-    @property
     def wants_link(self) -> bool:
         """A charger is connected or a backlog waits."""
         ...
@@ -109,10 +105,6 @@ class LinkOwner(Protocol):
 
     def link_failed(self) -> None:
         """The attempt failed."""
-        ...
-
-    def cloud_selected(self, version: OcppVersion) -> bool:
-        """The cloud selected ``version``; False: it is not the charger's, do not use this link."""
         ...
 
     async def link_opened(self, ws: ClientConnection) -> None:
@@ -148,6 +140,19 @@ def _discard(first: asyncio.Future[ClientConnection]) -> None:
         first.result().close(1000, "not needed")
 
 
+class LinkVersions(Protocol):
+    """The session's versions (:class:`gateway.net.cloud_version.CloudVersion`), if it has them."""
+
+    @property
+    def offered(self) -> tuple[OcppVersion, ...]:
+        """The versions the charger offered, in its order."""
+        ...
+
+    def cloud_selected(self, version: OcppVersion) -> bool:
+        """The cloud selected ``version``; False: it is not the charger's, do not use this link."""
+        ...
+
+
 class UpstreamLink:
     """The link loop of one session: booked turns, connect, backoff, and the cloud's close."""
 
@@ -170,6 +175,7 @@ class UpstreamLink:
         "_woken_by_recovery",
         "headers",
         "task",
+        "versions",
         "ws",
     )
 
@@ -189,6 +195,7 @@ class UpstreamLink:
         self._now = clock  # monotonic
         self.headers: dict[str, str] = {}  # sent with the handshake (the charger's Authorization)
         self.ws: ClientConnection | None = None
+        self.versions: LinkVersions | None = None  # None: the owner's version, whatever is selected
         self._wanted_changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self._closing = False  # we, not the cloud, are closing the current connection
@@ -287,11 +294,12 @@ class UpstreamLink:
     async def _loop(self) -> None:
         owner = self._owner
         while self._wanted():
-            offer = versions.link_offer(owner.version, owner.offered, refused=self._refused)
+            offered = self.versions.offered if self.versions is not None else (owner.version,)
+            offer = versions.link_offer(owner.version, offered, refused=self._refused)
             opening: Awaitable[ClientConnection] | None = self._first
             self._first = None
             if opening is not None:
-                offer = owner.offered  # what the charger's handshake offered the cloud
+                offer = offered  # what the charger's handshake offered the cloud
             else:
                 turn, self._booked_turn = self._booked_turn or self._book_turn(), None
                 await turn  # upstream.max_connects_per_s across all links
@@ -307,7 +315,7 @@ class UpstreamLink:
                 owner.link_failed()
                 # Refused with the charger's version alone: its whole list next, at once.
                 self._refused = isinstance(exc, CloudRefused) and len(offer) == 1
-                if self._refused and len(owner.offered) > 1:
+                if self._refused and len(offered) > 1:
                     continue
                 self._host.link_failed()
                 delay = self._backoff.next_delay()
@@ -316,7 +324,7 @@ class UpstreamLink:
                 continue
             self._refused = False
             selected = versions.SUBPROTOCOLS.get(ws.subprotocol or "", owner.version)
-            if not owner.cloud_selected(selected):
+            if self.versions is not None and not self.versions.cloud_selected(selected):
                 ws.close(1000, "OCPP version changes")
                 owner.link_failed()
                 # Until the session changes version (it wakes the loop then).

@@ -21,6 +21,7 @@ from gateway.core import versions
 from gateway.core.admission import Refused, admit
 from gateway.core.certs import check_client_certificate
 from gateway.net.hub import Hub
+from gateway.net.upstream import upstream_headers
 from gateway.net.wsconn import Keepalive, ServerConnection, Timeouts, WsServer
 from gateway.ocpp.frames import OcppVersion
 
@@ -86,10 +87,7 @@ async def start_charger_server(
         plan = hub.negotiation.plan_answer(decision.charger_id, versions.offered_versions(offered))
         if isinstance(plan, versions.AnswerNow):
             return None if plan.version is None else Subprotocol(versions.subprotocol(plan.version))
-        auth = request.headers.get("Authorization")
-        headers = (
-            {"Authorization": auth} if auth and hub.settings.upstream.pass_authorization else {}
-        )
+        headers = upstream_headers(request, hub.settings.upstream.pass_authorization)
         return _answer(hub.negotiation.negotiate(decision.charger_id, plan, headers))
 
     def on_open(connection: ServerConnection) -> None:

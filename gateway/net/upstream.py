@@ -19,6 +19,7 @@ from websockets.exceptions import (
     WebSocketException,
 )
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
+from websockets.http11 import Request
 from websockets.typing import Subprotocol
 
 from gateway import __version__
@@ -26,9 +27,15 @@ from gateway.errors import CloudRefused, CloudUnavailable
 from gateway.net.wsconn import ClientConnection, Keepalive, Timeouts, connect
 from gateway.ocpp.frames import OcppVersion
 
-__all__ = ["UpstreamOpener"]
+__all__ = ["UpstreamOpener", "upstream_headers"]
 
 USER_AGENT = f"flipturn-gateway/{__version__}"  # as the Flipturn API client says
+
+
+def upstream_headers(request: Request | None, pass_authorization: bool) -> dict[str, str]:
+    """Headers of a charger's cloud handshake: its Authorization (``upstream.pass_authorization``)."""
+    auth = request.headers.get("Authorization") if request is not None else None
+    return {"Authorization": auth} if auth and pass_authorization else {}
 
 
 class UpstreamOpener:

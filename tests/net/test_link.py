@@ -73,7 +73,6 @@ class Owner:
 
     charger_id = "CP-1"
     version: OcppVersion = "1.6"
-    offered: tuple[OcppVersion, ...] = ("1.6",)
 
     def __init__(self) -> None:
         self.wants_link = True
@@ -87,9 +86,6 @@ class Owner:
 
     def link_failed(self) -> None:
         self.told.append("failed")
-
-    def cloud_selected(self, version: OcppVersion) -> bool:
-        raise AssertionError("never opened")
 
     async def link_opened(self, ws: ClientConnection) -> None:
         raise AssertionError("never opened")
