@@ -40,6 +40,8 @@ from websockets.server import ServerProtocol
 from websockets.typing import BytesLike, Subprotocol
 from websockets.uri import parse_uri
 
+from gateway.net.keepalive import Keepalive
+
 __all__ = [
     "ClientConnection",
     "Keepalive",
@@ -59,41 +61,6 @@ Message = str | bytes
 class Timeouts:
     open_s: float = 10.0  # TCP connected → handshake done
     close_s: float = 2.0  # close frame sent (or expected) → TCP closed, else aborted
-
-
-class Keepalive:
-    """Pings every open connection each ``interval_s``; one unanswered for ``timeout_s`` fails it.
-
-    One periodic sweep serves every connection registered (a timer or task per connection costs
-    memory that a depot's thousand chargers would feel). The sweep stops when none are left.
-    """
-
-    def __init__(self, interval_s: float = 20.0, timeout_s: float = 20.0) -> None:
-        self.interval_s = interval_s
-        self.timeout_s = timeout_s
-        self._period_s = max(0.05, min(interval_s, timeout_s) / 4)
-        self._connections: set[WsConnection] = set()
-        self._task: asyncio.Task[None] | None = None
-
-    def add(self, connection: WsConnection, now: float) -> None:
-        connection.next_ping_at = now + self.interval_s
-        self._connections.add(connection)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._sweep())
-
-    def discard(self, connection: WsConnection) -> None:
-        self._connections.discard(connection)
-        if not self._connections and self._task is not None:
-            self._task.cancel()
-            self._task = None
-
-    async def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self._period_s)
-            now = loop.time()
-            for connection in list(self._connections):
-                connection.keepalive(now, self.interval_s, self.timeout_s)
 
 
 class WsConnection(asyncio.Protocol):
