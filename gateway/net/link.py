@@ -305,12 +305,16 @@ class UpstreamLink:
                 await turn  # upstream.max_connects_per_s across all links
                 if not self._wanted():
                     break
+                if self._first is not None:  # adopted while the turn came: that one instead
+                    continue
                 opening = self._host.connect_upstream(
                     self._url, offer[0], self.headers, alternatives=offer[1:]
                 )
             try:
                 ws = await opening
             except CloudUnavailable as exc:
+                if self._first is not None:  # adopted meanwhile: try that one at once
+                    continue
                 self._stats.upstream_failures += 1
                 owner.link_failed()
                 # Refused with the charger's version alone: its whole list next, at once.
@@ -323,6 +327,9 @@ class UpstreamLink:
                 await self._wait_to_retry(delay)
                 continue
             self._refused = False
+            if self._first is not None:  # adopted meanwhile: one connection per charger
+                ws.close(1000, "replaced by a new connection")
+                continue
             selected = versions.SUBPROTOCOLS.get(ws.subprotocol or "", owner.version)
             if self.versions is not None and not self.versions.cloud_selected(selected):
                 ws.close(1000, "OCPP version changes")

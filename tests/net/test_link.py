@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import pytest
 
 from gateway.core.backoff import BackoffPolicy
-from gateway.errors import CloudUnavailable
+from gateway.errors import CloudRefused, CloudUnavailable
 from gateway.metrics import RelayStats
 from gateway.net.link import UpstreamLink
 from gateway.net.wsconn import ClientConnection
@@ -236,3 +236,50 @@ async def test_a_closing_gateway_ends_the_backoff_and_starts_no_attempt() -> Non
     await asyncio.wait_for(owner.stopped.wait(), BOUND_S)
     assert len(host.attempts) == 1
     assert owner.told[-3:] == ["waiting False", "closed", "stopped"]
+
+
+class RefusingHost(Host):
+    """A cloud that refuses the handshake (CloudRefused) whatever is offered; records offers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offers: list[tuple[OcppVersion, ...]] = []
+
+    async def connect_upstream(
+        self,
+        url: str,
+        version: OcppVersion,
+        headers: dict[str, str],
+        *,
+        alternatives: Sequence[OcppVersion] = (),
+    ) -> ClientConnection:
+        self.offers.append((version, *alternatives))
+        raise CloudRefused("HTTP 400")
+
+
+class Versions:
+    """The session's versions: a charger that offered 2.1 then 2.0.1."""
+
+    offered: tuple[OcppVersion, ...] = ("2.1", "2.0.1")
+
+    def cloud_selected(self, version: OcppVersion) -> bool:
+        raise AssertionError("the cloud refuses every handshake")
+
+
+async def test_a_refused_version_is_followed_at_once_by_the_charger_s_whole_list() -> None:
+    owner, host, clock = Owner(), RefusingHost(), Clock()
+    owner.version = "2.1"
+    link = new_link(owner, host, clock)
+    link.versions = Versions()
+    link.ensure()
+    await backing_off(owner)
+    # The charger's version alone, refused; at once (no backoff between) its list, in its order,
+    # refused too: only then the link backs off, and the next attempt starts from its version again.
+    assert host.offers == [("2.1",), ("2.1", "2.0.1")]
+    assert owner.told == ["booked 0.25", "failed", "booked 0.25", "failed", "waiting True"]
+    assert host.failures == 1  # one failure for the recovery: the cloud answered the first
+    link.retry_now(recovery=False)
+    await asyncio.wait_for(owner.woken.wait(), BOUND_S)
+    await backing_off(owner)
+    assert host.offers[2:] == [("2.1",), ("2.1", "2.0.1")]
+    await stop(link, owner)
