@@ -18,6 +18,10 @@ the charger's link is up: exactly one per charger); ``peakConnectsPerS`` the bus
 upstream handshakes at the cloud. The target's CPU is utime + stime over the whole storm (from the
 start until the links are up), its peak RSS VmHWM (reset before the storm).
 
+``--offer ocpp1.6,ocpp2.0.1``: the subprotocols each charger offers, in its order (default
+``ocpp1.6``; the Boot sent is 1.6's, the fake cloud selects ``ocpp1.6``): with several, a gateway
+with a fresh store asks the cloud at each charger's handshake (first contact).
+
 ``--targets minimal,baseline,gateway --baseline-src DIR`` adds the gateway's code from DIR (e.g.
 ``git archive <commit> | tar -x -C DIR``) as target ``baseline``: before and after in one run.
 
@@ -75,7 +79,12 @@ def _cloud_stats(port: int) -> dict[str, Any]:
 
 
 async def _one(
-    url: str, charger_id: str, start_ns: int, boot_timeout_s: float, out: dict[str, Any]
+    url: str,
+    charger_id: str,
+    start_ns: int,
+    boot_timeout_s: float,
+    out: dict[str, Any],
+    offer: list[str],
 ) -> ClientConnection | None:
     delay = (start_ns - time.monotonic_ns()) / 1e9
     if delay > 0:
@@ -83,7 +92,7 @@ async def _one(
     try:
         ws = await connect(
             f"{url}/{charger_id}",
-            subprotocols=[Subprotocol("ocpp1.6")],
+            subprotocols=[Subprotocol(p) for p in offer],
             compression=None,
             open_timeout=30,
             ping_interval=None,
@@ -113,26 +122,30 @@ async def _one(
     return ws
 
 
-async def _worker_main(pipe: Connection, url: str, ids: list[str], boot_timeout_s: float) -> None:
+async def _worker_main(
+    pipe: Connection, url: str, ids: list[str], boot_timeout_s: float, offer: list[str]
+) -> None:
     out: dict[str, Any] = {"errors": Counter(), "latencies_ns": [], "answered_at_ns": []}
     pipe.send("ready")
     loop = asyncio.get_running_loop()
     start_ns: int = await loop.run_in_executor(None, pipe.recv)
-    conns = await asyncio.gather(*(_one(url, i, start_ns, boot_timeout_s, out) for i in ids))
+    conns = await asyncio.gather(*(_one(url, i, start_ns, boot_timeout_s, out, offer) for i in ids))
     pipe.send({**out, "errors": dict(out["errors"])})
     await loop.run_in_executor(None, pipe.recv)  # hold the connections until told to close
     await asyncio.gather(*(ws.close() for ws in conns if ws is not None), return_exceptions=True)
     pipe.send("closed")
 
 
-def _worker(pipe: Connection, url: str, ids: list[str], boot_timeout_s: float) -> None:
+def _worker(
+    pipe: Connection, url: str, ids: list[str], boot_timeout_s: float, offer: list[str]
+) -> None:
     try:
         import uvloop
 
         run: Callable[..., Any] = uvloop.run
     except ImportError:  # pragma: no cover
         run = asyncio.run
-    run(_worker_main(pipe, url, ids, boot_timeout_s))
+    run(_worker_main(pipe, url, ids, boot_timeout_s, offer))
 
 
 def _storm(
@@ -145,6 +158,7 @@ def _storm(
     links_timeout_s: float,
     id_prefix: str,
     profile: Path | None = None,
+    offer: list[str] | None = None,
 ) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     ids = [f"{id_prefix}{i:05d}" for i in range(chargers)]
@@ -152,7 +166,9 @@ def _storm(
     for w in range(workers):
         parent, child = ctx.Pipe()
         proc = ctx.Process(
-            target=_worker, args=(child, target.url, ids[w::workers], boot_timeout_s), daemon=True
+            target=_worker,
+            args=(child, target.url, ids[w::workers], boot_timeout_s, offer or ["ocpp1.6"]),
+            daemon=True,
         )
         proc.start()
         pipes.append(parent)
@@ -277,6 +293,7 @@ def run_storm(args: argparse.Namespace) -> dict[str, Any]:
                             boot_timeout_s=args.boot_timeout,
                             links_timeout_s=args.links_timeout,
                             id_prefix=f"STORM-{chargers}-",
+                            offer=args.offer,
                             profile=(
                                 RESULTS / f"profile-storm-{name}-{chargers}-{delay}.txt"
                                 if args.profile and name != "minimal"
@@ -329,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         action="store_true",
         help="py-spy the gateway targets (bench/results/profile-storm-*.txt, collapsed stacks)",
+    )
+    parser.add_argument(
+        "--offer",
+        type=lambda t: t.split(","),
+        default=["ocpp1.6"],
+        help="the subprotocols each charger offers, in its order (its Boot is 1.6's)",
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--boot-timeout", type=float, default=10.0)
