@@ -96,6 +96,7 @@ class CloudVersion:
         record = self._host.cloud_versions.get(session.charger_id)
         relay = session.relay
         if record is not None and relay.version in record.refused:
+            relay.refused_versions = record.refused
             relay.change_version(record.version)
             self.offered = (record.version,)
             self._link.retry_now(recovery=False)
@@ -105,12 +106,13 @@ class CloudVersion:
         session = self._session
         relay = session.relay
         charger_id = session.charger_id
-        choice = versions.cloud_selected(
-            relay.version, selected, self._host.cloud_versions.get(charger_id)
-        )
+        known = self._host.cloud_versions.get(charger_id)
+        choice = versions.cloud_selected(relay.version, selected, known)
         if choice.remember is not None:
             self._host.remember_cloud_version(charger_id, choice.remember)
-            relay.refused_versions = choice.remember.refused
+        record = choice.remember or known
+        if record is not None:
+            relay.refused_versions = record.refused
         if choice.refused is None:
             return True
         if session.charger is None:  # a backlog: its link takes the cloud's version
