@@ -79,15 +79,14 @@ class CloudVersion:
         and is replaced."""
         offered = offer.offered if offer is not None else ()
         self.offered = offered if version in offered else (version,)
-        self.close_due = False
+        waiting, self.close_due = self.close_due, False
         link = self._link
         if offer is not None and offer.first_link is not None:
             link.adopt(offer.first_link)
-        if version == self._session.relay.version:
-            return
-        if link.ws is not None:
+        if version != self._session.relay.version and link.ws is not None:
             link.close(1000, "OCPP version changes")
-        link.retry_now(recovery=False)  # a link waiting for another version tries this one
+        if waiting or version != self._session.relay.version:
+            link.retry_now(recovery=False)  # a link waiting for another version tries again
 
     def charger_detached(self) -> None:
         """Without its charger, a session whose version the cloud refused takes the cloud's."""

@@ -44,6 +44,7 @@ __all__ = [
     "CONNECTING_HOLD_S",
     "DOWN_LOG_EVERY_S",
     "TURN_HOLD_S",
+    "VERSION_WAIT_S",
     "LinkHost",
     "LinkOwner",
     "LinkVersions",
@@ -67,6 +68,9 @@ CONNECTING_HOLD_S: Final = 1.5
 TURN_HOLD_S: Final = 1.0
 # While a link stays down: one warning when it goes down, then at most one line per this.
 DOWN_LOG_EVERY_S: Final = 60.0
+# The cloud selected another version than the charger's: the link waits for the session to change
+# version (the charger is closed with 1012 and comes back on the cloud's), at most this long.
+VERSION_WAIT_S: Final = 3600.0
 
 
 class LinkHost(Protocol):
@@ -209,7 +213,8 @@ class UpstreamLink:
         self._booked_turn: asyncio.Future[None] | None = None
         # The connection opened while the charger's handshake waited for the cloud's choice.
         self._first: asyncio.Future[ClientConnection] | None = None
-        self._refused = False  # the cloud refused the last attempt, which offered one version
+        # The version the cloud refused on the last attempt, which offered it alone.
+        self._refused: OcppVersion | None = None
         self._retry_early = False  # set by the hub: try the cloud before the backoff ends
         self._woken_by_recovery = False  # at most once per failure streak
         self._down_since: float | None = None  # monotonic time the link went down
@@ -295,7 +300,8 @@ class UpstreamLink:
         owner = self._owner
         while self._wanted():
             offered = self.versions.offered if self.versions is not None else (owner.version,)
-            offer = versions.link_offer(owner.version, offered, refused=self._refused)
+            refused = self._refused == owner.version
+            offer = versions.link_offer(owner.version, offered, refused=refused)
             opening: Awaitable[ClientConnection] | None = self._first
             self._first = None
             if opening is not None:
@@ -318,15 +324,16 @@ class UpstreamLink:
                 self._stats.upstream_failures += 1
                 owner.link_failed()
                 # Refused with the charger's version alone: its whole list next, at once.
-                self._refused = isinstance(exc, CloudRefused) and len(offer) == 1
-                if self._refused and len(offered) > 1:
+                alone = isinstance(exc, CloudRefused) and len(offer) == 1
+                self._refused = offer[0] if alone else None
+                if alone and len(offered) > 1:
                     continue
                 self._host.link_failed()
                 delay = self._backoff.next_delay()
                 self._log_down(str(exc), delay)
                 await self._wait_to_retry(delay)
                 continue
-            self._refused = False
+            self._refused = None
             if self._first is not None:  # adopted meanwhile: one connection per charger
                 ws.close(1000, "replaced by a new connection")
                 continue
@@ -334,8 +341,11 @@ class UpstreamLink:
             if self.versions is not None and not self.versions.cloud_selected(selected):
                 ws.close(1000, "OCPP version changes")
                 owner.link_failed()
-                # Until the session changes version (it wakes the loop then).
-                await self._wait_to_retry(self._backoff.next_delay())
+                # Until the session changes version or a charger reconnects (it wakes the loop):
+                # not a backoff, which the hub's probe would cut short.
+                self._retry_early = False
+                await self._sleep_unless_unwanted(VERSION_WAIT_S)
+                self._retry_early = False
                 continue
             self._stats.upstream_connects += 1
             self._backoff.reset()

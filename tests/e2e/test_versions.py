@@ -35,8 +35,9 @@ class VersionCloud:
     the client offers, and refuses the handshake with HTTP 400 when there is none). It answers
     every CALL and records, per charger, what was offered, what it selected and what it got."""
 
-    def __init__(self, subprotocols: Sequence[str]) -> None:
+    def __init__(self, subprotocols: Sequence[str], *, handshake_delay_s: float = 0.0) -> None:
         self.subprotocols = [Subprotocol(p) for p in subprotocols]
+        self.handshake_delay_s = handshake_delay_s  # how long it takes to answer a handshake
         self.port = 0
         self.server: Server | None = None
         self.offers: dict[str, list[str]] = defaultdict(list)  # Sec-WebSocket-Protocol headers
@@ -69,9 +70,10 @@ class VersionCloud:
             self.server = None
         self.links.clear()
 
-    def _record_offer(self, ws: ServerConnection, request: Any) -> None:
+    async def _record_offer(self, ws: ServerConnection, request: Any) -> None:
         charger_id = request.path.rsplit("/", 1)[-1]
         self.offers[charger_id].append(request.headers.get("Sec-WebSocket-Protocol", ""))
+        await asyncio.sleep(self.handshake_delay_s)
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
@@ -116,16 +118,16 @@ async def station(
         await cp.close()
 
 
-def settings_for(tmp_path: Any, url: str) -> Settings:
-    return make_settings(
-        tmp_path, upstream={"url": url, "call_timeout_s": 3.0}, offline={"unknown_tags": "accept"}
-    )
+def settings_for(tmp_path: Any, url: str, *, call_timeout_s: float = 3.0) -> Settings:
+    # upstream.call_timeout_s is also how long a cloud handshake may take.
+    upstream = {"url": url, "call_timeout_s": call_timeout_s}
+    return make_settings(tmp_path, upstream=upstream, offline={"unknown_tags": "accept"})
 
 
-async def linked(gw: Gateway, charger_id: str) -> None:
+async def linked(gw: Gateway, charger_id: str, timeout: float = 5) -> None:
     assert gw.hub is not None
     hub = gw.hub
-    await wait_for(lambda: (s := hub.get(charger_id)) is not None and s.upstream_connected)
+    await wait_for(lambda: (s := hub.get(charger_id)) is not None and s.upstream_connected, timeout)
 
 
 async def detail(gw: Gateway, path: str) -> Any:
@@ -258,5 +260,34 @@ async def test_a_cloud_unreachable_at_first_contact_then_refusing_the_charger_s_
                 assert body["cloudVersion"] == "2.0.1"
             # Only the Boot sent on 2.0.1: the one stored under 2.1 is not replayed on 2.0.1.
             assert cloud.actions("CP-U") == ["BootNotification"]
+    finally:
+        await cloud.stop()
+
+
+async def test_a_cloud_slower_than_2_s_leaves_the_charger_its_first_and_its_late_choice_counts(
+    tmp_path: Any,
+) -> None:
+    cloud = await VersionCloud(["ocpp2.0.1", "ocpp1.6"], handshake_delay_s=3.0).start()
+    settings = settings_for(tmp_path, cloud.url, call_timeout_s=8.0)
+    offered = ["ocpp2.1", "ocpp2.0.1"]
+    try:
+        async with running_gateway(settings) as gw:
+            # Answered before the cloud chose (the charger's connect gives up after 5 s): its
+            # first, while the connection asking the cloud goes on.
+            async with station(gw, "CP-S", offered) as (ws, cp):
+                assert ws.subprotocol == "ocpp2.1"
+                assert cloud.offers["CP-S"] == ["ocpp2.1, ocpp2.0.1"]
+                answer = await cp.call("StatusNotification", status_201("Available"))
+                assert answer[0] == 3
+                # The late choice (2.0.1) is the cloud's: remembered, and the charger told to
+                # come back; the connection that brought it was the only one opened.
+                assert await closed_with(ws) == (1012, "OCPP version changes")
+                assert cloud.offers["CP-S"] == ["ocpp2.1, ocpp2.0.1"]
+            async with station(gw, "CP-S", offered) as (ws, cp):
+                assert ws.subprotocol == "ocpp2.0.1"
+                await linked(gw, "CP-S", timeout=10)  # a handshake takes this cloud 3 s
+                assert cloud.offers["CP-S"][1:] == ["ocpp2.0.1"]  # nothing else asked meanwhile
+                body = await detail(gw, "/api/chargers/CP-S")
+                assert body["cloudVersion"] == "2.0.1"
     finally:
         await cloud.stop()
