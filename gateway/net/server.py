@@ -31,9 +31,7 @@ log = logging.getLogger(__name__)
 
 # OCPP 2.1 Part 4 §3.1.2: the charger lists the versions it speaks in its order of preference.
 SUBPROTOCOLS: dict[Subprotocol, OcppVersion] = {
-    Subprotocol("ocpp2.1"): "2.1",
-    Subprotocol("ocpp2.0.1"): "2.0.1",
-    Subprotocol("ocpp1.6"): "1.6",
+    Subprotocol(name): version for name, version in versions.SUBPROTOCOLS.items()
 }
 
 
