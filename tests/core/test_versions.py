@@ -10,6 +10,7 @@ import pytest
 
 from gateway.core import replay, versions
 from gateway.core.events import DeadLetter, ReadBacklog
+from gateway.core.link import LinkState
 from gateway.core.relay import ChargerRelay, RelaySettings
 from gateway.core.versions import (
     AnswerNow,
@@ -137,3 +138,17 @@ def test_a_relay_on_the_cloud_s_version_dead_letters_what_was_stored_under_the_r
     [sent] = r.data_to_cloud()
     assert json.loads(sent)[:3] == [2, "m-2", "StatusNotification"]
     assert r.backlog == 1
+
+
+def test_a_boot_stored_under_the_old_version_is_not_replayed_on_the_new_one() -> None:
+    ids = itertools.count(1)
+    r = ChargerRelay("CP1", "2.1", settings=RelaySettings(), new_id=lambda: f"{next(ids)}")
+    r.boot_stored("b-1", '{"reason": "PowerUp"}', 0.0)  # answered locally while on 2.1
+    r.change_version("2.1")  # the same version: kept
+    assert r.boot == ("b-1", '{"reason": "PowerUp"}')
+    r.change_version("2.0.1")  # the charger comes back on the cloud's version
+    assert r.boot is None and r.version == "2.0.1"
+    r.link_connecting(0.0)
+    r.link_connected(0.0)
+    assert r.state is LinkState.ONLINE  # nothing to replay: no 2.1 Boot on a 2.0.1 link
+    assert r.data_to_cloud() == [] and r.events() == []
