@@ -318,6 +318,11 @@ class UpstreamLink:
                 )
             try:
                 ws = await opening
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                continue  # a first link given up meanwhile: an attempt of the loop's own instead
             except CloudUnavailable as exc:
                 if self._first is not None:  # adopted meanwhile: try that one at once
                     continue
