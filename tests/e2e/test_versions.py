@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -44,6 +45,15 @@ class VersionCloud:
         self.selected: dict[str, list[str | None]] = defaultdict(list)
         self.received: dict[str, list[list[Any]]] = defaultdict(list)
         self.links: dict[str, ServerConnection] = {}
+        self._reserved: socket.socket | None = None
+
+    def reserve(self) -> None:
+        """Take a port without listening on it: the cloud is unreachable (connections refused)
+        until ``start``, and nothing else can take the port meanwhile."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self._reserved = sock
 
     @property
     def url(self) -> str:
@@ -53,12 +63,14 @@ class VersionCloud:
         """Listen (on the same port as before, if any), speaking ``subprotocols`` if given."""
         if subprotocols is not None:
             self.subprotocols = [Subprotocol(p) for p in subprotocols]
+        where: dict[str, Any] = {"host": "127.0.0.1", "port": self.port}
+        if self._reserved is not None:  # listen on the reserved port itself
+            where, self._reserved = {"sock": self._reserved}, None
         self.server = await serve(
             self._handler,
-            "127.0.0.1",
-            self.port,
             subprotocols=self.subprotocols,
             process_request=self._record_offer,
+            **where,
         )
         self.port = next(iter(self.server.sockets)).getsockname()[1]
         return self
@@ -68,6 +80,9 @@ class VersionCloud:
             self.server.close()
             await self.server.wait_closed()
             self.server = None
+        if self._reserved is not None:
+            self._reserved.close()
+            self._reserved = None
         self.links.clear()
 
     async def _record_offer(self, ws: ServerConnection, request: Any) -> None:
@@ -90,15 +105,6 @@ class VersionCloud:
 
     def actions(self, charger_id: str) -> list[str]:
         return [f[2] for f in self.received[charger_id] if f[0] == 2]
-
-
-async def free_port() -> int:
-    """A port nothing listens on (the cloud unreachable): one the OS gave and was let go."""
-    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port = int(server.sockets[0].getsockname()[1])
-    server.close()
-    await server.wait_closed()
-    return port
 
 
 @contextlib.asynccontextmanager
@@ -232,7 +238,7 @@ async def test_a_cloud_unreachable_at_first_contact_then_refusing_the_charger_s_
     tmp_path: Any,
 ) -> None:
     cloud = VersionCloud(["ocpp2.0.1", "ocpp1.6"])
-    cloud.port = await free_port()
+    cloud.reserve()
     settings = settings_for(tmp_path, cloud.url)
     offered = ["ocpp2.1", "ocpp2.0.1"]
     try:
