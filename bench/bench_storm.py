@@ -20,6 +20,10 @@ replays the one it answered itself once the charger's link is up: exactly one pe
 ``maxHandshakesInFlight`` the most it had open at once, ``refused`` the handshakes it refused. The target's CPU is utime + stime over the whole storm (from the
 start until the links are up), its peak RSS VmHWM (reset before the storm).
 
+``--offer ocpp1.6,ocpp2.0.1``: the subprotocols each charger offers, in its order (default
+``ocpp1.6``; the Boot sent is 1.6's, the fake cloud selects ``ocpp1.6``): with several, a gateway
+with a fresh store asks the cloud at each charger's handshake (first contact).
+
 ``--targets minimal,baseline,gateway --baseline-src DIR`` adds the gateway's code from DIR (e.g.
 ``git archive <commit> | tar -x -C DIR``) as target ``baseline``: before and after in one run.
 
@@ -80,7 +84,12 @@ def _cloud_stats(port: int) -> dict[str, Any]:
 
 
 async def _one(
-    url: str, charger_id: str, start_ns: int, boot_timeout_s: float, out: dict[str, Any]
+    url: str,
+    charger_id: str,
+    start_ns: int,
+    boot_timeout_s: float,
+    out: dict[str, Any],
+    offer: list[str],
 ) -> ClientConnection | None:
     delay = (start_ns - time.monotonic_ns()) / 1e9
     if delay > 0:
@@ -88,7 +97,7 @@ async def _one(
     try:
         ws = await connect(
             f"{url}/{charger_id}",
-            subprotocols=[Subprotocol("ocpp1.6")],
+            subprotocols=[Subprotocol(p) for p in offer],
             compression=None,
             open_timeout=30,
             ping_interval=None,
@@ -118,26 +127,30 @@ async def _one(
     return ws
 
 
-async def _worker_main(pipe: Connection, url: str, ids: list[str], boot_timeout_s: float) -> None:
+async def _worker_main(
+    pipe: Connection, url: str, ids: list[str], boot_timeout_s: float, offer: list[str]
+) -> None:
     out: dict[str, Any] = {"errors": Counter(), "latencies_ns": [], "answered_at_ns": []}
     pipe.send("ready")
     loop = asyncio.get_running_loop()
     start_ns: int = await loop.run_in_executor(None, pipe.recv)
-    conns = await asyncio.gather(*(_one(url, i, start_ns, boot_timeout_s, out) for i in ids))
+    conns = await asyncio.gather(*(_one(url, i, start_ns, boot_timeout_s, out, offer) for i in ids))
     pipe.send({**out, "errors": dict(out["errors"])})
     await loop.run_in_executor(None, pipe.recv)  # hold the connections until told to close
     await asyncio.gather(*(ws.close() for ws in conns if ws is not None), return_exceptions=True)
     pipe.send("closed")
 
 
-def _worker(pipe: Connection, url: str, ids: list[str], boot_timeout_s: float) -> None:
+def _worker(
+    pipe: Connection, url: str, ids: list[str], boot_timeout_s: float, offer: list[str]
+) -> None:
     try:
         import uvloop
 
         run: Callable[..., Any] = uvloop.run
     except ImportError:  # pragma: no cover
         run = asyncio.run
-    run(_worker_main(pipe, url, ids, boot_timeout_s))
+    run(_worker_main(pipe, url, ids, boot_timeout_s, offer))
 
 
 def _storm(
@@ -150,6 +163,7 @@ def _storm(
     links_timeout_s: float,
     id_prefix: str,
     profile: Path | None = None,
+    offer: list[str] | None = None,
 ) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     ids = [f"{id_prefix}{i:05d}" for i in range(chargers)]
@@ -157,7 +171,9 @@ def _storm(
     for w in range(workers):
         parent, child = ctx.Pipe()
         proc = ctx.Process(
-            target=_worker, args=(child, target.url, ids[w::workers], boot_timeout_s), daemon=True
+            target=_worker,
+            args=(child, target.url, ids[w::workers], boot_timeout_s, offer or ["ocpp1.6"]),
+            daemon=True,
         )
         proc.start()
         pipes.append(parent)
@@ -291,6 +307,7 @@ def run_storm(args: argparse.Namespace) -> dict[str, Any]:
                             boot_timeout_s=args.boot_timeout,
                             links_timeout_s=args.links_timeout,
                             id_prefix=f"STORM-{chargers}-",
+                            offer=args.offer,
                             profile=(
                                 RESULTS / f"profile-storm-{name}-{chargers}-{cloud_name}.txt"
                                 if args.profile and name != "minimal"
@@ -354,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         action="store_true",
         help="py-spy the gateway targets (bench/results/profile-storm-*.txt, collapsed stacks)",
+    )
+    parser.add_argument(
+        "--offer",
+        type=lambda t: t.split(","),
+        default=["ocpp1.6"],
+        help="the subprotocols each charger offers, in its order (its Boot is 1.6's)",
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--boot-timeout", type=float, default=10.0)

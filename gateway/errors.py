@@ -7,6 +7,7 @@
     ├── FrameError                  an OCPP-J frame that cannot be accepted (→ CALLERROR)
     ├── StoreError                  SQLite store unusable
     ├── CloudUnavailable            the cloud CSMS cannot be reached / did not answer
+    │   └── CloudRefused            it refused the handshake, or selected no offered subprotocol
     ├── CertificateError            bytes that are not the certificate they claim to be (PEM, DER)
     ├── InvalidTransition           a link event impossible in the current state (a driver bug)
     ├── UnmappedTransaction         a 1.6 local transaction id the cloud has not mapped (yet)
@@ -46,6 +47,7 @@ __all__ = [
     "ChargerNotConnected",
     "ChargerQueueFull",
     "ChargerTimeout",
+    "CloudRefused",
     "CloudUnavailable",
     "ConfigError",
     "FlipturnShapeError",
@@ -100,6 +102,11 @@ class StoreError(GatewayError):
 
 class CloudUnavailable(GatewayError):
     """The cloud CSMS is unreachable or did not answer in time."""
+
+
+class CloudRefused(CloudUnavailable):
+    """The cloud answered the handshake but refused it (an HTTP status other than 101) or selected
+    none of the offered subprotocols (RFC 6455 §4.2.2): perhaps it does not speak that version."""
 
 
 class CertificateError(GatewayError):

@@ -86,6 +86,10 @@ def charger_detail(
         "outboxPending": session.backlog if session is not None else 0,
         **(folded or {"vendor": None, "model": None, "firmware": None}),
         "localList": local_list(charger_id) if local_list is not None else dict(NO_LOCAL_LIST),
+        # The version the cloud last selected for this charger (gateway.core.versions), or null.
+        "cloudVersion": cloud.version
+        if (cloud := ctx.hub.cloud_versions.get(charger_id))
+        else None,
     }
     body.setdefault("connectors", [])
     body.setdefault("transactions", [])

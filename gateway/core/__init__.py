@@ -27,4 +27,5 @@ imports, transitively). The pure rules of the feature packages (``gateway.tags.r
 - ``admission``    who may open a charger connection (path, charge point id, Basic credentials)
 - ``certs``        certificates as data: PEM blocks, validity end, the charger's CN
 - ``access``       what is known of an id tag: its synced access id, the cloud's last answer
+- ``versions``     the OCPP version a charger is answered with, and what the cloud's choice means
 """

@@ -118,6 +118,7 @@ class ChargerRelay:
         "errors",
         "lines",
         "recent_ids",
+        "refused_versions",
         "sends",
         "settings",
         "state",
@@ -140,6 +141,8 @@ class ChargerRelay:
     ) -> None:
         self.charger_id = charger_id
         self.version: OcppVersion = version
+        # Versions the cloud refused for this charger: what is stored under one is a dead letter.
+        self.refused_versions: frozenset[OcppVersion] = frozenset()
         self.settings = settings
         self._new_id = new_id
         self.txids = txids if txids is not None else txmap.TxIdMap()
@@ -218,6 +221,12 @@ class ChargerRelay:
         return len(self._inbox.items)
 
     @property
+    def idle(self) -> bool:
+        """Nothing in flight: no charger frame awaits an answer, no CALL to the charger waits."""
+        inbox, slot = self._inbox, self._slot
+        return not (self._pending or inbox.busy or inbox.items or slot.current or slot.queued)
+
+    @property
     def pending_ids(self) -> frozenset[str]:
         return self._pending.ids
 
@@ -274,8 +283,21 @@ class ChargerRelay:
         """A charger connection is served (a new one replaces the old: its slot is failed)."""
         if self.charger_connected:
             self._slot.fail_all()
-        self.version = version
+        self.change_version(version)
         self.charger_connected = True
+
+    def change_version(self, version: OcppVersion) -> None:
+        """The charger's frames and the link speak ``version`` from now on. A BootNotification
+        stored under the previous one is not replayed (versions are never translated)."""
+        if version != self.version and self._backlog.boot is not None:
+            log.warning(
+                "%s: the BootNotification stored under OCPP %s is not replayed on OCPP %s",
+                self.charger_id,
+                self.version,
+                version,
+            )
+            self._backlog.boot = None
+        self.version = version
 
     def charger_detached(self, now: float) -> None:
         """The charger's connection closed: the CALLs queued for it fail; unsent frames are lost."""
@@ -658,6 +680,8 @@ class ChargerRelay:
                 self._backlog,
                 self.txids,
                 self._output,
+                version=self.version,
+                refused=self.refused_versions,
                 call_timeout_s=self.settings.cloud_call_timeout_s,
                 max_attempts=self.settings.max_replay_attempts,
                 max_retry_delay_s=self.settings.max_retry_delay_s,

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from gateway.core import txmap
+from gateway.core import txmap, versions
 from gateway.core.events import (
     BootDelivered,
     DeadLetter,
@@ -26,11 +26,12 @@ from gateway.core.events import (
 from gateway.core.limits import LimitedLog
 from gateway.errors import FrameError
 from gateway.ocpp import frames
-from gateway.ocpp.frames import Call, CallError, CallResult
+from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
 from gateway.ocpp.validation import validate_result
 
 __all__ = [
     "TRANSIENT_CODES",
+    "VERSION_NOT_SPOKEN",
     "Backlog",
     "ReplayCursor",
     "decide",
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # CALLERROR codes worth retrying: the cloud failed, not the message (OCPP-J error code meanings).
 TRANSIENT_CODES: Final = frozenset({"InternalError", "GenericError", "RpcFrameworkError"})
+# The dead-letter code of a row stored under a version its link does not speak.
+VERSION_NOT_SPOKEN: Final = "VersionNotSupported"
 
 
 def retry_delay_s(attempts: int, max_s: float = 300.0) -> float:
@@ -49,10 +52,25 @@ def retry_delay_s(attempts: int, max_s: float = 300.0) -> float:
     return min(max_s, 2.0 ** (attempts + 1))
 
 
-def outgoing(row: QueuedCall, local_to_cloud: dict[int, int]) -> Call | DeadLetter:
+def outgoing(
+    row: QueuedCall,
+    local_to_cloud: dict[int, int],
+    *,
+    version: OcppVersion | None = None,
+    refused: frozenset[OcppVersion] = frozenset(),
+) -> Call | DeadLetter:
     """The CALL to send for ``row``: local 1.6 transaction ids replaced by the cloud's, and a
     2.0.1/2.1 TransactionEvent answered locally marked ``offline: true`` (E02). A local id the
-    cloud never mapped is a dead letter: it must never reach the cloud."""
+    cloud never mapped is a dead letter: it must never reach the cloud.
+
+    ``version``: the link's. A row stored under another version is a dead letter (versions are
+    never translated); ``refused``: the versions the cloud refused for this charger, which says
+    why (:func:`gateway.core.versions.unspoken_reason`).
+    """
+    if version is not None:
+        why = versions.unspoken_reason(frames.as_version(row.version), version, refused)
+        if why is not None:
+            return DeadLetter(row, VERSION_NOT_SPOKEN, why)
     payload = frames.loads(row.payload)
     try:
         payload = txmap.rewrite_to_cloud(row.action, payload, local_to_cloud)
@@ -135,8 +153,10 @@ class ReplayCursor:
         "_lines",
         "_max_attempts",
         "_max_retry_delay_s",
+        "_refused",
         "_to_cloud",
         "_txids",
+        "_version",
         "asked",
         "bind",
         "boot_done",
@@ -156,6 +176,8 @@ class ReplayCursor:
         txids: txmap.TxIdMap,
         output: RelayOutput,
         *,
+        version: OcppVersion | None = None,
+        refused: frozenset[OcppVersion] = frozenset(),
         call_timeout_s: float,
         max_attempts: int,
         max_retry_delay_s: float,
@@ -164,6 +186,8 @@ class ReplayCursor:
         self._charger_id = charger_id
         self._backlog = backlog
         self._txids = txids
+        self._version = version  # the link's: rows stored under another are dead letters
+        self._refused = refused
         self._to_cloud = output.to_cloud
         self._events = output.events
         self._lines = LimitedLog(log, output.log_limit, charger_id)
@@ -232,7 +256,9 @@ class ReplayCursor:
                 self.waiting = "due"
                 return
             self.rows.popleft()
-            out = outgoing(row, self._txids.local_to_cloud)
+            out = outgoing(
+                row, self._txids.local_to_cloud, version=self._version, refused=self._refused
+            )
             if isinstance(out, DeadLetter):
                 self._record(out, now)
             else:

@@ -175,7 +175,7 @@ class RelayEffects:
         """Before the link's replay: the stored BootNotification the cloud has not seen."""
         relay = self._relay
         if self._boot_undelivered and relay.boot is None:
-            boot = await self._host.store.undelivered_boot(self.charger_id)
+            boot = await self._host.store.undelivered_boot(self.charger_id, relay.version)
             if boot is not None:
                 relay.boot_stored(*boot, self._now())
         self._boot_undelivered = False

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -22,6 +22,7 @@ from gateway.core.depot import DepotView
 from gateway.core.limits import LogLimiter
 from gateway.core.pacer import Outcome
 from gateway.core.relay import RelaySettings
+from gateway.core.versions import VersionRecord
 from gateway.metrics import RelayStats
 from gateway.net.wsconn import ClientConnection
 from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
@@ -91,7 +92,19 @@ class ChargerWatcher(Protocol[S]):
     def cloud_call(self, session: S, call: Call) -> None: ...
 
 
-Connector = Callable[[str, OcppVersion, dict[str, str]], Awaitable[ClientConnection]]
+class Connector(Protocol):
+    """Opens a charger's cloud link (:class:`gateway.net.upstream.UpstreamOpener`): offers
+    ``version`` then ``alternatives``; the connection's ``subprotocol`` is the cloud's choice.
+    Raises CloudRefused (refused, or none selected) or CloudUnavailable."""
+
+    def __call__(
+        self,
+        url: str,
+        version: OcppVersion,
+        headers: dict[str, str],
+        *,
+        alternatives: Sequence[OcppVersion] = (),
+    ) -> Awaitable[ClientConnection]: ...
 
 
 class SessionHost(Protocol[S]):
@@ -138,6 +151,12 @@ class SessionHost(Protocol[S]):
         ...
 
     def dead_letter_added(self) -> None: ...
+    @property
+    def cloud_versions(self) -> dict[str, VersionRecord]:
+        """charger id → the version the cloud last selected."""
+        ...
+
+    def remember_cloud_version(self, charger_id: str, record: VersionRecord) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,8 +34,10 @@ from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
 from gateway.core.limits import AuthThrottle, LogLimiter, log_left_out
 from gateway.core.pacer import HandshakePacer, Outcome, PacerSettings
 from gateway.core.relay import RECENT_IDS, RelaySettings
+from gateway.core.versions import VersionRecord
 from gateway.errors import TransactionIdsExhausted
 from gateway.metrics import ChargerSample, RelayStats
+from gateway.net.cloud_version import ChargerOffer
 from gateway.net.effects import LEARNED_ACTIONS
 from gateway.net.host import (
     Authorizer,
@@ -45,6 +47,7 @@ from gateway.net.host import (
     SessionSettings,
 )
 from gateway.net.link import CONNECTING_HOLD_S, TURN_HOLD_S
+from gateway.net.negotiation import Negotiation, Offer
 from gateway.net.session import ChargerSession
 from gateway.net.wsconn import ServerConnection
 from gateway.ocpp.frames import OcppVersion, as_version
@@ -127,10 +130,19 @@ class Hub:
         self._next_local_tx = txmap.LOCAL_TX_MIN
         self._prune_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
-        self._to_attach: list[tuple[str, OcppVersion, ServerConnection]] = []
+        self._to_attach: list[tuple[str, OcppVersion, ServerConnection, Offer]] = []
         self._attach_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self.dead_letters = 0  # rows in the store's dead letters (for /metrics, no SQL on scrape)
+        self.negotiation = Negotiation(
+            store,
+            connect_upstream=connect_upstream,
+            book_turn=self.book_turn,
+            turn_ended=self.turn_ended,
+            upstream_url=settings.upstream.url,
+            standalone=settings.standalone,
+            spawn=self._own,
+        )
         self.trace_frames = False  # log.level = "debug": sessions log every frame
         self._sweep_every_s = min(0.25, settings.upstream.call_timeout_s / 4)
         self.session_settings = self._session_settings(settings)
@@ -159,13 +171,14 @@ class Hub:
     async def start(self) -> None:
         """Load persistent state and open upstream links for chargers that have a backlog."""
         self.dead_letters = await self.store.dead_letter_count()
+        await self.negotiation.load()
         highest = await self.store.max_local_tx_id()
         self._next_local_tx = txmap.LOCAL_TX_MIN if highest is None else highest + 1
         backlog = await self.store.backlog()
-        versions = await self.store.backlog_versions()
+        backlog_versions = await self.store.backlog_versions()
         states = await self.store.charger_states(sorted(backlog), recent=RECENT_IDS)
         for charger_id, (count, oldest) in backlog.items():
-            version = _as_version(versions.get(charger_id, "1.6"))
+            version = self._link_version(charger_id, backlog_versions.get(charger_id, "1.6"))
             session = self._new_session(charger_id, version, states.get(charger_id))
             session.restore_backlog(count, oldest)
         if backlog:
@@ -194,6 +207,13 @@ class Hub:
         task.add_done_callback(done)
         return task
 
+    def _link_version(self, charger_id: str, stored: str) -> OcppVersion:
+        """The version of a backlog's link without its charger: the one its rows are stored
+        under, unless the cloud refused it (they are then dead letters: see ``replay.outgoing``)."""
+        version = _as_version(stored)
+        record = self.cloud_versions.get(charger_id)
+        return record.version if record is not None and version in record.refused else version
+
     def _new_session(
         self, charger_id: str, version: OcppVersion, state: ChargerState | None
     ) -> ChargerSession:
@@ -206,6 +226,9 @@ class Hub:
             boot_undelivered=state is not None and state.boot_undelivered,
         )
         session.set_trace_frames(self.trace_frames)
+        record = self.cloud_versions.get(charger_id)
+        if record is not None:
+            session.relay.refused_versions = record.refused
         if state is not None:
             session.remember_stored(state.recent_ids)
         self.sessions[charger_id] = session
@@ -221,16 +244,24 @@ class Hub:
                 session = self._new_session(charger_id, version, states.get(charger_id))
         return session
 
-    def accept(self, charger_id: str, version: OcppVersion, ws: ServerConnection) -> None:
+    def accept(
+        self,
+        charger_id: str,
+        version: OcppVersion,
+        ws: ServerConnection,
+        offered: Offer = (),
+    ) -> None:
         """Hand a charger's open connection to its session (its frames wait until then).
 
-        A charger with a session in memory is served at once; for the others, the chargers that
-        arrive while a store read is running share the next read.
+        ``offered``: the versions the charger offered (the gateway's), in its order. A charger
+        with a session in memory is served at once; for the others, the chargers that arrive while
+        a store read is running share the next read.
         """
+        offered = offered or (version,)
         if charger_id in self.sessions and not self._to_attach:
-            self._attach(charger_id, version, ws)
+            self._attach(charger_id, version, ws, offered)
             return
-        self._to_attach.append((charger_id, version, ws))
+        self._to_attach.append((charger_id, version, ws, offered))
         if self._attach_task is None:
             self._attach_task = self._own(self._attach_batches(), "serving new chargers")
 
@@ -238,35 +269,40 @@ class Hub:
         try:
             while self._to_attach:
                 batch, self._to_attach = self._to_attach, []
-                new = sorted({cid for cid, _, _ in batch if cid not in self.sessions})
+                new = sorted({cid for cid, _, _, _ in batch if cid not in self.sessions})
                 try:
                     states = await self.store.charger_states(new, recent=RECENT_IDS) if new else {}
                 except Exception:
                     self.stats.errors["internal"] += 1
                     log.exception("cannot read the state of %d new chargers", len(new))
-                    for _, _, ws in batch:
+                    for _, _, ws, _ in batch:
                         ws.close(1011, "gateway error")
                     continue
                 except BaseException:  # cancelled: the gateway is closing
-                    for _, _, ws in batch:
+                    for _, _, ws, _ in batch:
                         ws.close(1001, "gateway shutting down")
                     raise
-                for charger_id, version, ws in batch:
+                for charger_id, version, ws, offered in batch:
                     if charger_id not in self.sessions:
                         self._new_session(charger_id, version, states.get(charger_id))
-                    self._attach(charger_id, version, ws)
+                    self._attach(charger_id, version, ws, offered)
         finally:
             self._attach_task = None
 
-    def _attach(self, charger_id: str, version: OcppVersion, ws: ServerConnection) -> None:
+    def _attach(
+        self, charger_id: str, version: OcppVersion, ws: ServerConnection, offered: Offer
+    ) -> None:
         session = self.sessions[charger_id]
         if session.charger is ws:  # already served (never replace a socket by itself)
             return
+        first = self.negotiation.take_first_link(charger_id)
         if ws.closed.done() or self.closing:
+            if first is not None:
+                self.negotiation.drop_first_link(charger_id, first)
             ws.close(1001, "gateway shutting down")
             session.forget_if_done()
             return
-        session.attach_charger(ws, version)
+        session.attach_charger(ws, version, ChargerOffer(offered, first))
         for watcher in self.watchers:
             watcher.charger_attached(session)
 
@@ -416,6 +452,16 @@ class Hub:
         for session in self.sessions.values():
             session.set_trace_frames(on)
 
+    # --- OCPP version negotiation (gateway.net.negotiation) ------------------------------------
+
+    @property
+    def cloud_versions(self) -> dict[str, VersionRecord]:
+        """charger id → the version the cloud last selected."""
+        return self.negotiation.cloud_versions
+
+    def remember_cloud_version(self, charger_id: str, record: VersionRecord) -> None:
+        self.negotiation.remember(charger_id, record)
+
     # --- dead letters ----------------------------------------------------------------------------
 
     async def requeue_dead_letter(self, seq: int) -> bool:
@@ -443,13 +489,13 @@ class Hub:
         backlog = await self.store.backlog()
         if not backlog:
             return
-        versions = await self.store.backlog_versions()
+        backlog_versions = await self.store.backlog_versions()
         for charger_id, (count, oldest) in backlog.items():
             session = self.sessions.get(charger_id)
             if session is not None and session.backlog >= count:
                 continue
             if session is None:
-                version = _as_version(versions.get(charger_id, "1.6"))
+                version = self._link_version(charger_id, backlog_versions.get(charger_id, "1.6"))
                 session = await self._session(charger_id, version)
             session.rows_appeared(count, oldest)
 
@@ -565,9 +611,10 @@ class Hub:
     async def close(self) -> None:
         """Close every charger and upstream socket; queued writes finish first."""
         self.closing = True
-        for _, _, ws in self._to_attach:
+        for _, _, ws, _ in self._to_attach:
             ws.close(1001, "gateway shutting down")
         self._to_attach.clear()
+        self.negotiation.close()
         for task in (self._prune_task, self._sweep_task, self._watch_task, self._attach_task):
             if task is not None:
                 task.cancel()

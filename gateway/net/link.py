@@ -14,6 +14,14 @@ A charger CALL that arrives while the link is connecting is held by the core at 
 ``CONNECTING_HOLD_S`` (not at all when the turn is more than ``TURN_HOLD_S`` away) and then
 answered locally.
 
+Versions (gateway.core.versions): an attempt offers the charger's version; once the cloud refuses
+it, the next attempt (at once) offers the charger's whole list, in its order. The version the cloud
+selects is told to the session (``cloud_selected``); a version other than the charger's cannot
+carry its frames, so that connection is closed and the loop waits for the session to change
+version (it closes the charger with 1012 so that it comes back with the cloud's). The connection
+opened while the charger's handshake waited for the cloud is the loop's first attempt
+(:meth:`UpstreamLink.adopt`), without a turn of its own.
+
 The loop decides nothing about frames: the session (a :class:`LinkOwner`) tells the relay core
 about each change of the link and reads the cloud's frames. The clock is injected.
 """
@@ -24,15 +32,16 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 from websockets.exceptions import InvalidStatus
 
+from gateway.core import versions
 from gateway.core.backoff import Backoff, BackoffPolicy
 from gateway.core.limits import LogLimiter
 from gateway.core.pacer import Outcome
-from gateway.errors import CloudUnavailable
+from gateway.errors import CloudRefused, CloudUnavailable
 from gateway.metrics import RelayStats
 from gateway.net.host import Connector
 from gateway.net.wsconn import ClientConnection
@@ -42,8 +51,10 @@ __all__ = [
     "CONNECTING_HOLD_S",
     "DOWN_LOG_EVERY_S",
     "TURN_HOLD_S",
+    "VERSION_WAIT_S",
     "LinkHost",
     "LinkOwner",
+    "LinkVersions",
     "UpstreamLink",
     "handshake_outcome",
 ]
@@ -65,6 +76,9 @@ CONNECTING_HOLD_S: Final = 1.5
 TURN_HOLD_S: Final = 1.0
 # While a link stays down: one warning when it goes down, then at most one line per this.
 DOWN_LOG_EVERY_S: Final = 60.0
+# The cloud selected another version than the charger's: the link waits for the session to change
+# version (the charger is closed with 1012 and comes back on the cloud's), at most this long.
+VERSION_WAIT_S: Final = 3600.0
 
 
 class LinkHost(Protocol):
@@ -131,6 +145,27 @@ class LinkOwner(Protocol):
         ...
 
 
+def _discard(first: asyncio.Future[ClientConnection]) -> None:
+    """Close a first link nobody will use (or stop its opening)."""
+    if not first.done():
+        first.cancel()
+    elif not first.cancelled() and first.exception() is None:
+        first.result().close(1000, "not needed")
+
+
+class LinkVersions(Protocol):
+    """The session's versions (:class:`gateway.net.cloud_version.CloudVersion`), if it has them."""
+
+    @property
+    def offered(self) -> tuple[OcppVersion, ...]:
+        """The versions the charger offered, in its order."""
+        ...
+
+    def cloud_selected(self, version: OcppVersion) -> bool:
+        """The cloud selected ``version``; False: it is not the charger's, do not use this link."""
+        ...
+
+
 class UpstreamLink:
     """The link loop of one session: booked turns, connect, backoff, and the cloud's close."""
 
@@ -141,9 +176,11 @@ class UpstreamLink:
         "_down_attempts",
         "_down_log",
         "_down_since",
+        "_first",
         "_host",
         "_now",
         "_owner",
+        "_refused",
         "_retry_early",
         "_stats",
         "_url",
@@ -151,6 +188,7 @@ class UpstreamLink:
         "_woken_by_recovery",
         "headers",
         "task",
+        "versions",
         "ws",
     )
 
@@ -170,6 +208,7 @@ class UpstreamLink:
         self._now = clock  # monotonic
         self.headers: dict[str, str] = {}  # sent with the handshake (the charger's Authorization)
         self.ws: ClientConnection | None = None
+        self.versions: LinkVersions | None = None  # None: the owner's version, whatever is selected
         self._wanted_changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self._closing = False  # we, not the cloud, are closing the current connection
@@ -181,6 +220,10 @@ class UpstreamLink:
             rng=host.rng,
         )
         self._booked_turn: asyncio.Future[None] | None = None
+        # The connection opened while the charger's handshake waited for the cloud's choice.
+        self._first: asyncio.Future[ClientConnection] | None = None
+        # The version the cloud refused on the last attempt, which offered it alone.
+        self._refused: OcppVersion | None = None
         self._retry_early = False  # set by the hub: try the cloud before the backoff ends
         self._woken_by_recovery = False  # at most once per failure streak
         self._down_since: float | None = None  # monotonic time the link went down
@@ -226,6 +269,17 @@ class UpstreamLink:
         self._retry_early = True
         self._wanted_changed.set()
 
+    def adopt(self, first: asyncio.Future[ClientConnection]) -> None:
+        """Use ``first`` (opened for the charger's handshake) as the next attempt."""
+        old, self._first = self._first, first
+        if old is not None:
+            _discard(old)
+        if self.running:
+            if self.ws is not None:
+                self.close(1000, "replaced by a new connection")
+            else:
+                self.retry_now(recovery=False)
+
     def _book_turn(self) -> asyncio.Future[None]:
         turn, eta = self._host.book_turn()
         self._owner.link_booked(eta)
@@ -234,7 +288,10 @@ class UpstreamLink:
     def _start(self) -> None:
         # Booked now, not when the task first runs: a CALL handled before then (frames that came
         # with the connection) already knows how long the link will take.
-        self._booked_turn = self._book_turn()
+        if self._first is None:
+            self._booked_turn = self._book_turn()
+        else:
+            self._owner.link_booked(0.0)  # opened, or opening since the charger's handshake
         task = asyncio.create_task(self._loop())
         self.task = task
         charger_id = self._owner.charger_id
@@ -256,19 +313,56 @@ class UpstreamLink:
     async def _loop(self) -> None:
         owner = self._owner
         while self._wanted():
-            turn, self._booked_turn = self._booked_turn or self._book_turn(), None
+            offered = self.versions.offered if self.versions is not None else (owner.version,)
+            refused = self._refused == owner.version
+            offer = versions.link_offer(owner.version, offered, refused=refused)
+            opening: Awaitable[ClientConnection | None] | None = self._first
+            self._first = None
+            if opening is not None:
+                offer = offered  # what the charger's handshake offered the cloud
+            else:
+                turn, self._booked_turn = self._booked_turn or self._book_turn(), None
+                opening = self._handshake(turn, offer)
             try:
-                ws = await self._handshake(turn)
+                ws = await opening
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                continue  # a first link given up meanwhile: an attempt of the loop's own instead
             except CloudUnavailable as exc:
+                if self._first is not None:  # adopted meanwhile: try that one at once
+                    continue
                 self._stats.upstream_failures += 1
-                self._host.link_failed()
                 owner.link_failed()
+                # Refused with the charger's version alone: its whole list next, at once.
+                alone = isinstance(exc, CloudRefused) and len(offer) == 1
+                self._refused = offer[0] if alone else None
+                if alone and len(offered) > 1:
+                    continue
+                self._host.link_failed()
                 delay = self._backoff.next_delay()
                 self._log_down(str(exc), delay)
                 await self._wait_to_retry(delay)
                 continue
             if ws is None:
+                if self._first is not None:  # adopted while the turn came: that one instead
+                    continue
                 break
+            self._refused = None
+            if self._first is not None:  # adopted meanwhile: one connection per charger
+                ws.close(1000, "replaced by a new connection")
+                continue
+            selected = versions.SUBPROTOCOLS.get(ws.subprotocol or "", owner.version)
+            if self.versions is not None and not self.versions.cloud_selected(selected):
+                ws.close(1000, "OCPP version changes")
+                owner.link_failed()
+                # Until the session changes version or a charger reconnects (it wakes the loop):
+                # not a backoff, which the hub's probe would cut short.
+                self._retry_early = False
+                await self._sleep_unless_unwanted(VERSION_WAIT_S)
+                self._retry_early = False
+                continue
             self._stats.upstream_connects += 1
             self._backoff.reset()
             self._woken_by_recovery = False
@@ -290,6 +384,12 @@ class UpstreamLink:
                 await self._wait_to_retry(delay)
         owner.link_closed()
         self._down_since = None
+        first, self._first = self._first, None
+        if first is not None:  # adopted as the loop ended: it serves the next loop, if any
+            if self._wanted():
+                self._first = first
+            else:
+                _discard(first)
         if self._wanted():
             # A charger (or backlog) arrived while this loop was finishing and saw it still
             # running: serve it rather than leave it without a link.
@@ -297,16 +397,21 @@ class UpstreamLink:
             return
         owner.link_stopped()
 
-    async def _handshake(self, turn: asyncio.Future[None]) -> ClientConnection | None:
-        """Wait for the turn, then open the link (None if it is no longer wanted by then). The
-        hub hears how the handshake ended however it ends, cancellation included."""
+    async def _handshake(
+        self, turn: asyncio.Future[None], offer: tuple[OcppVersion, ...]
+    ) -> ClientConnection | None:
+        """Wait for the turn, then open the link offering ``offer`` (None if it is no longer
+        wanted by then, or a first link was adopted meanwhile). The hub hears how the handshake
+        ended however it ends, cancellation included."""
         outcome = Outcome.ERROR
         try:
             await turn
-            if not self._wanted():
+            if not self._wanted() or self._first is not None:
                 return None
             try:
-                ws = await self._host.connect_upstream(self._url, self._owner.version, self.headers)
+                ws = await self._host.connect_upstream(
+                    self._url, offer[0], self.headers, alternatives=offer[1:]
+                )
             except CloudUnavailable as exc:
                 outcome = handshake_outcome(exc)
                 raise

@@ -1,22 +1,28 @@
-"""The charger-facing WebSocket server: handshake checks, subprotocol choice, hand-off to the hub."""
+"""The charger-facing WebSocket server: handshake checks, subprotocol choice, hand-off to the hub.
+
+The subprotocol (the OCPP version) is the one the cloud last selected for the charger when the
+charger offers it, answered at once; otherwise the hub asks the cloud, and the response waits for
+its choice at most ``NEGOTIATE_WAIT_S`` (gateway.core.versions, docs/ocpp-versions.md).
+"""
 
 from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from http import HTTPStatus
 
 from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.http11 import Request, Response
-from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from gateway.config import ChargersSettings
+from gateway.core import versions
 from gateway.core.admission import Refused, admit
 from gateway.core.certs import check_client_certificate
 from gateway.core.limits import LimitedLog
 from gateway.net.hub import Hub
+from gateway.net.upstream import upstream_headers
 from gateway.net.wsconn import Keepalive, ServerConnection, Timeouts, WsServer
 from gateway.ocpp.frames import OcppVersion
 
@@ -26,21 +32,12 @@ log = logging.getLogger(__name__)
 
 # OCPP 2.1 Part 4 §3.1.2: the charger lists the versions it speaks in its order of preference.
 SUBPROTOCOLS: dict[Subprotocol, OcppVersion] = {
-    Subprotocol("ocpp2.1"): "2.1",
-    Subprotocol("ocpp2.0.1"): "2.0.1",
-    Subprotocol("ocpp1.6"): "1.6",
+    Subprotocol(name): version for name, version in versions.SUBPROTOCOLS.items()
 }
 
 
-def _select_subprotocol(
-    protocol: ServerProtocol, offered: Sequence[Subprotocol]
-) -> Subprotocol | None:
-    # The charger's order of preference among what we speak; None completes the handshake
-    # without a subprotocol and the server then closes (OCPP-J §3.2).
-    for proto in offered:
-        if proto in SUBPROTOCOLS:
-            return proto
-    return None
+async def _answer(version: Awaitable[OcppVersion]) -> Subprotocol:
+    return Subprotocol(versions.subprotocol(await version))
 
 
 async def start_charger_server(
@@ -90,6 +87,23 @@ async def start_charger_server(
                 return connection.reject(HTTPStatus.FORBIDDEN, "client certificate refused\n")
         return None
 
+    def choose_subprotocol(
+        connection: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | Awaitable[Subprotocol | None] | None:
+        # The charger's order of preference among what we speak (OCPP 2.1 Part 4 §3.1.2), the
+        # cloud deciding (gateway.core.versions); None completes the handshake without a
+        # subprotocol and the server then closes (OCPP-J §3.2).
+        request = connection.request
+        assert request is not None
+        decision = admit(request.path, request.headers.get("Authorization"), hub.settings.chargers)
+        if isinstance(decision, Refused):  # cannot happen: process_request refused it already
+            return None
+        plan = hub.negotiation.plan_answer(decision.charger_id, versions.offered_versions(offered))
+        if isinstance(plan, versions.AnswerNow):
+            return None if plan.version is None else Subprotocol(versions.subprotocol(plan.version))
+        headers = upstream_headers(request, hub.settings.upstream.pass_authorization)
+        return _answer(hub.negotiation.negotiate(decision.charger_id, plan, headers))
+
     def on_open(connection: ServerConnection) -> None:
         assert connection.request is not None
         decision = admit(
@@ -112,13 +126,15 @@ async def start_charger_server(
             version,
             connection.remote_address,
         )
-        hub.accept(decision.charger_id, version, connection)
+        hub.accept(
+            decision.charger_id, version, connection, versions.offered_versions(connection.offered)
+        )
 
     server = WsServer(
         on_open=on_open,
         process_request=process_request,
         subprotocols=list(SUBPROTOCOLS),
-        select_subprotocol=_select_subprotocol,
+        choose_subprotocol=choose_subprotocol,
         max_size=settings.max_message_bytes,
         # RFC 7692 accepted from every charger that offers it: OCPP 2.0.1 Part 4 §3.3 and 2.1
         # Part 4 §3.4 make it required for the CSMS and the Local Controller.

@@ -18,6 +18,8 @@ The drivers it owns, each told by the session through a narrow protocol or calla
   to the depot view, the hooks and the watchers, and runs the hooks' offline gate.
 - :class:`~gateway.net.calls.ChargerCalls` keeps the futures of the gateway's own CALLs to the
   charger (:meth:`ChargerSession.call_charger`).
+- :class:`~gateway.net.cloud_version.CloudVersion`: the charger's offered versions, the cloud's
+  choice, the 1012 close when the cloud refuses the charger's version.
 - :class:`~gateway.net.tasks.SessionTasks` runs the tasks all of them start.
 
 The session knows its hub only through :class:`~gateway.net.host.SessionHost` and gets its
@@ -41,11 +43,13 @@ from gateway.core.link import LinkState
 from gateway.core.relay import ChargerRelay
 from gateway.errors import FrameError
 from gateway.net.calls import ChargerCalls
+from gateway.net.cloud_version import ChargerOffer, CloudVersion
 from gateway.net.effects import EFFECT_HANDLERS, RelayEffects
 from gateway.net.host import SessionHost, SessionSettings
 from gateway.net.link import UpstreamLink
 from gateway.net.observers import SessionObservers
 from gateway.net.tasks import SessionTasks
+from gateway.net.upstream import upstream_headers
 from gateway.net.wsconn import ClientConnection, Message, ServerConnection, WsConnection
 from gateway.ocpp import frames
 from gateway.ocpp.frames import CallError, CallResult, OcppVersion
@@ -75,6 +79,7 @@ class ChargerSession:
         "_stats",
         "_tasks",
         "_trace_frames",
+        "_versions",
         "_wall",
         "backlog_oldest",
         "charger",
@@ -143,6 +148,7 @@ class ChargerSession:
             reconnect_max_s=settings.reconnect_max_s,
             clock=self._now,
         )
+        self._versions = CloudVersion(self, host, self._link, version)
 
     # --- views ---------------------------------------------------------------------------------
 
@@ -207,16 +213,8 @@ class ChargerSession:
 
     def _trace(self, direction: str, message: Message) -> None:
         """The debug line of one frame: direction, charger, message type, action, message id."""
-        kind, action, message_id = frames.describe(message)
-        log.debug(
-            "%s: frame %s %s %s %s",
-            self.charger_id,
-            direction,
-            kind,
-            action,
-            message_id,
-            extra={"charger": self.charger_id},
-        )
+        line = " ".join((direction, *frames.describe(message)))
+        log.debug("%s: frame %s", self.charger_id, line, extra={"charger": self.charger_id})
 
     # --- moving the core's output --------------------------------------------------------------
 
@@ -255,11 +253,15 @@ class ChargerSession:
         if self.relay.has_deadlines:
             self.relay.tick(now)
             self.flush()
+        self._versions.tick()
 
     # --- charger side --------------------------------------------------------------------------
 
-    def attach_charger(self, ws: ServerConnection, version: OcppVersion) -> None:
+    def attach_charger(
+        self, ws: ServerConnection, version: OcppVersion, offer: ChargerOffer | None = None
+    ) -> None:
         """Serve a charger's open connection: its frames arrive in ``_charger_message``."""
+        self._versions.charger_attached(version, offer)
         old = self.charger
         self.charger = ws  # first: the old socket's clean-up must not close the upstream link
         self.relay.charger_attached(version, self._now())
@@ -269,10 +271,7 @@ class ChargerSession:
             old.close(1000, "replaced by a new connection")
         if self.upstream is not None:
             self.upstream.release_reading("charger-busy")
-        auth = ws.request.headers.get("Authorization") if ws.request else None
-        self._link.headers = (
-            {"Authorization": auth} if auth and self.settings.pass_authorization else {}
-        )
+        self._link.headers = upstream_headers(ws.request, self.settings.pass_authorization)
         self.ensure_link()
         ws.on_close = self._charger_closed
         ws.on_write_paused = self._charger_write_paused
@@ -282,6 +281,7 @@ class ChargerSession:
         log.info("%s disconnected", self.charger_id)
         if self.charger is ws:
             self.charger = None
+            self._versions.charger_detached()
             self.relay.charger_detached(self._now())
             self.flush()
             self._link.wake()

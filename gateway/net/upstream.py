@@ -1,26 +1,47 @@
-"""Opening the upstream (cloud) WebSocket for one charger."""
+"""Opening the upstream (cloud) WebSocket for one charger.
+
+The opener offers the cloud the versions it is given, in that order (the charger's order of
+preference), and returns the connection with the one the cloud selected (``ws.subprotocol``);
+the cloud refusing them all is :class:`~gateway.errors.CloudRefused`, distinct from a cloud that
+cannot be reached (``CloudUnavailable``): the link then offers the charger's other versions.
+"""
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 
-from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+    NegotiationError,
+    WebSocketException,
+)
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
+from websockets.http11 import Request
 from websockets.typing import Subprotocol
 
 from gateway import __version__
 from gateway.config import redact_url
-from gateway.errors import CloudUnavailable
+from gateway.errors import CloudRefused, CloudUnavailable
 from gateway.net.wsconn import ClientConnection, Keepalive, Timeouts, connect
 from gateway.ocpp.frames import OcppVersion
 
-__all__ = ["UpstreamOpener"]
+__all__ = ["UpstreamOpener", "upstream_headers"]
 
 USER_AGENT = f"flipturn-gateway/{__version__}"  # as the Flipturn API client says
 
 
+def upstream_headers(request: Request | None, pass_authorization: bool) -> dict[str, str]:
+    """Headers of a charger's cloud handshake: its Authorization (``upstream.pass_authorization``)."""
+    auth = request.headers.get("Authorization") if request is not None else None
+    return {"Authorization": auth} if auth and pass_authorization else {}
+
+
 class UpstreamOpener:
-    """``await opener(url, version, headers)`` → an open connection speaking the same subprotocol."""
+    """``await opener(url, version, headers, alternatives=())`` → an open connection speaking
+    ``version`` or one of ``alternatives`` (offered after it, in that order): the cloud selects."""
 
     def __init__(
         self,
@@ -39,13 +60,18 @@ class UpstreamOpener:
         self.ssl_context = ssl_context
 
     async def __call__(
-        self, url: str, version: OcppVersion, headers: dict[str, str]
+        self,
+        url: str,
+        version: OcppVersion,
+        headers: dict[str, str],
+        *,
+        alternatives: Sequence[OcppVersion] = (),
     ) -> ClientConnection:
-        subprotocol = Subprotocol(f"ocpp{version}")
+        offer = [Subprotocol(f"ocpp{v}") for v in (version, *alternatives)]
         try:
             ws = await connect(
                 url,
-                subprotocols=[subprotocol],
+                subprotocols=offer,
                 headers={"User-Agent": USER_AGENT, **headers},
                 max_size=self._max_size,
                 extensions=self._extensions,
@@ -53,11 +79,19 @@ class UpstreamOpener:
                 keepalive=self._keepalive,
                 ssl_context=self.ssl_context,
             )
+        except InvalidStatus as exc:
+            # RFC 6455 §4.2.2: a server that speaks none of the offered subprotocols may refuse.
+            raise CloudRefused(f"{redact_url(url)}: {exc}") from exc
+        except NegotiationError as exc:
+            if "subprotocol" in str(exc):  # it selected one that was not offered
+                raise CloudRefused(f"{redact_url(url)}: {exc}") from exc
+            raise CloudUnavailable(f"{redact_url(url)}: {exc}") from exc
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI, WebSocketException) as exc:
             shown = redact_url(url)  # the message is logged: no password of the URL in it
             detail = (str(exc) or type(exc).__name__).replace(url, shown)
             raise CloudUnavailable(f"{shown}: {detail}") from exc
-        if ws.subprotocol != subprotocol:
+        if ws.subprotocol not in offer:
             ws.close(1002, "subprotocol not accepted")
-            raise CloudUnavailable(f"{redact_url(url)}: cloud did not accept {subprotocol}")
+            names = ", ".join(offer)
+            raise CloudRefused(f"{redact_url(url)}: cloud selected none of {names}")
         return ws

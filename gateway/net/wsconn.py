@@ -13,6 +13,8 @@ handshake. This module adds what the asyncio layer did around it:
 * message assembly from fragments and UTF-8 checking of text messages (close 1007);
 * back-pressure: reading can be held (``hold_reading``) and ``on_write_paused`` reports a full
   send buffer, so a relay can stop reading one side while the other cannot keep up;
+* a subprotocol the server may choose later (``choose_subprotocol`` returns an awaitable: the
+  gateway asks the cloud which OCPP version to answer with): the response waits, reading held;
 * a server (:class:`WsServer`) and a client (:func:`connect`).
 """
 
@@ -23,19 +25,22 @@ import contextlib
 import logging
 import ssl
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidHandshake
+from websockets.exceptions import InvalidHandshake, InvalidHeader
 from websockets.extensions.base import ClientExtensionFactory, ServerExtensionFactory
 from websockets.frames import Close, Frame, Opcode
+from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING, OPEN, Protocol
 from websockets.server import ServerProtocol
 from websockets.typing import BytesLike, Subprotocol
 from websockets.uri import parse_uri
+
+from gateway.net.keepalive import Keepalive
 
 __all__ = [
     "ClientConnection",
@@ -56,41 +61,6 @@ Message = str | bytes
 class Timeouts:
     open_s: float = 10.0  # TCP connected → handshake done
     close_s: float = 2.0  # close frame sent (or expected) → TCP closed, else aborted
-
-
-class Keepalive:
-    """Pings every open connection each ``interval_s``; one unanswered for ``timeout_s`` fails it.
-
-    One periodic sweep serves every connection registered (a timer or task per connection costs
-    memory that a depot's thousand chargers would feel). The sweep stops when none are left.
-    """
-
-    def __init__(self, interval_s: float = 20.0, timeout_s: float = 20.0) -> None:
-        self.interval_s = interval_s
-        self.timeout_s = timeout_s
-        self._period_s = max(0.05, min(interval_s, timeout_s) / 4)
-        self._connections: set[WsConnection] = set()
-        self._task: asyncio.Task[None] | None = None
-
-    def add(self, connection: WsConnection, now: float) -> None:
-        connection.next_ping_at = now + self.interval_s
-        self._connections.add(connection)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._sweep())
-
-    def discard(self, connection: WsConnection) -> None:
-        self._connections.discard(connection)
-        if not self._connections and self._task is not None:
-            self._task.cancel()
-            self._task = None
-
-    async def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self._period_s)
-            now = loop.time()
-            for connection in list(self._connections):
-                connection.keepalive(now, self.interval_s, self.timeout_s)
 
 
 class WsConnection(asyncio.Protocol):
@@ -355,6 +325,17 @@ class WsConnection(asyncio.Protocol):
 
 ProcessRequest = Callable[["ServerConnection", Request], Response | None]
 OnOpen = Callable[["ServerConnection"], None]
+Choice = Subprotocol | None
+# (connection, the client's subprotocols in its order) → the one to answer with, or an awaitable.
+ChooseSubprotocol = Callable[["ServerConnection", list[Subprotocol]], Choice | Awaitable[Choice]]
+
+
+def _offered(request: Request) -> list[Subprotocol]:
+    """[] for a malformed header: the protocol's own check then refuses the handshake (400)."""
+    with contextlib.suppress(InvalidHeader):
+        headers = request.headers.get_all("Sec-WebSocket-Protocol")
+        return [p for value in headers for p in parse_subprotocol(value)]
+    return []
 
 
 class ServerConnection(WsConnection):
@@ -366,10 +347,18 @@ class ServerConnection(WsConnection):
         super().__init__(timeouts=server.timeouts, keepalive=server.keepalive)
         self.server = server
         self.request: Request | None = None
+        self.offered: list[Subprotocol] = []  # the client's subprotocols, in its order
+        self._choosing: asyncio.Future[Choice] | None = None
+        self._chosen: Choice = None
         self.protocol = ServerProtocol(
             extensions=server.extensions or None,
             subprotocols=server.subprotocols,
-            select_subprotocol=server.select_subprotocol,
+            # A function (websockets binds it to the protocol): the choice made in _handshake.
+            select_subprotocol=(
+                (lambda _, offered: self._chosen if self._chosen in offered else None)
+                if server.choose_subprotocol is not None
+                else None
+            ),
             max_size=server.max_size,
         )
 
@@ -383,6 +372,9 @@ class ServerConnection(WsConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self._choosing is not None:  # closed while the subprotocol was being chosen
+            self._choosing.cancel()
+            self._choosing = None
         super().connection_lost(exc)
 
     def _handshake(self, event: Request | Response) -> None:
@@ -395,8 +387,39 @@ class ServerConnection(WsConnection):
         except Exception:
             log.exception("process_request failed")
             response = self.reject(500, "Failed to open a WebSocket connection.\n")
+        choose = self.server.choose_subprotocol
+        if response is None and choose is not None:
+            try:
+                self.offered = _offered(event)
+                choice = choose(self, self.offered)
+                if choice is not None and not isinstance(choice, str):
+                    self.hold_reading("handshake")  # nothing is read until the answer is sent
+                    self._choosing = future = asyncio.ensure_future(choice)
+                    future.add_done_callback(self._chose)
+                    return
+                self._chosen = choice
+            except Exception:
+                log.exception("choose_subprotocol failed")
+                response = self.reject(500, "Failed to open a WebSocket connection.\n")
+        self._respond(event, response)
+
+    def _chose(self, future: asyncio.Future[Choice]) -> None:
+        self._choosing = None
+        if future.cancelled() or self.transport is None or self.transport.is_closing():
+            return  # the connection was lost meanwhile (connection_lost cancelled the choice)
+        response: Response | None = None
+        if future.exception() is not None:
+            log.error("choose_subprotocol failed", exc_info=future.exception())
+            response = self.reject(500, "Failed to open a WebSocket connection.\n")
+        else:
+            self._chosen = future.result()
+        self.release_reading("handshake")
+        assert self.request is not None
+        self._respond(self.request, response)
+
+    def _respond(self, request: Request, response: Response | None) -> None:
         if response is None:
-            response = self.protocol.accept(event)
+            response = self.protocol.accept(request)
         if response.status_code == 101 and not self.server.serving:
             response = self.reject(503, "Server is shutting down.\n")
         self.protocol.send_response(response)
@@ -410,7 +433,12 @@ class ServerConnection(WsConnection):
 
 
 class WsServer:
-    """Accepts WebSocket connections on one socket and hands each open one to ``on_open``."""
+    """Accepts WebSocket connections on one socket and hands each open one to ``on_open``.
+
+    ``process_request`` may refuse a handshake (its response); ``choose_subprotocol`` picks among
+    the client's subprotocols (default: the first of ``subprotocols`` the client offers), at once
+    or later through an awaitable (a connection lost meanwhile cancels it).
+    """
 
     def __init__(
         self,
@@ -418,9 +446,7 @@ class WsServer:
         on_open: OnOpen,
         process_request: ProcessRequest,
         subprotocols: Sequence[Subprotocol],
-        select_subprotocol: (
-            Callable[[ServerProtocol, Sequence[Subprotocol]], Subprotocol | None] | None
-        ) = None,
+        choose_subprotocol: ChooseSubprotocol | None = None,
         max_size: int = 1 << 20,
         extensions: Sequence[ServerExtensionFactory] = (),
         timeouts: Timeouts = Timeouts(),
@@ -429,7 +455,7 @@ class WsServer:
         self.on_open = on_open
         self.process_request = process_request
         self.subprotocols = list(subprotocols)
-        self.select_subprotocol = select_subprotocol
+        self.choose_subprotocol = choose_subprotocol
         self.max_size = max_size
         self.extensions = list(extensions)
         self.timeouts = timeouts

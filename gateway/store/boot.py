@@ -43,12 +43,15 @@ class BootTable(Table):
             ]
         )
 
-    async def undelivered_boot(self, charger_id: str) -> tuple[str, str] | None:
-        """(message id, payload) of a BootNotification the cloud has not seen, if any."""
+    async def undelivered_boot(
+        self, charger_id: str, version: str | None = None
+    ) -> tuple[str, str] | None:
+        """(message id, payload) of a BootNotification the cloud has not seen, if any; with
+        ``version``, only one stored under it (versions are never translated)."""
         row = await self.fetchone(
             "SELECT message_id, payload FROM boot_notifications"
-            " WHERE charger_id = ? AND delivered = 0",
-            (charger_id,),
+            " WHERE charger_id = ? AND delivered = 0 AND ocpp_version = coalesce(?, ocpp_version)",
+            (charger_id, version),
         )
         return (str(row[0]), str(row[1])) if row else None
 

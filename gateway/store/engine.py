@@ -41,6 +41,8 @@ from gateway.store.outbox import (
 )
 from gateway.store.reservations import ReservationTable
 from gateway.store.tags import TagTables
+from gateway.store.versions import MIGRATION as CLOUD_VERSIONS_MIGRATION
+from gateway.store.versions import VersionTable
 
 __all__ = [
     "RESEND_WINDOW_S",
@@ -221,6 +223,8 @@ MIGRATIONS: tuple[str, ...] = (
         token_type TEXT                        -- 2.0.1 idToken type as presented, if any
     );
     """,
+    # 5: the version the cloud last selected per charger (gateway.store.versions)
+    CLOUD_VERSIONS_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -287,7 +291,15 @@ class _Health:
     checkpoint_tried: bool = False  # disk full: one WAL checkpoint attempted for this episode
 
 
-class Store(OutboxTable, TagTables, BootTable, ReservationTable, LocalListTable, DepotTable):
+class Store(
+    OutboxTable,
+    TagTables,
+    BootTable,
+    ReservationTable,
+    LocalListTable,
+    DepotTable,
+    VersionTable,
+):
     """Named operations over the gateway's SQLite file. Open with :meth:`open`."""
 
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:

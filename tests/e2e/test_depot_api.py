@@ -54,9 +54,10 @@ async def test_detail_of_an_online_charger_and_404_for_an_unknown_one(
     body = response.json()
     assert set(body) == {
         "id", "ocppVersion", "connected", "linkState", "lastSeenAt", "outboxPending",
-        "vendor", "model", "firmware", "connectors", "transactions", "localList",
+        "vendor", "model", "firmware", "connectors", "transactions", "localList", "cloudVersion",
     }  # fmt: skip
     assert body["id"] == "CP-1" and body["ocppVersion"] == "1.6" and body["connected"] is True
+    assert body["cloudVersion"] == "1.6"  # the version the cloud selected for its link
     assert body["linkState"] == "online" and body["outboxPending"] == 0
     assert body["lastSeenAt"] is not None
     assert (body["vendor"], body["model"], body["firmware"]) == ("Alfen", "Eve", "6.1")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -111,6 +111,11 @@ class Csms21(ChargePoint):
         raise OcppNotImplemented(description="no DataTransfer here", details={"vendor": "x"})
 
 
+def _clients_first(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """A CSMS that selects in the client's order of preference (websockets' default: its own)."""
+    return next((p for p in offered if p in SUBPROTOCOLS), None)
+
+
 class Cloud21:
     """A 2.1 CSMS on 127.0.0.1 that can be taken down and brought back on the same port."""
 
@@ -125,7 +130,13 @@ class Cloud21:
         return f"ws://127.0.0.1:{self.port}/ocpp"
 
     async def start(self) -> Cloud21:
-        self.server = await serve(self._handler, "127.0.0.1", self.port, subprotocols=SUBPROTOCOLS)
+        self.server = await serve(
+            self._handler,
+            "127.0.0.1",
+            self.port,
+            subprotocols=SUBPROTOCOLS,
+            select_subprotocol=_clients_first,
+        )
         self.port = next(iter(self.server.sockets)).getsockname()[1]
         return self
 
@@ -265,8 +276,10 @@ async def test_the_charger_s_order_of_preference_and_the_same_upstream(
         upstream = cloud21.connections["CS-N"]
         assert upstream.subprotocol == chosen
         assert upstream.request is not None
-        # The gateway offers the cloud exactly the version the charger chose.
-        assert upstream.request.headers["Sec-WebSocket-Protocol"] == chosen
+        # The cloud decides: the gateway offers it the charger's versions in the charger's order
+        # (one: nothing to decide, the link offers it alone).
+        ours = [p for p in offered if p in SUBPROTOCOLS]
+        assert upstream.request.headers["Sec-WebSocket-Protocol"] == ", ".join(ours)
 
 
 async def test_permessage_deflate_on_both_links(tmp_path: Any, cloud21: Cloud21) -> None:

@@ -7,7 +7,7 @@ reported end frees a place (and feeds the pacer); a turn given up before its tim
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,13 @@ from gateway.tags.cache import TagCache
 from tests.support import make_settings
 
 
-async def _refuse(url: str, version: OcppVersion, headers: dict[str, str]) -> ClientConnection:
+async def _refuse(
+    url: str,
+    version: OcppVersion,
+    headers: dict[str, str],
+    *,
+    alternatives: Sequence[OcppVersion] = (),
+) -> ClientConnection:
     raise CloudUnavailable("no connection in these tests")
 
 

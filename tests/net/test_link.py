@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 from websockets.datastructures import Headers
@@ -19,7 +19,7 @@ from websockets.http11 import Response
 
 from gateway.core.backoff import BackoffPolicy
 from gateway.core.pacer import Outcome
-from gateway.errors import CloudUnavailable
+from gateway.errors import CloudRefused, CloudUnavailable
 from gateway.metrics import RelayStats
 from gateway.net.link import UpstreamLink, handshake_outcome
 from gateway.net.wsconn import ClientConnection
@@ -54,7 +54,12 @@ class Host:
         self.connect: Callable[[], Awaitable[ClientConnection]] | None = None
 
     async def connect_upstream(
-        self, url: str, version: OcppVersion, headers: dict[str, str]
+        self,
+        url: str,
+        version: OcppVersion,
+        headers: dict[str, str],
+        *,
+        alternatives: Sequence[OcppVersion] = (),
     ) -> ClientConnection:
         self.attempts.append((url, version, headers))
         if self.connect is not None:
@@ -316,3 +321,50 @@ def test_handshake_outcomes_say_what_a_failure_tells_about_the_clouds_load() -> 
     assert handshake_outcome(_refused_with(429)) is Outcome.REFUSED
     assert handshake_outcome(_refused_with(404)) is Outcome.ERROR  # this charger's id alone
     assert handshake_outcome(_refused_with(401)) is Outcome.ERROR
+
+
+class RefusingHost(Host):
+    """A cloud that refuses the handshake (CloudRefused) whatever is offered; records offers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offers: list[tuple[OcppVersion, ...]] = []
+
+    async def connect_upstream(
+        self,
+        url: str,
+        version: OcppVersion,
+        headers: dict[str, str],
+        *,
+        alternatives: Sequence[OcppVersion] = (),
+    ) -> ClientConnection:
+        self.offers.append((version, *alternatives))
+        raise CloudRefused("HTTP 400")
+
+
+class Versions:
+    """The session's versions: a charger that offered 2.1 then 2.0.1."""
+
+    offered: tuple[OcppVersion, ...] = ("2.1", "2.0.1")
+
+    def cloud_selected(self, version: OcppVersion) -> bool:
+        raise AssertionError("the cloud refuses every handshake")
+
+
+async def test_a_refused_version_is_followed_at_once_by_the_charger_s_whole_list() -> None:
+    owner, host, clock = Owner(), RefusingHost(), Clock()
+    owner.version = "2.1"
+    link = new_link(owner, host, clock)
+    link.versions = Versions()
+    link.ensure()
+    await backing_off(owner)
+    # The charger's version alone, refused; at once (no backoff between) its list, in its order,
+    # refused too: only then the link backs off, and the next attempt starts from its version again.
+    assert host.offers == [("2.1",), ("2.1", "2.0.1")]
+    assert owner.told == ["booked 0.25", "failed", "booked 0.25", "failed", "waiting True"]
+    assert host.failures == 1  # one failure for the recovery: the cloud answered the first
+    link.retry_now(recovery=False)
+    await asyncio.wait_for(owner.woken.wait(), BOUND_S)
+    await backing_off(owner)
+    assert host.offers[2:] == [("2.1",), ("2.1", "2.0.1")]
+    await stop(link, owner)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake
@@ -51,7 +52,7 @@ async def server(
     srv = WsServer(
         on_open=on_open,
         process_request=kwargs.pop("process_request", lambda conn, request: None),
-        subprotocols=[OCPP16],
+        subprotocols=kwargs.pop("subprotocols", [OCPP16]),
         keepalive=keepalive,
         **kwargs,
     )
@@ -344,3 +345,88 @@ async def test_wss_both_ways_with_the_certificate_checked(certificate: tuple[str
         await asyncio.wait_for(opened[0].wait_closed(), 5)
     finally:
         await srv.wait_closed()
+
+
+# --- a subprotocol chosen later --------------------------------------------------------------------
+
+OCPP201 = Subprotocol("ocpp2.0.1")
+
+
+async def test_the_handshake_response_waits_for_a_subprotocol_chosen_later() -> None:
+    chosen: asyncio.Future[Subprotocol | None] = asyncio.get_running_loop().create_future()
+    asked: list[list[Subprotocol]] = []
+
+    def choose(conn: ServerConnection, offered: list[Subprotocol]) -> asyncio.Future[Any]:
+        asked.append(offered)
+        return chosen
+
+    async with server(choose_subprotocol=choose, subprotocols=[OCPP16, OCPP201]) as (srv, opened):
+        url = f"ws://127.0.0.1:{port_of(srv)}/CP"
+
+        async def open_client() -> ClientConnection:
+            return await ws_connect(url, subprotocols=[OCPP201, OCPP16])
+
+        client = asyncio.create_task(open_client())
+        await wait_for(lambda: bool(asked))
+        assert asked == [[OCPP201, OCPP16]]  # the client's order
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not client.done() and opened == []  # no response before the choice
+        chosen.set_result(OCPP16)  # not the client's first: the choice decides
+        ws = await asyncio.wait_for(client, 5)
+        assert ws.subprotocol == OCPP16 and opened[0].subprotocol == OCPP16
+        await ws.send("after")  # reading resumed with the response
+        assert await asyncio.wait_for(ws.recv(), 5) == "after"
+        await ws.close()
+
+
+async def test_a_subprotocol_chosen_at_once_needs_no_wait() -> None:
+    def choose(conn: ServerConnection, offered: list[Subprotocol]) -> Subprotocol | None:
+        return OCPP201 if OCPP201 in offered else None
+
+    async with server(choose_subprotocol=choose, subprotocols=[OCPP16, OCPP201]) as (srv, _):
+        url = f"ws://127.0.0.1:{port_of(srv)}/CP"
+        async with ws_connect(url, subprotocols=[OCPP16, OCPP201]) as ws:
+            assert ws.subprotocol == OCPP201
+        async with ws_connect(url, subprotocols=[OCPP16]) as ws:
+            assert ws.subprotocol is None  # completed without one; the owner decides what next
+
+
+async def test_a_connection_closed_while_its_subprotocol_is_chosen_is_dropped_with_the_choice() -> (
+    None
+):
+    choices: list[asyncio.Future[Subprotocol | None]] = []
+
+    def choose(conn: ServerConnection, offered: list[Subprotocol]) -> asyncio.Future[Any]:
+        choices.append(asyncio.get_running_loop().create_future())
+        return choices[-1]
+
+    async with server(choose_subprotocol=choose, timeouts=Timeouts(open_s=0.3, close_s=0.3)) as (
+        srv,
+        opened,
+    ):
+        raw = await asyncio.open_connection("127.0.0.1", port_of(srv))
+        protocol = ClientProtocol(
+            parse_uri(f"ws://127.0.0.1:{port_of(srv)}/CP"), subprotocols=[OCPP16]
+        )
+        protocol.send_request(protocol.connect())
+        for data in protocol.data_to_send():
+            raw[1].write(data)
+        await wait_for(lambda: bool(choices))
+        # The opening timeout passes while the choice waits: the connection is aborted, and the
+        # choice with it; its late result opens nothing.
+        await wait_for(lambda: choices[0].cancelled(), timeout=5)
+        await wait_for(lambda: not srv.connections)
+        assert await asyncio.wait_for(raw[0].read(), 5) == b""  # no response was ever sent
+        assert opened == []
+        raw[1].close()
+
+
+async def test_a_failing_choice_refuses_the_handshake() -> None:
+    async def choose(conn: ServerConnection, offered: list[Subprotocol]) -> Subprotocol | None:
+        raise RuntimeError("boom")
+
+    async with server(choose_subprotocol=choose) as (srv, opened):
+        with pytest.raises(InvalidHandshake, match="500"):
+            await ws_connect(f"ws://127.0.0.1:{port_of(srv)}/CP", subprotocols=[OCPP16])
+        assert opened == []

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.core.versions import VersionRecord
 from gateway.errors import StoreError
 from gateway.store.engine import SCHEMA_VERSION, Store
 
@@ -87,8 +88,26 @@ async def test_outbox_lifecycle(tmp_path: Path) -> None:
 
     await store.save_boot("A", "1.6", "b1", "{}", 1.0, delivered=False)
     assert await store.undelivered_boot("A") == ("b1", "{}")
+    assert await store.undelivered_boot("A", "1.6") == ("b1", "{}")
+    assert await store.undelivered_boot("A", "2.0.1") is None  # never replayed on another version
     await store.boot_delivered("A")
     assert await store.undelivered_boot("A") is None
+    await store.close()
+
+
+async def test_the_cloud_s_version_is_kept_per_charger_across_a_reopen(tmp_path: Path) -> None:
+    path = str(tmp_path / "gateway.db")
+    store = await Store.open(path)
+    assert await store.cloud_versions() == {}
+    await store.save_cloud_version("A", VersionRecord("2.0.1", frozenset({"2.1"})), 1.0)
+    await store.save_cloud_version("B", VersionRecord("1.6"), 1.0)
+    await store.save_cloud_version("B", VersionRecord("2.0.1"), 2.0)  # the latest choice wins
+    await store.close()
+    store = await Store.open(path)
+    assert await store.cloud_versions() == {
+        "A": VersionRecord("2.0.1", frozenset({"2.1"})),
+        "B": VersionRecord("2.0.1"),
+    }
     await store.close()
 
 

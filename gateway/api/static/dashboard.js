@@ -163,7 +163,8 @@ function updateCard(li, c, now, announcements) {
   li.setAttribute("aria-label", `charger ${c.id}`);
   setText(li.querySelector(".name"), c.id);
   setText(li.querySelector(".badge"), c.connected ? "connected" : "disconnected");
-  const meta = [c.vendor, c.model, c.firmware && `fw ${c.firmware}`, c.ocppVersion && `OCPP ${c.ocppVersion}`].filter(Boolean).join(" · ");
+  const cloud = c.cloudVersion && c.cloudVersion !== c.ocppVersion ? `cloud OCPP ${c.cloudVersion}` : null;
+  const meta = [c.vendor, c.model, c.firmware && `fw ${c.firmware}`, c.ocppVersion && `OCPP ${c.ocppVersion}`, cloud].filter(Boolean).join(" · ");
   setText(li.querySelector(".meta"), meta);
   keyed(li.querySelector(".connectors"), c.connectors, (x) => x.id, createConnector, (node, x) => {
     const status = x.status || "Unknown";
