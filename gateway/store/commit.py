@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -46,9 +47,11 @@ class GroupCommit(Table):
     _lock: asyncio.Lock  # one writer transaction at a time on this connection
     _waiting: list[_Batch]
     _flusher: asyncio.Task[None] | None
+    _commit_since: float | None = None  # monotonic start of the group commit in progress
 
-    def _check_before_commit(self) -> None:
-        """Raise StoreError if no commit may start (the file lost its name, ...)."""
+    def _check_before_commit(self, incoming_bytes: int) -> None:
+        """Raise StoreError if no commit of about ``incoming_bytes`` may start (the file lost its
+        name, the disk is too full, ...)."""
         raise NotImplementedError
 
     def _committed(self) -> None:
@@ -99,6 +102,7 @@ class GroupCommit(Table):
     async def _flush(self) -> None:
         while self._waiting:
             batches, self._waiting = self._waiting, []
+            self._commit_since = time.monotonic()  # a commit that hangs shows in Store.healthy
             try:
                 await self._commit_group(batches)
             except BaseException as exc:
@@ -113,13 +117,17 @@ class GroupCommit(Table):
                     raise
                 if not isinstance(exc, StoreError):
                     log.error("store write failed: %r", exc)
+            finally:
+                self._commit_since = None
 
     async def _commit_group(self, batches: list[_Batch]) -> None:
-        # A stat before and after: nothing is written into a file already without a name, and
-        # nothing is acknowledged whose file lost its name during the commit (_committed).
-        self._check_before_commit()
+        # A look before and a stat after: nothing is written into a file already without a name
+        # or onto a disk too full to checkpoint what it adds, and nothing is acknowledged whose
+        # file lost its name during the commit (_committed).
+        statements = [st for batch in batches for st in batch.statements]
+        self._check_before_commit(_size_of(statements))
         try:
-            await self._commit([st for batch in batches for st in batch.statements])
+            await self._commit(statements)
         except Exception as exc:  # e.g. a parameter that cannot be bound raises its own error
             if len(batches) == 1 or fault_of(exc) is not None:
                 error = self._failed(exc)
@@ -154,3 +162,15 @@ class GroupCommit(Table):
                 else:
                     await db.executemany(sql, [params for _, params in statements[start:end]])
                 start = end
+
+
+def _size_of(statements: list[Statement]) -> int:
+    """About what ``statements`` add to the file: their text and blob parameters, 100 bytes of
+    row overhead each (an estimate for the free-space check, not an account)."""
+    size = 0
+    for _, params in statements:
+        size += 100
+        for value in params:
+            if isinstance(value, (str, bytes)):
+                size += len(value)
+    return size

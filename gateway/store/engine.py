@@ -4,11 +4,13 @@ Durability: ``synchronous=FULL`` and group commit (gateway.store.commit). Writes
 charger's message go through :meth:`Store.write`, which batches whatever is waiting into one
 transaction and returns only after that transaction is committed (fsync'd).
 
-Integrity (docs/reliability.md): a group commit counts as done only if the file still has its name
-afterwards (one ``stat`` of the path against the inode opened); the outcome of every commit and a
-periodic probe (free space, the file's identity, a tiny commit when nothing else committed lately)
-make :meth:`Store.status` the truth about whether acknowledgements can be given. Start-up runs
-``PRAGMA quick_check`` and a probe commit, and never writes into a file it cannot read.
+Integrity (docs/reliability.md): before each group commit a look at the file (gateway.store.health:
+stat and statvfs) refuses to write into a file that lost its name, onto a read-only mount or onto a
+disk too full to checkpoint the WAL; after it, a ``stat`` makes sure the file still has its name.
+The outcome of every commit and a probe every second (the same look; a tiny commit only after
+5 minutes without one, or while the last one failed) make :meth:`Store.status` the truth about
+whether acknowledgements can be given. Start-up runs ``PRAGMA quick_check`` and a probe commit,
+never writes into a file it cannot read, and opens a store on a full disk down rather than failing.
 """
 
 from __future__ import annotations
@@ -37,7 +39,19 @@ from gateway.store.files import (
     nonempty_file,
     unwritable,
 )
-from gateway.store.health import Health, fault_of, is_sticky
+from gateway.store.health import (
+    MAX_AUTOCHECKPOINT_PAGES,
+    RESERVE_BYTES,
+    FileLook,
+    Health,
+    autocheckpoint_pages,
+    fault_kind,
+    fault_of,
+    file_fault,
+    is_sticky,
+    look_at,
+    wants_checkpoint,
+)
 from gateway.store.local_lists import LocalListRow, LocalListTable
 from gateway.store.migrations import SCHEMA_VERSION, migrate
 from gateway.store.outbox import (
@@ -67,11 +81,11 @@ __all__ = [
 ]
 
 
-PROBE_EVERY_S: Final = 1.0  # free space and the file's identity: a stat and a statvfs
-PROBE_IDLE_S: Final = 3.0  # a probe commit when no commit succeeded for this long (or while down)
+PROBE_EVERY_S: Final = 1.0  # a look at the file: stat and statvfs, nothing written
+PROBE_IDLE_S: Final = 300.0  # a probe commit when no commit succeeded for this long
 PRUNE_EVERY_S: Final = 600.0
-HEALTHY_COMMIT_AGE_S: Final = 10.0  # watchdog: fed only if a commit succeeded this recently
-JOURNAL_SIZE_LIMIT: Final = 4 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
+HEALTHY_COMMIT_AGE_S: Final = 10.0  # watchdog: a group commit running longer than this hangs
+HEALTHY_ROUND_AGE_S: Final = 10.0  # watchdog: the probe's last round ended within this
 QUICK_CHECK_ROWS: Final = 5  # problems quoted from a failed check
 
 _PROBE_SQL: Final = "INSERT OR REPLACE INTO store_probe (id, at) VALUES (1, ?)"
@@ -94,6 +108,10 @@ class Store(
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
         self._monitor: asyncio.Task[None] | None = None
         self._probe_idle_s = PROBE_IDLE_S
+        self._last_round = time.monotonic()  # when the probe last finished a round
+        self._page_size = 4096
+        self._wal_pages = MAX_AUTOCHECKPOINT_PAGES  # PRAGMA wal_autocheckpoint in force
+        self._until_room = False  # opened read-only on a full disk (_open_until_room)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -107,7 +125,9 @@ class Store(
         naming the path: a command must not answer from an empty store it just made.
         An existing file is first checked with ``PRAGMA quick_check`` (``quick_check=False``
         skips it) and must take a probe commit; a file that fails either raises StoreError and
-        is left exactly as it was — never replaced by a new store.
+        is left exactly as it was — never replaced by a new store. A disk too full for the probe
+        commit is not a failure: the store opens down (``status()`` says why) and comes back by
+        itself once there is room, so a full disk never turns into a restart loop.
         """
         path = str(path)
         if not create and path != ":memory:" and not os.path.isfile(path):  # noqa: ASYNC240
@@ -116,52 +136,118 @@ class Store(
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
             existed = path != ":memory:" and nonempty_file(path)
-            db = await cls._connect(path)
+            db = await aiosqlite.connect(path, isolation_level=None)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open store {path}: {exc}{unwritable(path)}") from exc
         try:
-            store = cls(db, path)
             if existed and quick_check:
-                await store._quick_check()
+                # Before any other statement: even a PRAGMA may read a damaged page first.
+                await _quick_check(db, path)
+            await cls._configure(db)
+            store = cls(db, path)
             await db.execute("PRAGMA journal_mode=WAL")
             await migrate(db)
-            store._file_id = store._identity()
-            store._health.free_bytes = store._free_bytes()
-            await store._commit([(_PROBE_SQL, (time.time(),))])
+            await store._first_commit()
         except BaseException as exc:
             await db.close()
+            if existed and isinstance(exc, (sqlite3.Error, OSError, StoreError)) and _no_room(path):
+                # SQLite cannot even make the WAL's index file on a disk with no byte free.
+                return await cls._open_until_room(path, quick_check=quick_check)
             if isinstance(exc, (sqlite3.Error, OSError)):
                 raise StoreError(f"cannot open store {path}: {exc}{unwritable(path)}") from exc
             raise
         return store
 
+    @classmethod
+    async def _open_until_room(cls, path: str, *, quick_check: bool) -> Store:
+        """A store on a disk with no room even to open it for writing: opened read-only
+        (``immutable``: no WAL index to create, safe as no WAL exists), down as "disk full",
+        reopened for writing by the probe once there is room. Reads (tags for offline
+        authorization, the depot view) work meanwhile; commits are refused."""
+        uri = _read_only_uri(path)
+        try:
+            db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc} (disk full)") from exc
+        try:
+            if quick_check:
+                await _quick_check(db, path)
+            await cls._configure(db)
+            async with db.execute("PRAGMA user_version") as cur:
+                row = await cur.fetchone()
+            if row is None or int(row[0]) != SCHEMA_VERSION:
+                raise StoreError(f"cannot open store {path}: no room on its disk to migrate it")
+            store = cls(db, path)
+            store._until_room = True
+            store._file_id = store._identity()
+            store._look()  # "disk full", logged once
+        except BaseException as exc:
+            await db.close()
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StoreError(f"cannot open store {path}: {exc}") from exc
+            raise
+        return store
+
+    async def _reopen_for_writing(self) -> None:
+        """There is room again: replace the read-only connection by a writing one (a failure
+        leaves things as they were, for the next round)."""
+        try:
+            new_db = await self._connect(self.path)
+        except (sqlite3.Error, OSError):
+            return
+        try:
+            await new_db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error:
+            await new_db.close()
+            return
+        async with self._lock:
+            old, self._db = self._db, new_db
+            self._until_room = False
+            await old.close()
+            self._reopen_reader()
+        row = await self.fetchone("PRAGMA page_size")
+        self._page_size = int(row[0]) if row else self._page_size
+        await self._size_wal(look_at(self.path), force=True)
+        log.info("store %s reopened for writing: there is room on its disk again", self.path)
+
     @staticmethod
-    async def _connect(path: str) -> aiosqlite.Connection:
+    async def _configure(db: aiosqlite.Connection) -> None:
+        db.row_factory = sqlite3.Row
+        await db.execute("PRAGMA busy_timeout=5000")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA foreign_keys=ON")
+
+    @classmethod
+    async def _connect(cls, path: str) -> aiosqlite.Connection:
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
-            db.row_factory = sqlite3.Row
-            await db.execute("PRAGMA busy_timeout=5000")
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            # A checkpoint truncates the WAL back to this: it never keeps a full disk full.
-            await db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            await cls._configure(db)
         except BaseException:
             await db.close()
             raise
         return db
 
-    async def _quick_check(self) -> None:
+    async def _first_commit(self) -> None:
+        """The start-up probe commit, after sizing the WAL for the room there is."""
+        if self.path != ":memory:":
+            row = await self.fetchone("PRAGMA page_size")
+            self._page_size = int(row[0]) if row else self._page_size
+            self._file_id = self._identity()
+            await self._size_wal(look_at(self.path), force=True)
         try:
-            rows = await self.fetchall(f"PRAGMA quick_check({QUICK_CHECK_ROWS})")
-            problems = [str(r[0]) for r in rows if str(r[0]) != "ok"]
-        except sqlite3.Error as exc:
-            problems = [str(exc)]
-        if problems:  # one line: SQLite puts several findings in one row
-            problems = [" ".join(p.split()) for p in problems]
-            raise StoreError(f"store {self.path} failed PRAGMA quick_check: {'; '.join(problems)}")
+            await self.write([(_PROBE_SQL, (time.time(),))])
+        except StoreError:
+            if not self._health.full and fault_kind(self._health.error) != "disk full":
+                raise
+            # Down, not dead: the probe checkpoints and retries, and commits resume by
+            # themselves once there is room (the reason is logged once, by _report).
 
     async def close(self) -> None:
-        """Wait for pending writes, then close the connection."""
+        """Wait for pending writes, checkpoint the WAL into the file, close the connection.
+
+        The checkpoint (TRUNCATE) leaves no WAL behind a graceful stop: the file is whole on its
+        own (for a copy, or a disk that is nearly full) and the next start has nothing to recover.
+        """
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -169,40 +255,43 @@ class Store(
         self._close_reader()
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
+        if self.path != ":memory:":
+            await self._checkpoint()
         await self._db.close()
 
     # --- health ------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """The /health ``store`` block: ``ok``, ``error`` (None when ok) and ``freeBytes``."""
-        health = self._health
-        return {"ok": health.error is None, "error": health.error, "freeBytes": health.free_bytes}
+        """The /health ``store`` block: ``ok``, ``error`` (None when ok) and ``freeBytes`` (read
+        now, by statvfs: what the file system has, not what the last probe saw)."""
+        error = self._health.error
+        return {"ok": error is None, "error": error, "freeBytes": self._free_bytes()}
 
     @property
     def ok(self) -> bool:
-        """True while commits succeed (as far as the last commit and probe know)."""
+        """True while commits succeed (as far as the last commit and look know)."""
         return self._health.error is None
 
     async def healthy(self) -> bool:
-        """The watchdog's check: usable, and a commit succeeded within the last few seconds
-        (the probe commits at least every PROBE_IDLE_S, so a wedged disk shows here)."""
-        health = self._health
-        return (
-            health.error is None and time.monotonic() - health.last_commit_ok < HEALTHY_COMMIT_AGE_S
-        )
+        """The watchdog's check: no fault known from the last commit or look at the file, no
+        group commit hanging, and the probe still completing its rounds. It commits nothing: the
+        watchdog task running at all shows the event loop is alive."""
+        return self.why_unhealthy() is None
+
+    def why_unhealthy(self) -> str | None:
+        """Why :meth:`healthy` is false (for the log and ``systemctl status``); None if it is not."""
+        now = time.monotonic()
+        if self._health.error is not None:
+            return self._health.error
+        if self._commit_since is not None and now - self._commit_since > HEALTHY_COMMIT_AGE_S:
+            return f"a store commit has been running for {now - self._commit_since:.0f} s"
+        if self._monitor is not None and now - self._last_round > HEALTHY_ROUND_AGE_S:
+            return f"the store probe has not finished a round for {now - self._last_round:.0f} s"
+        return None
 
     async def wait_usable(self) -> None:
         """Return once commits succeed again (at once if they do)."""
         await self._usable.wait()
-
-    def start_monitoring(
-        self, *, every_s: float = PROBE_EVERY_S, idle_s: float = PROBE_IDLE_S
-    ) -> None:
-        """Run the periodic probe until :meth:`close` (the running gateway does this, with the
-        defaults): a round every ``every_s``, a probe commit after ``idle_s`` without one."""
-        if self._monitor is None and self.path != ":memory:":
-            self._probe_idle_s = idle_s
-            self._monitor = asyncio.create_task(self._monitor_loop(every_s))
 
     def _identity(self) -> tuple[int, int] | None:
         if self.path == ":memory:":
@@ -210,49 +299,69 @@ class Store(
         st = os.stat(self.path)
         return (st.st_dev, st.st_ino)
 
-    def _check_file(self) -> None:
-        """Raise StoreError unless the path still names the file this connection writes into."""
+    def _look(self, incoming_bytes: int = 0) -> FileLook | None:
+        """Look at the file (None for ``:memory:``) and note what it says in the health state."""
         if self._file_id is None:
-            return
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise StoreError(f"store file {self.path} was deleted") from None
-        except OSError as exc:
-            raise StoreError(f"store file {self.path}: {exc.strerror}") from exc
-        if (st.st_dev, st.st_ino) != self._file_id:
-            raise StoreError(f"store file {self.path} was replaced by another file")
+            return None
+        look = look_at(self.path)
+        health = self._health
+        health.file_error = file_fault(
+            self.path,
+            look,
+            self._file_id,
+            incoming_bytes=incoming_bytes,
+            was_full=health.full,
+        )
+        if self._until_room and health.file_error is None:
+            health.file_error = "disk full (the store is read-only until it is reopened)"
+        self._report()
+        return look
+
+    def _report(self) -> None:
+        """Log a change of the store's state once (a new kind of fault, or commits again) and
+        wake the writers waiting for a usable store."""
+        health = self._health
+        error = health.error
+        if fault_kind(error) != fault_kind(health.reported):
+            if error is None:
+                log.warning("store %s commits again (was: %s)", self.path, health.reported)
+            else:
+                log.error("store %s cannot commit: %s", self.path, error)
+        health.reported = error
+        if error is None:
+            self._usable.set()
+        else:
+            self._usable.clear()
 
     def _fault(self, reason: str, *, sticky: bool = False) -> None:
         health = self._health
         health.sticky = health.sticky or sticky
-        if health.error != reason:
-            log.error("store %s cannot commit: %s", self.path, reason)
-            health.error = reason
-            health.checkpoint_tried = False
-        self._usable.clear()
+        health.commit_error = reason
+        self._report()
 
-    def _check_before_commit(self) -> None:
-        try:
-            self._check_file()
-        except StoreError as exc:
-            self._fault(str(exc))
-            raise
+    def _check_before_commit(self, incoming_bytes: int) -> None:
+        self._look(incoming_bytes)
+        error = self._health.file_error
+        if error is not None:
+            raise StoreError(
+                error if error.startswith("store file") else f"store unusable: {error}"
+            )
 
     def _committed(self) -> None:
         """A commit went through: usable again, unless the file lost its name (raises)."""
-        try:
-            self._check_file()
-        except StoreError as exc:
-            self._fault(str(exc))
-            raise
+        if self._file_id is not None:
+            try:
+                identity: tuple[int, int] | None = self._identity()
+            except OSError:
+                identity = None
+            if identity != self._file_id:
+                self._look()
+                raise StoreError(self._health.file_error or f"store file {self.path} is gone")
         health = self._health
         health.last_commit_ok = time.monotonic()
-        if health.error is not None and not health.sticky:
-            log.warning("store %s commits again (was: %s)", self.path, health.error)
-            health.error = None
-        if health.error is None:
-            self._usable.set()
+        if not health.sticky:
+            health.commit_error = None
+        self._report()
 
     def _failed(self, exc: BaseException) -> StoreError:
         """The StoreError for a failed commit, noting a store fault in the health state."""
@@ -263,48 +372,74 @@ class Store(
         return StoreError(f"write failed: {exc}")
 
     def _free_bytes(self) -> int | None:
+        if self.path == ":memory:":
+            return None
         try:
-            st = os.statvfs(Path(self.path).parent)
+            st = os.statvfs(Path(self.path).resolve().parent)
         except OSError:
             return None
         return st.f_bavail * st.f_frsize
 
     async def probe(self) -> None:
-        """One round of checks: free space and the file's identity (a stat and a statvfs); a
-        deleted file restored from the open connection; a tiny commit when none succeeded for
-        PROBE_IDLE_S (see :meth:`start_monitoring`) or while the store is down. The outcome
-        lands in :meth:`status`."""
+        """One round of checks: a look at the file (stat, statvfs: identity, read-only mount,
+        permissions, free space), a deleted file restored from the open connection, the WAL
+        sized to the room there is and checkpointed when free space runs low, and a tiny
+        commit when none succeeded for ``idle_s`` (see :meth:`start_monitoring`) or while the
+        last one failed. The outcome lands in :meth:`status`."""
         health = self._health
-        health.free_bytes = self._free_bytes()
         if self._file_id is not None and not exists(self.path):
             await self._restore_deleted()
             if not exists(self.path):
                 return  # nothing to probe; the fault stays as _restore_deleted put it
         if health.sticky:
             return
-        if health.error is None:
-            try:
-                self._check_file()
-            except StoreError as exc:
-                self._fault(str(exc))
-        if health.error is not None and health.error.startswith("disk full"):
-            await self._release_wal()
+        if self._until_room and file_fault(self.path, look_at(self.path), self._file_id) is None:
+            await self._reopen_for_writing()
+        look = self._look()
+        if look is None:
+            return
+        await self._size_wal(look)
+        if wants_checkpoint(look):
+            await self._checkpoint()
+            look = self._look()
+        if health.file_error is not None:
+            return  # a commit now would only be refused; the next look decides
         if (
-            health.error is not None
+            health.commit_error is not None
             or time.monotonic() - health.last_commit_ok >= self._probe_idle_s
         ):
             with contextlib.suppress(StoreError):
                 await self.write([(_PROBE_SQL, (time.time(),))])
 
-    async def _release_wal(self) -> None:
-        # Once per episode: a checkpoint that can complete truncates the WAL to
-        # journal_size_limit, returning its space to a full disk.
-        if self._health.checkpoint_tried:
+    async def _size_wal(self, look: FileLook, *, force: bool = False) -> None:
+        """Keep the automatic checkpoint (and the WAL's size after one) within the room there is:
+        on a small disk the WAL is checkpointed long before it could fill it."""
+        pages = autocheckpoint_pages(look.free_bytes, look.wal_bytes, self._page_size)
+        if pages == self._wal_pages and not force:
             return
-        self._health.checkpoint_tried = True
+        with contextlib.suppress(sqlite3.Error, ValueError):
+            await self._db.execute(f"PRAGMA wal_autocheckpoint={pages}")
+            # After a checkpoint the WAL file is truncated back to this size.
+            await self._db.execute(f"PRAGMA journal_size_limit={pages * self._page_size}")
+            self._wal_pages = pages
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL into the file and truncate it to zero bytes (when nothing reads an
+        older snapshot; else as much as it can). A failure changes nothing: the WAL stays."""
         async with self._lock:
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def start_monitoring(
+        self, *, every_s: float = PROBE_EVERY_S, idle_s: float = PROBE_IDLE_S
+    ) -> None:
+        """Run the periodic probe until :meth:`close` (the running gateway does this, with the
+        defaults): a look at the file every ``every_s``, a probe commit after ``idle_s`` without
+        a commit (and every round while the last commit failed)."""
+        if self._monitor is None and self.path != ":memory:":
+            self._probe_idle_s = idle_s
+            self._last_round = time.monotonic()
+            self._monitor = asyncio.create_task(self._monitor_loop(every_s))
 
     async def _monitor_loop(self, every_s: float) -> None:
         next_prune = time.monotonic() + PRUNE_EVERY_S
@@ -317,6 +452,7 @@ class Store(
                     await self.prune_answered(time.time())
             except Exception:  # the monitor must outlive any one failed round
                 log.exception("store probe failed")
+            self._last_round = time.monotonic()
 
     async def _restore_deleted(self) -> None:
         """The file was deleted while open: write the open database back under its name
@@ -353,6 +489,7 @@ class Store(
             self._file_id = self._identity()
             await old.close()
             self._reopen_reader()
+            await self._size_wal(look_at(self.path), force=True)
         log.warning(
             "store file %s was deleted while in use; restored it from the open database", self.path
         )
@@ -436,3 +573,38 @@ class Store(
         (an operator's ``outbox requeue`` from the shell), not on this connection's own commits."""
         row = await self.fetchone("PRAGMA data_version")
         return int(row[0]) if row else 0
+
+
+async def _quick_check(db: aiosqlite.Connection, path: str) -> None:
+    """``PRAGMA quick_check`` of a file about to be opened: StoreError naming the check and the
+    file if it finds a problem or cannot run (one line: SQLite puts several findings in one row)."""
+    try:
+        async with db.execute(f"PRAGMA quick_check({QUICK_CHECK_ROWS})") as cur:
+            rows = await cur.fetchall()
+        problems = [str(r[0]) for r in rows if str(r[0]) != "ok"]
+    except sqlite3.Error as exc:
+        if not is_sticky(exc):  # the file could not be read at all, e.g. a read-only mount
+            raise StoreError(
+                f"store {path}: PRAGMA quick_check could not run: {exc}{unwritable(path)}"
+            ) from exc
+        problems = [str(exc)]
+    if problems:
+        problems = [" ".join(p.split()) for p in problems]
+        raise StoreError(f"store {path} failed PRAGMA quick_check: {'; '.join(problems)}")
+
+
+def _no_room(path: str) -> bool:
+    """No byte to spare on the store's disk, and an empty WAL (a read-only open would not see
+    what one holds)."""
+    look = look_at(path)
+    return (
+        look.identity is not None
+        and look.wal_bytes == 0
+        and look.free_bytes is not None
+        and look.free_bytes < RESERVE_BYTES
+    )
+
+
+def _read_only_uri(path: str) -> str:
+    """The URI of ``path`` opened read-only with no WAL index (SQLite's ``immutable``)."""
+    return Path(path).resolve().as_uri() + "?mode=ro&immutable=1"
