@@ -217,7 +217,9 @@ async def test_run_starts_on_a_full_disk_reports_down_and_recovers(small_fs: Pat
     upstream = '[upstream]\nurl = "ws://127.0.0.1:9/ocpp"\ncall_timeout_s = 1\n'
     cfg = base_config(small_fs.parent, upstream, db=path)
 
-    # 1. The store itself fills the disk: messages until one is refused.
+    # 1. The store itself fills the disk (beside other files): messages until one is refused.
+    others = small_fs / "logs"
+    others.write_bytes(b"\0" * 512 * 1024)
     acknowledged = 0
     async with GatewayProcess(cfg) as gateway, charger(gateway.charger_port, "CP") as cp:
         for n in range(2000):
@@ -230,7 +232,6 @@ async def test_run_starts_on_a_full_disk_reports_down_and_recovers(small_fs: Pat
             raise AssertionError("a 2 MiB disk took 8 MB of messages")
         body = await wait_health(gateway.api_port, 503)
         assert body["store"]["error"].startswith("disk full")
-        assert body["store"]["freeBytes"] == free_bytes(small_fs)
         gateway.signal(signal.SIGTERM)
         assert await gateway.wait() == 0
     assert wal_size(path) == 0  # the graceful stop checkpointed the WAL into the file
@@ -242,14 +243,17 @@ async def test_run_starts_on_a_full_disk_reports_down_and_recovers(small_fs: Pat
     try:
         body = await wait_health(gateway.api_port, 503)
         assert body["status"] == "down" and body["store"]["error"].startswith("disk full")
+        assert body["store"]["freeBytes"] == free_bytes(small_fs) < 4096  # now, not at start
         async with charger(gateway.charger_port, "CP") as cp:
             answer = await cp.call("MeterValues", meter_values(9000))
             assert answer[0] == 4 and answer[2] == "InternalError"
             await asyncio.sleep(1.5)  # still running, not exiting into a restart loop
             assert gateway.proc is not None and gateway.proc.returncode is None
 
-            # 3. Space returns: commits resume within 5 s, without a restart.
+            # 3. Space returns (the filler and other files go): commits resume within 5 s,
+            # without a restart.
             filler.unlink()
+            others.unlink()
             await wait_health(gateway.api_port, 200)
             assert (await cp.call("MeterValues", meter_values(9001)))[0] == 3
             acknowledged += 1
