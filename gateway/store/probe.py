@@ -92,10 +92,17 @@ class HealthProbe(GroupCommit):
         return self.why_unhealthy() is None
 
     def why_unhealthy(self) -> str | None:
-        """Why :meth:`healthy` is false (for the log and ``systemctl status``); None if it is not."""
+        """Why :meth:`healthy` is false (for the log and ``systemctl status``); None if it is not.
+
+        A full disk alone does not stop the watchdog: a restart cannot make room, it would only
+        drop every charger's connection every WatchdogSec; the gateway stays up (``/health``
+        503, chargers answered InternalError for what must be stored) and commits again by
+        itself once there is room. Every other fault does: a restart may cure it.
+        """
         now = time.monotonic()
-        if self._health.error is not None:
-            return self._health.error
+        error = self._health.error
+        if error is not None and fault_kind(error) != "disk full":
+            return error
         if self._commit_since is not None and now - self._commit_since > HEALTHY_COMMIT_AGE_S:
             return f"a store commit has been running for {now - self._commit_since:.0f} s"
         if self._monitor is not None and now - self._last_round > HEALTHY_ROUND_AGE_S:

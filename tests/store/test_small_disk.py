@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from gateway.errors import StoreError
 from gateway.store.engine import Store
 from gateway.store.health import RESERVE_BYTES, FileLook, autocheckpoint_pages, file_fault
 from tests.procs import GatewayProcess, base_config
@@ -111,6 +113,27 @@ async def test_the_wal_is_checkpointed_before_it_can_fill_a_2mb_disk(small_fs: P
         assert len(await reopened.pending("CP", 10_000)) == written
     finally:
         await reopened.close()
+
+
+async def test_a_full_disk_keeps_the_watchdog_fed_other_faults_do_not(small_fs: Path) -> None:
+    # A restart cannot make room: the watchdog stays fed while the disk is full (the store is
+    # down meanwhile); a fault a restart may cure stops it.
+    store = await Store.open(small_fs / "g.db")
+    try:
+        filler = fill(small_fs)
+        await store.probe()
+        assert str(store.status()["error"]).startswith("disk full")
+        assert await store.healthy()
+        filler.unlink()
+        await store.probe()
+        assert store.ok
+        await store.fetchone("PRAGMA query_only = 1")
+        with pytest.raises(StoreError, match="read-only"):
+            await store.write([("INSERT OR REPLACE INTO store_probe (id, at) VALUES (2, 0)", ())])
+        assert not await store.healthy()
+        assert str(store.why_unhealthy()).startswith("read-only")
+    finally:
+        await store.close()
 
 
 async def test_free_bytes_is_read_when_asked(small_fs: Path) -> None:
