@@ -160,7 +160,7 @@ async def test_idle_probe_commits_at_most_once_per_idle_interval(tmp_path: Path)
         return int(watcher.execute("PRAGMA data_version").fetchone()[0])
 
     try:
-        store.start_monitoring(every_s=0.01)  # the gateway's 5 min between probe commits
+        store.start_monitoring(every_s=0.01)  # the gateway's 10 min between probe commits
         first, wal = data_version(), wal_size(path)
         for _ in range(100):  # 4 s, ~400 rounds of the probe: looks only, no commit
             await asyncio.sleep(0.04)
@@ -211,7 +211,7 @@ def test_what_a_look_at_the_file_says() -> None:
 async def test_a_full_disk_and_a_replaced_file_show_within_5s_without_a_commit(
     small_fs: Path,
 ) -> None:
-    # The gateway's own probe intervals: a commit only after 5 idle minutes, so whatever shows
+    # The gateway's own probe intervals: a commit only after 10 idle minutes, so whatever shows
     # within 5 s was seen by stat/statvfs.
     path = small_fs / "g.db"
     cfg = base_config(small_fs.parent, db=path)

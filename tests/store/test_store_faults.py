@@ -172,7 +172,7 @@ async def test_read_only_store_is_down_and_back_when_writable(
 
 async def test_idle_fault_only_a_commit_shows_is_found_by_the_probe_commit(tmp_path: Path) -> None:
     # No traffic at all, and a fault no stat/statvfs can see (SQLite's own read-only switch):
-    # the probe's tiny commit after idle_s finds it (the gateway's idle_s is 5 minutes; faults
+    # the probe's tiny commit after idle_s finds it (the gateway's idle_s is 10 minutes; faults
     # a look can see show within 5 s without a commit: tests/store/test_small_disk.py).
     store = await Store.open(tmp_path / "g.db")
     try:
