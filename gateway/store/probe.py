@@ -221,7 +221,7 @@ class HealthProbe(GroupCommit):
         await self._size_wal(look)
         if wants_checkpoint(look):
             await self._checkpoint()
-            look = self._look()
+            self._look()  # the room the checkpoint gave back counts at once
         if health.file_error is not None:
             return  # a commit now would only be refused; the next look decides
         if (
