@@ -8,6 +8,7 @@ when asked, and faults that a look at the file can see show without a commit.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sqlite3
@@ -19,7 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.core.depot import DepotView
 from gateway.errors import StoreError
+from gateway.net.depot_recorder import DepotRecorder
 from gateway.store.engine import Store
 from gateway.store.health import RESERVE_BYTES, FileLook, autocheckpoint_pages, file_fault
 from tests.procs import GatewayProcess, base_config
@@ -142,6 +145,29 @@ async def test_a_full_disk_keeps_the_watchdog_fed_other_faults_do_not(small_fs: 
             await store.write([("INSERT OR REPLACE INTO store_probe (id, at) VALUES (2, 0)", ())])
         assert not await store.healthy()
         assert str(store.why_unhealthy()).startswith("read-only")
+    finally:
+        await store.close()
+
+
+async def test_the_depot_view_waits_for_a_full_disk_without_a_line_a_flush(
+    small_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await Store.open(small_fs / "g.db")
+    view = DepotView()
+    recorder = DepotRecorder(view, store)
+    status = {"connectorId": 1, "errorCode": "NoError", "status": "Charging"}
+    try:
+        filler = fill(small_fs)
+        await store.probe()
+        view.charger_call("CP", "1.6", "StatusNotification", status, 1.0)
+        caplog.clear()
+        for _ in range(5):  # ten seconds of flushes: nothing tried, nothing logged
+            assert await recorder.flush(meters=False) == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        filler.unlink()
+        await store.probe()
+        assert await recorder.flush(meters=False) == 1  # what changed meanwhile is written
+        assert [cid for cid, _ in await store.depot_records()] == ["CP"]
     finally:
         await store.close()
 
