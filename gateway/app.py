@@ -331,7 +331,7 @@ class Gateway:
         if interval is not None and self.store is not None:
             store = self.store
             watchdog = asyncio.create_task(
-                watchdog_loop(notifier, interval, store.healthy, lambda: store.status()["error"])
+                watchdog_loop(notifier, interval, store.healthy, store.why_unhealthy)
             )
         notifier.ready(f"serving chargers on port {self.charger_port}")
         try:

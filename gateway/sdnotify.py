@@ -148,7 +148,9 @@ async def watchdog_loop(
     When the check fails, raises or takes longer than ``interval_s``, no ping is sent, so a wedged
     store lets systemd's watchdog restart the service. Pings resume if the check recovers in time.
     ``why()``, if given, names the reason of a failed check for the log and ``systemctl status``.
-    The gateway's check is ``Store.healthy``: true only while commits succeed.
+    The gateway's check is ``Store.healthy``: true while neither the last commit nor the last
+    look at the store's file found a fault, no commit hangs and the store's probe completes its
+    rounds. It commits nothing itself: this loop running at all shows the event loop is alive.
     """
     loop = asyncio.get_running_loop()
     healthy_before = True

@@ -119,8 +119,8 @@ def build_api(ctx: ApiContext, extra_routes: Sequence[BaseRoute] = ()) -> Starle
     """The Starlette application; ``extra_routes`` come from the cache and reservation modules."""
 
     async def health(request: Request) -> Response:
-        # The store's own account of its last commits and probe (gateway.store.engine): no query here,
-        # so a wedged disk cannot wedge /health.
+        # The store's own account of its last commits and looks at the file (gateway.store), and
+        # one statvfs for freeBytes: no query here, so a wedged database cannot wedge /health.
         store = ctx.store.status()
         store_ok = bool(store["ok"])
         hub = ctx.hub

@@ -57,7 +57,12 @@ class DepotRecorder:
         return count
 
     async def flush(self, *, meters: bool) -> int:
-        """Write what changed (and meter-only changes if ``meters``); returns chargers written."""
+        """Write what changed (and meter-only changes if ``meters``); returns chargers written.
+
+        While the store cannot commit (a full disk) nothing is tried: what changed stays to be
+        written once it can, and the store's own log line says why (not one line every flush)."""
+        if not self.store.ok:
+            return 0
         records = self.view.take_dirty(touched=meters)
         if meters:
             self._meters_flushed_at = self._clock()

@@ -14,7 +14,7 @@ from gateway.store.base import Table
 
 __all__ = ["MIGRATION", "VersionTable"]
 
-# Schema migration 5 (gateway.store.engine.MIGRATIONS).
+# Schema migration 5 (gateway.store.migrations.MIGRATIONS).
 MIGRATION: Final = """
     CREATE TABLE cloud_versions (              -- per charger: the version the cloud last selected
         charger_id TEXT PRIMARY KEY,

@@ -86,6 +86,27 @@ async def test_corrupt_store_stops_start_up_with_one_line(tmp_path: Path, kind: 
     assert digest(store) == before
 
 
+async def test_quick_check_that_raises_is_one_line_naming_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = tmp_path / "gw.db"
+    await make_store(store)
+    # Half the pages the header counts are gone: the check itself raises ("malformed").
+    os.truncate(store, store.stat().st_size // 2)
+    before = digest(store)
+    with pytest.raises(StoreError, match="quick_check") as raised:
+        await Store.open(store)
+    assert str(store) in str(raised.value)
+    assert not [r for r in caplog.records if r.name == "gateway.store" and r.levelno >= 40]
+
+    done = run_cli(config(tmp_path, store), "run")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = error_lines(done.stderr)
+    assert str(store) in line and "PRAGMA quick_check" in line
+    assert "cannot commit" not in done.stderr
+    assert digest(store) == before
+
+
 async def test_not_a_database_is_never_overwritten(tmp_path: Path) -> None:
     store = tmp_path / "gw.db"
     store.write_bytes(b"precious, but not SQLite " * 500)
