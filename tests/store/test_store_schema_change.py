@@ -4,6 +4,8 @@ SQLite refuses ``DROP TABLE`` with SQLITE_LOCKED ("database table is locked") wh
 statement of the same connection is still active. The sync drops the tables it replaced
 (``TagTables._drop_gradually``) on the connection that also serves the reads of /health, the API,
 the outbox and the depot view, so no read may leave a statement open while another task writes.
+The swap's renames are separate statements on that connection too: a read of the synced tables
+queued between two of them must wait for the commit instead of finding no table.
 """
 
 from __future__ import annotations
@@ -90,3 +92,34 @@ async def test_syncs_succeed_while_health_reads_the_store(store: Store) -> None:
     assert (
         await store.fetchall("SELECT name FROM sqlite_master WHERE name LIKE 'sync_stage_%'") == []
     )
+
+
+async def test_reads_of_the_synced_tables_never_see_a_swap_half_done(store: Store) -> None:
+    """The swap renames the tables in separate statements on the connection the reads share: a
+    read between two renames would find no access_ids table. Reads run while syncs swap in
+    lists of other tags, and each sees one whole list, never an error."""
+    stop = asyncio.Event()
+    seen: list[set[str]] = []
+
+    async def poll() -> None:
+        while not stop.is_set():
+            listed = await store.list_access_ids(None, 10)
+            assert await store.count_access_ids() == 3
+            authorized = await store.authorized_access_ids()
+            seen.append({r.ocpp_id_tag[:3] for r in listed} | {a[1][:3] for a in authorized})
+
+    pollers = [asyncio.create_task(poll()) for _ in range(2)]
+    try:
+        for i in range(30):
+            stage = await store.create_sync_stage(1_800_000_000)
+            tags = [f"{i:02d}-{n}" for n in range(3)]
+            rows = [parse_access_id(access_id(n + 1, tag=tag)) for n, tag in enumerate(tags)]
+            await store.stage_access_ids(stage, rows)
+            await store.swap_sync_stage(stage, access_ids=3, vehicles=0, duration_s=0.1, at="x")
+            assert all(not p.done() for p in pollers)  # a failed read ends its poller
+    finally:
+        stop.set()
+        await asyncio.gather(*pollers)
+    assert len(seen) > 30
+    # The list and the authorized ids of one poll may come from consecutive syncs, never a torn one.
+    assert all(len(prefixes) <= 2 for prefixes in seen)
