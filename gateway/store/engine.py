@@ -334,21 +334,22 @@ class Store(
             await self.write(probe_commit())
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """Rows of one read query; StoreError if it fails."""
+        """Rows of one read query; StoreError if it fails.
+
+        Executed and read to the end in one call on the connection's thread: a statement left
+        active between calls (execute, then fetch) would make another task's ``DROP TABLE`` on
+        this connection, queued in between, fail with SQLITE_LOCKED ("database table is locked").
+        """
         try:
-            async with self._db.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+            return list(await self._db.execute_fetchall(sql, params))
         except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
             raise self._read_failed(exc) from exc
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        """The first row of one read query, or None; StoreError if it fails."""
-        try:
-            async with self._db.execute(sql, params) as cur:
-                row: sqlite3.Row | None = await cur.fetchone()
-                return row
-        except (sqlite3.Error, ValueError) as exc:
-            raise self._read_failed(exc) from exc
+        """The first row of a query of at most a few rows, or None; StoreError if it fails.
+        Read in one call, as ``fetchall``."""
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
     def _read_failed(self, exc: BaseException) -> StoreError:
         """The StoreError for a failed read (every read of the store ends here or in ``_failed``)."""

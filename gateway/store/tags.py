@@ -3,10 +3,15 @@
 A sync streams the API's pages into stage tables in short transactions (the outbox shares this
 file and its commits answer chargers), then swaps them in with one transaction of renames, so
 the write lock is held for milliseconds whatever the list size. A failed sync drops its stage.
+
+The renames are separate statements on the connection every read of the store shares, and a read
+queued between two of them would run inside the swap's transaction and find no ``access_ids``
+table: reads of the synced tables on that connection wait for the swap to commit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import sqlite3
@@ -89,6 +94,20 @@ class TagTables(Table):
 
     _DROP_CHUNK_ROWS = 2000
 
+    # Clear while a swap renames the synced tables (None until the first swap).
+    _tables_in_place: asyncio.Event | None = None
+
+    async def _fetch_synced(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """``fetchall`` of a read of the synced tables, once no swap is renaming them."""
+        in_place = self._tables_in_place
+        while in_place is not None and not in_place.is_set():
+            await in_place.wait()
+        return await self.fetchall(sql, params)
+
+    async def _fetch_synced_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = await self._fetch_synced(sql, params)
+        return rows[0] if rows else None
+
     # One statement for both tables: the synced row (kind 0) and the learned row (kind 1).
     _LOOKUP_TAG_SQL = (
         "SELECT 0, id, ocpp_id_tag, authorization_status, revoked_at, NULL FROM access_ids"
@@ -107,7 +126,7 @@ class TagTables(Table):
             rows = reader.execute(self._LOOKUP_TAG_SQL, (key,)).fetchall()
         except sqlite3.Error:
             try:
-                rows = await self.fetchall(self._LOOKUP_TAG_SQL, (key,))
+                rows = await self._fetch_synced(self._LOOKUP_TAG_SQL, (key,))
             except StoreError as exc:
                 raise StoreError(f"tag lookup failed: {exc}") from exc
         synced: SyncedTag | None = None
@@ -121,7 +140,7 @@ class TagTables(Table):
 
     async def find_access_id(self, key: str) -> AccessIdRecord | None:
         """The full synced access id row for a normalised tag key."""
-        row = await self.fetchone("SELECT * FROM access_ids WHERE tag_key = ?", (key,))
+        row = await self._fetch_synced_one("SELECT * FROM access_ids WHERE tag_key = ?", (key,))
         return None if row is None else AccessIdRecord.of(row)
 
     async def find_learned_tag(self, key: str) -> LearnedTagRecord | None:
@@ -185,19 +204,26 @@ class TagTables(Table):
         self, stage: str, *, access_ids: int, vehicles: int, duration_s: float, at: str
     ) -> None:
         """Replace the synced tables with the stage and record the success, in one transaction."""
-        async with self.transaction() as db:
-            for table in self._SYNCED_TABLES:
-                await db.execute(f'ALTER TABLE "{table}" RENAME TO "{stage}_old_{table}"')
-                await db.execute(f'ALTER TABLE "{stage}_{table}" RENAME TO "{table}"')
-            await db.execute(
-                "INSERT INTO sync_state"
-                " (name, last_success_at, last_error, access_ids, vehicles, duration_s)"
-                " VALUES (?, ?, NULL, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
-                " last_success_at = excluded.last_success_at, last_error = NULL,"
-                " access_ids = excluded.access_ids, vehicles = excluded.vehicles,"
-                " duration_s = excluded.duration_s",
-                (self._SYNC_NAME, at, access_ids, vehicles, duration_s),
-            )
+        in_place = self._tables_in_place = self._tables_in_place or asyncio.Event()
+        try:
+            async with self.transaction() as db:
+                # From the first rename to the commit, reads on this connection would see the
+                # tables half swapped; those queued before this line run before the renames.
+                in_place.clear()
+                for table in self._SYNCED_TABLES:
+                    await db.execute(f'ALTER TABLE "{table}" RENAME TO "{stage}_old_{table}"')
+                    await db.execute(f'ALTER TABLE "{stage}_{table}" RENAME TO "{table}"')
+                await db.execute(
+                    "INSERT INTO sync_state"
+                    " (name, last_success_at, last_error, access_ids, vehicles, duration_s)"
+                    " VALUES (?, ?, NULL, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                    " last_success_at = excluded.last_success_at, last_error = NULL,"
+                    " access_ids = excluded.access_ids, vehicles = excluded.vehicles,"
+                    " duration_s = excluded.duration_s",
+                    (self._SYNC_NAME, at, access_ids, vehicles, duration_s),
+                )
+        finally:
+            in_place.set()
         # The replaced tables are dropped afterwards, each drop in its own short transaction.
         await self.drop_sync_stage(stage)
 
@@ -257,12 +283,12 @@ class TagTables(Table):
 
     async def count_access_ids(self) -> int:
         """How many access ids the cache holds."""
-        row = await self.fetchone("SELECT count(*) FROM access_ids")
+        row = await self._fetch_synced_one("SELECT count(*) FROM access_ids")
         return int(row[0]) if row else 0
 
     async def list_access_ids(self, after_id: int | None, limit: int) -> list[AccessIdRecord]:
         """Up to ``limit`` access ids with id above ``after_id``, by id."""
-        rows = await self.fetchall(
+        rows = await self._fetch_synced(
             "SELECT * FROM access_ids WHERE id > ? ORDER BY id LIMIT ?",
             (after_id if after_id is not None else -(2**63), limit),
         )
@@ -270,12 +296,12 @@ class TagTables(Table):
 
     async def get_access_id(self, access_id: int) -> AccessIdRecord | None:
         """One access id by its Flipturn id."""
-        row = await self.fetchone("SELECT * FROM access_ids WHERE id = ?", (access_id,))
+        row = await self._fetch_synced_one("SELECT * FROM access_ids WHERE id = ?", (access_id,))
         return None if row is None else AccessIdRecord.of(row)
 
     async def list_vehicles(self, after_id: int | None, limit: int) -> list[VehicleRecord]:
         """Up to ``limit`` vehicles with id above ``after_id``, by id."""
-        rows = await self.fetchall(
+        rows = await self._fetch_synced(
             "SELECT * FROM vehicles WHERE id > ? ORDER BY id LIMIT ?",
             (after_id if after_id is not None else -(2**63), limit),
         )
@@ -283,12 +309,12 @@ class TagTables(Table):
 
     async def get_vehicle(self, vehicle_id: int) -> VehicleRecord | None:
         """One vehicle by its Flipturn id."""
-        row = await self.fetchone("SELECT * FROM vehicles WHERE id = ?", (vehicle_id,))
+        row = await self._fetch_synced_one("SELECT * FROM vehicles WHERE id = ?", (vehicle_id,))
         return None if row is None else VehicleRecord.of(row)
 
     async def authorized_access_ids(self) -> list[tuple[str, str, str]]:
         """(tag key, ocppIdTag, type) of every Authorized access id."""
-        rows = await self.fetchall(
+        rows = await self._fetch_synced(
             "SELECT tag_key, ocpp_id_tag, type FROM access_ids"
             " WHERE authorization_status = 'Authorized'"
         )
