@@ -291,6 +291,8 @@ class SimCharger:
         self.refused: set[str] = set()
         self.link: Link | None = None
         self.closes: list[Close | None] = []  # how each of its connections ended
+        self.outstanding: set[str] = set()  # CALLs received and not answered yet
+        self.max_outstanding = 0
 
     @property
     def calls_received(self) -> list[Frame]:
@@ -305,6 +307,7 @@ class SimCharger:
         assert self.link is not None and self.link.far.send(text), f"{self.id} is not connected"
 
     def answer(self, frame: Frame, payload: dict[str, Any]) -> None:
+        self.outstanding.discard(frame[1])
         self.send_raw(json.dumps([3, frame[1], payload]))
 
     def _on_message(self, message: Message) -> None:
@@ -313,10 +316,13 @@ class SimCharger:
         if frame[0] != 2:
             self.answers[frame[1]] = frame
             return
+        self.outstanding.add(frame[1])
+        self.max_outstanding = max(self.max_outstanding, len(self.outstanding))
         action = frame[2]
         if action in self.silent:
             return
         if action in self.refused:
+            self.outstanding.discard(frame[1])
             self.send_raw(json.dumps([4, frame[1], "NotSupported", "refused", {}]))
             return
         self.answer(frame, self.answers_to.get(action, {"status": "Accepted"}))
