@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 Message = str | bytes
+SPIN = 8  # loop iterations per spin of Pair.settle
 
 
 class FakeClockLoop(asyncio.SelectorEventLoop):
@@ -369,14 +370,19 @@ class SimCloud:
     links: dict[str, Link] = field(default_factory=dict)
     opened: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     refused_opens: int = 0
+    handshake_delay_s: float = 0.0  # how long each handshake takes (on the fake clock)
+    opened_at: list[float] = field(default_factory=list)  # loop time of each link opened
     tx_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(501))
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def open(self, url: str, version: OcppVersion, headers: dict[str, str]) -> Any:
         """The upstream opener: ``await opener(url, version, headers)`` as the hub calls it."""
+        if self.handshake_delay_s:
+            await asyncio.sleep(self.handshake_delay_s)
         if not self.up:
             self.refused_opens += 1
             raise CloudUnavailable(f"{url}: connection refused")
+        self.opened_at.append(asyncio.get_running_loop().time())
         charger_id = url.rsplit("/", 1)[-1]
         link = Link(f"ocpp{version}")
         self.links[charger_id] = link
@@ -455,6 +461,8 @@ class Pair:
     reservations: ReservationBook
     local_list: LocalListPusher
     chargers: dict[str, SimCharger] = field(default_factory=dict)
+    idle_spin: int = 0
+    idle_round: int = 0
 
     # --- time --------------------------------------------------------------------------------
 
@@ -462,29 +470,35 @@ class Pair:
     def now(self) -> float:
         return self.loop.now
 
-    async def _round(self) -> int:
-        """One round: let ready callbacks run, then a store round trip. Returns callbacks seen."""
+    async def _spin(self) -> int:
+        """Let ready callbacks run for a few loop iterations; the callbacks scheduled meanwhile."""
         before = self.loop.scheduled_count
-        for _ in range(8):
-            await asyncio.sleep(0)
-        await self.store.data_version()  # the store's thread answers in order: earlier I/O done
-        for _ in range(8):
+        for _ in range(SPIN):
             await asyncio.sleep(0)
         return self.loop.scheduled_count - before
 
+    async def _round(self) -> int:
+        """A spin, a store round trip, a spin: the callbacks scheduled meanwhile. The store's one
+        database thread answers in order, so I/O started before the round trip has ended, and
+        the callbacks its end scheduled are counted."""
+        before = self.loop.scheduled_count
+        await self._spin()
+        await self.store.data_version()
+        await self._spin()
+        return self.loop.scheduled_count - before
+
+    async def calibrate(self) -> None:
+        """What a spin and a round cost on an idle loop (the same count every time)."""
+        self.idle_spin = min([await self._spin() for _ in range(3)])
+        self.idle_round = min([await self._round() for _ in range(3)])
+
     async def settle(self) -> None:
-        """Run the loop until nothing but the settling itself happens (the clock does not move)."""
-        idle = min(await self._round(), await self._round())
-        quiet = 0
-        for _ in range(5000):
-            seen = await self._round()
-            if seen <= idle:
-                quiet += 1
-                if quiet == 2:
-                    return
-            else:
-                quiet = 0
-                idle = min(idle, seen)
+        """Run the loop until a round shows nothing but itself (the clock does not move)."""
+        for _ in range(10_000):
+            while await self._spin() > self.idle_spin:
+                pass  # callbacks that need no I/O, at the cost of sleep(0) alone
+            if await self._round() <= self.idle_round:
+                return
         raise AssertionError("the pair does not settle")
 
     async def advance(self, seconds: float) -> None:
@@ -581,13 +595,16 @@ async def open_pair(
     cloud: SimCloud | None = None,
     backoff: BackoffPolicy | None = None,
     local_list_settle_s: float = 5.0,
+    store_type: type[Store] = Store,
 ) -> Pair:
     """Wire the gateway's parts as the application does, with the simulated cloud's opener."""
     loop = asyncio.get_running_loop()
     assert isinstance(loop, FakeClockLoop), "pair tests run on the fake-clock loop (conftest)"
     settings = settings or make_settings(tmp_path)
     cloud = cloud or SimCloud()
-    store = await Store.open(settings.store.path)
+    store = await store_type.open(settings.store.path)
+    idle = Pair(tmp_path, settings, cloud, loop, store, *(cast(Any, None),) * 4)
+    await idle.calibrate()  # before anything else runs
     registry = CollectorRegistry()
     tags = TagCache(store, unknown_tags=settings.offline.unknown_tags)
     reservations = ReservationBook(
@@ -615,6 +632,7 @@ async def open_pair(
     await local_list.start(hub)
     await hub.start()
     pair = Pair(tmp_path, settings, cloud, loop, store, hub, tags, reservations, local_list)
+    pair.idle_spin, pair.idle_round = idle.idle_spin, idle.idle_round
     await pair.settle()
     return pair
 
