@@ -78,6 +78,7 @@ class FakeClockLoop(asyncio.SelectorEventLoop):
         super().__init__()
         self.now = 1000.0
         self.scheduled_count = 0
+        self.in_executor: set[asyncio.Future[Any]] = set()  # asyncio.to_thread's work
 
     def time(self) -> float:
         return self.now
@@ -93,6 +94,14 @@ class FakeClockLoop(asyncio.SelectorEventLoop):
     ) -> asyncio.Handle:
         self.scheduled_count += 1
         return super().call_soon_threadsafe(callback, *args, context=context)
+
+    def run_in_executor(  # type: ignore[override]
+        self, executor: Any, func: Callable[..., Any], *args: Any
+    ) -> Any:
+        future = super().run_in_executor(executor, func, *args)
+        self.in_executor.add(future)
+        future.add_done_callback(self.in_executor.discard)
+        return future
 
     def next_timer(self) -> float | None:
         """When the earliest timer not cancelled is due (None: no timer)."""
@@ -288,6 +297,8 @@ class SimCharger:
         self.answers: dict[str, Frame] = {}
         self.received: list[Frame] = []  # every frame from the gateway, in order
         self.answers_to: dict[str, dict[str, Any]] = {}
+        # Answers computed from the CALL's payload (before ``answers_to``).
+        self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
         self.silent: set[str] = set()
         self.refused: set[str] = set()
         self.link: Link | None = None
@@ -326,7 +337,11 @@ class SimCharger:
             self.outstanding.discard(frame[1])
             self.send_raw(json.dumps([4, frame[1], "NotSupported", "refused", {}]))
             return
-        self.answer(frame, self.answers_to.get(action, {"status": "Accepted"}))
+        handler = self.handlers.get(action)
+        if handler is not None:
+            self.answer(frame, handler(frame[3]))
+        else:
+            self.answer(frame, self.answers_to.get(action, {"status": "Accepted"}))
 
     def _on_close(self, end: Any) -> None:
         self.closes.append(cast(End, end).close_rcvd)
@@ -370,6 +385,7 @@ class SimCloud:
     links: dict[str, Link] = field(default_factory=dict)
     opened: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     refused_opens: int = 0
+    drop_after: set[str] = field(default_factory=set)  # actions whose answer ends the cloud
     handshake_delay_s: float = 0.0  # how long each handshake takes (on the fake clock)
     opened_at: list[float] = field(default_factory=list)  # loop time of each link opened
     tx_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(501))
@@ -404,6 +420,9 @@ class SimCloud:
         else:
             answer = [3, message_id, result]
         link.far.send(json.dumps(answer))
+        if action in self.drop_after:  # the link fails right after the answer left
+            self.up = False
+            asyncio.get_running_loop().call_soon(link.drop)
 
     def default(self, charger_id: str, action: str, payload: dict[str, Any]) -> Any:
         """The default answers (a responder may fall back on it)."""
@@ -484,6 +503,8 @@ class Pair:
         before = self.loop.scheduled_count
         await self._spin()
         await self.store.data_version()
+        if self.loop.in_executor:  # threads' work (asyncio.to_thread) ends before a round does
+            await asyncio.wait(list(self.loop.in_executor))
         await self._spin()
         return self.loop.scheduled_count - before
 
