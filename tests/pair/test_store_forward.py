@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.core.link import LinkState
 from gateway.core.txmap import LOCAL_TX_MIN, is_local
 from tests.pair.harness import Pair, SimCharger, open_pair, running
@@ -260,7 +262,9 @@ async def test_a_transient_callerror_is_retried_after_its_backoff_in_order(tmp_p
         assert await pair.store.dead_letter_count() == 0 and await pair.outbox("CP") == []
 
 
-async def test_a_replayed_start_the_cloud_blocks_is_still_bound(tmp_path: Path) -> None:
+async def test_a_replayed_start_the_cloud_blocks_is_still_bound_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     def responder(cid: str, action: str, payload: dict[str, Any]) -> Any:
         if action == "StartTransaction":
             return {"transactionId": 77, "idTagInfo": {"status": "Blocked"}}
@@ -275,6 +279,10 @@ async def test_a_replayed_start_the_cloud_blocks_is_still_bound(tmp_path: Path) 
         await back(pair)
         assert pair.session("CP").txids.local_to_cloud == {local: 77}
         assert pair.cloud.calls("CP")[-1][3] == stop_tx(77)
+    assert any(
+        "cloud answered Blocked to the replayed StartTransaction" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 async def test_a_full_disk_answers_internal_error_and_acknowledges_nothing(
@@ -289,6 +297,8 @@ async def test_a_full_disk_answers_internal_error_and_acknowledges_nothing(
         refused = [a for a in answers if a[0] == 4]
         assert refused and all(a[2] == "InternalError" for a in refused)
         acknowledged = len(answers) - len(refused)
+        data = await pair.call(cp, "DataTransfer", {"vendorId": "x"})
+        assert data[2] == "NotSupported"  # still serving
         await pair.store.fetchone("PRAGMA max_page_count = 1073741823")
         assert (await pair.call(cp, "StatusNotification", status()))[0] == 3
         assert len(await pair.outbox("CP")) == acknowledged + 1
