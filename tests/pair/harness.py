@@ -64,6 +64,7 @@ __all__ = [
 
 Message = str | bytes
 SPIN = 8  # loop iterations per spin of Pair.settle
+CLOSE_TIMEOUT_S = 2.0  # gateway.net.wsconn.Timeouts.close_s
 
 
 class FakeClockLoop(asyncio.SelectorEventLoop):
@@ -188,7 +189,10 @@ class End:
         if not self.open or self.peer is None:
             return
         self.close_sent = Close(code, reason)
-        asyncio.get_running_loop().call_soon(self.peer._arrive, self.close_sent)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self.peer._arrive, self.close_sent)
+        # As WsConnection: a closing handshake that does not end in time aborts the connection.
+        loop.call_later(CLOSE_TIMEOUT_S, self.link.finish)
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self.closed)
@@ -387,6 +391,7 @@ class SimCloud:
     refused_opens: int = 0
     drop_after: set[str] = field(default_factory=set)  # actions whose answer ends the cloud
     handshake_delay_s: float = 0.0  # how long each handshake takes (on the fake clock)
+    answer_delay_s: float = 0.0  # how long the cloud takes to answer each CALL
     opened_at: list[float] = field(default_factory=list)  # loop time of each link opened
     tx_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(501))
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -419,6 +424,11 @@ class SimCloud:
             answer = [4, message_id, result[1], "refused by the cloud", {}]
         else:
             answer = [3, message_id, result]
+        if self.answer_delay_s:
+            asyncio.get_running_loop().call_later(
+                self.answer_delay_s, link.far.send, json.dumps(answer)
+            )
+            return
         link.far.send(json.dumps(answer))
         if action in self.drop_after:  # the link fails right after the answer left
             self.up = False
@@ -516,8 +526,9 @@ class Pair:
     async def settle(self) -> None:
         """Run the loop until a round shows nothing but itself (the clock does not move)."""
         for _ in range(10_000):
-            while await self._spin() > self.idle_spin:
-                pass  # callbacks that need no I/O, at the cost of sleep(0) alone
+            for _ in range(1000):  # callbacks that need no I/O, at the cost of sleep(0) alone
+                if await self._spin() <= self.idle_spin:
+                    break
             if await self._round() <= self.idle_round:
                 return
         raise AssertionError("the pair does not settle")
