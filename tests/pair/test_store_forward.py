@@ -244,14 +244,18 @@ async def test_a_transient_callerror_is_retried_after_its_backoff_in_order(tmp_p
         local = (await pair.call(cp, "StartTransaction", start_tx()))[2]["transactionId"]
         await pair.call(cp, "StopTransaction", stop_tx(local))
         pair.cloud.up = True
-        await pair.advance(1.0)
-        assert pair.cloud.actions("CP") == ["StartTransaction"]  # the Stop waits behind it
+        while not pair.cloud.calls("CP"):
+            await pair.advance(0.05)
         rows = await pair.store.pending("CP")
         assert [(r.action, r.attempts) for r in rows] == [
             ("StartTransaction", 1),
             ("StopTransaction", 0),
         ]
         assert rows[0].next_attempt_at > rows[0].created_at  # its backoff, in the row
+        await pair.advance(1.9)
+        assert pair.cloud.actions("CP") == ["StartTransaction"]  # the Stop waits behind it
+        await pair.advance(0.35)  # 2 s after the refusal (the hub's sweep runs every 0.25 s)
+        assert pair.cloud.actions("CP")[:2] == ["StartTransaction"] * 2
         await pair.advance(10)
         assert pair.cloud.actions("CP") == [
             "StartTransaction",
