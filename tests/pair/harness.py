@@ -59,7 +59,10 @@ __all__ = [
     "Pair",
     "SimCharger",
     "SimCloud",
+    "Store",
+    "make_settings",
     "open_pair",
+    "running",
 ]
 
 Message = str | bytes

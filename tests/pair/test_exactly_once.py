@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.core.txmap import is_local
-from gateway.store.engine import Store
-from tests.pair.harness import Pair, open_pair, running
+from tests.pair.harness import Pair, Store, open_pair, running
 from tests.pair.test_store_forward import back, drained, outage, start_tx, stop_tx
 
 T0 = "2026-12-01T10:00:00Z"
