@@ -220,3 +220,49 @@ async def test_a_start_with_the_reservation_id_closes_the_reservation(tmp_path: 
         await pair.call(cp, "StartTransaction", start)
         assert pair.cloud.calls("CP", "StartTransaction")[-1][3] == start  # relayed unchanged
         assert await pair.reservations.list_active() == []
+
+
+async def test_a_reserved_evse_accepts_only_the_reserved_token_offline_201(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path).model_copy(
+        update={"ports": (PortMapping(id=201, charger="EV", connector=1),)}
+    )
+    async with running(tmp_path, settings) as pair:
+        ev = await pair.connect("EV", "2.0.1")
+        expiry = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+        payload = {
+            "id": 5,
+            "expiryDateTime": expiry.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "idToken": {"idToken": "alice", "type": "ISO14443"},
+            "evseId": 1,
+        }
+        answer = await pair.session("EV").call_charger("ReserveNow", payload)
+        assert isinstance(answer, CallResult) and answer.payload == {"status": "Accepted"}
+        await pair.reservations.on_api_reserve("EV", "2.0.1", payload, "Accepted")
+        await outage(pair)
+
+        def started(tag: str) -> dict[str, Any]:
+            return {
+                "eventType": "Started",
+                "timestamp": "2026-12-01T10:00:00Z",
+                "triggerReason": "Authorized",
+                "seqNo": 0,
+                "transactionInfo": {"transactionId": f"tx-{tag}"},
+                "evse": {"id": 1, "connectorId": 1},
+                "idToken": {"idToken": tag, "type": "ISO14443"},
+            }
+
+        # EV has one known EVSE, so even an Authorize (no EVSE named) is refused for bob.
+        bob = {"idToken": {"idToken": "bob", "type": "ISO14443"}}
+        authorize = await pair.call(ev, "Authorize", bob)
+        assert authorize[2]["idTokenInfo"]["status"] == "NotAtThisTime"
+        refused = await pair.call(ev, "TransactionEvent", started("bob"))
+        assert refused[2]["idTokenInfo"]["status"] == "NotAtThisTime"
+        assert refused[2]["idTokenInfo"]["cacheExpiryDateTime"].startswith(
+            expiry.strftime("%Y-%m-%dT%H:%M:%S")
+        )
+        alice = await pair.call(ev, "TransactionEvent", started("ALICE"))
+        assert alice[2]["idTokenInfo"]["status"] == "Accepted"
+        # Both stored for the cloud with offline true, in order.
+        assert [r[2]["idToken"]["idToken"] for r in await pair.outbox("EV")] == ["bob", "ALICE"]
