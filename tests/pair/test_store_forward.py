@@ -306,3 +306,22 @@ async def test_a_full_disk_answers_internal_error_and_acknowledges_nothing(
         await pair.store.fetchone("PRAGMA max_page_count = 1073741823")
         assert (await pair.call(cp, "StatusNotification", status()))[0] == 3
         assert len(await pair.outbox("CP")) == acknowledged + 1
+
+
+async def test_the_depot_view_shows_the_local_id_offline_and_the_cloud_id_after_replay(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as pair:
+        cp = await pair.connect("CP")
+        await outage(pair)
+        local = (await pair.call(cp, "StartTransaction", start_tx()))[2]["transactionId"]
+        await pair.call(cp, "MeterValues", meter(local, 1400))
+        detail = pair.hub.depot.detail("CP")
+        assert detail is not None
+        assert [(t["id"], t["offline"], t["energyWh"]) for t in detail["transactions"]] == [
+            (local, True, 1300.0)  # meterStart 100
+        ]
+        await back(pair)
+        detail = pair.hub.depot.detail("CP")
+        assert detail is not None
+        assert [(t["id"], t["offline"]) for t in detail["transactions"]] == [(501, False)]
