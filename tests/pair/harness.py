@@ -13,8 +13,10 @@ three things are replaced, each at a surface the gateway already takes from outs
   gateway's end of a new :class:`Link` to the simulated cloud, or raises ``CloudUnavailable``;
 - the monotonic clock: the loop is a :class:`FakeClockLoop`, whose ``time()`` is a number the test
   moves (:meth:`Pair.advance`), so every ``call_later``, ``asyncio.sleep`` and ``wait_for`` of the
-  drivers and the sessions' deadlines follow it. The wall clock stays ``time.time`` (the hub gives
-  it to its sessions); what is stored and answered keeps the real date, which no test depends on.
+  drivers and the sessions' deadlines follow it. The wall clock stays ``time.time`` (the hub makes
+  its sessions with their default): what is stored and answered keeps the real date, and what
+  depends on it (a reservation's or a learned answer's expiry, the 24 h resend window) is tested
+  in the other tiers.
 
 :meth:`Pair.settle` runs the loop until nothing moves: rounds of ``sleep(0)`` and a store round
 trip (the store's one database thread answers in order, so a write queued before it has been
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import json
 from collections import deque
@@ -108,16 +109,10 @@ class FakeClockLoop(asyncio.SelectorEventLoop):
         return future
 
     def next_timer(self) -> float | None:
-        """When the earliest timer not cancelled is due (None: no timer)."""
+        """When the earliest timer not cancelled is due (None: no timer). Reads the base loop's
+        heap of timers (``_scheduled``), which it has had since asyncio began; nothing is changed."""
         timers: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
-        while timers and timers[0].cancelled():
-            heapq.heappop(timers)
-        return timers[0].when() if timers else None
-
-
-class FakeClockPolicy(asyncio.DefaultEventLoopPolicy):
-    def new_event_loop(self) -> asyncio.AbstractEventLoop:
-        return FakeClockLoop()
+        return min((t.when() for t in timers if not t.cancelled()), default=None)
 
 
 # --- the sockets ---------------------------------------------------------------------------------
