@@ -160,9 +160,9 @@ async def test_the_cloud_closing_on_purpose_closes_the_charger_likewise(tmp_path
     async with running(tmp_path) as pair:
         cp = await pair.connect("CP")
         await pair.call(cp, "Heartbeat", {})
-        pair.cloud.close("CP", 4000, "unknown charger")
+        pair.cloud.close("CP", 1008, "unknown charger")
         await pair.settle()
-        assert cp.closes == [Close(4000, "unknown charger")]
+        assert cp.closes == [Close(1008, "unknown charger")]
 
 
 async def test_an_outage_close_keeps_the_charger_connected_and_answered(tmp_path: Path) -> None:
@@ -181,24 +181,35 @@ async def test_a_charger_reconnecting_replaces_its_old_socket_and_keeps_the_link
 ) -> None:
     async with running(tmp_path) as pair:
         cp = await pair.connect("CP")
+        await pair.call(cp, "Heartbeat", {})
         old = cp.link
         await pair.connect("CP")
         assert old is not None and not old.is_open
         assert cp.closes == [Close(1000, "replaced by a new connection")]
         assert len(pair.cloud.opened) == 1 and pair.cloud.links["CP"].is_open
-        await pair.call(cp, "Heartbeat", {})
-        assert pair.cloud.actions("CP") == ["Heartbeat"]
+        assert (await pair.call(cp, "Heartbeat", {}))[0] == 3
+        assert pair.cloud.actions("CP") == ["Heartbeat", "Heartbeat"]  # none answered locally
 
 
-async def test_the_sessions_of_departed_chargers_are_forgotten(tmp_path: Path) -> None:
-    async with running(tmp_path) as pair:
-        cp = await pair.connect("GONE")
-        await pair.call(cp, "Heartbeat", {})
-        assert cp.link is not None
-        cp.link.far.close(1000, "bye")
+@pytest.mark.parametrize("standalone", [False, True])
+async def test_the_sessions_of_departed_chargers_are_forgotten(
+    tmp_path: Path, standalone: bool
+) -> None:
+    settings = make_settings(tmp_path, upstream={"url": ""} if standalone else {})
+    async with running(tmp_path, settings) as pair:
+        for n in range(5):
+            cp = await pair.connect(f"CP-{n}")
+            mid = cp.send("Heartbeat", {})
+            await pair.advance(0.1)  # the next link's turn at the pacer comes 20 ms later
+            assert cp.answers[mid][0] == 3
+            assert cp.link is not None
+            cp.link.far.close(1000, "bye")
         await pair.settle()
-        assert pair.hub.get("GONE") is None
-        assert not pair.cloud.links["GONE"].is_open  # the link closed with the charger
+        assert pair.hub.sessions == {}
+        assert not any(link.is_open for link in pair.cloud.links.values())
+        assert len(pair.cloud.links) == (0 if standalone else 5)
+        if not standalone:  # relayed, not answered locally
+            assert all(pair.cloud.actions(f"CP-{n}") == ["Heartbeat"] for n in range(5))
 
 
 async def test_the_charger_s_authorization_header_is_passed_upstream(tmp_path: Path) -> None:

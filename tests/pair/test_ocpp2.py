@@ -143,3 +143,25 @@ async def test_2_1_message_types_relayed_unchanged_both_ways(tmp_path: Path) -> 
         link.far.send(json.dumps([5, call, "FormatViolation", "late", {}]))
         await pair.settle()
         assert [f for f in cs.received if f[0] == 5] == [[5, call, "FormatViolation", "late", {}]]
+
+
+async def test_a_2_0_1_transaction_answered_offline_throughout_is_replayed_in_order(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as pair:
+        ev = await pair.connect("EV", "2.0.1")
+        await pair.call(ev, "Heartbeat", {})
+        await outage(pair)
+        started = await pair.call(ev, "TransactionEvent", event("Started", 0, idToken=TOKEN))
+        assert started[2] == {"idTokenInfo": {"status": "Accepted"}}
+        updated = await pair.call(ev, "TransactionEvent", event("Updated", 1))
+        assert updated == [3, updated[1], {}]
+        ended = await pair.call(ev, "TransactionEvent", event("Ended", 2))
+        assert ended == [3, ended[1], {}]
+        await back(pair)
+        events = pair.cloud.calls("EV", "TransactionEvent")
+        assert [e[1] for e in events] == [started[1], updated[1], ended[1]]
+        assert [e[3]["seqNo"] for e in events] == [0, 1, 2]
+        assert [e[3]["eventType"] for e in events] == ["Started", "Updated", "Ended"]
+        assert all(e[3]["offline"] is True for e in events)
+        assert drained(pair, "EV")
