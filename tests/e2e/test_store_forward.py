@@ -82,37 +82,6 @@ async def test_offline_transaction_replayed_in_order_with_cloud_id(
         assert cloud.calls("CP")[-1][2] == "Heartbeat"
 
 
-async def test_v201_transaction_events_replayed_in_order(tmp_path: Any, cloud: FakeCloud) -> None:
-    def event(kind: str, seq: int, **extra: Any) -> dict[str, Any]:
-        return {
-            "eventType": kind,
-            "timestamp": T0,
-            "triggerReason": "Authorized" if kind == "Started" else "MeterValuePeriodic",
-            "seqNo": seq,
-            "transactionInfo": {"transactionId": "tx-abc"},
-            **extra,
-        }
-
-    async with (
-        running_gateway(settings_for(tmp_path, cloud)) as gw,
-        charger(gw.charger_port, "EV", "2.0.1") as cp,
-    ):
-        await cp.call("Heartbeat", {})
-        await cloud.stop()
-        started = await cp.call(
-            "TransactionEvent", event("Started", 0, idToken={"idToken": "abc", "type": "ISO14443"})
-        )
-        assert started[2] == {"idTokenInfo": {"status": "Accepted"}}
-        assert await cp.call("TransactionEvent", event("Updated", 1)) == [3, "m3", {}]
-        assert await cp.call("TransactionEvent", event("Ended", 2)) == [3, "m4", {}]
-        await cloud.restart()
-        await wait_for(lambda: len(cloud.calls("EV", "TransactionEvent")) == 3, timeout=10)
-        events = cloud.calls("EV", "TransactionEvent")
-        assert [e[3]["seqNo"] for e in events] == [0, 1, 2]
-        assert [e[3]["eventType"] for e in events] == ["Started", "Updated", "Ended"]
-        assert all(e[3]["offline"] is True for e in events)
-
-
 async def test_refused_message_dead_lettered_and_visible(tmp_path: Any, cloud: FakeCloud) -> None:
     def responder(cid: str, action: str, payload: dict[str, Any]) -> Any:
         if action == "StatusNotification" and payload["connectorId"] == 7:
