@@ -96,6 +96,29 @@ async def test_id_token_info_is_learned_at_once_and_kept_across_a_restart_201(
         await pair.close()
 
 
+async def test_an_answer_the_store_cannot_take_still_answers_then_is_written(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path, offline={"unknown_tags": "reject"})
+    async with running(tmp_path, settings) as pair:
+        pair.store.start_monitoring(every_s=1.0)  # as the running gateway does
+        pair.cloud.responder = lambda cid, action, payload: BLOCKED_16
+        pair.cloud.drop_after.add("Authorize")
+        cp = await pair.connect("CP")
+        await pair.store.fetchone("PRAGMA query_only = 1")  # every commit fails from now on
+        assert (await pair.call(cp, "Authorize", {"idTag": "tag"}))[2] == BLOCKED_16
+        assert (await pair.call(cp, "Authorize", {"idTag": "tag"}))[2] == BLOCKED_16  # offline
+        assert not pair.store.ok  # the learned row's commit failed
+        assert pair.tags.pending == 1
+        assert (await pair.call(cp, "Authorize", {"idTag": "tag"}))[2] == BLOCKED_16
+        await pair.store.fetchone("PRAGMA query_only = 0")
+        await pair.advance(2)  # the store's probe sees it commit again: the answer is written
+        assert pair.store.ok and pair.tags.pending == 0
+        row = await pair.store.find_learned_tag("TAG")
+        assert row is not None and row.status == "Blocked"
+        assert pair.cloud.actions("CP") == ["Authorize"]
+
+
 async def sync(pair: Pair, fake: FakeFlipturn) -> None:
     """One sync from the Flipturn API into the store, then the pusher's after-sync step."""
     async with FlipturnClient(
