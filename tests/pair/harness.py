@@ -5,12 +5,12 @@ The gateway side is the real thing: :class:`~gateway.net.hub.Hub` and the
 access-ID cache, the reservation book and the local list pusher, over a real SQLite file. Only
 three things are replaced, each at a surface the gateway already takes from outside:
 
-- the sockets: :class:`Link` is an in-memory pair of connection ends with what the hub and the
-  session use of a ``WsConnection`` (``send``, ``close``, reading held and released,
-  ``on_message``/``on_close``/``on_write_paused``, ``close_rcvd``, ``closed``, ``wait_closed``,
-  ``request.headers``); the charger's end is given to ``Hub.accept`` as its server connection;
-- the upstream opener: ``Hub(connect_upstream=...)`` gets :meth:`SimCloud.open`, which returns the
-  gateway's end of a new :class:`Link` to the simulated cloud, or raises ``CloudUnavailable``;
+- the sockets: :class:`~tests.pair.memlink.Link` (``memlink.py``) is an in-memory pair of
+  connection ends with what the hub and the session use of a ``WsConnection``; the charger's end
+  is given to ``Hub.accept`` as its server connection;
+- the upstream opener: ``Hub(connect_upstream=...)`` gets the simulated cloud's
+  :meth:`~tests.pair.sims.SimCloud.open` (``sims.py``), which returns the gateway's end of a new
+  ``Link`` to the cloud, or raises ``CloudUnavailable``;
 - the monotonic clock: the loop is a :class:`FakeClockLoop`, whose ``time()`` is a number the test
   moves (:meth:`Pair.advance`), so every ``call_later``, ``asyncio.sleep`` and ``wait_for`` of the
   drivers and the sessions' deadlines follow it. The wall clock stays ``time.time`` (the hub makes
@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextvars import Context
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +38,10 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config import Settings
 from gateway.core.backoff import BackoffPolicy
-from gateway.errors import CloudUnavailable
 from gateway.metrics import RelayStats
 from gateway.net.hub import Hub
 from gateway.net.session import ChargerSession
-from gateway.net.wsconn import ClientConnection, ServerConnection
+from gateway.net.wsconn import ServerConnection
 from gateway.ocpp.frames import OcppVersion
 from gateway.reservations.book import ReservationBook
 from gateway.reservations.hook import ReservationHook
@@ -52,6 +49,8 @@ from gateway.store.engine import Store
 from gateway.tags.cache import TagCache
 from gateway.tags.local_list_push import LocalListPusher
 from gateway.tags.rules import normalise
+from tests.pair.memlink import Close, Link
+from tests.pair.sims import Frame, SimCharger, SimCloud
 
 __all__ = [
     "Close",
@@ -66,9 +65,7 @@ __all__ = [
     "running",
 ]
 
-Message = str | bytes
 SPIN = 8  # loop iterations per spin of Pair.settle
-CLOSE_TIMEOUT_S = 2.0  # gateway.net.wsconn.Timeouts.close_s
 
 
 class FakeClockLoop(asyncio.SelectorEventLoop):
@@ -113,362 +110,6 @@ class FakeClockLoop(asyncio.SelectorEventLoop):
         heap of timers (``_scheduled``), which it has had since asyncio began; nothing is changed."""
         timers: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
         return min((t.when() for t in timers if not t.cancelled()), default=None)
-
-
-# --- the sockets ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Close:
-    """A close frame (websockets' ``Close`` has the same two fields the link reads)."""
-
-    code: int
-    reason: str
-
-
-class _Request:
-    """The handshake request of a charger's connection: the session reads its headers."""
-
-    def __init__(self, path: str, headers: dict[str, str]) -> None:
-        self.path = path
-        self.headers = headers
-
-
-class End:
-    """One end of an in-memory WebSocket connection, with the surface the gateway uses.
-
-    A message sent is delivered to the other end in a later loop iteration (as over a socket);
-    while reading is held, or before ``on_message`` is set, messages wait in order.
-    """
-
-    def __init__(self, link: Link, name: str, subprotocol: str) -> None:
-        loop = asyncio.get_running_loop()
-        self.link = link
-        self.name = name
-        self.subprotocol = subprotocol
-        self.peer: End | None = None
-        self.request: _Request | None = None
-        self.remote_address = ("127.0.0.1", 0)
-        self._on_message: Callable[[Message], None] | None = None
-        self.on_close: Callable[[Any], None] | None = None
-        self.on_write_paused: Callable[[bool], None] | None = None
-        self.closed: asyncio.Future[None] = loop.create_future()
-        self.close_rcvd: Close | None = None
-        self.close_sent: Close | None = None
-        self._inbound: deque[Message | Close] = deque()
-        self._holds: set[str] = {"unattached"}
-        self._delivering = False
-
-    # --- what the gateway uses -------------------------------------------------------------
-
-    @property
-    def on_message(self) -> Callable[[Message], None] | None:
-        return self._on_message
-
-    @on_message.setter
-    def on_message(self, handler: Callable[[Message], None] | None) -> None:
-        self._on_message = handler
-        if handler is not None:
-            self.release_reading("unattached")
-
-    @property
-    def open(self) -> bool:
-        return self.close_sent is None and self.close_rcvd is None and not self.closed.done()
-
-    def send(self, text: str) -> bool:
-        if not self.open or self.peer is None:
-            return False
-        self.link.frames += 1
-        asyncio.get_running_loop().call_soon(self.peer._arrive, text)
-        return True
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        """The closing handshake: the peer reads the close after what was sent before it."""
-        if not self.open or self.peer is None:
-            return
-        self.close_sent = Close(code, reason)
-        loop = asyncio.get_running_loop()
-        loop.call_soon(self.peer._arrive, self.close_sent)
-        # As WsConnection: a closing handshake that does not end in time aborts the connection.
-        loop.call_later(CLOSE_TIMEOUT_S, self.link.finish)
-
-    async def wait_closed(self) -> None:
-        await asyncio.shield(self.closed)
-
-    def hold_reading(self, reason: str) -> None:
-        self._holds.add(reason)
-
-    def release_reading(self, reason: str) -> None:
-        self._holds.discard(reason)
-        if not self._holds and self._inbound:
-            asyncio.get_running_loop().call_soon(self._deliver)
-
-    @property
-    def reading_held(self) -> bool:
-        return bool(self._holds)
-
-    def hold_reading_if(self, hold: bool, reason: str) -> None:
-        if hold:
-            self.hold_reading(reason)
-        else:
-            self.release_reading(reason)
-
-    def abort(self) -> None:
-        self.link.drop()
-
-    # --- delivery ----------------------------------------------------------------------------
-
-    def _arrive(self, item: Message | Close) -> None:
-        if self.closed.done():
-            return
-        self._inbound.append(item)
-        self._deliver()
-
-    def _deliver(self) -> None:
-        if self._delivering:
-            return
-        self._delivering = True
-        try:
-            while self._inbound and not self._holds and self._on_message is not None:
-                item = self._inbound.popleft()
-                if isinstance(item, Close):
-                    self._close_frame(item)
-                    return
-                self._on_message(item)
-        finally:
-            self._delivering = False
-
-    def _close_frame(self, frame: Close) -> None:
-        self.close_rcvd = frame
-        if self.close_sent is None and self.peer is not None:  # echo it (RFC 6455 §5.5.1)
-            self.close_sent = frame
-            self.peer.close_rcvd = frame
-        self.link.finish()
-
-    def _lost(self) -> None:
-        if self.closed.done():
-            return
-        self.closed.set_result(None)
-        on_close, self.on_close = self.on_close, None
-        self._on_message = self.on_write_paused = None
-        if on_close is not None:
-            on_close(self)
-
-
-class Link:
-    """An in-memory connection: ``near`` is the gateway's end, ``far`` the simulated system's."""
-
-    def __init__(self, subprotocol: str, path: str = "", headers: dict[str, str] | None = None):
-        self.frames = 0
-        self.near = End(self, "gateway", subprotocol)
-        self.far = End(self, "peer", subprotocol)
-        self.near.peer, self.far.peer = self.far, self.near
-        self.near.request = _Request(path, dict(headers or {}))
-
-    def finish(self) -> None:
-        """Both ends closed (after a closing handshake, or with none: a drop)."""
-        self.near._lost()
-        self.far._lost()
-
-    def drop(self) -> None:
-        """The network fails: both ends see the connection end without a close frame."""
-        self.finish()
-
-    @property
-    def is_open(self) -> bool:
-        return not self.near.closed.done()
-
-
-# --- the simulated systems -------------------------------------------------------------------
-
-
-Frame = list[Any]
-
-
-class SimCharger:
-    """A charger speaking OCPP-J: sends CALLs, keeps every answer, answers the CALLs it receives.
-
-    ``answers_to`` gives the payload for a CALL it receives (default: ``{"status": "Accepted"}``);
-    ``silent`` actions get no answer; ``refused`` actions get a CALLERROR.
-    """
-
-    def __init__(self, charger_id: str, version: OcppVersion = "1.6") -> None:
-        self.id = charger_id
-        self.version = version
-        self.ids = itertools.count(1)
-        self.answers: dict[str, Frame] = {}
-        self.received: list[Frame] = []  # every frame from the gateway, in order
-        self.answers_to: dict[str, dict[str, Any]] = {}
-        # Answers computed from the CALL's payload (before ``answers_to``).
-        self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-        self.silent: set[str] = set()
-        self.refused: set[str] = set()
-        self.link: Link | None = None
-        self.closes: list[Close | None] = []  # how each of its connections ended
-        self.outstanding: set[str] = set()  # CALLs received and not answered yet
-        self.max_outstanding = 0
-
-    @property
-    def calls_received(self) -> list[Frame]:
-        return [f for f in self.received if f[0] == 2]
-
-    def send(self, action: str, payload: dict[str, Any], mid: str | None = None) -> str:
-        message_id = mid or f"{self.id}-{next(self.ids)}"
-        self.send_raw(json.dumps([2, message_id, action, payload]))
-        return message_id
-
-    def send_raw(self, text: str) -> None:
-        assert self.link is not None and self.link.far.send(text), f"{self.id} is not connected"
-
-    def answer(self, frame: Frame, payload: dict[str, Any]) -> None:
-        self.outstanding.discard(frame[1])
-        self.send_raw(json.dumps([3, frame[1], payload]))
-
-    def _on_message(self, message: Message) -> None:
-        frame: Frame = json.loads(message)
-        self.received.append(frame)
-        if frame[0] != 2:
-            self.answers[frame[1]] = frame
-            return
-        self.outstanding.add(frame[1])
-        self.max_outstanding = max(self.max_outstanding, len(self.outstanding))
-        action = frame[2]
-        if action in self.silent:
-            return
-        if action in self.refused:
-            self.outstanding.discard(frame[1])
-            self.send_raw(json.dumps([4, frame[1], "NotSupported", "refused", {}]))
-            return
-        handler = self.handlers.get(action)
-        if handler is not None:
-            self.answer(frame, handler(frame[3]))
-        else:
-            self.answer(frame, self.answers_to.get(action, {"status": "Accepted"}))
-
-    def _on_close(self, end: Any) -> None:
-        self.closes.append(cast(End, end).close_rcvd)
-
-
-def default_answer(action: str, payload: dict[str, Any], tx_ids: Iterator[int]) -> Any:
-    """The cloud's answer to a charger CALL (1.6 and 2.0.1 shapes)."""
-    now = "2026-12-01T10:00:00Z"
-    if action == "BootNotification":
-        return {"status": "Accepted", "currentTime": now, "interval": 300}
-    if action == "Heartbeat":
-        return {"currentTime": now}
-    if action == "Authorize":
-        if "idToken" in payload:
-            return {"idTokenInfo": {"status": "Accepted"}}
-        return {"idTagInfo": {"status": "Accepted"}}
-    if action == "StartTransaction":
-        return {"transactionId": next(tx_ids), "idTagInfo": {"status": "Accepted"}}
-    if action == "StopTransaction":
-        return {"idTagInfo": {"status": "Accepted"}} if "idTag" in payload else {}
-    if action == "TransactionEvent" and "idToken" in payload:
-        return {"idTokenInfo": {"status": "Accepted"}}
-    return {}
-
-
-Responder = Callable[[str, str, dict[str, Any]], Any]
-"""(charger id, action, payload) → a payload, ``("error", code)`` for a CALLERROR, or None: silence."""
-
-
-@dataclass
-class SimCloud:
-    """A CSMS: one link per charger, records every frame per charger, answers with ``responder``.
-
-    ``up = False`` makes the opener raise ``CloudUnavailable``; :meth:`drop` cuts every link.
-    Transaction ids are assigned from 501 on.
-    """
-
-    responder: Responder | None = None
-    up: bool = True
-    received: dict[str, list[Frame]] = field(default_factory=dict)
-    links: dict[str, Link] = field(default_factory=dict)
-    opened: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
-    refused_opens: int = 0
-    drop_after: set[str] = field(default_factory=set)  # actions whose answer ends the cloud
-    handshake_delay_s: float = 0.0  # how long each handshake takes (on the fake clock)
-    answer_delay_s: float = 0.0  # how long the cloud takes to answer each CALL
-    opened_at: list[float] = field(default_factory=list)  # loop time of each link opened
-    tx_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(501))
-    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-
-    async def open(self, url: str, version: OcppVersion, headers: dict[str, str]) -> Any:
-        """The upstream opener: ``await opener(url, version, headers)`` as the hub calls it."""
-        if self.handshake_delay_s:
-            await asyncio.sleep(self.handshake_delay_s)
-        if not self.up:
-            self.refused_opens += 1
-            raise CloudUnavailable(f"{url}: connection refused")
-        self.opened_at.append(asyncio.get_running_loop().time())
-        charger_id = url.rsplit("/", 1)[-1]
-        link = Link(f"ocpp{version}")
-        self.links[charger_id] = link
-        self.opened.append((charger_id, version, dict(headers)))
-        link.far.on_message = lambda m: self._on_message(charger_id, link, m)
-        return cast(ClientConnection, link.near)
-
-    def _on_message(self, charger_id: str, link: Link, message: Message) -> None:
-        frame: Frame = json.loads(message)
-        self.received.setdefault(charger_id, []).append(frame)
-        if frame[0] != 2:
-            return
-        _, message_id, action, payload = frame
-        result = (self.responder or self.default)(charger_id, action, payload)
-        if result is None:
-            return
-        if isinstance(result, tuple):
-            answer = [4, message_id, result[1], "refused by the cloud", {}]
-        else:
-            answer = [3, message_id, result]
-        if self.answer_delay_s:
-            asyncio.get_running_loop().call_later(
-                self.answer_delay_s, link.far.send, json.dumps(answer)
-            )
-            return
-        link.far.send(json.dumps(answer))
-        if action in self.drop_after:  # the link fails right after the answer left
-            self.up = False
-            asyncio.get_running_loop().call_soon(link.drop)
-
-    def default(self, charger_id: str, action: str, payload: dict[str, Any]) -> Any:
-        """The default answers (a responder may fall back on it)."""
-        return default_answer(action, payload, self.tx_ids)
-
-    def frames(self, charger_id: str) -> list[Frame]:
-        return self.received.get(charger_id, [])
-
-    def calls(self, charger_id: str, action: str | None = None) -> list[Frame]:
-        return [
-            f for f in self.frames(charger_id) if f[0] == 2 and (action is None or f[2] == action)
-        ]
-
-    def actions(self, charger_id: str) -> list[str]:
-        return [f[2] for f in self.calls(charger_id)]
-
-    def call(self, charger_id: str, action: str, payload: dict[str, Any]) -> str:
-        """Send a CALL to the charger through its link; the answer lands in ``frames``."""
-        message_id = f"cloud-{next(self._ids)}"
-        link = self.links[charger_id]
-        assert link.far.send(json.dumps([2, message_id, action, payload]))
-        return message_id
-
-    def answer_to(self, charger_id: str, message_id: str) -> Frame | None:
-        for frame in self.frames(charger_id):
-            if frame[0] in (3, 4) and frame[1] == message_id:
-                return frame
-        return None
-
-    def drop(self) -> None:
-        """Every link fails at once (no close frame: an outage)."""
-        for link in list(self.links.values()):
-            if link.is_open:
-                link.drop()
-
-    def close(self, charger_id: str, code: int, reason: str) -> None:
-        """The cloud ends one charger's connection on purpose."""
-        self.links[charger_id].far.close(code, reason)
 
 
 # --- the pair ----------------------------------------------------------------------------------
@@ -665,10 +306,6 @@ async def open_pair(
     pair.idle_spin, pair.idle_round = idle.idle_spin, idle.idle_round
     await pair.settle()
     return pair
-
-
-def frames_of(frames: Iterable[Frame], kind: int) -> list[Frame]:
-    return [f for f in frames if f[0] == kind]
 
 
 @contextlib.asynccontextmanager
