@@ -21,7 +21,6 @@ from gateway.ocpp.validation import validate_call
 from gateway.store.engine import RESEND_WINDOW_S, Store, call_digest
 from tests.procs import GatewayProcess, base_config
 from tests.support import (
-    Charger,
     FakeCloud,
     charger,
     make_settings,
@@ -215,14 +214,6 @@ def accepting(tmp_path: Path, cloud: FakeCloud) -> Settings:
     )
 
 
-async def transaction_while_the_cloud_is_down(cp: Charger, cloud: FakeCloud) -> None:
-    """Online once; then the cloud stops, and a transaction starts and stops answered locally."""
-    await cp.call("Heartbeat", {})
-    await cloud.stop()
-    local = (await cp.call("StartTransaction", START))[2]["transactionId"]
-    await cp.call("StopTransaction", {"transactionId": local, "meterStop": 5, "timestamp": T0})
-
-
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])
 async def test_stored_and_replayed_payloads_are_the_chargers(
     tmp_path: Path, cloud: FakeCloud, version: str
@@ -275,53 +266,6 @@ def test_validation_never_adds_defaults() -> None:
 
 
 # --- replayed answers that break the schema ------------------------------------------------------
-
-
-async def test_invalid_start_transaction_answer_is_retried_not_delivered(
-    tmp_path: Path, cloud: FakeCloud
-) -> None:
-    answers = iter([{"transactionId": "not-a-number", "idTagInfo": {"status": "Accepted"}}])
-
-    def responder(cid: str, action: str, payload: dict[str, Any]) -> Any:
-        if action == "StartTransaction":
-            return next(answers, {"transactionId": 4711, "idTagInfo": {"status": "Accepted"}})
-        return {"currentTime": T0} if action == "Heartbeat" else {}
-
-    cloud.responder = responder
-    settings = accepting(tmp_path, cloud)
-    async with running_gateway(settings) as gw, charger(gw.charger_port, "CP") as cp:
-        await transaction_while_the_cloud_is_down(cp, cloud)
-        await cloud.restart()
-        await wait_for(lambda: len(cloud.calls("CP", "StopTransaction")) == 1, timeout=15)
-        assert len(cloud.calls("CP", "StartTransaction")) == 2  # the invalid answer, then a retry
-        assert cloud.calls("CP", "StopTransaction")[0][3]["transactionId"] == 4711
-        assert gw.store is not None and await gw.store.dead_letter_count() == 0
-
-
-async def test_invalid_answer_after_the_last_attempt_is_dead_lettered_with_the_reason(
-    tmp_path: Path, cloud: FakeCloud
-) -> None:
-    def responder(cid: str, action: str, payload: dict[str, Any]) -> Any:
-        if action == "StartTransaction":
-            return {"transactionId": "not-a-number", "idTagInfo": {"status": "Accepted"}}
-        return {"currentTime": T0} if action == "Heartbeat" else {}
-
-    cloud.responder = responder
-    settings = accepting(tmp_path, cloud)
-    async with running_gateway(settings) as gw, charger(gw.charger_port, "CP") as cp:
-        await transaction_while_the_cloud_is_down(cp, cloud)
-        assert gw.store is not None
-        await gw.store.write(
-            [("UPDATE outbox SET attempts = 7 WHERE action = 'StartTransaction'", ())]
-        )
-        await cloud.restart()
-        await wait_for(lambda: gw.hub.sessions["CP"].backlog == 0, timeout=10)  # type: ignore[union-attr]
-        dead = {d["action"]: d for d in await gw.store.dead_letters()}
-        assert "transactionId" in dead["StartTransaction"]["error_description"]
-        assert "breaks the schema" in dead["StartTransaction"]["error_description"]
-        assert dead["StopTransaction"]["error_code"] == "UnmappedTransaction"
-        assert cloud.calls("CP", "StopTransaction") == []  # nothing sent with a local id
-        assert len(cloud.calls("CP", "StartTransaction")) == 1
 
 
 # --- the resend keys in the store ----------------------------------------------------------------

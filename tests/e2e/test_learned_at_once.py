@@ -197,25 +197,3 @@ async def test_idtokeninfo_is_the_offline_answer_at_once_201(
                         failed.append((n, offline[2]))
             assert len(cloud.received) == rounds
             assert failed == [], f"{len(failed)} of {rounds} rounds forgot the answer: {failed}"
-
-
-async def test_an_answer_the_store_cannot_take_still_answers_then_is_written(
-    tmp_path: Path,
-) -> None:
-    async with DroppingCloud({"Authorize": BLOCKED_16}) as cloud:
-        settings = make_settings(tmp_path, upstream={"url": cloud.url, "call_timeout_s": 2})
-        async with running_gateway(settings) as gw, charger(gw.charger_port, "CP") as cp:
-            store, cache = gw.store, gw.tag_cache
-            assert store is not None and cache is not None
-            await cloud.wait_connected("CP")
-            await store.fetchone("PRAGMA query_only = 1")  # every commit fails from now on
-            assert (await cp.call("Authorize", {"idTag": "tag"}))[2] == BLOCKED_16
-            assert (await cp.call("Authorize", {"idTag": "tag"}))[2] == BLOCKED_16  # offline
-            await wait_for(lambda: not store.ok)  # the learned row's commit failed
-            assert cache.pending == 1
-            assert (await cp.call("Authorize", {"idTag": "tag"}))[2] == BLOCKED_16
-            await store.fetchone("PRAGMA query_only = 0")
-            # The store's probe sees it commit again; the held answer is written then.
-            await wait_for(lambda: cache.pending == 0)
-            row = await store.find_learned_tag("TAG")
-            assert row is not None and row.status == "Blocked"

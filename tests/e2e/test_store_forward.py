@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
-import pytest
 
 from gateway.core.link import LinkState
 from gateway.core.txmap import LOCAL_TX_MIN, is_local
@@ -84,118 +82,6 @@ async def test_offline_transaction_replayed_in_order_with_cloud_id(
         assert cloud.calls("CP")[-1][2] == "Heartbeat"
 
 
-async def test_running_offline_transaction_maps_ids_both_ways(
-    tmp_path: Any, cloud: FakeCloud
-) -> None:
-    async with (
-        running_gateway(settings_for(tmp_path, cloud)) as gw,
-        charger(gw.charger_port, "CP") as cp,
-    ):
-        await cp.call("Heartbeat", {})
-        await cloud.stop()
-        local_tx = (await cp.call("StartTransaction", start_tx()))[2]["transactionId"]
-        await cloud.restart()
-        await wait_for(lambda: len(cloud.calls("CP", "StartTransaction")) == 1, timeout=10)
-        await wait_for(lambda: drained_and_online(gw, "CP"))
-        # The cloud's id for the transaction it learnt on replay:
-        session = gw.hub.sessions["CP"]  # type: ignore[union-attr]
-        cloud_tx = session.txids.local_to_cloud[local_tx]
-        assert not is_local(cloud_tx)
-
-        # Later MeterValues from the charger (local id) reach the cloud with the cloud id.
-        await cp.call("MeterValues", meter(local_tx, 700))
-        assert cloud.calls("CP")[-1][3]["transactionId"] == cloud_tx
-
-        # RemoteStopTransaction with the cloud id reaches the charger with the local id.
-        remote = asyncio.create_task(
-            cloud.call("CP", "RemoteStopTransaction", {"transactionId": cloud_tx})
-        )
-        incoming = await asyncio.wait_for(cp.calls.get(), 5)
-        assert incoming[2:] == ["RemoteStopTransaction", {"transactionId": local_tx}]
-        await cp.answer(incoming, {"status": "Accepted"})
-        assert (await remote)[2] == {"status": "Accepted"}
-
-        await cp.call("StopTransaction", stop_tx(local_tx))
-        assert cloud.calls("CP")[-1][3]["transactionId"] == cloud_tx
-        assert not any(is_local(i) for i in transaction_ids_seen(cloud, "CP"))
-
-
-async def test_v201_transaction_events_replayed_in_order(tmp_path: Any, cloud: FakeCloud) -> None:
-    def event(kind: str, seq: int, **extra: Any) -> dict[str, Any]:
-        return {
-            "eventType": kind,
-            "timestamp": T0,
-            "triggerReason": "Authorized" if kind == "Started" else "MeterValuePeriodic",
-            "seqNo": seq,
-            "transactionInfo": {"transactionId": "tx-abc"},
-            **extra,
-        }
-
-    async with (
-        running_gateway(settings_for(tmp_path, cloud)) as gw,
-        charger(gw.charger_port, "EV", "2.0.1") as cp,
-    ):
-        await cp.call("Heartbeat", {})
-        await cloud.stop()
-        started = await cp.call(
-            "TransactionEvent", event("Started", 0, idToken={"idToken": "abc", "type": "ISO14443"})
-        )
-        assert started[2] == {"idTokenInfo": {"status": "Accepted"}}
-        assert await cp.call("TransactionEvent", event("Updated", 1)) == [3, "m3", {}]
-        assert await cp.call("TransactionEvent", event("Ended", 2)) == [3, "m4", {}]
-        await cloud.restart()
-        await wait_for(lambda: len(cloud.calls("EV", "TransactionEvent")) == 3, timeout=10)
-        events = cloud.calls("EV", "TransactionEvent")
-        assert [e[3]["seqNo"] for e in events] == [0, 1, 2]
-        assert [e[3]["eventType"] for e in events] == ["Started", "Updated", "Ended"]
-        assert all(e[3]["offline"] is True for e in events)
-
-
-async def test_unanswered_call_is_answered_locally_and_delivered_later(
-    tmp_path: Any, cloud: FakeCloud
-) -> None:
-    silent = {"on": True}
-
-    def responder(cid: str, action: str, payload: dict[str, Any]) -> Any:
-        if silent["on"] and action == "StatusNotification":
-            return None
-        return {} if action != "Heartbeat" else {"currentTime": T0}
-
-    cloud.responder = responder
-    status = {"connectorId": 1, "errorCode": "NoError", "status": "Charging"}
-    async with (
-        running_gateway(settings_for(tmp_path, cloud, call_timeout_s=0.5)) as gw,
-        charger(gw.charger_port, "CP") as cp,
-    ):
-        await cp.call("Heartbeat", {})
-        answer = await cp.call("StatusNotification", status)
-        assert answer == [3, "m2", {}]  # local answer after the timeout
-        silent["on"] = False
-        # The link is re-established and the message replayed (same id) until the cloud answers.
-        await wait_for(lambda: drained_and_online(gw, "CP"), 10)
-        sent = [f[1] for f in cloud.calls("CP", "StatusNotification")]
-        assert len(sent) >= 2 and set(sent) == {"m2"}
-
-
-async def test_backlog_drains_after_charger_left_and_boot_replayed_first(
-    tmp_path: Any, cloud: FakeCloud
-) -> None:
-    await cloud.stop()
-    boot = {"chargePointVendor": "V", "chargePointModel": "M"}
-    async with running_gateway(settings_for(tmp_path, cloud)) as gw:
-        async with charger(gw.charger_port, "CP") as cp:
-            assert (await cp.call("BootNotification", boot))[2]["status"] == "Accepted"
-            await cp.call(
-                "StatusNotification",
-                {"connectorId": 0, "errorCode": "NoError", "status": "Available"},
-            )
-        await cloud.restart()
-        await wait_for(lambda: len(cloud.calls("CP")) == 2, timeout=10)
-        assert [f[2] for f in cloud.calls("CP")] == ["BootNotification", "StatusNotification"]
-        assert cloud.calls("CP")[0][3] == boot
-        await wait_for(lambda: not cloud.connections, timeout=5)  # drained: link closed again
-
-
 async def test_refused_message_dead_lettered_and_visible(tmp_path: Any, cloud: FakeCloud) -> None:
     def responder(cid: str, action: str, payload: dict[str, Any]) -> Any:
         if action == "StatusNotification" and payload["connectorId"] == 7:
@@ -224,75 +110,3 @@ async def test_refused_message_dead_lettered_and_visible(tmp_path: Any, cloud: F
         assert [d["error"].split(":")[0] for d in dead] == ["PropertyConstraintViolation"]
         assert health["outbox"]["deadLetters"] == 1 and health["status"] == "degraded"
         assert "flipturn_gateway_dead_lettered_total 1.0" in metrics
-
-
-async def test_transient_error_is_retried_not_dropped(tmp_path: Any, cloud: FakeCloud) -> None:
-    failures = {"left": 1}
-
-    def responder(cid: str, action: str, payload: dict[str, Any]) -> Any:
-        if action == "MeterValues" and failures["left"]:
-            failures["left"] -= 1
-            return ("error", "InternalError")
-        return {"currentTime": T0} if action == "Heartbeat" else {}
-
-    cloud.responder = responder
-    async with (
-        running_gateway(settings_for(tmp_path, cloud)) as gw,
-        charger(gw.charger_port, "CP") as cp,
-    ):
-        await cp.call("Heartbeat", {})
-        await cloud.stop()
-        await cp.call("MeterValues", meter(5, 1))
-        await cloud.restart()
-        await wait_for(lambda: len(cloud.calls("CP", "MeterValues")) == 2, timeout=10)
-        await wait_for(lambda: drained_and_online(gw, "CP"))
-        assert gw.store is not None and await gw.store.dead_letter_count() == 0
-
-
-async def test_full_disk_answers_internal_error_and_acknowledges_nothing(
-    tmp_path: Any, cloud: FakeCloud
-) -> None:
-    await cloud.stop()
-    async with (
-        running_gateway(settings_for(tmp_path, cloud)) as gw,
-        charger(gw.charger_port, "CP") as cp,
-    ):
-        assert gw.store is not None
-        pages = (await gw.store.fetchone("PRAGMA page_count"))[0]  # type: ignore[index]
-        await gw.store.fetchone(f"PRAGMA max_page_count = {pages}")  # the disk is full
-        filler = {"vendorId": "x"}
-        status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
-        answers = [await cp.call("StatusNotification", status) for _ in range(200)]
-        refused = [a for a in answers if a[0] == 4]
-        assert refused and all(a[2] == "InternalError" for a in refused)
-        acknowledged = len(answers) - len(refused)
-        assert (await cp.call("DataTransfer", filler))[2] == "NotSupported"  # still serving
-        await gw.store.fetchone("PRAGMA max_page_count = 1073741823")  # space again
-        assert (await cp.call("StatusNotification", status))[0] == 3
-        rows = await gw.store.pending("CP", 1000)
-        assert len(rows) == acknowledged + 1  # exactly what was acknowledged, nothing more
-
-
-async def test_cloud_refusing_a_replayed_start_is_reported(
-    tmp_path: Any, cloud: FakeCloud, caplog: pytest.LogCaptureFixture
-) -> None:
-    def responder(cid: str, action: str, payload: dict[str, Any]) -> Any:
-        if action == "StartTransaction":
-            return {"transactionId": 77, "idTagInfo": {"status": "Blocked"}}
-        return {"currentTime": T0} if action == "Heartbeat" else {}
-
-    cloud.responder = responder
-    async with (
-        running_gateway(settings_for(tmp_path, cloud)) as gw,
-        charger(gw.charger_port, "CP") as cp,
-    ):
-        await cp.call("Heartbeat", {})
-        await cloud.stop()
-        local = (await cp.call("StartTransaction", start_tx()))[2]["transactionId"]
-        await cloud.restart()
-        await wait_for(lambda: drained_and_online(gw, "CP"), 10)
-        assert gw.hub is not None and gw.hub.sessions["CP"].txids.local_to_cloud == {local: 77}
-    assert any(
-        "cloud answered Blocked to the replayed StartTransaction" in r.getMessage()
-        for r in caplog.records
-    )

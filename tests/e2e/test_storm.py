@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +16,7 @@ from gateway.net.server import start_charger_server
 from gateway.net.upstream import UpstreamOpener
 from gateway.store.engine import ChargerState, Store
 from gateway.tags.cache import TagCache
-from tests.support import FakeCloud, charger, make_settings, running_gateway, wait_for
+from tests.support import FakeCloud, make_settings, wait_for
 
 BOOT = {"chargePointVendor": "V", "chargePointModel": "M"}
 
@@ -104,30 +103,3 @@ async def test_storm_of_chargers_behind_a_slow_cloud_handshake(tmp_path: Any) ->
         await server.wait_closed()
         await store.close()
         await cloud.stop()
-
-
-async def test_boot_answered_locally_is_delivered_once_when_the_link_comes_up(
-    tmp_path: Any,
-) -> None:
-    """A Boot held past the bound while the handshake is slow: answered locally, stored, and the
-    cloud gets it exactly once after the link is up; the next Boot goes live."""
-    cloud = await FakeCloud(handshake_delay_s=CONNECTING_HOLD_S + 1.0).start()
-    settings = make_settings(tmp_path, upstream={"url": cloud.url, "call_timeout_s": 10.0})
-    try:
-        async with running_gateway(settings) as gw, charger(gw.charger_port, "SLOW") as cp:
-            loop = asyncio.get_running_loop()
-            sent = loop.time()
-            answer = await cp.call("BootNotification", BOOT, message_id="b1", timeout=10)
-            assert answer[2]["status"] == "Accepted"
-            assert loop.time() - sent < CONNECTING_HOLD_S + 0.8  # not the 3 s handshake
-            assert cloud.calls("SLOW") == []
-            await wait_for(lambda: len(cloud.calls("SLOW", "BootNotification")) == 1, timeout=10)
-            cloud.handshake_delay_s = 0.0
-            await wait_for(lambda: gw.hub.sessions["SLOW"].state.value == "online")  # type: ignore[union-attr]
-            await cp.call("BootNotification", BOOT, message_id="b2")
-            await asyncio.sleep(0.3)
-            assert [b[1] for b in cloud.calls("SLOW", "BootNotification")] == ["b1", "b2"]
-            assert gw.store is not None and await gw.store.undelivered_boot("SLOW") is None
-    finally:
-        with contextlib.suppress(Exception):
-            await cloud.stop()
