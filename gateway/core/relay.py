@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from gateway.core import txmap
 from gateway.core.charger_slot import GATEWAY_ID_PREFIX, ChargerSlot, OutCall
+from gateway.core.depot import sample_key
 from gateway.core.events import (
     BootDelivered,
     ChargerCallSeen,
@@ -70,11 +71,24 @@ from gateway.core.pending import PendingCalls
 from gateway.core.replay import Backlog, ReplayCursor
 from gateway.errors import ChargerNotConnected, FrameError
 from gateway.ocpp import frames
-from gateway.ocpp.frames import Call, CallError, CallResult, CallResultError, OcppVersion, Send
+from gateway.ocpp.frames import (
+    CALL,
+    CALLERROR,
+    CALLRESULT,
+    SEND,
+    Call,
+    CallError,
+    CallResult,
+    CallResultError,
+    OcppVersion,
+    Send,
+)
 
 __all__ = ["GATEWAY_ID_PREFIX", "RECENT_IDS", "ChargerRelay", "RelaySettings"]
 
 log = logging.getLogger(__name__)
+
+MAX_SAMPLE_KEYS: Final = 64  # per charger: (action, connector, transaction) keys rate-limited
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +107,11 @@ class RelaySettings:
     observed_answers: frozenset[str] = frozenset()  # charger CALLs whose CALLRESULT is shown
     observed_cloud_calls: frozenset[str] = frozenset()  # cloud CALLs shown before they queue
     observed_cloud_answers: frozenset[str] = frozenset()  # cloud CALLs whose answer is shown
+    # Observed charger CALLs shown at most once per sample_every_s per depot.sample_key (the
+    # latest of each key; the first at once): a meter reading every few seconds needs no event
+    # per frame, and the last one is shown at the latest at the next tick after sample_every_s.
+    sampled_charger_calls: frozenset[str] = frozenset()
+    sample_every_s: float = 1.0
 
 
 # --- the relay ---------------------------------------------------------------------------------------
@@ -106,9 +125,10 @@ class ChargerRelay:
         "_events",
         "_inbox",
         "_new_id",
-        "_output",
         "_pending",
         "_replay",
+        "_sample_due",
+        "_samples",
         "_slot",
         "_to_charger",
         "_to_cloud",
@@ -117,6 +137,7 @@ class ChargerRelay:
         "charger_id",
         "errors",
         "lines",
+        "output",
         "recent_ids",
         "sends",
         "settings",
@@ -148,7 +169,9 @@ class ChargerRelay:
         self.state = LinkState.OFFLINE
         self.charger_connected = False
         self._backlog = Backlog()
-        self._output = output = RelayOutput(log_limit=log_limit or LogLimiter())
+        # What the driver has not taken yet (data_to_charger, data_to_cloud, events); it may
+        # test the lists to skip the calls when they are empty.
+        self.output = output = RelayOutput(log_limit=log_limit or LogLimiter())
         self.lines = LimitedLog(log, output.log_limit, charger_id)  # the driver's lines too
         self._to_charger = output.to_charger
         self._to_cloud = output.to_cloud
@@ -175,6 +198,10 @@ class ChargerRelay:
         self.recent_ids = self._inbox.recent_ids  # the same set: one lookup on the hot path
         self._turn_due: float | None = None
         self._replay: ReplayCursor | None = None  # while the link is REPLAYING
+        # Sampled CALLs not shown yet (the latest per key, oldest first; each with its time),
+        # and per key the time before which another one waits for the next tick.
+        self._samples: dict[Hashable, tuple[list[Any], float]] = {}
+        self._sample_due: dict[Hashable, float] = {}
 
     # --- output ------------------------------------------------------------------------------------
 
@@ -201,7 +228,11 @@ class ChargerRelay:
         out = self._events
         if not out:
             return out
-        taken = out.copy()
+        if self._samples:  # they came before whatever brought these events: shown first
+            taken = self._take_samples()
+            taken.extend(out)
+        else:
+            taken = out.copy()
         out.clear()
         return taken
 
@@ -237,6 +268,7 @@ class ChargerRelay:
             self._slot.current is not None
             or self._inbox.held is not None
             or self._replay is not None
+            or bool(self._samples)
         )
 
     def next_deadline(self) -> float | None:
@@ -251,6 +283,9 @@ class ChargerRelay:
         replay_deadline = self._replay.deadline() if self._replay is not None else None
         if replay_deadline is not None:
             times.append(replay_deadline)
+        if self._samples:
+            due = self._sample_due
+            times.append(min(due.get(key, 0.0) for key in self._samples))
         return min(times) if times else None
 
     def tick(self, now: float) -> None:
@@ -267,6 +302,12 @@ class ChargerRelay:
             self._set_state(Event.CALL_TIMEOUT)
             self._replay = None
             self._events.append(CloseLink(1011, "call timeout"))
+        samples = self._samples
+        if samples and any(now >= self._sample_due.get(key, 0.0) for key in samples):
+            every_s = self.settings.sample_every_s
+            for key in samples:
+                self._sample_due[key] = now + every_s
+            self._events[:0] = self._take_samples()
 
     # --- the charger's connection ------------------------------------------------------------------
 
@@ -282,6 +323,8 @@ class ChargerRelay:
         self.charger_connected = False
         self._slot.fail_all()
         self._to_charger.clear()
+        if self._samples:  # shown now: the session may be forgotten before its next tick
+            self._events[:0] = self._take_samples()
         if self._backlog.count == 0 and self.state is not LinkState.OFFLINE:
             self._events.append(CloseLink(1000, "charger disconnected"))
 
@@ -344,13 +387,15 @@ class ChargerRelay:
 
     def _charger_frame(self, text: str, now: float) -> None:
         try:
-            frame = frames.parse(text, self.version)
+            raw = frames.check(text, self.version)
         except FrameError as exc:
             self.bad_charger_frame(exc, now)
             return
-        if type(frame) is Call:
-            self._charger_call(frame, text, now)
-        elif type(frame) is CallResult or type(frame) is CallError:
+        if raw[0] == CALL:
+            self._charger_call(raw, text, now)
+            return
+        frame = frames.frame_of(raw)
+        if type(frame) is CallResult or type(frame) is CallError:
             self._slot.answered(frame, text, now, self._to_cloud if self._cloud_up else None)
         elif type(frame) is Send:
             self._relay_send("from_charger", self._to_cloud if self._cloud_up else None, text)
@@ -391,21 +436,55 @@ class ChargerRelay:
         elif self._cloud_up:
             self._to_cloud.append(text)
 
-    def _charger_call(self, call: Call, text: str, now: float) -> None:
-        if call.action in self.settings.observed_charger_calls:
-            self._events.append(ChargerCallSeen(call))
-        if (
-            self.recent_ids
-            and call.message_id in self.recent_ids
-            and self.state is LinkState.ONLINE
-        ):
-            # Perhaps a resend of a CALL already stored: it must not reach the cloud twice.
-            self._inbox.check_resend(call, text)
+    def _charger_call(self, raw: list[Any], text: str, now: float) -> None:
+        """A charger CALL (``[2, id, action, {payload}]``, checked). The common case — online,
+        not a resend, no transaction id to rewrite, not observed — is decided here without
+        making a :class:`Call`."""
+        if raw[2] in self.settings.observed_charger_calls:
+            if raw[2] in self.settings.sampled_charger_calls:
+                self._sample(raw, now)
+            else:
+                self._events.append(ChargerCallSeen(Call(raw[1], raw[2], raw[3])))
+        if self.state is LinkState.ONLINE:
+            recent = self.recent_ids
+            if recent and raw[1] in recent:
+                # Perhaps a resend of a CALL already stored: it must not reach the cloud twice.
+                self._inbox.check_resend(Call(raw[1], raw[2], raw[3]), text)
+                return
+            txids = self.txids
+            if not (txids.local_to_cloud or txids.unmapped):
+                self._pending.forward(raw, text, now)
+                return
+        self._route(Call(raw[1], raw[2], raw[3]), text, now)
+
+    def _sample(self, raw: list[Any], now: float) -> None:
+        """A sampled CALL: shown at once if it is the first of its key in ``sample_every_s``,
+        else kept (replacing an older one of its key) until ``tick`` or the next event, which
+        shows it first."""
+        key = sample_key(self.version, raw[2], raw[3])
+        if key is None:
+            self._events.append(ChargerCallSeen(Call(raw[1], raw[2], raw[3])))
             return
-        if self.state is LinkState.ONLINE and not self.txids:
-            self._pending.forward(call, text, now)  # the common case, decided without more calls
+        due = self._sample_due.get(key)
+        # Held only while no event waits: held samples are then older than every event the
+        # driver has not taken, and ``events`` can put them first.
+        if due is None or now >= due or self._events:
+            if due is None and len(self._sample_due) >= MAX_SAMPLE_KEYS:
+                self._sample_due.clear()  # only a rate limit: forgetting it shows one more
+            self._sample_due[key] = now + self.settings.sample_every_s
+            self._events.append(ChargerCallSeen(Call(raw[1], raw[2], raw[3])))
             return
-        self._route(call, text, now)
+        samples = self._samples
+        samples.pop(key, None)  # the newer one takes the older one's place at the end
+        samples[key] = (raw, now)
+
+    def _take_samples(self) -> list[RelayEvent]:
+        samples = self._samples
+        taken: list[RelayEvent] = [
+            ChargerCallSeen(Call(raw[1], raw[2], raw[3]), at) for raw, at in samples.values()
+        ]
+        samples.clear()
+        return taken
 
     def _route(self, call: Call, text: str, now: float) -> None:
         if self.state is LinkState.CONNECTING:
@@ -432,7 +511,7 @@ class ChargerRelay:
                 return
             call = Call(call.message_id, call.action, payload)
             text = call.serialize()
-        self._pending.forward(call, text, now)
+        self._pending.forward([CALL, call.message_id, call.action, call.payload], text, now)
 
     def answered_locally(
         self,
@@ -524,24 +603,25 @@ class ChargerRelay:
     def receive_cloud(self, text: str, now: float) -> None:
         """A text frame from the cloud."""
         try:
-            frame = frames.parse(text, self.version)
+            raw = frames.check(text, self.version)
         except FrameError as exc:
             self.bad_cloud_frame(exc, now)
             return
-        kind = type(frame)
-        if kind is CallResult or kind is CallError:
-            assert isinstance(frame, (CallResult, CallError))
+        kind = raw[0]
+        if kind in (CALLRESULT, CALLERROR):
             replay = self._replay
             flight = replay.in_flight if replay is not None else None
-            if flight is not None and flight.call.message_id == frame.message_id:
+            if flight is not None and flight.call.message_id == raw[1]:
                 assert replay is not None
-                replay.answered(frame, now)
+                answer = frames.frame_of(raw)
+                assert isinstance(answer, (CallResult, CallError))
+                replay.answered(answer, now)
             else:
-                self._pending.answered(frame, text, now, self.charger_connected)
-        elif kind is Call:
-            assert isinstance(frame, Call)
-            self._cloud_call(frame, text, now)
-        elif kind is Send:
+                self._pending.answered(raw, text, now, self.charger_connected)
+            return
+        if kind == CALL:
+            self._cloud_call(Call(raw[1], raw[2], raw[3]), text, now)
+        elif kind == SEND:
             self._relay_send(
                 "from_cloud", self._to_charger if self.charger_connected else None, text
             )
@@ -657,7 +737,7 @@ class ChargerRelay:
                 self.charger_id,
                 self._backlog,
                 self.txids,
-                self._output,
+                self.output,
                 call_timeout_s=self.settings.cloud_call_timeout_s,
                 max_attempts=self.settings.max_replay_attempts,
                 max_retry_delay_s=self.settings.max_retry_delay_s,

@@ -125,7 +125,7 @@ class ChargerSession:
         # log.level = "debug": one line per frame (one attribute test per frame otherwise).
         self._trace_frames = False
         self._calls = ChargerCalls(self, self.relay, clock=self._now)
-        self._observers = SessionObservers(self, host, wall_clock=wall_clock)
+        self._observers = SessionObservers(self, host, clock=self._now, wall_clock=wall_clock)
         self._effects = RelayEffects(
             self,
             host,
@@ -451,7 +451,7 @@ def _to_effects(
 
 _HANDLERS: Final[Mapping[type[ev.RelayEvent], Callable[[ChargerSession, Any], None]]] = {
     **{kind: _to_effects(handler) for kind, handler in EFFECT_HANDLERS.items()},
-    ev.ChargerCallSeen: lambda s, e: s._observers.charger_call(e.call),
+    ev.ChargerCallSeen: lambda s, e: s._observers.charger_call(e.call, e.at),
     ev.CloudCallSeen: lambda s, e: s._observers.cloud_call(e.call),
     ev.ChargerAnswered: ChargerSession._charger_answered,
     ev.ChargerCallFailed: lambda s, e: s._calls.failed(e),
