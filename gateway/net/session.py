@@ -72,6 +72,7 @@ class ChargerSession:
         "_link",
         "_now",
         "_observers",
+        "_output",
         "_stats",
         "_tasks",
         "_trace_frames",
@@ -115,6 +116,7 @@ class ChargerSession:
             log_limit=host.log_limit,
         )
         self._stats = stats
+        self._output = self.relay.output
         self._now = clock or asyncio.get_running_loop().time  # monotonic: deadlines
         self._wall = wall_clock  # unix time: what is stored and shown
         self.charger: ServerConnection | None = None
@@ -222,26 +224,24 @@ class ChargerSession:
 
     def flush(self) -> None:
         """Send what the core produced and carry out its events."""
-        relay = self.relay
-        out = relay.data_to_cloud()
-        if out:
+        output = self._output  # tested first: most frames bring one frame to send, no event
+        if output.to_cloud:
             ws = self.upstream
-            for text in out:
+            for text in self.relay.data_to_cloud():
                 if ws is not None and ws.send(text):
                     self._stats.frames_to_cloud += 1
                     if self._trace_frames:
                         self._trace("to cloud", text)
-        out = relay.data_to_charger()
-        if out:
+        if output.to_charger:
             charger = self.charger
-            for text in out:
+            for text in self.relay.data_to_charger():
                 if charger is not None and charger.send(text):
                     self._stats.frames_to_chargers += 1
                     if self._trace_frames:
                         self._trace("to charger", text)
-        events = relay.events()  # none for a relayed frame unless its action is observed
-        for event in events:
-            _HANDLERS[type(event)](self, event)
+        if output.events:  # none for a relayed frame unless its action is observed
+            for event in self.relay.events():
+                _HANDLERS[type(event)](self, event)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, what)
