@@ -43,13 +43,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from gateway.core import txmap
 from gateway.core.charger_slot import GATEWAY_ID_PREFIX, ChargerSlot, OutCall
-from gateway.core.depot import sample_key
 from gateway.core.events import (
     BootDelivered,
     ChargerCallSeen,
@@ -69,6 +68,7 @@ from gateway.core.limits import LimitedLog, LogLimiter
 from gateway.core.link import Event, LinkState, transition
 from gateway.core.pending import PendingCalls
 from gateway.core.replay import Backlog, ReplayCursor
+from gateway.core.samples import SampledCalls
 from gateway.errors import ChargerNotConnected, FrameError
 from gateway.ocpp import frames
 from gateway.ocpp.frames import (
@@ -87,8 +87,6 @@ from gateway.ocpp.frames import (
 __all__ = ["GATEWAY_ID_PREFIX", "RECENT_IDS", "ChargerRelay", "RelaySettings"]
 
 log = logging.getLogger(__name__)
-
-MAX_SAMPLE_KEYS: Final = 64  # per charger: (action, connector, transaction) keys rate-limited
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +125,6 @@ class ChargerRelay:
         "_new_id",
         "_pending",
         "_replay",
-        "_sample_due",
         "_samples",
         "_slot",
         "_to_charger",
@@ -136,6 +133,7 @@ class ChargerRelay:
         "charger_connected",
         "charger_id",
         "errors",
+        "inbox_items",
         "lines",
         "output",
         "recent_ids",
@@ -196,12 +194,10 @@ class ChargerRelay:
             output, errors=self.errors, observed_answers=settings.observed_answers
         )
         self.recent_ids = self._inbox.recent_ids  # the same set: one lookup on the hot path
+        self.inbox_items = self._inbox.items  # the same deque, never replaced
         self._turn_due: float | None = None
         self._replay: ReplayCursor | None = None  # while the link is REPLAYING
-        # Sampled CALLs not shown yet (the latest per key, oldest first; each with its time),
-        # and per key the time before which another one waits for the next tick.
-        self._samples: dict[Hashable, tuple[list[Any], float]] = {}
-        self._sample_due: dict[Hashable, float] = {}
+        self._samples = SampledCalls(output, every_s=settings.sample_every_s)
 
     # --- output ------------------------------------------------------------------------------------
 
@@ -228,8 +224,8 @@ class ChargerRelay:
         out = self._events
         if not out:
             return out
-        if self._samples:  # they came before whatever brought these events: shown first
-            taken = self._take_samples()
+        if self._samples.held:  # they came before whatever brought these events: shown first
+            taken = self._samples.take()
             taken.extend(out)
         else:
             taken = out.copy()
@@ -245,7 +241,8 @@ class ChargerRelay:
 
     @property
     def inbox_size(self) -> int:
-        """Charger frames waiting behind one that needs I/O (the driver pauses reading at a bound)."""
+        """Charger frames waiting behind one that needs I/O (the driver pauses reading at a bound;
+        ``len(inbox_items)`` is the same without a call)."""
         return len(self._inbox.items)
 
     @property
@@ -268,7 +265,7 @@ class ChargerRelay:
             self._slot.current is not None
             or self._inbox.held is not None
             or self._replay is not None
-            or bool(self._samples)
+            or bool(self._samples.held)
         )
 
     def next_deadline(self) -> float | None:
@@ -283,9 +280,9 @@ class ChargerRelay:
         replay_deadline = self._replay.deadline() if self._replay is not None else None
         if replay_deadline is not None:
             times.append(replay_deadline)
-        if self._samples:
-            due = self._sample_due
-            times.append(min(due.get(key, 0.0) for key in self._samples))
+        samples_due = self._samples.deadline()
+        if samples_due is not None:
+            times.append(samples_due)
         return min(times) if times else None
 
     def tick(self, now: float) -> None:
@@ -302,12 +299,7 @@ class ChargerRelay:
             self._set_state(Event.CALL_TIMEOUT)
             self._replay = None
             self._events.append(CloseLink(1011, "call timeout"))
-        samples = self._samples
-        if samples and any(now >= self._sample_due.get(key, 0.0) for key in samples):
-            every_s = self.settings.sample_every_s
-            for key in samples:
-                self._sample_due[key] = now + every_s
-            self._events[:0] = self._take_samples()
+        self._samples.tick(now)
 
     # --- the charger's connection ------------------------------------------------------------------
 
@@ -323,8 +315,8 @@ class ChargerRelay:
         self.charger_connected = False
         self._slot.fail_all()
         self._to_charger.clear()
-        if self._samples:  # shown now: the session may be forgotten before its next tick
-            self._events[:0] = self._take_samples()
+        if self._samples.held:  # shown now: the session may be forgotten before its next tick
+            self._events[:0] = self._samples.take()
         if self._backlog.count == 0 and self.state is not LinkState.OFFLINE:
             self._events.append(CloseLink(1000, "charger disconnected"))
 
@@ -374,7 +366,15 @@ class ChargerRelay:
         if inbox.busy:  # an earlier frame awaits I/O: keep the charger's order
             inbox.items.append(text)
             return
-        self._charger_frame(text, now)
+        try:  # _charger_frame, inline: this is every relayed frame
+            raw = frames.check(text, self.version)
+        except FrameError as exc:
+            self.bad_charger_frame(exc, now)
+            return
+        if raw[0] == CALL:
+            self._charger_call(raw, text, now)
+        else:
+            self._charger_answer(raw, text, now)
 
     def bad_charger_frame(self, exc: FrameError, now: float) -> None:
         """A charger frame that cannot be accepted (also one the driver could not decode)."""
@@ -393,7 +393,11 @@ class ChargerRelay:
             return
         if raw[0] == CALL:
             self._charger_call(raw, text, now)
-            return
+        else:
+            self._charger_answer(raw, text, now)
+
+    def _charger_answer(self, raw: list[Any], text: str, now: float) -> None:
+        """A charger frame other than a CALL (checked)."""
         frame = frames.frame_of(raw)
         if type(frame) is CallResult or type(frame) is CallError:
             self._slot.answered(frame, text, now, self._to_cloud if self._cloud_up else None)
@@ -442,7 +446,7 @@ class ChargerRelay:
         making a :class:`Call`."""
         if raw[2] in self.settings.observed_charger_calls:
             if raw[2] in self.settings.sampled_charger_calls:
-                self._sample(raw, now)
+                self._samples.add(self.version, raw, now)
             else:
                 self._events.append(ChargerCallSeen(Call(raw[1], raw[2], raw[3])))
         if self.state is LinkState.ONLINE:
@@ -456,35 +460,6 @@ class ChargerRelay:
                 self._pending.forward(raw, text, now)
                 return
         self._route(Call(raw[1], raw[2], raw[3]), text, now)
-
-    def _sample(self, raw: list[Any], now: float) -> None:
-        """A sampled CALL: shown at once if it is the first of its key in ``sample_every_s``,
-        else kept (replacing an older one of its key) until ``tick`` or the next event, which
-        shows it first."""
-        key = sample_key(self.version, raw[2], raw[3])
-        if key is None:
-            self._events.append(ChargerCallSeen(Call(raw[1], raw[2], raw[3])))
-            return
-        due = self._sample_due.get(key)
-        # Held only while no event waits: held samples are then older than every event the
-        # driver has not taken, and ``events`` can put them first.
-        if due is None or now >= due or self._events:
-            if due is None and len(self._sample_due) >= MAX_SAMPLE_KEYS:
-                self._sample_due.clear()  # only a rate limit: forgetting it shows one more
-            self._sample_due[key] = now + self.settings.sample_every_s
-            self._events.append(ChargerCallSeen(Call(raw[1], raw[2], raw[3])))
-            return
-        samples = self._samples
-        samples.pop(key, None)  # the newer one takes the older one's place at the end
-        samples[key] = (raw, now)
-
-    def _take_samples(self) -> list[RelayEvent]:
-        samples = self._samples
-        taken: list[RelayEvent] = [
-            ChargerCallSeen(Call(raw[1], raw[2], raw[3]), at) for raw, at in samples.values()
-        ]
-        samples.clear()
-        return taken
 
     def _route(self, call: Call, text: str, now: float) -> None:
         if self.state is LinkState.CONNECTING:
