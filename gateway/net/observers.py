@@ -11,15 +11,34 @@ this module only when the core reports one of those actions.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from gateway.core.depot import FOLDED_CALLS, DepotView
 from gateway.net.host import ChargerWatcher, SessionHook
+from gateway.ocpp import frames
 from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
 
-__all__ = ["ObservedSession", "ObserversHost", "SessionObservers"]
+__all__ = ["ObservedSession", "ObserversHost", "SessionObservers", "trace_frame"]
+
+# The session's logger: its frame lines are the session's lines (log.level = "debug").
+session_log = logging.getLogger("gateway.net.session")
+
+
+def trace_frame(charger_id: str, direction: str, message: str | bytes) -> None:
+    """The debug line of one frame: direction, charger, message type, action, message id."""
+    kind, action, message_id = frames.describe(message)
+    session_log.debug(
+        "%s: frame %s %s %s %s",
+        charger_id,
+        direction,
+        kind,
+        action,
+        message_id,
+        extra={"charger": charger_id},
+    )
 
 
 class ObservedSession(Protocol):

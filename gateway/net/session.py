@@ -44,10 +44,9 @@ from gateway.net.calls import ChargerCalls
 from gateway.net.effects import EFFECT_HANDLERS, RelayEffects
 from gateway.net.host import SessionHost, SessionSettings
 from gateway.net.link import UpstreamLink
-from gateway.net.observers import SessionObservers
+from gateway.net.observers import SessionObservers, trace_frame
 from gateway.net.tasks import SessionTasks
 from gateway.net.wsconn import ClientConnection, Message, ServerConnection, WsConnection
-from gateway.ocpp import frames
 from gateway.ocpp.frames import CallError, CallResult, OcppVersion
 
 __all__ = ["ChargerSession"]
@@ -207,38 +206,27 @@ class ChargerSession:
     def set_trace_frames(self, on: bool) -> None:
         self._trace_frames = on
 
-    def _trace(self, direction: str, message: Message) -> None:
-        """The debug line of one frame: direction, charger, message type, action, message id."""
-        kind, action, message_id = frames.describe(message)
-        log.debug(
-            "%s: frame %s %s %s %s",
-            self.charger_id,
-            direction,
-            kind,
-            action,
-            message_id,
-            extra={"charger": self.charger_id},
-        )
-
     # --- moving the core's output --------------------------------------------------------------
 
     def flush(self) -> None:
         """Send what the core produced and carry out its events."""
-        output = self._output  # tested first: most frames bring one frame to send, no event
+        output = self._output  # tested, and taken, here: every frame comes this way
         if output.to_cloud:
-            ws = self.upstream
-            for text in self.relay.data_to_cloud():
+            ws, texts = self.upstream, output.to_cloud.copy()
+            output.to_cloud.clear()
+            for text in texts:
                 if ws is not None and ws.send(text):
                     self._stats.frames_to_cloud += 1
                     if self._trace_frames:
-                        self._trace("to cloud", text)
+                        trace_frame(self.charger_id, "to cloud", text)
         if output.to_charger:
-            charger = self.charger
-            for text in self.relay.data_to_charger():
+            charger, texts = self.charger, output.to_charger.copy()
+            output.to_charger.clear()
+            for text in texts:
                 if charger is not None and charger.send(text):
                     self._stats.frames_to_chargers += 1
                     if self._trace_frames:
-                        self._trace("to charger", text)
+                        trace_frame(self.charger_id, "to charger", text)
         if output.events:  # none for a relayed frame unless its action is observed
             for event in self.relay.events():
                 _HANDLERS[type(event)](self, event)
@@ -305,7 +293,7 @@ class ChargerSession:
         self._stats.frames_from_chargers += 1
         self.last_seen_at = self._wall()
         if self._trace_frames:
-            self._trace("from charger", message)
+            trace_frame(self.charger_id, "from charger", message)
         relay = self.relay
         try:
             if isinstance(message, str):
@@ -319,7 +307,7 @@ class ChargerSession:
         except Exception:
             self._stats.errors["internal"] += 1
             relay.lines.error(self._now(), "failed to handle a charger frame", exc_info=True)
-        if relay.inbox_size >= INBOX_HOLD and self.charger is not None:
+        if len(relay.inbox_items) >= INBOX_HOLD and self.charger is not None:
             self.charger.hold_reading("inbox")
 
     def answer_done(self) -> None:
@@ -409,7 +397,7 @@ class ChargerSession:
     def _cloud_message(self, message: Message) -> None:
         self._stats.frames_from_cloud += 1
         if self._trace_frames:
-            self._trace("from cloud", message)
+            trace_frame(self.charger_id, "from cloud", message)
         relay = self.relay
         try:
             if isinstance(message, str):

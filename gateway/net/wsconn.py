@@ -276,10 +276,11 @@ class WsConnection(asyncio.Protocol):
             else:
                 self._frame(event)
         # Pongs, close frames, a handshake refusal; what a handler sent here went out already.
+        # A connection that starts closing always has something to write (its close frame).
         if protocol.writes:
             self._flush()
-        if protocol.state is not OPEN and protocol.close_expected() and self._timer is None:
-            self._abort_after(self.timeouts.close_s)
+            if self._timer is None and protocol.close_expected():
+                self._abort_after(self.timeouts.close_s)
 
     def _handshake(self, event: Request | Response) -> None:
         raise NotImplementedError
@@ -316,7 +317,7 @@ class WsConnection(asyncio.Protocol):
             message = bytes(data)
         else:
             try:
-                message = str(data, "utf-8")
+                message = data.decode() if type(data) is bytes else str(data, "utf-8")
             except UnicodeDecodeError:
                 self.protocol.fail(1007, "text message is not UTF-8")
                 self._flush()
