@@ -204,9 +204,10 @@ def sample_key(version: str, action: str, payload: dict[str, Any]) -> tuple[Any,
         key = (action, payload.get("connectorId"), payload.get("evseId"))
     else:
         return None
-    for part in key:  # a malformed id is folded as it is (and ignored by the fold)
-        if part is not None and type(part) is not int and type(part) is not str:
-            return None
+    try:
+        hash(key)  # an id that is an object or array: folded as it is (the fold ignores it)
+    except TypeError:
+        return None
     return key
 
 
