@@ -8,8 +8,9 @@ imports, transitively). The pure rules of the feature packages (``gateway.tags.r
 ``sequencer``, ``rounds``, ``profiles``) sit in this layer too.
 
 - ``relay``        one charger's relay as a state machine: text frames and ``now`` in, frames
-                   to send and events out; the facade over the next four
+                   to send and events out; the facade over the next five
 - ``pending``      the charger's CALLs forwarded live, each with the cloud's deadline to answer it
+- ``samples``      meter readings and statuses shown to the depot view at most once a second
 - ``inbox``        the charger's frames held in order behind one awaiting I/O; its local answers
 - ``charger_slot`` the charger's single inbound slot and the queue of CALLs waiting for it
 - ``replay``       the replay decision (the CALL a stored row becomes, what its answer means)

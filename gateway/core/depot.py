@@ -34,11 +34,13 @@ from gateway.core.limits import LimitedLog, LogLimiter
 __all__ = [
     "FOLDED_ANSWERS",
     "FOLDED_CALLS",
+    "SAMPLED_CALLS",
     "ChargerView",
     "Connector",
     "DepotView",
     "Transaction",
     "decode_meter",
+    "sample_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ FOLDED_CALLS: Final = frozenset(
     {"BootNotification", "StatusNotification", "MeterValues", "StopTransaction", "TransactionEvent"}
 )
 FOLDED_ANSWERS: Final = frozenset({"StartTransaction", "TransactionEvent"})
+
+# Charger CALLs of which only the latest per sample_key needs folding (the relay may hold them).
+SAMPLED_CALLS: Final = frozenset({"MeterValues", "StatusNotification"})
 
 MAX_CHARGERS: Final = 10_000  # ids beyond this are not folded (memory stays bounded)
 MAX_CONNECTORS: Final = 64  # per charger
@@ -175,6 +180,35 @@ def decode_meter(meter_values: object) -> tuple[float | None, float | None]:
             else:
                 power_phases = (power_phases or 0.0) + value
     return register, power_total if power_total is not None else power_phases
+
+
+def sample_key(version: str, action: str, payload: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The key of a CALL whose fold a later CALL of the same key makes redundant, or None if it
+    must be folded itself.
+
+    A MeterValues only sets the latest reading of its connector's transaction; a
+    StatusNotification only sets its connector's status — except a 1.6 Available, which also
+    ends the transactions still shown on the connector (1.6 §4.9), so it is never skipped.
+    """
+    key: tuple[Any, ...]
+    if action == "MeterValues":
+        key = (
+            action,
+            payload.get("connectorId"),
+            payload.get("evseId"),
+            payload.get("transactionId"),
+        )
+    elif action == "StatusNotification":
+        if version == "1.6" and payload.get("status") == "Available":
+            return None
+        key = (action, payload.get("connectorId"), payload.get("evseId"))
+    else:
+        return None
+    try:
+        hash(key)  # an id that is an object or array: folded as it is (the fold ignores it)
+    except TypeError:
+        return None
+    return key
 
 
 class DepotView:

@@ -84,9 +84,11 @@ class SaveBoot:
 
 @dataclass(frozen=True, slots=True)
 class ChargerCallSeen:
-    """A charger CALL of an observed action (before it is relayed or answered)."""
+    """A charger CALL of an observed action (before it is relayed or answered). ``at``: when
+    it came (the relay's clock), for a sampled CALL shown later than that; None: just now."""
 
     call: Call
+    at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

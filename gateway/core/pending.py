@@ -6,26 +6,24 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
 from gateway.core.events import Answered, RelayOutput, SaveBoot
 from gateway.core.limits import LimitedLog
-from gateway.ocpp.frames import Call, CallError, CallResult
+from gateway.ocpp.frames import CALLRESULT, Call
 
 __all__ = ["PendingCalls"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class _Pending:
-    call: Call
-    deadline: float
-
-
 class PendingCalls:
     """The charger's CALLs forwarded live to the cloud, each waiting for the cloud's answer until
-    its deadline (``call_timeout_s`` after it was sent: upstream.call_timeout_s)."""
+    its deadline (``call_timeout_s`` after it was sent: upstream.call_timeout_s).
+
+    Each is kept as the JSON array it came in (``[2, id, action, {payload}]``, from
+    :func:`gateway.ocpp.frames.check`) with the time it was sent: the :class:`Call` value is
+    made only for the few that need it (an answer shown, a timeout, a lost link)."""
 
     __slots__ = (
         "_charger_id",
@@ -60,7 +58,7 @@ class PendingCalls:
         # Told how long the cloud took to answer each live CALL (a histogram's observe).
         self._observe_answer_s = observe_answer_s
         self._errors = errors
-        self._table: dict[str, _Pending] = {}
+        self._table: dict[str, tuple[list[Any], float]] = {}  # id → (CALL array, sent at)
 
     def __len__(self) -> int:
         return len(self._table)
@@ -70,32 +68,32 @@ class PendingCalls:
         return frozenset(self._table)
 
     def deadlines(self) -> list[float]:
-        return [p.deadline for p in self._table.values()]
+        timeout_s = self._timeout_s
+        return [sent + timeout_s for _, sent in self._table.values()]
 
-    def forward(self, call: Call, text: str, now: float) -> None:
-        """Send ``call`` to the cloud; its answer is awaited until ``now + call_timeout_s``."""
-        self._table[call.message_id] = _Pending(call, now + self._timeout_s)
-        if call.action == "BootNotification":
-            self._events.append(SaveBoot(call))
+    def forward(self, call: list[Any], text: str, now: float) -> None:
+        """Send ``call`` (``[2, id, action, {payload}]``) to the cloud; its answer is awaited
+        until ``now + call_timeout_s``."""
+        self._table[call[1]] = (call, now)
+        if call[2] == "BootNotification":
+            self._events.append(SaveBoot(Call(call[1], call[2], call[3])))
         self._to_cloud.append(text)
 
-    def answered(
-        self, frame: CallResult | CallError, text: str, now: float, charger_connected: bool
-    ) -> None:
-        """The cloud's answer to a pending CALL goes to the charger if it is still there; an
-        answer to an id not pending (e.g. after its timeout) is dropped."""
-        pending = self._table.pop(frame.message_id, None)
+    def answered(self, answer: list[Any], text: str, now: float, charger_connected: bool) -> None:
+        """The cloud's answer (a CALLRESULT or CALLERROR array) to a pending CALL goes to the
+        charger if it is still there; an answer to an id not pending (e.g. after its timeout)
+        is dropped."""
+        pending = self._table.pop(answer[1], None)
         if pending is None:
-            log.info(
-                "%s: dropping cloud answer to unknown id %s", self._charger_id, frame.message_id
-            )
+            log.info("%s: dropping cloud answer to unknown id %s", self._charger_id, answer[1])
             return
         if charger_connected:
             self._to_charger.append(text)
+        call, sent = pending
         if self._observe_answer_s is not None:
-            self._observe_answer_s(now - pending.deadline + self._timeout_s)
-        if type(frame) is CallResult and pending.call.action in self._observed_answers:
-            self._events.append(Answered(pending.call, frame.payload, by_cloud=True))
+            self._observe_answer_s(now - sent)
+        if answer[0] == CALLRESULT and call[2] in self._observed_answers:
+            self._events.append(Answered(Call(call[1], call[2], call[3]), answer[2], by_cloud=True))
 
     def expire(self, now: float) -> list[Call]:
         """The CALLs whose deadline passed by ``now``, in the order they were sent; they are no
@@ -103,21 +101,17 @@ class PendingCalls:
         table = self._table
         if not table:
             return []
-        expired = [p for p in table.values() if p.deadline <= now]
-        for pending in expired:
-            del table[pending.call.message_id]
+        timeout_s = self._timeout_s
+        expired = [call for call, sent in table.values() if sent + timeout_s <= now]
+        for call in expired:
+            del table[call[1]]
             self._errors["cloud_call_timeout"] += 1
-            call = pending.call
             self._lines.warning(
-                now,
-                "cloud did not answer in time",
-                "%s %s; answered locally",
-                call.action,
-                call.message_id,
+                now, "cloud did not answer in time", "%s %s; answered locally", call[2], call[1]
             )
-        return [p.call for p in expired]
+        return [Call(c[1], c[2], c[3]) for c in expired]
 
     def take_all(self) -> list[Call]:
         """Every pending CALL, in the order they were sent (the link is gone: none is pending)."""
         table, self._table = self._table, {}
-        return [p.call for p in table.values()]
+        return [Call(c[1], c[2], c[3]) for c, _ in table.values()]

@@ -68,9 +68,21 @@ from gateway.core.limits import LimitedLog, LogLimiter
 from gateway.core.link import Event, LinkState, transition
 from gateway.core.pending import PendingCalls
 from gateway.core.replay import Backlog, ReplayCursor
+from gateway.core.samples import SampledCalls
 from gateway.errors import ChargerNotConnected, FrameError
 from gateway.ocpp import frames
-from gateway.ocpp.frames import Call, CallError, CallResult, CallResultError, OcppVersion, Send
+from gateway.ocpp.frames import (
+    CALL,
+    CALLERROR,
+    CALLRESULT,
+    SEND,
+    Call,
+    CallError,
+    CallResult,
+    CallResultError,
+    OcppVersion,
+    Send,
+)
 
 __all__ = ["GATEWAY_ID_PREFIX", "RECENT_IDS", "ChargerRelay", "RelaySettings"]
 
@@ -93,6 +105,11 @@ class RelaySettings:
     observed_answers: frozenset[str] = frozenset()  # charger CALLs whose CALLRESULT is shown
     observed_cloud_calls: frozenset[str] = frozenset()  # cloud CALLs shown before they queue
     observed_cloud_answers: frozenset[str] = frozenset()  # cloud CALLs whose answer is shown
+    # Observed charger CALLs shown at most once per sample_every_s per depot.sample_key (the
+    # latest of each key; the first at once): a meter reading every few seconds needs no event
+    # per frame, and the last one is shown at the latest at the next tick after sample_every_s.
+    sampled_charger_calls: frozenset[str] = frozenset()
+    sample_every_s: float = 1.0
 
 
 # --- the relay ---------------------------------------------------------------------------------------
@@ -106,9 +123,9 @@ class ChargerRelay:
         "_events",
         "_inbox",
         "_new_id",
-        "_output",
         "_pending",
         "_replay",
+        "_samples",
         "_slot",
         "_to_charger",
         "_to_cloud",
@@ -116,7 +133,9 @@ class ChargerRelay:
         "charger_connected",
         "charger_id",
         "errors",
+        "inbox_items",
         "lines",
+        "output",
         "recent_ids",
         "refused_versions",
         "sends",
@@ -151,7 +170,9 @@ class ChargerRelay:
         self.state = LinkState.OFFLINE
         self.charger_connected = False
         self._backlog = Backlog()
-        self._output = output = RelayOutput(log_limit=log_limit or LogLimiter())
+        # What the driver has not taken yet (data_to_charger, data_to_cloud, events); it may
+        # test the lists to skip the calls when they are empty.
+        self.output = output = RelayOutput(log_limit=log_limit or LogLimiter())
         self.lines = LimitedLog(log, output.log_limit, charger_id)  # the driver's lines too
         self._to_charger = output.to_charger
         self._to_cloud = output.to_cloud
@@ -176,8 +197,10 @@ class ChargerRelay:
             output, errors=self.errors, observed_answers=settings.observed_answers
         )
         self.recent_ids = self._inbox.recent_ids  # the same set: one lookup on the hot path
+        self.inbox_items = self._inbox.items  # the same deque, never replaced
         self._turn_due: float | None = None
         self._replay: ReplayCursor | None = None  # while the link is REPLAYING
+        self._samples = SampledCalls(output, every_s=settings.sample_every_s)
 
     # --- output ------------------------------------------------------------------------------------
 
@@ -204,7 +227,11 @@ class ChargerRelay:
         out = self._events
         if not out:
             return out
-        taken = out.copy()
+        if self._samples.held:  # they came before whatever brought these events: shown first
+            taken = self._samples.take()
+            taken.extend(out)
+        else:
+            taken = out.copy()
         out.clear()
         return taken
 
@@ -217,7 +244,8 @@ class ChargerRelay:
 
     @property
     def inbox_size(self) -> int:
-        """Charger frames waiting behind one that needs I/O (the driver pauses reading at a bound)."""
+        """Charger frames waiting behind one that needs I/O (the driver pauses reading at a bound;
+        ``len(inbox_items)`` is the same without a call)."""
         return len(self._inbox.items)
 
     @property
@@ -246,6 +274,7 @@ class ChargerRelay:
             self._slot.current is not None
             or self._inbox.held is not None
             or self._replay is not None
+            or bool(self._samples.held)
         )
 
     def next_deadline(self) -> float | None:
@@ -260,6 +289,9 @@ class ChargerRelay:
         replay_deadline = self._replay.deadline() if self._replay is not None else None
         if replay_deadline is not None:
             times.append(replay_deadline)
+        samples_due = self._samples.deadline()
+        if samples_due is not None:
+            times.append(samples_due)
         return min(times) if times else None
 
     def tick(self, now: float) -> None:
@@ -276,6 +308,7 @@ class ChargerRelay:
             self._set_state(Event.CALL_TIMEOUT)
             self._replay = None
             self._events.append(CloseLink(1011, "call timeout"))
+        self._samples.tick(now)
 
     # --- the charger's connection ------------------------------------------------------------------
 
@@ -304,6 +337,8 @@ class ChargerRelay:
         self.charger_connected = False
         self._slot.fail_all()
         self._to_charger.clear()
+        if self._samples.held:  # shown now: the session may be forgotten before its next tick
+            self._events[:0] = self._samples.take()
         if self._backlog.count == 0 and self.state is not LinkState.OFFLINE:
             self._events.append(CloseLink(1000, "charger disconnected"))
 
@@ -353,7 +388,15 @@ class ChargerRelay:
         if inbox.busy:  # an earlier frame awaits I/O: keep the charger's order
             inbox.items.append(text)
             return
-        self._charger_frame(text, now)
+        try:  # _charger_frame, inline: this is every relayed frame
+            raw = frames.check(text, self.version)
+        except FrameError as exc:
+            self.bad_charger_frame(exc, now)
+            return
+        if raw[0] == CALL:
+            self._charger_call(raw, text, now)
+        else:
+            self._charger_answer(raw, text, now)
 
     def bad_charger_frame(self, exc: FrameError, now: float) -> None:
         """A charger frame that cannot be accepted (also one the driver could not decode)."""
@@ -366,13 +409,19 @@ class ChargerRelay:
 
     def _charger_frame(self, text: str, now: float) -> None:
         try:
-            frame = frames.parse(text, self.version)
+            raw = frames.check(text, self.version)
         except FrameError as exc:
             self.bad_charger_frame(exc, now)
             return
-        if type(frame) is Call:
-            self._charger_call(frame, text, now)
-        elif type(frame) is CallResult or type(frame) is CallError:
+        if raw[0] == CALL:
+            self._charger_call(raw, text, now)
+        else:
+            self._charger_answer(raw, text, now)
+
+    def _charger_answer(self, raw: list[Any], text: str, now: float) -> None:
+        """A charger frame other than a CALL (checked)."""
+        frame = frames.frame_of(raw)
+        if type(frame) is CallResult or type(frame) is CallError:
             self._slot.answered(frame, text, now, self._to_cloud if self._cloud_up else None)
         elif type(frame) is Send:
             self._relay_send("from_charger", self._to_cloud if self._cloud_up else None, text)
@@ -413,21 +462,26 @@ class ChargerRelay:
         elif self._cloud_up:
             self._to_cloud.append(text)
 
-    def _charger_call(self, call: Call, text: str, now: float) -> None:
-        if call.action in self.settings.observed_charger_calls:
-            self._events.append(ChargerCallSeen(call))
-        if (
-            self.recent_ids
-            and call.message_id in self.recent_ids
-            and self.state is LinkState.ONLINE
-        ):
-            # Perhaps a resend of a CALL already stored: it must not reach the cloud twice.
-            self._inbox.check_resend(call, text)
-            return
-        if self.state is LinkState.ONLINE and not self.txids:
-            self._pending.forward(call, text, now)  # the common case, decided without more calls
-            return
-        self._route(call, text, now)
+    def _charger_call(self, raw: list[Any], text: str, now: float) -> None:
+        """A charger CALL (``[2, id, action, {payload}]``, checked). The common case — online,
+        not a resend, no transaction id to rewrite, not observed — is decided here without
+        making a :class:`Call`."""
+        if raw[2] in self.settings.observed_charger_calls:
+            if raw[2] in self.settings.sampled_charger_calls:
+                self._samples.add(self.version, raw, now)
+            else:
+                self._events.append(ChargerCallSeen(Call(raw[1], raw[2], raw[3])))
+        if self.state is LinkState.ONLINE:
+            recent = self.recent_ids
+            if recent and raw[1] in recent:
+                # Perhaps a resend of a CALL already stored: it must not reach the cloud twice.
+                self._inbox.check_resend(Call(raw[1], raw[2], raw[3]), text)
+                return
+            txids = self.txids
+            if not (txids.local_to_cloud or txids.unmapped):
+                self._pending.forward(raw, text, now)
+                return
+        self._route(Call(raw[1], raw[2], raw[3]), text, now)
 
     def _route(self, call: Call, text: str, now: float) -> None:
         if self.state is LinkState.CONNECTING:
@@ -454,7 +508,7 @@ class ChargerRelay:
                 return
             call = Call(call.message_id, call.action, payload)
             text = call.serialize()
-        self._pending.forward(call, text, now)
+        self._pending.forward([CALL, call.message_id, call.action, call.payload], text, now)
 
     def answered_locally(
         self,
@@ -546,24 +600,25 @@ class ChargerRelay:
     def receive_cloud(self, text: str, now: float) -> None:
         """A text frame from the cloud."""
         try:
-            frame = frames.parse(text, self.version)
+            raw = frames.check(text, self.version)
         except FrameError as exc:
             self.bad_cloud_frame(exc, now)
             return
-        kind = type(frame)
-        if kind is CallResult or kind is CallError:
-            assert isinstance(frame, (CallResult, CallError))
+        kind = raw[0]
+        if kind in (CALLRESULT, CALLERROR):
             replay = self._replay
             flight = replay.in_flight if replay is not None else None
-            if flight is not None and flight.call.message_id == frame.message_id:
+            if flight is not None and flight.call.message_id == raw[1]:
                 assert replay is not None
-                replay.answered(frame, now)
+                answer = frames.frame_of(raw)
+                assert isinstance(answer, (CallResult, CallError))
+                replay.answered(answer, now)
             else:
-                self._pending.answered(frame, text, now, self.charger_connected)
-        elif kind is Call:
-            assert isinstance(frame, Call)
-            self._cloud_call(frame, text, now)
-        elif kind is Send:
+                self._pending.answered(raw, text, now, self.charger_connected)
+            return
+        if kind == CALL:
+            self._cloud_call(Call(raw[1], raw[2], raw[3]), text, now)
+        elif kind == SEND:
             self._relay_send(
                 "from_cloud", self._to_charger if self.charger_connected else None, text
             )
@@ -679,7 +734,7 @@ class ChargerRelay:
                 self.charger_id,
                 self._backlog,
                 self.txids,
-                self._output,
+                self.output,
                 version=self.version,
                 refused=self.refused_versions,
                 call_timeout_s=self.settings.cloud_call_timeout_s,

@@ -30,7 +30,7 @@ from typing import Any
 from gateway.config import Settings
 from gateway.core import offline, txmap
 from gateway.core.backoff import BackoffPolicy, Recovery
-from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS, DepotView
+from gateway.core.depot import FOLDED_ANSWERS, FOLDED_CALLS, SAMPLED_CALLS, DepotView
 from gateway.core.limits import AuthThrottle, LogLimiter, log_left_out
 from gateway.core.pacer import HandshakePacer, Outcome, PacerSettings
 from gateway.core.relay import RECENT_IDS, RelaySettings
@@ -158,6 +158,7 @@ class Hub:
             observed_answers=LEARNED_ACTIONS | FOLDED_ANSWERS,
             observed_cloud_answers=frozenset(a for h in self.hooks for a in h.cloud_actions),
             observed_cloud_calls=self.watched_cloud_calls,
+            sampled_charger_calls=SAMPLED_CALLS - self.hooked_charger_actions,
         )
         return SessionSettings(
             upstream_url=settings.upstream.url,

@@ -11,15 +11,34 @@ this module only when the core reports one of those actions.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from gateway.core.depot import FOLDED_CALLS, DepotView
 from gateway.net.host import ChargerWatcher, SessionHook
+from gateway.ocpp import frames
 from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
 
-__all__ = ["ObservedSession", "ObserversHost", "SessionObservers"]
+__all__ = ["ObservedSession", "ObserversHost", "SessionObservers", "trace_frame"]
+
+# The session's logger: its frame lines are the session's lines (log.level = "debug").
+session_log = logging.getLogger("gateway.net.session")
+
+
+def trace_frame(charger_id: str, direction: str, message: str | bytes) -> None:
+    """The debug line of one frame: direction, charger, message type, action, message id."""
+    kind, action, message_id = frames.describe(message)
+    session_log.debug(
+        "%s: frame %s %s %s %s",
+        charger_id,
+        direction,
+        kind,
+        action,
+        message_id,
+        extra={"charger": charger_id},
+    )
 
 
 class ObservedSession(Protocol):
@@ -59,23 +78,32 @@ class SessionObservers(Generic[S]):
     """Shows one session's CALLs and answers to the depot view, the hooks and the watchers."""
 
     __slots__ = (
+        "_clock",
         "_host",
         "_session",
         "_wall",
     )
 
     def __init__(
-        self, session: S, host: ObserversHost[S], *, wall_clock: Callable[[], float]
+        self,
+        session: S,
+        host: ObserversHost[S],
+        *,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
     ) -> None:
         self._session = session
         self._host = host
+        self._clock = clock  # the relay's (monotonic): when a sampled CALL came
         self._wall = wall_clock  # unix time: what the depot view shows
 
-    def charger_call(self, call: Call) -> None:
-        """The charger sent ``call`` (reported for folded and hooked actions only)."""
+    def charger_call(self, call: Call, at: float | None = None) -> None:
+        """The charger sent ``call`` (reported for folded and hooked actions only); ``at``: when,
+        on the relay's clock, if it is shown later than it came (a sampled CALL)."""
         session, host = self._session, self._host
         if call.action in FOLDED_CALLS:  # the depot view, from the charger's own payload
-            seen = session.last_seen_at  # the frame's arrival: the same time the API shows live
+            # The frame's arrival, as the API shows it live.
+            seen = session.last_seen_at if at is None else self._wall() - (self._clock() - at)
             host.depot.charger_call(
                 session.charger_id,
                 session.version,

@@ -47,11 +47,10 @@ from gateway.net.cloud_version import ChargerOffer, CloudVersion
 from gateway.net.effects import EFFECT_HANDLERS, RelayEffects
 from gateway.net.host import SessionHost, SessionSettings
 from gateway.net.link import UpstreamLink
-from gateway.net.observers import SessionObservers
+from gateway.net.observers import SessionObservers, trace_frame
 from gateway.net.tasks import SessionTasks
 from gateway.net.upstream import upstream_headers
 from gateway.net.wsconn import ClientConnection, Message, ServerConnection, WsConnection
-from gateway.ocpp import frames
 from gateway.ocpp.frames import CallError, CallResult, OcppVersion
 
 __all__ = ["ChargerSession"]
@@ -76,6 +75,7 @@ class ChargerSession:
         "_link",
         "_now",
         "_observers",
+        "_output",
         "_stats",
         "_tasks",
         "_trace_frames",
@@ -120,6 +120,7 @@ class ChargerSession:
             log_limit=host.log_limit,
         )
         self._stats = stats
+        self._output = self.relay.output
         self._now = clock or asyncio.get_running_loop().time  # monotonic: deadlines
         self._wall = wall_clock  # unix time: what is stored and shown
         self.charger: ServerConnection | None = None
@@ -130,7 +131,7 @@ class ChargerSession:
         # log.level = "debug": one line per frame (one attribute test per frame otherwise).
         self._trace_frames = False
         self._calls = ChargerCalls(self, self.relay, clock=self._now)
-        self._observers = SessionObservers(self, host, wall_clock=wall_clock)
+        self._observers = SessionObservers(self, host, clock=self._now, wall_clock=wall_clock)
         self._effects = RelayEffects(
             self,
             host,
@@ -211,35 +212,30 @@ class ChargerSession:
     def set_trace_frames(self, on: bool) -> None:
         self._trace_frames = on
 
-    def _trace(self, direction: str, message: Message) -> None:
-        """The debug line of one frame: direction, charger, message type, action, message id."""
-        line = " ".join((direction, *frames.describe(message)))
-        log.debug("%s: frame %s", self.charger_id, line, extra={"charger": self.charger_id})
-
     # --- moving the core's output --------------------------------------------------------------
 
     def flush(self) -> None:
         """Send what the core produced and carry out its events."""
-        relay = self.relay
-        out = relay.data_to_cloud()
-        if out:
-            ws = self.upstream
-            for text in out:
+        output = self._output  # tested, and taken, here: every frame comes this way
+        if output.to_cloud:
+            ws, texts = self.upstream, output.to_cloud.copy()
+            output.to_cloud.clear()
+            for text in texts:
                 if ws is not None and ws.send(text):
                     self._stats.frames_to_cloud += 1
                     if self._trace_frames:
-                        self._trace("to cloud", text)
-        out = relay.data_to_charger()
-        if out:
-            charger = self.charger
-            for text in out:
+                        trace_frame(self.charger_id, "to cloud", text)
+        if output.to_charger:
+            charger, texts = self.charger, output.to_charger.copy()
+            output.to_charger.clear()
+            for text in texts:
                 if charger is not None and charger.send(text):
                     self._stats.frames_to_chargers += 1
                     if self._trace_frames:
-                        self._trace("to charger", text)
-        events = relay.events()  # none for a relayed frame unless its action is observed
-        for event in events:
-            _HANDLERS[type(event)](self, event)
+                        trace_frame(self.charger_id, "to charger", text)
+        if output.events:  # none for a relayed frame unless its action is observed
+            for event in self.relay.events():
+                _HANDLERS[type(event)](self, event)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, what)
@@ -305,7 +301,7 @@ class ChargerSession:
         self._stats.frames_from_chargers += 1
         self.last_seen_at = self._wall()
         if self._trace_frames:
-            self._trace("from charger", message)
+            trace_frame(self.charger_id, "from charger", message)
         relay = self.relay
         try:
             if isinstance(message, str):
@@ -319,7 +315,7 @@ class ChargerSession:
         except Exception:
             self._stats.errors["internal"] += 1
             relay.lines.error(self._now(), "failed to handle a charger frame", exc_info=True)
-        if relay.inbox_size >= INBOX_HOLD and self.charger is not None:
+        if len(relay.inbox_items) >= INBOX_HOLD and self.charger is not None:
             self.charger.hold_reading("inbox")
 
     def answer_done(self) -> None:
@@ -409,7 +405,7 @@ class ChargerSession:
     def _cloud_message(self, message: Message) -> None:
         self._stats.frames_from_cloud += 1
         if self._trace_frames:
-            self._trace("from cloud", message)
+            trace_frame(self.charger_id, "from cloud", message)
         relay = self.relay
         try:
             if isinstance(message, str):
@@ -451,7 +447,7 @@ def _to_effects(
 
 _HANDLERS: Final[Mapping[type[ev.RelayEvent], Callable[[ChargerSession, Any], None]]] = {
     **{kind: _to_effects(handler) for kind, handler in EFFECT_HANDLERS.items()},
-    ev.ChargerCallSeen: lambda s, e: s._observers.charger_call(e.call),
+    ev.ChargerCallSeen: lambda s, e: s._observers.charger_call(e.call, e.at),
     ev.CloudCallSeen: lambda s, e: s._observers.cloud_call(e.call),
     ev.ChargerAnswered: ChargerSession._charger_answered,
     ev.ChargerCallFailed: lambda s, e: s._calls.failed(e),

@@ -55,6 +55,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Message = str | bytes
+_TEXT = Opcode.TEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +125,12 @@ class WsConnection(asyncio.Protocol):
     def send(self, text: str) -> bool:
         """Send a text message now; False if the connection is no longer open."""
         transport = self.transport
-        if self.protocol.state is not OPEN or transport is None or transport.is_closing():
+        protocol = self.protocol
+        if protocol.state is not OPEN or transport is None or transport.is_closing():
             return False
-        self.protocol.send_text(text.encode())
-        self._flush()
+        protocol.send_text(text.encode())
+        for data in protocol.data_to_send():  # one frame: a write, never the end of the stream
+            transport.write(data)
         return True
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -234,16 +237,20 @@ class WsConnection(asyncio.Protocol):
     # --- internals -----------------------------------------------------------------------------
 
     def _process(self, events: list[Any]) -> None:
-        self._flush()  # pongs, close frames, a handshake refusal
+        protocol = self.protocol
         for event in events:
-            if not isinstance(event, Frame):
+            if type(event) is not Frame:
                 self._handshake(event)
-            elif event.opcode is Opcode.TEXT and event.fin:  # nearly every OCPP frame
+            elif event.opcode is _TEXT and event.fin:  # nearly every OCPP frame
                 self._deliver(event.data, True)
             else:
                 self._frame(event)
-        if self.protocol.close_expected() and self._timer is None:
-            self._abort_after(self.timeouts.close_s)
+        # Pongs, close frames, a handshake refusal; what a handler sent here went out already.
+        # A connection that starts closing always has something to write (its close frame).
+        if protocol.writes:
+            self._flush()
+            if self._timer is None and protocol.close_expected():
+                self._abort_after(self.timeouts.close_s)
 
     def _handshake(self, event: Request | Response) -> None:
         raise NotImplementedError
@@ -280,7 +287,7 @@ class WsConnection(asyncio.Protocol):
             message = bytes(data)
         else:
             try:
-                message = str(data, "utf-8")
+                message = data.decode() if type(data) is bytes else str(data, "utf-8")
             except UnicodeDecodeError:
                 self.protocol.fail(1007, "text message is not UTF-8")
                 self._flush()

@@ -50,10 +50,12 @@ __all__ = [
     "OcppVersion",
     "Send",
     "as_version",
+    "check",
     "describe",
     "dumps",
     "error_code_for",
     "error_text",
+    "frame_of",
     "loads",
     "parse",
 ]
@@ -170,49 +172,73 @@ def parse(text: str | bytes, version: OcppVersion = "2.0.1") -> Frame:
 
     Types 5 and 6 exist only in 2.1: for 1.6 and 2.0.1 they are MessageTypeNotSupported.
     """
+    return frame_of(check(text, version))
+
+
+def check(text: str | bytes, version: OcppVersion = "2.0.1") -> list[Any]:
+    """The message as its JSON array, after every check :func:`parse` makes, without building a
+    frame value: ``[2, id, action, {payload}]``, ``[3, id, {payload}]``, ``[4, id, code, text,
+    details]``, ... The relay path reads the type, id and action from it and makes a
+    :class:`Call` only for a frame it keeps or shows (:func:`frame_of`)."""
     try:
         raw = _loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise FrameError("FormatViolation", "message is not valid JSON") from exc
-    if not isinstance(raw, list) or not raw:
+    if type(raw) is not list or not raw:  # the parser makes exact lists, strs, dicts
         raise FrameError("FormatViolation", "message is not a JSON array")
     kind = raw[0]
     if type(kind) is not int:  # 2.0 or true must not pass for 2
         raise FrameError("FormatViolation", "message type must be an integer", _readable_id(raw))
-    mid = _message_id(raw)
+    size = len(raw)
+    if size < 2 or type(raw[1]) is not str or not 0 < len(raw[1]) <= MAX_ID_LENGTH:
+        _message_id(raw)  # raises the error that says what is wrong
+    mid: str = raw[1]
     if kind == CALL:  # inline, not via _action_and_payload: this is the relay path
-        if len(raw) != 4:
+        if size != 4:
             raise FrameError("FormatViolation", "CALL must have 4 elements", mid)
-        action, payload = raw[2], raw[3]
-        if not isinstance(action, str) or not action:
+        action = raw[2]
+        if type(action) is not str or not action:
             raise FrameError("FormatViolation", "CALL action must be a non-empty string", mid)
-        if not isinstance(payload, dict):
+        if type(raw[3]) is not dict:
             raise FrameError("FormatViolation", "CALL payload must be a JSON object", mid)
-        return Call(mid, action, payload)
+        return raw
     if kind == CALLRESULT:
-        if len(raw) != 3 or not isinstance(raw[2], dict):
+        if size != 3 or type(raw[2]) is not dict:
             raise FrameError("FormatViolation", "CALLRESULT must be [3, id, {payload}]", mid)
-        return CallResult(mid, raw[2])
+        return raw
     if kind == CALLERROR:
-        if len(raw) != 5 or not isinstance(raw[2], str) or not isinstance(raw[3], str):
+        if size != 5 or type(raw[2]) is not str or type(raw[3]) is not str:
             raise FrameError("FormatViolation", "CALLERROR must be [4, id, code, text, {}]", mid)
-        details = raw[4] if isinstance(raw[4], dict) else {}
-        return CallError(mid, raw[2], raw[3], details)
+        return raw
     if version == "2.1":  # OCPP 2.1 Part 4 §4.1.3: types 5 and 6 are new in 2.1
         if kind == SEND:
             try:
-                action, payload = _action_and_payload(raw, "SEND", mid)
+                _action_and_payload(raw, "SEND", mid)
             except FrameError as exc:  # §4.2.4: a SEND gets no answer, not even an error
                 raise FrameError(exc.code, exc.description, mid, answer=False) from None
-            return Send(mid, action, payload)
+            return raw
         if kind == CALLRESULTERROR:
-            if len(raw) != 5 or not isinstance(raw[2], str) or not isinstance(raw[3], str):
+            if size != 5 or type(raw[2]) is not str or type(raw[3]) is not str:
                 raise FrameError(
                     "FormatViolation", "CALLRESULTERROR must be [5, id, code, text, {}]", mid
                 )
-            details = raw[4] if isinstance(raw[4], dict) else {}
-            return CallResultError(mid, raw[2], raw[3], details)
+            return raw
     raise FrameError("MessageTypeNotSupported", f"message type {kind} is not supported", mid)
+
+
+def frame_of(raw: list[Any]) -> Frame:
+    """The frame value of a message :func:`check` accepted."""
+    kind = raw[0]
+    if kind == CALL:
+        return Call(raw[1], raw[2], raw[3])
+    if kind == CALLRESULT:
+        return CallResult(raw[1], raw[2])
+    if kind == SEND:
+        return Send(raw[1], raw[2], raw[3])
+    details = raw[4] if type(raw[4]) is dict else {}
+    if kind == CALLERROR:
+        return CallError(raw[1], raw[2], raw[3], details)
+    return CallResultError(raw[1], raw[2], raw[3], details)
 
 
 def _action_and_payload(raw: list[Any], name: str, mid: str) -> tuple[str, dict[str, Any]]:

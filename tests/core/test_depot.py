@@ -494,3 +494,20 @@ def test_16_available_connector_ends_a_transaction_whose_stop_was_not_seen() -> 
     feed(view, "CP-1", "1.6", [call("a", "StatusNotification", available)])
     assert [t["id"] for t in view.detail("CP-1")["transactions"]] == [6]  # type: ignore[index]
     assert view.dirty == {"CP-1"}
+
+
+def test_sample_keys_name_what_a_later_call_makes_redundant() -> None:
+    from gateway.core.depot import sample_key
+
+    meter = {"connectorId": 1, "transactionId": 5, "meterValue": []}
+    assert sample_key("1.6", "MeterValues", meter) == ("MeterValues", 1, None, 5)
+    assert sample_key("1.6", "MeterValues", {**meter, "transactionId": 6}) != sample_key(
+        "1.6", "MeterValues", meter
+    )
+    status = {"connectorId": 2, "errorCode": "NoError", "status": "Charging"}
+    assert sample_key("1.6", "StatusNotification", status) == ("StatusNotification", 2, None)
+    assert sample_key("1.6", "StatusNotification", {**status, "status": "Available"}) is None
+    available = {"evseId": 1, "connectorId": 1, "connectorStatus": "Available"}
+    assert sample_key("2.0.1", "StatusNotification", available) == ("StatusNotification", 1, 1)
+    assert sample_key("1.6", "MeterValues", {"connectorId": {"x": 1}}) is None  # unhashable
+    assert sample_key("1.6", "StopTransaction", {"transactionId": 5}) is None

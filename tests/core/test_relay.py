@@ -681,3 +681,108 @@ def test_refused_cloud_calls_and_bad_frames_log_once_a_minute_each(
     assert [(left.kind, left.count) for left in limit.flush(T0 + 60.5)] == [
         ("charger queue full", 997)
     ]
+
+
+# --- sampled CALLs (the depot view's meter readings and statuses) ---------------------------------
+
+SAMPLED: dict[str, Any] = {
+    "observed_charger_calls": frozenset({"MeterValues", "StatusNotification", "StopTransaction"}),
+    "sampled_charger_calls": frozenset({"MeterValues", "StatusNotification"}),
+    "sample_every_s": 1.0,
+}
+
+
+def meter(mid: str, wh: int, connector: int = 1, tx: int = 7) -> str:
+    reading = [{"timestamp": "t", "sampledValue": [{"value": str(wh)}]}]
+    return call(
+        mid, "MeterValues", {"connectorId": connector, "transactionId": tx, "meterValue": reading}
+    )
+
+
+def seen(events: list[Any]) -> list[tuple[str, float | None]]:
+    return [(e.call.message_id, e.at) for e in events]
+
+
+def ids(events: list[Any]) -> list[str]:
+    return [e.call.message_id for e in events]
+
+
+def test_a_sampled_call_is_relayed_at_once_and_shown_once_a_second_the_latest_last() -> None:
+    r = online(**SAMPLED)
+    r.receive_charger(meter("m1", 100), T0)
+    assert seen(r.events()) == [("m1", None)]  # the first of its key: shown at once
+    for i, t in ((2, T0 + 0.2), (3, T0 + 0.5), (4, T0 + 0.9)):
+        r.receive_charger(meter(f"m{i}", 100 * i), t)
+    assert [m[1] for m in parsed(r.data_to_cloud())] == ["m1", "m2", "m3", "m4"]  # all relayed
+    assert r.events() == [] and r.has_deadlines and r.next_deadline() == T0 + 1.0
+    r.tick(T0 + 0.99)
+    assert r.events() == []
+    r.tick(T0 + 1.0)
+    assert seen(r.events()) == [("m4", T0 + 0.9)]  # m2, m3: their reading is m4's now
+    r.receive_charger(meter("m5", 500), T0 + 1.5)  # within a second of that showing: held
+    assert r.events() == []
+    r.tick(T0 + 2.0)
+    assert seen(r.events()) == [("m5", T0 + 1.5)]
+
+
+def test_each_connector_and_transaction_keeps_its_own_latest_sample() -> None:
+    r = online(**SAMPLED)
+    r.receive_charger(meter("a1", 1, connector=1), T0)
+    r.receive_charger(meter("b1", 1, connector=2), T0)
+    assert seen(r.events()) == [("a1", None), ("b1", None)]
+    r.receive_charger(meter("a2", 2, connector=1), T0 + 0.1)
+    r.receive_charger(meter("b2", 2, connector=2), T0 + 0.2)
+    r.receive_charger(meter("a3", 3, connector=1), T0 + 0.3)
+    assert r.events() == []
+    r.receive_charger(meter("c1", 1, connector=2, tx=8), T0 + 0.4)  # a new key: shown at once
+    assert seen(r.events()) == [("b2", T0 + 0.2), ("a3", T0 + 0.3), ("c1", None)]
+    r.tick(T0 + 5)
+    assert r.events() == []
+
+
+def test_samples_are_shown_before_an_event_that_came_after_them() -> None:
+    r = online(**SAMPLED)
+    r.receive_charger(meter("m1", 1), T0)
+    r.events()  # m1
+    r.receive_charger(meter("m3", 3), T0 + 0.2)
+    r.receive_charger(call("s1", "StopTransaction", stop_payload(7)), T0 + 0.3)
+    assert seen(r.events()) == [("m3", T0 + 0.2), ("s1", None)]  # the reading, then the stop
+
+
+def test_a_16_available_status_is_never_skipped() -> None:
+    r = online(**SAMPLED)
+    status = {"connectorId": 1, "errorCode": "NoError"}
+    shown = []
+    for i, state in enumerate(("Charging", "Finishing", "Available", "Preparing", "Charging")):
+        r.receive_charger(call(f"s{i}", "StatusNotification", {**status, "status": state}), T0)
+        shown.append(ids(r.events()))  # as the driver takes them
+    r.tick(T0 + 1)
+    shown.append(ids(r.events()))
+    assert shown == [["s0"], [], ["s1", "s2"], [], [], ["s4"]]
+
+
+def test_a_charger_leaving_shows_its_held_samples_at_once() -> None:
+    r = online(**SAMPLED)
+    r.receive_charger(meter("m1", 1), T0)
+    assert seen(r.events()) == [("m1", None)]
+    r.receive_charger(meter("m2", 2), T0 + 0.1)
+    assert r.events() == []
+    r.charger_detached(T0 + 0.2)
+    shown, close = r.events()
+    assert seen([shown]) == [("m2", T0 + 0.1)] and close == CloseLink(1000, "charger disconnected")
+
+
+def test_a_sample_is_not_held_behind_an_event_not_taken_yet() -> None:
+    r = online(**SAMPLED)
+    r.receive_charger(meter("m1", 1), T0)
+    r.receive_charger(meter("m2", 2), T0 + 0.1)  # m1's event not taken: m2 is shown too
+    assert seen(r.events()) == [("m1", None), ("m2", None)]
+
+
+def test_a_sampled_call_with_a_malformed_key_is_shown_and_relayed_unchanged() -> None:
+    r = online(**SAMPLED)
+    text = call("m1", "MeterValues", {"connectorId": [1], "meterValue": []})
+    r.receive_charger(text, T0)
+    r.receive_charger(call("m2", "MeterValues", {"connectorId": [1], "meterValue": []}), T0)
+    assert r.data_to_cloud()[0] == text
+    assert ids(r.events()) == ["m1", "m2"]

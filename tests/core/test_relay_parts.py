@@ -159,9 +159,9 @@ def test_a_call_already_sent_cannot_be_cancelled() -> None:
 def test_expiry_takes_the_overdue_calls_in_order_and_leaves_the_rest() -> None:
     out, errors = RelayOutput(), Counter[str]()
     p = PendingCalls("CP1", out, call_timeout_s=10.0, errors=errors)
-    p.forward(Call("a", "Heartbeat", {}), "a", T0)
-    p.forward(Call("b", "BootNotification", BOOT), "b", T0 + 1)
-    p.forward(Call("c", "Heartbeat", {}), "c", T0 + 5)
+    p.forward([2, "a", "Heartbeat", {}], "a", T0)
+    p.forward([2, "b", "BootNotification", BOOT], "b", T0 + 1)
+    p.forward([2, "c", "Heartbeat", {}], "c", T0 + 5)
     assert out.to_cloud == ["a", "b", "c"]
     assert out.events == [SaveBoot(Call("b", "BootNotification", BOOT))]
     assert p.expire(T0 + 9.9) == []
@@ -181,12 +181,12 @@ def test_the_cloud_s_answer_time_is_observed_and_an_unknown_answer_dropped() -> 
         observe_answer_s=observed.append,
         errors=Counter(),
     )
-    p.forward(Call("a1", "Authorize", {"idTag": "T"}), "a1", T0)
-    p.forward(Call("a2", "Authorize", {"idTag": "U"}), "a2", T0)
-    p.answered(CallResult("a1", {"idTagInfo": {"status": "Accepted"}}), "r1", T0 + 0.25, True)
+    p.forward([2, "a1", "Authorize", {"idTag": "T"}], "a1", T0)
+    p.forward([2, "a2", "Authorize", {"idTag": "U"}], "a2", T0)
+    p.answered([3, "a1", {"idTagInfo": {"status": "Accepted"}}], "r1", T0 + 0.25, True)
     # The charger is gone: the answer is not sent, but the CALL is answered all the same.
-    p.answered(CallError("a2", "InternalError", ""), "r2", T0 + 0.5, False)
-    p.answered(CallResult("zz", {}), "r3", T0 + 1, True)
+    p.answered([4, "a2", "InternalError", "", {}], "r2", T0 + 0.5, False)
+    p.answered([3, "zz", {}], "r3", T0 + 1, True)
     assert out.to_charger == ["r1"] and observed == [0.25, 0.5] and len(p) == 0
     assert out.events == [
         Answered(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -251,3 +252,38 @@ async def test_dashboard_data_survives_a_store_that_cannot_answer(tmp_path: Any)
     body = response.json()
     assert body["outbox"]["deadLetters"] is None
     assert [(c["id"], c["vendor"]) for c in body["chargers"]] == [("CP-1", "Alfen")]
+
+
+async def test_meter_readings_in_quick_succession_all_relayed_and_the_last_one_shown(
+    tmp_path: Any, cloud: FakeCloud
+) -> None:
+    settings = settings_for(tmp_path, cloud)
+    readings = [1500, 1700, 1900, 2300]  # back to back: the view folds them at most once a second
+    async with (
+        running_gateway(settings) as gw,
+        charger(gw.charger_port, "CP-1") as cp,
+        api(gw) as client,
+    ):
+        tx = (await cp.call("StartTransaction", START))[2]["transactionId"]
+        for wh in readings:
+            assert (await cp.call("MeterValues", meter(tx, wh)))[0] == 3
+
+        async def energy() -> float:
+            body = (await client.get("/api/chargers/CP-1")).json()
+            return float(body["transactions"][0]["energyWh"])
+
+        assert await energy() >= 500.0  # the first reading was shown at once
+        deadline = asyncio.get_running_loop().time() + 5
+        while await energy() != 1300.0:  # the last one within about a second
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        await cp.call("MeterValues", meter(tx, 2400))  # within a second: may be held...
+        await cp.call("MeterValues", meter(tx, 2500))
+    sent = [
+        c[3]["meterValue"][0]["sampledValue"][0]["value"]
+        for c in cloud.calls("CP-1", "MeterValues")
+    ]
+    assert sent == [str(wh) for wh in [*readings, 2400, 2500]]  # every frame relayed, in order
+    async with running_gateway(settings) as gw, api(gw) as client:
+        after = (await client.get("/api/chargers/CP-1")).json()
+    assert after["transactions"][0]["energyWh"] == 1500.0  # ...and the last one kept
