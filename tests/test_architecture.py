@@ -51,6 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.site.sequencer",
             "gateway.site.profiles",
             "gateway.site.rounds",
+            "gateway.site.program",
         ),
     ),
     ("store", ("gateway.store", "gateway.store.*")),

@@ -13,4 +13,5 @@ sqlite error becomes a ``gateway.errors.StoreError`` in the engine (``Store._fai
 - ``reservations``  recorded reservations
 - ``local_lists``   the chargers' Local Authorization Lists as last sent, snapshots, tag usage
 - ``depot``         the depot view's saved records
+- ``site``          the site power guard's caps and engaged state
 """

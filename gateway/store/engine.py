@@ -39,6 +39,7 @@ from gateway.store.outbox import (
     call_digest,
 )
 from gateway.store.reservations import ReservationTable
+from gateway.store.site import SITE_MIGRATION, SiteTable
 from gateway.store.tags import TagTables
 
 __all__ = [
@@ -220,6 +221,8 @@ MIGRATIONS: tuple[str, ...] = (
         token_type TEXT                        -- 2.0.1 idToken type as presented, if any
     );
     """,
+    # 5: the site power guard's caps and engaged state (gateway.store.site)
+    SITE_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -286,7 +289,9 @@ class _Health:
     checkpoint_tried: bool = False  # disk full: one WAL checkpoint attempted for this episode
 
 
-class Store(OutboxTable, TagTables, BootTable, ReservationTable, LocalListTable, DepotTable):
+class Store(
+    OutboxTable, TagTables, BootTable, ReservationTable, LocalListTable, DepotTable, SiteTable
+):
     """Named operations over the gateway's SQLite file. Open with :meth:`open`."""
 
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
