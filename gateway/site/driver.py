@@ -28,7 +28,6 @@ frame); read back at start-up (``sequencer.restore``) so that caps survive a res
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -106,6 +105,9 @@ class SiteGuard:
         self._lending: dict[str, lending.Lend] = {}
         self._next = 0  # connection and start order counter
         self._inflight: dict[str, int] = {}  # charger → the token of its program in flight
+        # Chargers whose cap was in flight when the cloud touched the station maximum: the
+        # cloud's CALL is queued after it and may remove it, so the cap goes again once answered.
+        self._follow: set[str] = set()
         self._token = 0
         self._last_round: float | None = None
         self._urgent = True
@@ -174,9 +176,15 @@ class SiteGuard:
         await self._save()  # the last answers
 
     async def _loop(self) -> None:
+        # A timer sets the event rather than asyncio.wait_for with a timeout: on Python 3.11 a
+        # cancellation arriving as that timeout expires is lost (the loop would never end).
+        loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), rounds.ROUND_EVERY_S)
+            timer = loop.call_later(rounds.ROUND_EVERY_S, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
             self._wake.clear()
             try:
                 self.step(self._now())
@@ -213,6 +221,9 @@ class SiteGuard:
         elif profiles.touches_station_max(version, call.action, call.payload):
             self.cloud_max.pop(cid, None)
         if profiles.touches_station_max(version, call.action, call.payload) and self.engaged:
+            slot = self.slots.get(cid)
+            if slot is not None and slot.busy:
+                self._follow.add(cid)
             self.slots = sequencer.follow_cloud(self.slots, cid)
             self._urgent = True
             self._wake.set()
@@ -269,6 +280,7 @@ class SiteGuard:
             if session is None or not session.connected:
                 self.slots = sequencer.disconnected(self.slots, cid, now)
                 self._inflight.pop(cid, None)
+                self._follow.discard(cid)
                 self._links.pop(cid, None)
                 self._txs.pop(cid, None)
                 self._urgent = True
@@ -392,6 +404,9 @@ class SiteGuard:
             return  # the charger went away meanwhile: its slot already counts it unanswered
         del self._inflight[cid]
         self.slots = sequencer.answered(self.slots, cid, program.answer, self._now())
+        if cid in self._follow:
+            self._follow.discard(cid)
+            self.slots = sequencer.follow_cloud(self.slots, cid)
         self._urgent = True
         self._wake.set()
         self._persist()

@@ -25,6 +25,8 @@ from websockets.typing import Subprotocol
 
 from gateway.app import Gateway
 from gateway.site.profiles import PROFILE_ID
+from tests.e2e.test_dashboard import LIVE_S, expect, new_page
+from tests.e2e.test_dashboard import browser as browser  # the fixture
 from tests.support import FakeCloud, charger, make_settings, wait_for
 
 NOW = "2026-12-08T01:00:00Z"
@@ -383,8 +385,19 @@ async def test_a_cloud_clear_of_the_station_maximum_is_followed_by_the_cap(tmp_p
         ):
             await cloud.wait_connected("CP1")
             await wait_for(lambda: bool(cp.caps()))
-            sent = len(cp.caps())
+            # While the cap is in flight: the cloud's Clear is queued after it and removes it.
             await cloud.call("CP1", "ClearChargingProfile", {})  # every profile, the cap too
+            await wait_for(lambda: len(cp.caps()) == 2)
+            assert [f[2] for f in cp.received][-2:] == [
+                "ClearChargingProfile",
+                "SetChargingProfile",
+            ]
+            await wait_for(
+                lambda: gw.site_guard is not None and gw.site_guard.slots["CP1"].accepted_a == 6
+            )
+            # And once it holds its cap.
+            sent = len(cp.caps())
+            await cloud.call("CP1", "ClearChargingProfile", {})
             await wait_for(lambda: len(cp.caps()) > sent)
             actions = [f[2] for f in cp.received]
             last_clear = len(actions) - 1 - actions[::-1].index("ClearChargingProfile")
@@ -408,3 +421,71 @@ async def test_a_restart_sends_the_caps_again_first(tmp_path: Any) -> None:
             # Its cap before anything else, then the capability read of this connection.
             assert [f[2] for f in cp.received[:2]] == ["SetChargingProfile", "GetVariables"]
             assert cp.caps() == [6]
+
+
+async def meter_16(cp: Charger16, amperes: str) -> None:
+    await cp.call(
+        call16.MeterValues(
+            connector_id=1,
+            meter_value=[
+                {
+                    "timestamp": NOW,
+                    "sampled_value": [
+                        {
+                            "value": amperes,
+                            "measurand": "Current.Import",
+                            "phase": "L1",
+                            "unit": "A",
+                        }
+                    ],
+                }
+            ],
+        )
+    )
+
+
+async def test_the_dashboard_shows_the_site_panel_only_with_the_guard(
+    tmp_path: Any, browser: Any
+) -> None:
+    async with (
+        gateway(site(tmp_path)) as gw,
+        simulated(gw.charger_port, "CP16", "1.6") as cp16,
+        simulated(gw.charger_port, "REFUSER", "1.6", set_status="Rejected") as refuser,
+    ):
+        await wait_for(lambda: bool(cp16.caps()) and bool(refuser.caps()))
+        await start_16(cp16)
+        await meter_16(cp16, "7.5")
+        page = await new_page(browser)
+        await page.goto(f"http://127.0.0.1:{gw.api_port}/")
+        panel = page.locator("#site")
+        check, opts = expect(panel)
+        await check.to_be_visible(**opts)
+        for tile, text in (("#s-state", "engaged"), ("#s-limit", "40 A"), ("#s-measured", "7.5 A")):
+            check, opts = expect(page.locator(tile))
+            await check.to_have_text(text, **opts)
+        rows = page.locator("#site-chargers tbody tr")
+        check, opts = expect(rows.nth(0))
+        # The refuser counts at 32 A: the transaction gets the 8 A left.
+        await check.to_contain_text("CP16", **opts)
+        await check.to_contain_text("8 A", **opts)
+        await check.to_contain_text("7.5 A", **opts)
+        check, opts = expect(rows.nth(1))
+        await check.to_contain_text("REFUSER", **opts)
+        await check.to_contain_text("no (counted at its maximum)", **opts)
+        await check.to_have_class("unmanaged", **opts)
+        assert await rows.nth(0).locator("meter").evaluate("m => [m.value, m.max]") == [7.5, 8]
+        check, opts = expect(page.locator("#s-allocated"))
+        await check.to_have_text("40 A", **opts)
+        # A new reading shows within the dashboard's second.
+        await meter_16(cp16, "6.5")
+        check, opts = expect(page.locator("#s-measured"), LIVE_S)
+        await check.to_have_text("6.5 A", **opts)
+
+    async with gateway(make_settings(tmp_path / "plain")) as gw:
+        page = await new_page(browser)
+        await page.goto(f"http://127.0.0.1:{gw.api_port}/")
+        check, opts = expect(page.locator("#chargers-title"))
+        await check.to_be_visible(**opts)
+        check, opts = expect(page.locator("#site"))
+        await check.to_be_hidden(**opts)
+        assert (await api(gw, "/api/site"))["maxCurrentA"] == 0
