@@ -65,6 +65,8 @@ class SimCharger:
     first_change_s: float | None = None
     cap_at_start: float | None = None
     profile_messages: int = 0
+    changes: list[float] = field(default_factory=list)  # every transaction's start → first change
+    starts: int = 0
     pending: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
     ids: int = 0
 
@@ -108,6 +110,7 @@ class SimCharger:
     def set_cap(self, cap: float | None) -> None:
         if self.started_at is not None and self.first_change_s is None and cap != self.cap_a:
             self.first_change_s = time.monotonic() - self.started_at
+            self.changes.append(self.first_change_s)
         self.cap_a = cap
 
 
@@ -116,8 +119,10 @@ async def vehicle_loop(c: SimCharger, rng: random.Random, args: argparse.Namespa
     while True:
         c.want_a = float(rng.choice((16, 32)))
         c.started_at, c.first_change_s, c.cap_at_start = time.monotonic(), None, c.cap_a
+        c.starts += 1
         result = await c.call(
-            "StartTransaction", {"connectorId": 1, "idTag": "BENCH", "meterStart": 0, "timestamp": T}
+            "StartTransaction",
+            {"connectorId": 1, "idTag": "BENCH", "meterStart": 0, "timestamp": T},
         )
         c.tx = result["transactionId"]
         stay = rng.uniform(args.seconds / 3, args.seconds)
@@ -174,7 +179,8 @@ async def live(args: argparse.Namespace) -> dict[str, Any]:
                     short += 1
                     used.append(draw / args.limit)
             elapsed = time.monotonic() - started
-            changes = [c.first_change_s for c in chargers if c.first_change_s is not None]
+            changes = [s for c in chargers for s in c.changes]
+            starts = sum(c.starts for c in chargers)
             messages = sum(c.profile_messages for c in chargers)
             at_start = [c.cap_at_start for c in chargers if c.started_at is not None]
         finally:
@@ -195,6 +201,7 @@ async def live(args: argparse.Namespace) -> dict[str, Any]:
         "secondsDemandOverLimit": short,
         "utilisation": round(statistics.fmean(used), 3) if used else None,
         "startToFirstCapChangeS": {
+            "transactions": starts,
             "n": len(changes),
             "median": round(statistics.median(changes), 2) if changes else None,
             "max": round(max(changes), 2) if changes else None,

@@ -201,13 +201,21 @@ class SiteGuard:
     def charger_attached(self, session: Any) -> None:
         """A charger connected: it counts at what it holds; its cap goes again at once."""
         cid, now = session.charger_id, self._now()
+        slot = self.slots.get(cid)
+        if slot is not None and slot.busy:
+            # A new connection replaced one with a CALL in flight: that CALL gets no answer.
+            self.slots = sequencer.disconnected(self.slots, cid, now)
         self.slots = sequencer.connected(self.slots, cid, self.site.charger_max_a(cid), now)
         self._order[cid] = self._next = self._next + 1
         self._links[cid] = table.Link(up=bool(session.upstream_connected), since=now)
         self._read.discard(cid)
         self._inflight.pop(cid, None)
+        self._follow.discard(cid)
         self._urgent = True
-        self.step(now, attached=session)
+        try:
+            self.step(now, attached=session)
+        except Exception:  # the charger is served whatever the guard's step does
+            log.exception("site guard: a step failed")
 
     def cloud_call(self, session: Any, call: Call) -> None:
         """The cloud sends Set/ClearChargingProfile to a charger (not yet queued)."""
