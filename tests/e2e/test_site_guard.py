@@ -489,3 +489,17 @@ async def test_the_dashboard_shows_the_site_panel_only_with_the_guard(
         check, opts = expect(page.locator("#site"))
         await check.to_be_hidden(**opts)
         assert (await api(gw, "/api/site"))["maxCurrentA"] == 0
+
+
+async def test_a_new_connection_replacing_one_with_a_call_in_flight_is_capped(
+    tmp_path: Any,
+) -> None:
+    async with gateway(site(tmp_path)) as gw, charger(gw.charger_port, "CP1") as old:
+        read = await asyncio.wait_for(old.calls.get(), 5)
+        assert read[2] == "GetConfiguration"  # left unanswered: the new socket replaces this one
+        async with charger(gw.charger_port, "CP1") as new:
+            again = await asyncio.wait_for(new.calls.get(), 5)
+            assert again[2] == "GetConfiguration"
+            await new.answer(again, {})
+            cap = await asyncio.wait_for(new.calls.get(), 5)
+            assert cap[2] == "SetChargingProfile"
