@@ -69,25 +69,36 @@ class CallRunner:
         if start > now:
             await asyncio.sleep(start - now)
 
+    async def answer(self, target: CallTarget, request: Request) -> CallResult | CallError:
+        """Send one request (unpaced) and return its answer, a CALLRESULT only once it is valid
+        against the action's response schema.
+
+        Raises ChargerTimeout, ChargerNotConnected or ChargerQueueFull (see
+        ``ChargerSession.call_charger``), and FrameError for an answer breaking the schema.
+        """
+        answer = await target.call_charger(
+            request.action, request.payload, payload_text=request.text
+        )
+        if isinstance(answer, CallResult):
+            validate_result(target.version, request.action, answer.payload, answer.message_id)
+        return answer
+
     async def call(self, target: CallTarget, request: Request) -> Reply:
-        """Send one request and return what became of it (never raises for the charger's part)."""
+        """Send one request, paced, and return what became of it (never raises for the
+        charger's part)."""
         await self.pace(request.weight)
         try:
-            answer = await target.call_charger(
-                request.action, request.payload, payload_text=request.text
-            )
+            answer = await self.answer(target, request)
         except ChargerTimeout:
             return Reply(ReplyKind.TIMEOUT)
         except ChargerNotConnected:
             return Reply(ReplyKind.GONE)
         except ChargerQueueFull:
             return Reply(ReplyKind.QUEUE_FULL)
-        if isinstance(answer, CallError):
-            return Reply(ReplyKind.ERROR, error=answer.code)
-        try:
-            validate_result(target.version, request.action, answer.payload, answer.message_id)
         except FrameError as exc:
             return Reply(ReplyKind.INVALID, error=exc.description)
+        if isinstance(answer, CallError):
+            return Reply(ReplyKind.ERROR, error=answer.code)
         return Reply(ReplyKind.RESULT, payload=answer.payload)
 
     async def run(self, target: CallTarget, planner: Planner, *, after: After | None = None) -> int:

@@ -1,8 +1,9 @@
 """Keeps each charger's Local Authorization List equal to the synced Authorized access ids.
 
 The decisions are :mod:`gateway.tags.local_list`'s pure functions; this driver sends their CALLs
-through the charger's one CALL slot (``ChargerSession.call_charger``, the queue cloud CALLs and
-reservations share), validates the answers it acts on and writes rows.
+through the charger's one CALL slot with :class:`gateway.net.runner.CallRunner` (the queue cloud
+CALLs, reservations and the site guard share; the runner paces the entries and validates the
+answers against the schemas) and writes rows.
 
 When a round runs (``[local_list] push = true`` only; one round at a time per charger, at most
 ``concurrency`` chargers at once):
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter
 
+from gateway.core.program import Request
 from gateway.errors import (
     ChargerNotConnected,
     ChargerQueueFull,
@@ -46,8 +48,8 @@ from gateway.errors import (
     GatewayError,
     StoreError,
 )
+from gateway.net.runner import CallRunner
 from gateway.ocpp.frames import Call, CallError, CallResult, dumps
-from gateway.ocpp.validation import validate_result
 from gateway.store.engine import LocalListRow, Store
 from gateway.tags import local_list
 from gateway.tags.local_list import Capacity, Entry, Outcome, Plan, Sent
@@ -155,8 +157,7 @@ class LocalListPusher:
         self._usage_flush_s = usage_flush_s
         self._clock = clock
         self._settle_s = settle_s
-        self._entries_per_s = entries_per_s
-        self._paced_until = 0.0  # loop time the entries already sent are paid for
+        self._runner = CallRunner(per_s=entries_per_s)  # one entry budget for every charger
         self._closed = False
         self._delayed: dict[str, asyncio.TimerHandle] = {}
         self._hub: Hub | None = None
@@ -413,13 +414,11 @@ class LocalListPusher:
         payload: dict[str, Any],
         payload_text: str | None = None,
     ) -> CallResult | CallError:
-        answer = await session.call_charger(action, payload, payload_text=payload_text)
-        if isinstance(answer, CallResult):
-            try:
-                validate_result(session.version, action, answer.payload, answer.message_id)
-            except FrameError as exc:
-                raise _Skip(f"invalid {action} answer: {exc.description}") from None
-        return answer
+        request = Request(action, payload, weight=0, text=payload_text)
+        try:
+            return await self._runner.answer(session, request)
+        except FrameError as exc:
+            raise _Skip(f"invalid {action} answer: {exc.description}") from None
 
     async def _capacity(self, session: ChargerSession) -> Capacity:
         if session.version == "1.6":
@@ -452,7 +451,8 @@ class LocalListPusher:
         cid = session.charger_id
         steps = zip(planned.plan.steps, planned.payloads, planned.texts, strict=True)
         for step, body, text in steps:
-            await self._pace(len(step.add) + len(step.remove))
+            # This step's share of entries_per_s, then the owner check right before queueing.
+            await self._runner.pace(len(step.add) + len(step.remove))
             if self._left_alone(cid):
                 raise _Skip("the cloud took over the list")
             try:
@@ -480,15 +480,6 @@ class LocalListPusher:
                 return True
             raise _Skip(f"{what} answered {status.name}")
         return False
-
-    async def _pace(self, entries: int) -> None:
-        """Wait for this step's share of ``entries_per_s`` (one budget for every charger)."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        start = max(now, self._paced_until)
-        self._paced_until = start + entries / self._entries_per_s
-        if start > now:
-            await asyncio.sleep(start - now)
 
     async def _record(self, charger_id: str, planned: _Planned) -> None:
         result, name = planned.plan, planned.digest
