@@ -164,6 +164,7 @@ class SiteGuard:
         """Run the steps (``sessions``: the hub's, read each step)."""
         self._sessions = sessions
         self._started = self._now()
+        self.step(self._started)  # the state is current from the start (mode always: engaged)
         self._task = asyncio.create_task(self._loop())
 
     async def close(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -503,3 +504,39 @@ async def test_a_new_connection_replacing_one_with_a_call_in_flight_is_capped(
             await new.answer(again, {})
             cap = await asyncio.wait_for(new.calls.get(), 5)
             assert cap[2] == "SetChargingProfile"
+
+
+async def test_a_stored_record_that_is_not_one_is_ignored_and_the_api_needs_the_token(
+    tmp_path: Any,
+) -> None:
+    settings = make_settings(
+        tmp_path, site={"max_current_a": 40, "mode": "always"}, api={"token": "s3cret"}
+    )
+    async with gateway(settings):
+        pass  # the store and its tables
+    good = {"maxA": 32, "acceptedA": 10, "unmanaged": False, "clear": "none"}
+    with contextlib.closing(sqlite3.connect(settings.store.path)) as db, db:
+        db.execute(
+            "INSERT INTO site_chargers VALUES ('BAD', ?, 0), ('GOOD', ?, 0)",
+            (json.dumps({**good, "maxA": "x"}), json.dumps(good)),
+        )
+    async with gateway(settings) as gw:
+        assert gw.site_guard is not None
+        assert set(gw.site_guard.slots) == {"GOOD"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.api_port}") as client:
+            assert (await client.get("/api/site")).status_code == 401
+            body = (
+                await client.get("/api/site", headers={"Authorization": "Bearer s3cret"})
+            ).json()
+        # Not connected, it still holds (and counts at) the cap it accepted.
+        assert body["chargers"] == [
+            {
+                "id": "GOOD",
+                "maxA": 32,
+                "capA": 10,
+                "drawA": None,
+                "transactions": 0,
+                "managed": True,
+            }
+        ]
+        assert body["allocatedA"] == 10
