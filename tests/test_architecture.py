@@ -43,6 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.tags.rules",
             "gateway.tags.flipturn",
             "gateway.tags.local_list",
+            "gateway.tags.list_program",
             "gateway.reservations.rules",
             "gateway.reservations.gate",
             "gateway.site.guard",

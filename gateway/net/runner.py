@@ -87,6 +87,10 @@ class CallRunner:
         """Send one request, paced, and return what became of it (never raises for the
         charger's part)."""
         await self.pace(request.weight)
+        return await self.reply(target, request)
+
+    async def reply(self, target: CallTarget, request: Request) -> Reply:
+        """:meth:`call` without the pacing."""
         try:
             answer = await self.answer(target, request)
         except ChargerTimeout:
@@ -101,11 +105,25 @@ class CallRunner:
             return Reply(ReplyKind.ERROR, error=answer.code)
         return Reply(ReplyKind.RESULT, payload=answer.payload)
 
-    async def run(self, target: CallTarget, planner: Planner, *, after: After | None = None) -> int:
-        """Run ``planner`` to its end on ``target``; the number of CALLs sent."""
+    async def run(
+        self,
+        target: CallTarget,
+        planner: Planner,
+        *,
+        after: After | None = None,
+        before: Callable[[Request], bool] | None = None,
+    ) -> int:
+        """Run ``planner`` to its end on ``target``; the number of CALLs sent.
+
+        ``before`` is asked right before each CALL is queued (after its pacing), with no await
+        between: False ends the program there, that CALL unsent.
+        """
         sent = 0
         while (request := planner.next_request()) is not None:
-            reply = await self.call(target, request)
+            await self.pace(request.weight)
+            if before is not None and not before(request):
+                break
+            reply = await self.reply(target, request)
             sent += reply.kind is not ReplyKind.QUEUE_FULL
             planner.answered(request, reply)
             if after is not None:

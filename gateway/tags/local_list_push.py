@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter
 
-from gateway.core.program import Request
+from gateway.core.program import Reply, Request
 from gateway.errors import (
     ChargerNotConnected,
     ChargerQueueFull,
@@ -52,7 +52,8 @@ from gateway.net.runner import CallRunner
 from gateway.ocpp.frames import Call, CallError, CallResult, dumps
 from gateway.store.engine import LocalListRow, Store
 from gateway.tags import local_list
-from gateway.tags.local_list import Capacity, Entry, Outcome, Plan, Sent
+from gateway.tags.list_program import End, SendProgram
+from gateway.tags.local_list import Capacity, Entry, Plan, Sent
 from gateway.tags.rules import normalise
 
 if TYPE_CHECKING:
@@ -449,37 +450,38 @@ class LocalListPusher:
     ) -> bool:
         """Send every step; True if a Differential failed and a Full update should follow."""
         cid = session.charger_id
-        steps = zip(planned.plan.steps, planned.payloads, planned.texts, strict=True)
-        for step, body, text in steps:
-            # This step's share of entries_per_s, then the owner check right before queueing.
-            await self._runner.pace(len(step.add) + len(step.remove))
-            if self._left_alone(cid):
-                raise _Skip("the cloud took over the list")
-            try:
-                answer = await self._call(session, "SendLocalList", body, text)
-            except ChargerTimeout:
-                self._count("timeout")
-                raise
-            except ChargerQueueFull:
-                self._count("queue_full")
-                raise
-            except _Skip:
-                self._count("error")
-                raise
-            status = local_list.outcome(answer)
-            self._count(status.value)
-            if status is Outcome.ACCEPTED:
-                continue
-            what = f"SendLocalList {step.update_type} version {step.version}"
-            if status is Outcome.NOT_SUPPORTED:
-                raise _Refused(f"{what} answered NotSupported")
-            if status is Outcome.FAILED and (step.update_type == "Full" or retried):
-                raise _Refused(f"{what} answered Failed")
-            if step.update_type == "Differential" and not retried:
-                log.info("%s: %s answered %s; sending the list in full", cid, what, status.name)
-                return True
-            raise _Skip(f"{what} answered {status.name}")
-        return False
+        program = SendProgram(planned.plan.steps, planned.payloads, planned.texts, retried)
+        counted = 0
+
+        def still_ours(request: Request) -> bool:
+            # Right before queueing each step (after its pacing): a CALL of ours queued after
+            # the cloud's SendLocalList would undo the cloud's list.
+            return not self._left_alone(cid)
+
+        async def count(request: Request, reply: Reply) -> None:
+            nonlocal counted
+            for result in program.results[counted:]:
+                self._count(result)
+            counted = len(program.results)
+
+        await self._runner.run(session, program, before=still_ours, after=count)
+        end = program.end
+        if end is None:
+            raise _Skip("the cloud took over the list")
+        if end is End.DONE:
+            return False
+        if end is End.FULL:
+            log.info("%s: %s; sending the list in full", cid, program.reason)
+            return True
+        if end is End.REFUSED:
+            raise _Refused(program.reason)
+        if end is End.TIMEOUT:
+            raise ChargerTimeout(f"{cid} did not answer SendLocalList")
+        if end is End.QUEUE_FULL:
+            raise ChargerQueueFull(f"charger queue full: SendLocalList not sent to {cid}")
+        if end is End.GONE:
+            raise ChargerNotConnected(cid)
+        raise _Skip(program.reason)
 
     async def _record(self, charger_id: str, planned: _Planned) -> None:
         result, name = planned.plan, planned.digest
