@@ -1,4 +1,5 @@
-"""The local list push's CALL program: a plan's SendLocalList steps, one after the other, and
+"""The local list push's plan as it is sent (:class:`Planned`: payloads serialized once for every
+charger it fits) and its CALL program: the plan's SendLocalList steps, one after the other, and
 what each answer means. Pure: a :class:`~gateway.core.program.Planner` run by
 :class:`gateway.net.runner.CallRunner` (which paces each step by its entries and validates the
 answers); :mod:`gateway.tags.local_list_push` acts on its :class:`End`.
@@ -11,14 +12,68 @@ the whole list in full (1.6 §5.15, 2.0.1 D01); any other answer skips this roun
 from __future__ import annotations
 
 import enum
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.program import Reply, ReplyKind, Request
-from gateway.tags.local_list import Outcome, Step, outcome_of
+from gateway.ocpp.frames import dumps
+from gateway.tags.local_list import (
+    Capacity,
+    Entry,
+    Outcome,
+    Plan,
+    Sent,
+    Step,
+    digest,
+    outcome_of,
+    payload,
+    plan,
+    snapshot_body,
+)
 
-__all__ = ["End", "SendProgram"]
+__all__ = ["End", "Planned", "SendProgram", "make_plan"]
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A plan with what sending and recording it need, computed once for every charger it fits."""
+
+    plan: Plan
+    payloads: tuple[dict[str, Any], ...]  # one SendLocalList payload per step
+    texts: tuple[str, ...]  # the same serialized, once for every charger
+    entries: frozenset[Entry]
+    digest: str
+    body: bytes  # the stored snapshot (zlib)
+
+
+def make_plan(
+    family: str,
+    desired: tuple[Entry, ...],
+    capacity: Capacity,
+    charger_version: int,
+    last: Sent | None,
+    max_entries: int,
+) -> Planned:
+    """The plan for a charger (``local_list.plan``), its payloads serialized once."""
+    result = plan(
+        desired,
+        capacity=capacity,
+        charger_version=charger_version,
+        last=last,
+        max_entries=max_entries,
+    )
+    entries = frozenset(result.entries)
+    payloads = tuple(payload(family, step) for step in result.steps)
+    return Planned(
+        result,
+        payloads,
+        tuple(dumps(body) for body in payloads),
+        entries,
+        digest(entries),
+        zlib.compress(snapshot_body(result.entries)),
+    )
 
 
 class End(enum.Enum):

@@ -33,7 +33,6 @@ import logging
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -49,11 +48,11 @@ from gateway.errors import (
     StoreError,
 )
 from gateway.net.runner import CallRunner
-from gateway.ocpp.frames import Call, CallError, CallResult, dumps
+from gateway.ocpp.frames import Call, CallError, CallResult
 from gateway.store.engine import LocalListRow, Store
 from gateway.tags import local_list
-from gateway.tags.list_program import End, SendProgram
-from gateway.tags.local_list import Capacity, Entry, Plan, Sent
+from gateway.tags.list_program import End, Planned, SendProgram, make_plan
+from gateway.tags.local_list import Capacity, Entry, Sent
 from gateway.tags.rules import normalise
 
 if TYPE_CHECKING:
@@ -74,45 +73,6 @@ PUSH_ENTRIES_PER_S: Final = 100_000.0  # a truncated list follows new usage at m
 # Bounded memory: a plan of 10,000 tags holds ~3 MB of payloads, a snapshot ~1.5 MB of entries.
 _SNAPSHOT_CACHE: Final = 4
 _PLAN_CACHE: Final = 4
-
-
-@dataclass(frozen=True, slots=True)
-class _Planned:
-    """A plan with what sending and recording it need, computed once for every charger it fits."""
-
-    plan: Plan
-    payloads: tuple[dict[str, Any], ...]  # one SendLocalList payload per step
-    texts: tuple[str, ...]  # the same serialized, once for every charger
-    entries: frozenset[Entry]
-    digest: str
-    body: bytes  # the stored snapshot (zlib)
-
-
-def _make_plan(
-    family: str,
-    desired: tuple[Entry, ...],
-    capacity: Capacity,
-    charger_version: int,
-    last: Sent | None,
-    max_entries: int,
-) -> _Planned:
-    result = local_list.plan(
-        desired,
-        capacity=capacity,
-        charger_version=charger_version,
-        last=last,
-        max_entries=max_entries,
-    )
-    entries = frozenset(result.entries)
-    payloads = tuple(local_list.payload(family, step) for step in result.steps)
-    return _Planned(
-        result,
-        payloads,
-        tuple(dumps(body) for body in payloads),
-        entries,
-        local_list.digest(entries),
-        zlib.compress(local_list.snapshot_body(result.entries)),
-    )
 
 
 # Control flow inside one push round, caught in ``_push``; in the tree like every exception here.
@@ -171,7 +131,7 @@ class LocalListPusher:
         self._access_digest: str | None = None
         self._generation = 0
         self._desired: dict[str, tuple[int, int, float, asyncio.Future[tuple[Entry, ...]]]] = {}
-        self._plans: dict[tuple[Any, ...], asyncio.Future[_Planned]] = {}
+        self._plans: dict[tuple[Any, ...], asyncio.Future[Planned]] = {}
         self._snapshots: dict[str, frozenset[Entry]] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
@@ -446,7 +406,7 @@ class LocalListPusher:
         return number
 
     async def _send(
-        self, session: ChargerSession, planned: _Planned, *, retried: bool = False
+        self, session: ChargerSession, planned: Planned, *, retried: bool = False
     ) -> bool:
         """Send every step; True if a Differential failed and a Full update should follow."""
         cid = session.charger_id
@@ -483,7 +443,7 @@ class LocalListPusher:
             raise ChargerNotConnected(cid)
         raise _Skip(program.reason)
 
-    async def _record(self, charger_id: str, planned: _Planned) -> None:
+    async def _record(self, charger_id: str, planned: Planned) -> None:
         result, name = planned.plan, planned.digest
         body = None
         if name not in self._snapshots:
@@ -571,7 +531,7 @@ class LocalListPusher:
         charger_version: int,
         last: Sent | None,
         state: LocalListRow | None,
-    ) -> _Planned:
+    ) -> Planned:
         """The plan for one charger; chargers in the same situation share one (built once)."""
         desired_key, desired = await self._desired_list(family)
         key = (
@@ -585,7 +545,7 @@ class LocalListPusher:
         if task is None:
             task = asyncio.ensure_future(
                 asyncio.to_thread(
-                    _make_plan, family, desired, capacity, charger_version, last, self._max_entries
+                    make_plan, family, desired, capacity, charger_version, last, self._max_entries
                 )
             )
             if len(self._plans) >= _PLAN_CACHE:
