@@ -5,7 +5,8 @@ Pure (layer 2, with ``gateway.core``):
 - ``rules``       tag matching and the offline authorization decision
 - ``flipturn``    the Flipturn REST API shapes: validate what it sends, rebuild what the API shows
 - ``local_list``  the charger's Local Authorization List as the gateway keeps it
-- ``list_program`` the push's CALL program: a plan's SendLocalList steps and their answers
+- ``list_program`` the push's CALL programs: the capacity and version read, a plan's
+                  SendLocalList steps, what each answer means
 
 Drivers (layer 4, with ``gateway.net``):
 

@@ -26,14 +26,19 @@ from gateway.tags.local_list import (
     Plan,
     Sent,
     Step,
+    capacity_16,
+    capacity_201,
+    configuration_keys_16,
     digest,
+    get_variables_201,
+    list_version,
     outcome_of,
     payload,
     plan,
     snapshot_body,
 )
 
-__all__ = ["End", "Planned", "SendProgram", "make_plan"]
+__all__ = ["End", "Planned", "ReadProgram", "SendProgram", "make_plan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,64 @@ class End(enum.Enum):
     GONE = "gone"  # the charger went away
 
 
+def _stopped(reply: Reply) -> End | None:
+    """How a CALL that got no usable answer ends its program (None: it got one)."""
+    return {
+        ReplyKind.GONE: End.GONE,
+        ReplyKind.TIMEOUT: End.TIMEOUT,
+        ReplyKind.QUEUE_FULL: End.QUEUE_FULL,
+    }.get(reply.kind)
+
+
+@dataclass(slots=True)
+class ReadProgram:
+    """What the charger holds: its capacity (1.6 GetConfiguration, 2.0.1 GetVariables; unknown
+    if refused: the planner's defaults apply) and its list version (GetLocalListVersion; a
+    refusal, or 1.6's -1, means it takes no list)."""
+
+    version: str  # the charger's OCPP version
+    end: End | None = None
+    reason: str = ""
+    capacity: Capacity = field(default_factory=Capacity)
+    list_version: int = 0
+    _sent: int = 0
+
+    def next_request(self) -> Request | None:
+        if self.end is not None:
+            return None
+        self._sent += 1
+        if self._sent == 1 and self.version == "1.6":
+            return Request("GetConfiguration", configuration_keys_16(), weight=0)
+        if self._sent == 1:
+            return Request("GetVariables", get_variables_201(), weight=0)
+        if self._sent == 2:
+            return Request("GetLocalListVersion", {}, weight=0)
+        self.end = End.DONE
+        return None
+
+    def answered(self, request: Request, reply: Reply) -> None:
+        stopped = _stopped(reply)
+        if stopped is not None:
+            self.end = stopped
+        elif reply.kind is ReplyKind.INVALID:
+            self.end, self.reason = End.SKIP, f"invalid {request.action} answer: {reply.error}"
+        elif request.action != "GetLocalListVersion":
+            if reply.ok:
+                parse = capacity_16 if self.version == "1.6" else capacity_201
+                self.capacity = parse(reply.payload)
+        elif reply.kind is ReplyKind.ERROR:
+            refused = outcome_of(reply.error, {}) is Outcome.NOT_SUPPORTED
+            self.end = End.REFUSED if refused else End.SKIP
+            self.reason = f"GetLocalListVersion answered CALLERROR {reply.error}"
+        else:
+            number = list_version(self.version, reply.payload)
+            if number is None:
+                self.end = End.REFUSED
+                self.reason = "the charger reports no local authorization list (version -1)"
+            else:
+                self.list_version = number
+
+
 @dataclass(slots=True)
 class SendProgram:
     """Send ``steps`` (with their payloads, serialized once in ``texts``)."""
@@ -113,16 +176,11 @@ class SendProgram:
     def answered(self, request: Request, reply: Reply) -> None:
         step = self.steps[int(str(request.tag))]
         self._next += 1
-        if reply.kind is ReplyKind.GONE:
-            self.end = End.GONE
-            return
-        if reply.kind is ReplyKind.TIMEOUT:
-            self.results.append("timeout")
-            self.end = End.TIMEOUT
-            return
-        if reply.kind is ReplyKind.QUEUE_FULL:
-            self.results.append("queue_full")
-            self.end = End.QUEUE_FULL
+        stopped = _stopped(reply)
+        if stopped is not None:
+            if stopped is not End.GONE:
+                self.results.append(stopped.value)  # "timeout", "queue_full"
+            self.end = stopped
             return
         if reply.kind is ReplyKind.INVALID:
             self.results.append("error")

@@ -34,7 +34,7 @@ import time
 import zlib
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -43,7 +43,6 @@ from gateway.errors import (
     ChargerNotConnected,
     ChargerQueueFull,
     ChargerTimeout,
-    FrameError,
     GatewayError,
     StoreError,
 )
@@ -51,7 +50,7 @@ from gateway.net.runner import CallRunner
 from gateway.ocpp.frames import Call, CallError, CallResult
 from gateway.store.engine import LocalListRow, Store
 from gateway.tags import local_list
-from gateway.tags.list_program import End, Planned, SendProgram, make_plan
+from gateway.tags.list_program import End, Planned, ReadProgram, SendProgram, make_plan
 from gateway.tags.local_list import Capacity, Entry, Sent
 from gateway.tags.rules import normalise
 
@@ -335,8 +334,8 @@ class LocalListPusher:
         if session is None or not session.connected or self._left_alone(charger_id):
             return
         try:
-            capacity = await self._capacity(session)
-            charger_version = await self._list_version(session)
+            read = await self._read(session)
+            capacity, charger_version = read.capacity, read.list_version
             if capacity.enabled is False and charger_id not in self._warned_disabled:
                 self._warned_disabled.add(charger_id)
                 log.warning(
@@ -368,42 +367,13 @@ class LocalListPusher:
         except (ChargerTimeout, ChargerQueueFull) as exc:
             log.info("%s: local list not pushed this time: %s", charger_id, exc)
 
-    async def _call(
-        self,
-        session: ChargerSession,
-        action: str,
-        payload: dict[str, Any],
-        payload_text: str | None = None,
-    ) -> CallResult | CallError:
-        request = Request(action, payload, weight=0, text=payload_text)
-        try:
-            return await self._runner.answer(session, request)
-        except FrameError as exc:
-            raise _Skip(f"invalid {action} answer: {exc.description}") from None
-
-    async def _capacity(self, session: ChargerSession) -> Capacity:
-        if session.version == "1.6":
-            answer = await self._call(
-                session, "GetConfiguration", local_list.configuration_keys_16()
-            )
-            parse = local_list.capacity_16
-        else:
-            answer = await self._call(session, "GetVariables", local_list.get_variables_201())
-            parse = local_list.capacity_201
-        if isinstance(answer, CallError):
-            return Capacity()  # capacity unknown: the planner's defaults and max_entries apply
-        return parse(answer.payload)
-
-    async def _list_version(self, session: ChargerSession) -> int:
-        answer = await self._call(session, "GetLocalListVersion", {})
-        if isinstance(answer, CallError):
-            if local_list.refuses(answer):
-                raise _Refused(f"GetLocalListVersion answered CALLERROR {answer.code}")
-            raise _Skip(f"GetLocalListVersion answered CALLERROR {answer.code}")
-        number = local_list.list_version(session.version, answer.payload)
-        if number is None:
-            raise _Refused("the charger reports no local authorization list (version -1)")
-        return number
+    async def _read(self, session: ChargerSession) -> ReadProgram:
+        """The charger's capacity and list version (raises like :meth:`_send`)."""
+        program = ReadProgram(session.version)
+        await self._runner.run(session, program)
+        if program.end is not End.DONE:
+            self._stop(session.charger_id, program.end, program.reason)
+        return program
 
     async def _send(
         self, session: ChargerSession, planned: Planned, *, retried: bool = False
@@ -425,23 +395,27 @@ class LocalListPusher:
             counted = len(program.results)
 
         await self._runner.run(session, program, before=still_ours, after=count)
-        end = program.end
-        if end is None:
+        if program.end is None:
             raise _Skip("the cloud took over the list")
-        if end is End.DONE:
+        if program.end is End.DONE:
             return False
-        if end is End.FULL:
+        if program.end is End.FULL:
             log.info("%s: %s; sending the list in full", cid, program.reason)
             return True
+        self._stop(cid, program.end, program.reason)
+
+    @staticmethod
+    def _stop(cid: str, end: End | None, reason: str) -> NoReturn:
+        """The exception a program's end is, for ``_round`` to act on."""
         if end is End.REFUSED:
-            raise _Refused(program.reason)
+            raise _Refused(reason)
         if end is End.TIMEOUT:
-            raise ChargerTimeout(f"{cid} did not answer SendLocalList")
+            raise ChargerTimeout(f"{cid} did not answer")
         if end is End.QUEUE_FULL:
-            raise ChargerQueueFull(f"charger queue full: SendLocalList not sent to {cid}")
+            raise ChargerQueueFull(f"charger queue full: not sent to {cid}")
         if end is End.GONE:
             raise ChargerNotConnected(cid)
-        raise _Skip(program.reason)
+        raise _Skip(reason)
 
     async def _record(self, charger_id: str, planned: Planned) -> None:
         result, name = planned.plan, planned.digest
