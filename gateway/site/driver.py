@@ -221,6 +221,7 @@ class SiteGuard:
     def cloud_call(self, session: Any, call: Call) -> None:
         """The cloud sends Set/ClearChargingProfile to a charger (not yet queued)."""
         cid, version = session.charger_id, session.version
+        before = self.cloud_max.get(cid)
         if call.action == "SetChargingProfile":
             found = profiles.cloud_station_max_a(
                 version, call.payload, voltage_v=self.site.voltage_v, phases=None
@@ -229,6 +230,8 @@ class SiteGuard:
                 self.cloud_max[cid] = found
         elif profiles.touches_station_max(version, call.action, call.payload):
             self.cloud_max.pop(cid, None)
+        if self.cloud_max.get(cid) != before and cid in self.slots:
+            self._persist()
         if profiles.touches_station_max(version, call.action, call.payload) and self.engaged:
             slot = self.slots.get(cid)
             if slot is not None and slot.busy:
@@ -279,7 +282,8 @@ class SiteGuard:
                 )
                 continue
             self._dispatch(session, change)
-        self._persist()
+        if result.changes or self.engaged != self._saved_engaged or attached is not None:
+            self._persist()  # what a record holds changed (never on a quiet second)
 
     def _follow_connections(self, sessions: Mapping[str, Any], now: float) -> None:
         for cid, slot in list(self.slots.items()):
