@@ -20,15 +20,23 @@ from gateway.api.depot import depot_routes
 from gateway.api.outbox import dead_letter_routes
 from gateway.api.reservations import reservation_routes
 from gateway.api.server import ApiContext, ApiServer, build_api
+from gateway.api.site import no_guard, site_routes
 from gateway.config import Settings, load_settings, redact_url
 from gateway.core.backoff import BackoffPolicy
 from gateway.core.depot import DepotView
 from gateway.core.limits import LogLimiter
 from gateway.errors import ConfigError
-from gateway.metrics import FleetCollector, GatewayCollector, RelayStats, new_registry
+from gateway.metrics import (
+    FleetCollector,
+    GatewayCollector,
+    RelayStats,
+    SiteCollector,
+    new_registry,
+)
 from gateway.net.depot_recorder import DepotRecorder
-from gateway.net.host import SessionHook
+from gateway.net.host import ChargerWatcher, SessionHook
 from gateway.net.hub import Hub
+from gateway.net.runner import CallRunner
 from gateway.net.server import start_charger_server
 from gateway.net.session import ChargerSession
 from gateway.net.tls import CertificateExpiryCollector, TlsContexts
@@ -37,6 +45,7 @@ from gateway.net.wsconn import WsServer
 from gateway.reservations.book import ReservationBook
 from gateway.reservations.hook import ReservationHook
 from gateway.sdnotify import Notifier, watchdog_interval_s, watchdog_loop
+from gateway.site.driver import SiteGuard
 from gateway.store.engine import Store
 from gateway.tags import local_list_push
 from gateway.tags.cache import CacheMetrics, TagCache
@@ -80,6 +89,7 @@ class Gateway:
         self.reservations: ReservationBook | None = None
         self.hub: Hub | None = None
         self.local_list: LocalListPusher | None = None
+        self.site_guard: SiteGuard | None = None
         self.charger_server: WsServer | None = None
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
@@ -126,6 +136,14 @@ class Gateway:
             registry=self.registry,
             settle_s=self.local_list_settle_s,
         )
+        # The site guard watches first: a reconnecting charger's cap is the first CALL queued.
+        watchers: list[ChargerWatcher[ChargerSession]] = []
+        if settings.site.enabled:
+            self.site_guard = SiteGuard(settings.site, store, self.depot, runner=CallRunner())
+            await self.site_guard.load()
+            self.registry.register(SiteCollector(self.site_guard.figures))
+            watchers.append(self.site_guard)
+        watchers.append(local_list)
         hooks: list[SessionHook[ChargerSession]] = [ReservationHook(reservations)]
         if settings.local_list.push:  # only then are Authorize/Start/TransactionEvent observed
             hooks.append(local_list)
@@ -138,7 +156,7 @@ class Gateway:
             reconnect_max_s=self.reconnect_max_s,
             backoff=self.backoff,
             hooks=hooks,
-            watchers=[local_list],
+            watchers=watchers,
             depot=self.depot,
             log_limit=self.log_limit,
         )
@@ -163,6 +181,8 @@ class Gateway:
         await local_list.start(hub)
         hub.set_trace_frames(settings.log.level == "debug")
         await hub.start()
+        if self.site_guard is not None:
+            self.site_guard.start(hub.sessions)
         api_key = settings.flipturn.api_key.get_secret_value()
         if api_key:  # design.md: api_key = "" disables sync
             self.sync = SyncService(
@@ -190,6 +210,11 @@ class Gateway:
             *cache_routes(store, self.sync),
             *dead_letter_routes(store, hub),
             *reservation_routes(reservations, hub, settings.ports),
+            *site_routes(
+                self.site_guard.describe
+                if self.site_guard is not None
+                else functools.partial(no_guard, settings.site)
+            ),
         ]
         self.api = ApiServer(build_api(context, routes), settings.api.host, settings.api.port)
         self.api_port = self.api.port
@@ -304,6 +329,8 @@ class Gateway:
             self.charger_server.close(close_connections=False)
         if self.local_list is not None:
             await self.local_list.close()
+        if self.site_guard is not None:
+            await self.site_guard.close()
         if self.hub is not None:
             await self.hub.close()
         if self.tag_cache is not None:

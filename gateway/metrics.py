@@ -32,6 +32,8 @@ __all__ = [
     "GatewayCollector",
     "Histogram",
     "RelayStats",
+    "SiteCollector",
+    "SiteFigures",
     "new_registry",
 ]
 
@@ -342,6 +344,55 @@ class FleetCollector(Collector):
         yield link
         yield pending
         yield seen
+
+
+# The results a site guard's SetChargingProfile/ClearChargingProfile can end in (design.md).
+SITE_PROFILE_RESULTS: tuple[str, ...] = ("accepted", "rejected", "timeout", "invalid")
+
+
+@dataclass
+class SiteFigures:
+    """The site power guard's figures at one scrape (docs/site-power.md)."""
+
+    limit_a: float
+    allocated_a: float
+    measured_a: float
+    engaged: bool
+    profile_changes: Counter[str]  # by result
+
+
+class SiteCollector(Collector):
+    """The site power guard's gauges and profile-change counter, read at scrape time."""
+
+    def __init__(self, figures: Callable[[], SiteFigures]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        f = self._figures()
+        yield GaugeMetricFamily(
+            PREFIX + "site_limit_amperes", "The depot's limit for EV charging", value=f.limit_a
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "site_allocated_amperes",
+            "What the chargers count at under the limit while the guard is engaged",
+            value=f.allocated_a,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "site_measured_amperes",
+            "The transactions' draw from their latest MeterValues",
+            value=f.measured_a,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "site_engaged", "1 while the site guard caps the chargers", value=f.engaged
+        )
+        changes = CounterMetricFamily(
+            PREFIX + "site_profile_changes",
+            "The site guard's SetChargingProfile/ClearChargingProfile CALLs, by their end",
+            labels=["result"],
+        )
+        for result in SITE_PROFILE_RESULTS:
+            changes.add_metric([result], f.profile_changes[result])
+        yield changes
 
 
 def new_registry() -> CollectorRegistry:

@@ -8,4 +8,5 @@ JavaScript (package data, in the wheel).
 - ``depot``         ``GET /api/chargers/{id}``, the dashboard and the JSON it polls, its login
 - ``reservations``  ``/api/ocpp/reservations``
 - ``outbox``        dead letters: ``/api/outbox/dead``
+- ``site``          the site power guard: ``GET /api/site``
 """

@@ -5,7 +5,7 @@ makes an id: the drivers in ``gateway.net`` pass them in (``tests/test_architect
 imports, transitively). The pure rules of the feature packages (``gateway.tags.rules``,
 ``gateway.tags.flipturn``, ``gateway.tags.local_list``, ``gateway.reservations.rules``,
 ``gateway.reservations.gate``, and ``gateway.site``'s ``guard``, ``allocation``, ``lending``,
-``sequencer``, ``rounds``, ``profiles``) sit in this layer too.
+``sequencer``, ``rounds``, ``profiles``, ``program``) sit in this layer too.
 
 - ``relay``        one charger's relay as a state machine: text frames and ``now`` in, frames
                    to send and events out; the facade over the next five
@@ -29,4 +29,5 @@ imports, transitively). The pure rules of the feature packages (``gateway.tags.r
 - ``certs``        certificates as data: PEM blocks, validity end, the charger's CN
 - ``access``       what is known of an id tag: its synced access id, the cloud's last answer
 - ``versions``     the OCPP version a charger is answered with, and what the cloud's choice means
+- ``program``      a CALL program's values: the requests a feature's planner makes, their replies
 """

@@ -24,6 +24,7 @@ until the cloud answers one of that transaction (live or replayed).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -92,6 +93,10 @@ class Transaction:
     register_wh: float | None = None
     power_w: float | None = None
     meter: Any = None  # the latest meterValue list, not decoded yet
+    # The latest meterValue list kept for the site guard's lending (never cleared by settle),
+    # and how many have arrived: the guard reads a reading once, on its own cadence.
+    latest_meter: Any = None
+    readings: int = 0
 
     def settle(self) -> None:
         """Decode the latest meter values into register and power."""
@@ -220,6 +225,9 @@ class DepotView:
         self.touched: set[str] = set()  # only meter readings changed: write at a slower cadence
         self._max_chargers = max_chargers
         self._log_limit = LogLimiter()  # its own: ``now`` here is wall-clock time
+        # Told a charger's id when one of its transactions starts or stops (the site guard's
+        # round runs at once then); never for a meter reading.
+        self.on_transactions: Callable[[str], None] | None = None
 
     # --- folding ---------------------------------------------------------------------------------
 
@@ -308,7 +316,12 @@ class DepotView:
         while len(txs) >= MAX_TRANSACTIONS:
             del txs[next(iter(txs))]
         txs[tx.key] = tx
+        self._transactions_changed(charger_id)
+
+    def _transactions_changed(self, charger_id: str) -> None:
         self.dirty.add(charger_id)
+        if self.on_transactions is not None:
+            self.on_transactions(charger_id)
 
     def _status(
         self,
@@ -356,7 +369,8 @@ class DepotView:
                     self._add_transaction(charger_id, view, tx)
                 if tx is None:
                     return
-            tx.meter = p.get("meterValue")
+            tx.meter = tx.latest_meter = p.get("meterValue")
+            tx.readings += 1
             self.touched.add(charger_id)
         elif action == "StatusNotification":
             connector = str(p.get("connectorId"))
@@ -366,11 +380,11 @@ class DepotView:
                 # one whose StopTransaction the gateway did not see (or has yet to).
                 for key in [k for k, t in view.transactions.items() if t.connector_id == connector]:
                     del view.transactions[key]
-                    self.dirty.add(charger_id)
+                    self._transactions_changed(charger_id)
         elif action == "StopTransaction":
             tx_id = p.get("transactionId")
             if isinstance(tx_id, int) and view.transactions.pop(tx_id, None) is not None:
-                self.dirty.add(charger_id)
+                self._transactions_changed(charger_id)
         elif action == "BootNotification":
             self._boot(
                 charger_id,
@@ -425,7 +439,7 @@ class DepotView:
         if event == "Ended":
             if tx is not None:
                 del view.transactions[key]
-                self.dirty.add(charger_id)
+                self._transactions_changed(charger_id)
             return
         if tx is None:
             # Started, or an Updated of a transaction whose start the gateway did not see.
@@ -447,7 +461,8 @@ class DepotView:
                 self.dirty.add(charger_id)
         meter = p.get("meterValue")
         if meter is not None:
-            tx.meter = meter
+            tx.meter = tx.latest_meter = meter
+            tx.readings += 1
             self.touched.add(charger_id)
 
     # --- reading ---------------------------------------------------------------------------------

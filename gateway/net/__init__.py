@@ -18,6 +18,7 @@ link, effects, observers, calls, tasks; link, effects, observers → host.
 - ``effects``         the session's store side: local answers, resend checks, boot saves, replay I/O
 - ``observers``       what its traffic shows others: depot view folds, hooks, watchers, the gate
 - ``calls``           the futures of the gateway's own CALLs to its charger
+- ``runner``          runs a feature's CALL program through a charger's slot: pacing, validation
 - ``tasks``           the tasks they start: kept until done, failures counted and logged
 - ``hub``             every session of the gateway and the services they share
 - ``negotiation``     the hub's versions: the cloud's choices kept, the cloud asked at a handshake

@@ -11,6 +11,10 @@ Pure (layer 2, with ``gateway.core``): the guard's rules, values in and decision
 - ``rounds``      one round: the slots, transactions and lending in; the changes to send out
 - ``profiles``    the SetChargingProfile / ClearChargingProfile payloads, the charger's rate unit
                   and stack level, and what a cloud profile means for the gateway's cap
+- ``program``     one change's CALL program: the cap or its Clear, and the capability read
 
-Drivers (layer 4, with ``gateway.net``) are to sit beside them.
+Driver (layer 4, with ``gateway.net``):
+
+- ``driver``      ``SiteGuard``: the chargers' links, transactions and readings in; rounds run,
+                  caps sent through ``gateway.net.runner``, answers recorded and kept in the store
 """

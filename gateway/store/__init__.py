@@ -22,4 +22,5 @@ sqlite error becomes a ``gateway.errors.StoreError`` in the engine (``Store._fai
 - ``local_lists``   the chargers' Local Authorization Lists as last sent, snapshots, tag usage
 - ``depot``         the depot view's saved records
 - ``versions``      the OCPP version the cloud last selected per charger
+- ``site``          the site power guard's caps and engaged state
 """

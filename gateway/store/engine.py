@@ -60,6 +60,7 @@ from gateway.store.outbox import (
 )
 from gateway.store.probe import HealthProbe, probe_commit
 from gateway.store.reservations import ReservationTable
+from gateway.store.site import SiteTable
 from gateway.store.tags import TagTables
 from gateway.store.versions import VersionTable
 
@@ -97,6 +98,7 @@ class Store(
     LocalListTable,
     DepotTable,
     VersionTable,
+    SiteTable,
 ):
     """Named operations over the gateway's SQLite file. Open with :meth:`open`."""
 

@@ -11,6 +11,7 @@ import aiosqlite
 
 from gateway.errors import StoreError
 from gateway.store.base import log
+from gateway.store.site import SITE_MIGRATION
 from gateway.store.versions import MIGRATION as CLOUD_VERSIONS_MIGRATION
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
@@ -181,6 +182,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 5: the version the cloud last selected per charger (gateway.store.versions)
     CLOUD_VERSIONS_MIGRATION,
+    # 6: the site power guard's caps and engaged state (gateway.store.site)
+    SITE_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

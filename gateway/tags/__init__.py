@@ -6,6 +6,8 @@ Pure (layer 2, with ``gateway.core``):
 - ``flipturn``    the Flipturn REST API shapes: validate what it sends, rebuild what the API shows
 - ``local_list``  the charger's Local Authorization List as the gateway keeps it
 - ``learned``     the cloud's answers held in memory until their learned row is committed
+- ``list_program`` the push's CALL programs: the capacity and version read, a plan's
+                  SendLocalList steps, what each answer means
 
 Drivers (layer 4, with ``gateway.net``):
 

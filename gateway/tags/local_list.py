@@ -417,8 +417,16 @@ def refuses(answer: CallResult | CallError) -> bool:
 def outcome(answer: CallResult | CallError) -> Outcome:
     """The outcome of a SendLocalList (CALLRESULT validated by the caller)."""
     if isinstance(answer, CallError):
-        return Outcome.NOT_SUPPORTED if answer.code in _NOT_SUPPORTED_CODES else Outcome.ERROR
-    return _STATUS.get(str(answer.payload.get("status")), Outcome.ERROR)
+        return outcome_of(answer.code, {})
+    return outcome_of(None, answer.payload)
+
+
+def outcome_of(error_code: str | None, result: Mapping[str, Any]) -> Outcome:
+    """The outcome of a SendLocalList answered with the CALLERROR ``error_code``, or (None)
+    with the validated CALLRESULT payload ``result``."""
+    if error_code is not None:
+        return Outcome.NOT_SUPPORTED if error_code in _NOT_SUPPORTED_CODES else Outcome.ERROR
+    return _STATUS.get(str(result.get("status")), Outcome.ERROR)
 
 
 def snapshot_body(entries: Iterable[Entry]) -> bytes:

@@ -1,8 +1,9 @@
 """Keeps each charger's Local Authorization List equal to the synced Authorized access ids.
 
 The decisions are :mod:`gateway.tags.local_list`'s pure functions; this driver sends their CALLs
-through the charger's one CALL slot (``ChargerSession.call_charger``, the queue cloud CALLs and
-reservations share), validates the answers it acts on and writes rows.
+through the charger's one CALL slot with :class:`gateway.net.runner.CallRunner` (the queue cloud
+CALLs, reservations and the site guard share; the runner paces the entries and validates the
+answers against the schemas) and writes rows.
 
 When a round runs (``[local_list] push = true`` only; one round at a time per charger, at most
 ``concurrency`` chargers at once):
@@ -32,26 +33,26 @@ import logging
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from prometheus_client import CollectorRegistry, Counter
 
 from gateway.core.limits import LimitedLog, LogLimiter
+from gateway.core.program import Reply, Request
 from gateway.errors import (
     ChargerNotConnected,
     ChargerQueueFull,
     ChargerTimeout,
-    FrameError,
     GatewayError,
     StoreError,
 )
-from gateway.ocpp.frames import Call, CallError, CallResult, dumps
-from gateway.ocpp.validation import validate_result
+from gateway.net.runner import CallRunner
+from gateway.ocpp.frames import Call, CallError, CallResult
 from gateway.store.engine import LocalListRow, Store
 from gateway.tags import local_list
-from gateway.tags.local_list import Capacity, Entry, Outcome, Plan, Sent
+from gateway.tags.list_program import End, Planned, ReadProgram, SendProgram, make_plan
+from gateway.tags.local_list import Capacity, Entry, Sent
 from gateway.tags.rules import normalise
 
 if TYPE_CHECKING:
@@ -72,45 +73,6 @@ PUSH_ENTRIES_PER_S: Final = 100_000.0  # a truncated list follows new usage at m
 # Bounded memory: a plan of 10,000 tags holds ~3 MB of payloads, a snapshot ~1.5 MB of entries.
 _SNAPSHOT_CACHE: Final = 4
 _PLAN_CACHE: Final = 4
-
-
-@dataclass(frozen=True, slots=True)
-class _Planned:
-    """A plan with what sending and recording it need, computed once for every charger it fits."""
-
-    plan: Plan
-    payloads: tuple[dict[str, Any], ...]  # one SendLocalList payload per step
-    texts: tuple[str, ...]  # the same serialized, once for every charger
-    entries: frozenset[Entry]
-    digest: str
-    body: bytes  # the stored snapshot (zlib)
-
-
-def _make_plan(
-    family: str,
-    desired: tuple[Entry, ...],
-    capacity: Capacity,
-    charger_version: int,
-    last: Sent | None,
-    max_entries: int,
-) -> _Planned:
-    result = local_list.plan(
-        desired,
-        capacity=capacity,
-        charger_version=charger_version,
-        last=last,
-        max_entries=max_entries,
-    )
-    entries = frozenset(result.entries)
-    payloads = tuple(local_list.payload(family, step) for step in result.steps)
-    return _Planned(
-        result,
-        payloads,
-        tuple(dumps(body) for body in payloads),
-        entries,
-        local_list.digest(entries),
-        zlib.compress(local_list.snapshot_body(result.entries)),
-    )
 
 
 # Control flow inside one push round, caught in ``_push``; in the tree like every exception here.
@@ -156,8 +118,7 @@ class LocalListPusher:
         self._usage_flush_s = usage_flush_s
         self._clock = clock
         self._settle_s = settle_s
-        self._entries_per_s = entries_per_s
-        self._paced_until = 0.0  # loop time the entries already sent are paid for
+        self._runner = CallRunner(per_s=entries_per_s)  # one entry budget for every charger
         self._closed = False
         self._delayed: dict[str, asyncio.TimerHandle] = {}
         self._hub: Hub | None = None
@@ -170,7 +131,7 @@ class LocalListPusher:
         self._access_digest: str | None = None
         self._generation = 0
         self._desired: dict[str, tuple[int, int, float, asyncio.Future[tuple[Entry, ...]]]] = {}
-        self._plans: dict[tuple[Any, ...], asyncio.Future[_Planned]] = {}
+        self._plans: dict[tuple[Any, ...], asyncio.Future[Planned]] = {}
         self._snapshots: dict[str, frozenset[Entry]] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
@@ -374,8 +335,8 @@ class LocalListPusher:
         if session is None or not session.connected or self._left_alone(charger_id):
             return
         try:
-            capacity = await self._capacity(session)
-            charger_version = await self._list_version(session)
+            read = await self._read(session)
+            capacity, charger_version = read.capacity, read.list_version
             if capacity.enabled is False and charger_id not in self._warned_disabled:
                 self._warned_disabled.add(charger_id)
                 log.warning(
@@ -407,91 +368,57 @@ class LocalListPusher:
         except (ChargerTimeout, ChargerQueueFull) as exc:
             log.info("%s: local list not pushed this time: %s", charger_id, exc)
 
-    async def _call(
-        self,
-        session: ChargerSession,
-        action: str,
-        payload: dict[str, Any],
-        payload_text: str | None = None,
-    ) -> CallResult | CallError:
-        answer = await session.call_charger(action, payload, payload_text=payload_text)
-        if isinstance(answer, CallResult):
-            try:
-                validate_result(session.version, action, answer.payload, answer.message_id)
-            except FrameError as exc:
-                raise _Skip(f"invalid {action} answer: {exc.description}") from None
-        return answer
-
-    async def _capacity(self, session: ChargerSession) -> Capacity:
-        if session.version == "1.6":
-            answer = await self._call(
-                session, "GetConfiguration", local_list.configuration_keys_16()
-            )
-            parse = local_list.capacity_16
-        else:
-            answer = await self._call(session, "GetVariables", local_list.get_variables_201())
-            parse = local_list.capacity_201
-        if isinstance(answer, CallError):
-            return Capacity()  # capacity unknown: the planner's defaults and max_entries apply
-        return parse(answer.payload)
-
-    async def _list_version(self, session: ChargerSession) -> int:
-        answer = await self._call(session, "GetLocalListVersion", {})
-        if isinstance(answer, CallError):
-            if local_list.refuses(answer):
-                raise _Refused(f"GetLocalListVersion answered CALLERROR {answer.code}")
-            raise _Skip(f"GetLocalListVersion answered CALLERROR {answer.code}")
-        number = local_list.list_version(session.version, answer.payload)
-        if number is None:
-            raise _Refused("the charger reports no local authorization list (version -1)")
-        return number
+    async def _read(self, session: ChargerSession) -> ReadProgram:
+        """The charger's capacity and list version (raises like :meth:`_send`)."""
+        program = ReadProgram(session.version)
+        await self._runner.run(session, program)
+        if program.end is not End.DONE:
+            self._stop(session.charger_id, program.end, program.reason)
+        return program
 
     async def _send(
-        self, session: ChargerSession, planned: _Planned, *, retried: bool = False
+        self, session: ChargerSession, planned: Planned, *, retried: bool = False
     ) -> bool:
         """Send every step; True if a Differential failed and a Full update should follow."""
         cid = session.charger_id
-        steps = zip(planned.plan.steps, planned.payloads, planned.texts, strict=True)
-        for step, body, text in steps:
-            await self._pace(len(step.add) + len(step.remove))
-            if self._left_alone(cid):
-                raise _Skip("the cloud took over the list")
-            try:
-                answer = await self._call(session, "SendLocalList", body, text)
-            except ChargerTimeout:
-                self._count("timeout")
-                raise
-            except ChargerQueueFull:
-                self._count("queue_full")
-                raise
-            except _Skip:
-                self._count("error")
-                raise
-            status = local_list.outcome(answer)
-            self._count(status.value)
-            if status is Outcome.ACCEPTED:
-                continue
-            what = f"SendLocalList {step.update_type} version {step.version}"
-            if status is Outcome.NOT_SUPPORTED:
-                raise _Refused(f"{what} answered NotSupported")
-            if status is Outcome.FAILED and (step.update_type == "Full" or retried):
-                raise _Refused(f"{what} answered Failed")
-            if step.update_type == "Differential" and not retried:
-                log.info("%s: %s answered %s; sending the list in full", cid, what, status.name)
-                return True
-            raise _Skip(f"{what} answered {status.name}")
-        return False
+        program = SendProgram(planned.plan.steps, planned.payloads, planned.texts, retried)
+        counted = 0
 
-    async def _pace(self, entries: int) -> None:
-        """Wait for this step's share of ``entries_per_s`` (one budget for every charger)."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        start = max(now, self._paced_until)
-        self._paced_until = start + entries / self._entries_per_s
-        if start > now:
-            await asyncio.sleep(start - now)
+        def still_ours(request: Request) -> bool:
+            # Right before queueing each step (after its pacing): a CALL of ours queued after
+            # the cloud's SendLocalList would undo the cloud's list.
+            return not self._left_alone(cid)
 
-    async def _record(self, charger_id: str, planned: _Planned) -> None:
+        async def count(request: Request, reply: Reply) -> None:
+            nonlocal counted
+            for result in program.results[counted:]:
+                self._count(result)
+            counted = len(program.results)
+
+        await self._runner.run(session, program, before=still_ours, after=count)
+        if program.end is None:
+            raise _Skip("the cloud took over the list")
+        if program.end is End.DONE:
+            return False
+        if program.end is End.FULL:
+            log.info("%s: %s; sending the list in full", cid, program.reason)
+            return True
+        self._stop(cid, program.end, program.reason)
+
+    @staticmethod
+    def _stop(cid: str, end: End | None, reason: str) -> NoReturn:
+        """The exception a program's end is, for ``_round`` to act on."""
+        if end is End.REFUSED:
+            raise _Refused(reason)
+        if end is End.TIMEOUT:
+            raise ChargerTimeout(f"{cid} did not answer")
+        if end is End.QUEUE_FULL:
+            raise ChargerQueueFull(f"charger queue full: not sent to {cid}")
+        if end is End.GONE:
+            raise ChargerNotConnected(cid)
+        raise _Skip(reason)
+
+    async def _record(self, charger_id: str, planned: Planned) -> None:
         result, name = planned.plan, planned.digest
         body = None
         if name not in self._snapshots:
@@ -582,7 +509,7 @@ class LocalListPusher:
         charger_version: int,
         last: Sent | None,
         state: LocalListRow | None,
-    ) -> _Planned:
+    ) -> Planned:
         """The plan for one charger; chargers in the same situation share one (built once)."""
         desired_key, desired = await self._desired_list(family)
         key = (
@@ -596,7 +523,7 @@ class LocalListPusher:
         if task is None:
             task = asyncio.ensure_future(
                 asyncio.to_thread(
-                    _make_plan, family, desired, capacity, charger_version, last, self._max_entries
+                    make_plan, family, desired, capacity, charger_version, last, self._max_entries
                 )
             )
             if len(self._plans) >= _PLAN_CACHE:

@@ -225,6 +225,39 @@ function renderSessions(d, now) {
     });
 }
 
+const amps = (a) => (a === null || a === undefined ? "–" : `${Number(a).toFixed(a % 1 ? 1 : 0)} A`);
+
+// The site power guard (GET /api/site), shown only when it is configured (maxCurrentA > 0).
+function renderSite(s) {
+  const on = Boolean(s && s.maxCurrentA > 0);
+  $("site").hidden = !on;
+  if (!on) return;
+  setText($("s-state"), s.engaged ? "engaged" : "released");
+  $("tile-site-state").classList.toggle("warn", s.engaged);
+  setText($("s-limit"), amps(s.maxCurrentA));
+  setText($("s-allocated"), amps(s.allocatedA));
+  setText($("s-measured"), amps(s.measuredA));
+  $("s-measured").parentElement.parentElement.classList.toggle("bad", s.measuredA > s.maxCurrentA);
+  keyed($("site-chargers").tBodies[0], s.chargers, (c) => c.id, () => {
+    const tr = row($("site-chargers"), ["", "num", "num", "", "num", "num", ""]);
+    tr.children[3].append(el("meter"));
+    return tr;
+  }, (tr, c) => {
+    const td = tr.children;
+    setText(td[0], c.id);
+    setText(td[1], c.capA === null ? "none" : amps(c.capA));
+    setText(td[2], amps(c.drawA));
+    const bar = td[3].querySelector("meter");
+    bar.max = Math.max(1, c.capA ?? c.maxA);
+    bar.value = c.drawA ?? 0;
+    bar.setAttribute("aria-label", `${c.id}: draw ${amps(c.drawA)} of cap ${amps(c.capA)}`);
+    setText(td[4], amps(c.maxA));
+    setText(td[5], c.transactions);
+    setText(td[6], c.managed ? "yes" : "no (counted at its maximum)");
+    tr.classList.toggle("unmanaged", !c.managed);
+  });
+}
+
 function actionButton(label, cls, onClick) {
   const b = el("button", cls, label);
   b.type = "button";
@@ -393,17 +426,18 @@ async function logout() {
   statusSeen = new Map();
   firstRender = true;
   for (const id of ["chargers"]) $(id).replaceChildren();
-  for (const id of ["sessions", "reservations", "dead"]) $(id).tBodies[0].replaceChildren();
+  for (const id of ["sessions", "reservations", "dead", "site-chargers"]) $(id).tBodies[0].replaceChildren();
   showLogin();
 }
 
 async function refresh() {
   clearTimeout(timer);
   try {
-    const [depot, dead, reservations] = await Promise.all([
+    const [depot, dead, reservations, site] = await Promise.all([
       api("GET", "/api/depot"),
       api("GET", "/api/outbox/dead"),
       api("GET", "/api/ocpp/reservations"),
+      api("GET", "/api/site"),
     ]);
     if (!depot.ok) throw new Error(`HTTP ${depot.status}`);
     const d = depot.data;
@@ -416,6 +450,7 @@ async function refresh() {
     renderPorts(d.ports);
     if (reservations.ok) renderReservations(reservations.data.data);
     if (dead.ok) renderDead(dead.data.data);
+    if (site.ok) renderSite(site.data);
     if (!$("r-id").value) $("r-id").value = String(Math.floor(now / 1000) % 1000000);
     $("app").hidden = false;
     $("login").hidden = true;
