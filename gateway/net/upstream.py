@@ -30,7 +30,9 @@ from gateway.ocpp.frames import OcppVersion
 
 __all__ = ["UpstreamOpener", "upstream_headers"]
 
-USER_AGENT = f"flipturn-gateway/{__version__}"  # as the Flipturn API client says
+USER_AGENT = f"flipturn-gateway/{__version__}"
+# HTTP answers to the handshake that may mean "none of the offered subprotocols" (CloudRefused).
+VERSION_REFUSAL_STATUSES: frozenset[int] = frozenset({400, 406})  # as the Flipturn API client says
 
 
 def upstream_headers(request: Request | None, pass_authorization: bool) -> dict[str, str]:
@@ -80,8 +82,12 @@ class UpstreamOpener:
                 ssl_context=self.ssl_context,
             )
         except InvalidStatus as exc:
-            # RFC 6455 §4.2.2: a server that speaks none of the offered subprotocols may refuse.
-            raise CloudRefused(f"{redact_url(url)}: {exc}") from exc
+            # RFC 6455 §4.2.2: a server that speaks none of the offered subprotocols may refuse
+            # the upgrade (400 Bad Request; 406 from some). Any other status (5xx, 429, 401, 404)
+            # says nothing about the version: an outage or this charger's problem, backed off.
+            if exc.response.status_code in VERSION_REFUSAL_STATUSES:
+                raise CloudRefused(f"{redact_url(url)}: {exc}") from exc
+            raise CloudUnavailable(f"{redact_url(url)}: {exc}") from exc
         except NegotiationError as exc:
             if "subprotocol" in str(exc):  # it selected one that was not offered
                 raise CloudRefused(f"{redact_url(url)}: {exc}") from exc
