@@ -276,12 +276,10 @@ class Hub:
                 except Exception:
                     self.stats.errors["internal"] += 1
                     log.exception("cannot read the state of %d new chargers", len(new))
-                    for _, _, ws, _ in batch:
-                        ws.close(1011, "gateway error")
+                    self._refuse(batch, 1011, "gateway error")
                     continue
                 except BaseException:  # cancelled: the gateway is closing
-                    for _, _, ws, _ in batch:
-                        ws.close(1001, "gateway shutting down")
+                    self._refuse(batch, 1001, "gateway shutting down")
                     raise
                 for charger_id, version, ws, offered in batch:
                     if charger_id not in self.sessions:
@@ -289,6 +287,17 @@ class Hub:
                     self._attach(charger_id, version, ws, offered)
         finally:
             self._attach_task = None
+
+    def _refuse(
+        self, batch: list[tuple[str, OcppVersion, ServerConnection, Offer]], code: int, why: str
+    ) -> None:
+        """Close chargers that will not be served, and the cloud links opened for their
+        handshakes (a link left open would show the cloud a charger that is not there)."""
+        for charger_id, _, ws, _ in batch:
+            first = self.negotiation.take_first_link(charger_id)
+            if first is not None:
+                self.negotiation.drop_first_link(charger_id, first)
+            ws.close(code, why)
 
     def _attach(
         self, charger_id: str, version: OcppVersion, ws: ServerConnection, offered: Offer
