@@ -83,7 +83,8 @@ async def start_charger_server(
             why = check_client_certificate(decision.charger_id, peercert, settings.client_certs)
             if why is not None:
                 hub.stats.errors["refused_403"] += 1
-                log.warning("refused %s: %s", decision.charger_id, why)
+                lines = LimitedLog(log, hub.log_limit, decision.charger_id)
+                lines.warning(hub.loop_time(), "client certificate refused", "%s", why)
                 return connection.reject(HTTPStatus.FORBIDDEN, "client certificate refused\n")
         return None
 
@@ -116,7 +117,8 @@ async def start_charger_server(
             return
         if connection.subprotocol is None:
             hub.stats.errors["no_subprotocol"] += 1
-            log.warning("%s: no supported OCPP subprotocol offered; closing", decision.charger_id)
+            lines = LimitedLog(log, hub.log_limit, decision.charger_id)
+            lines.warning(hub.loop_time(), "no supported OCPP subprotocol offered", "closing")
             connection.close(1002, "no supported OCPP subprotocol (ocpp1.6, ocpp2.0.1, ocpp2.1)")
             return
         version = SUBPROTOCOLS[connection.subprotocol]

@@ -167,7 +167,7 @@ async def test_profile3_mismatch_is_logged_with_the_ids_not_the_certificate(
         with pytest.raises(InvalidStatus):
             await boots(gw.charger_port, "CP-1", charger_context(depot, wrong_cn))
     lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-    assert lines == ["refused CP-1: client certificate is for 'CP-2'"]
+    assert lines == ["CP-1: client certificate refused: client certificate is for 'CP-2'"]
     pem_body = wrong_cn.cert.read_text().splitlines()[1]
     assert all(pem_body not in r.getMessage() for r in caplog.records)
 
