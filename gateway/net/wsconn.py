@@ -55,6 +55,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Message = str | bytes
+_NO_HOLDS: frozenset[str] = frozenset()  # one object for every connection reading freely
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,7 @@ class WsConnection(asyncio.Protocol):
         # Made when first needed: an empty deque is ~740 bytes and nearly every connection's
         # messages go straight to their handler; the holds are rare and short-lived.
         self._waiting: deque[Message] | None = None
-        self._holds: frozenset[str] = frozenset()
+        self._holds = _NO_HOLDS
         self._timer: asyncio.TimerHandle | None = None
 
     # --- what the owner uses ---------------------------------------------------------------------
@@ -183,7 +184,7 @@ class WsConnection(asyncio.Protocol):
     def release_reading(self, reason: str) -> None:
         if reason not in self._holds:
             return
-        self._holds = self._holds - {reason}
+        self._holds = self._holds - {reason} or _NO_HOLDS
         if not self._holds and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -463,6 +464,11 @@ class ServerConnection(WsConnection):
         self.protocol.send_response(response)
         self._flush()
         if self.protocol.state is OPEN:
+            # websockets' parser holds the request it parsed for as long as the connection
+            # lives (a local of its generator): keep a copy for the owner, who takes it once,
+            # and empty the parser's (~3 KB of headers a charger).
+            self.request = Request(request.path, request.headers.copy())
+            request.headers.clear()
             self._opened()
             self.hold_reading("unattached")  # until the owner sets on_message
             self.server.on_open(self)
@@ -578,6 +584,9 @@ class ClientConnection(WsConnection):
             return
         self._answered = True
         if self.protocol.state is OPEN:
+            # Read by the protocol already (subprotocol, extensions); its parser would hold
+            # the headers for as long as the connection lives.
+            event.headers.clear()
             self._opened()
             self.hold_reading("unattached")  # until the owner sets on_message
         else:
