@@ -6,8 +6,11 @@ and action, then a canned reply for that action (OCPP 1.6 and 2.0.1 shapes), sen
 subprotocol is ``ocpp1.6`` or ``ocpp2.0.1`` as the client offers. CALLRESULTs and CALLERRORs it
 receives (answers to CALLs it never sends) are dropped.
 
-permessage-deflate is not negotiated, so every target in a comparison relays the same plain
-frames (the chargers of the load generator do not offer it either, like most 1.6 firmware).
+permessage-deflate is not negotiated unless ``--compression`` is given, so every target in a
+comparison relays the same plain frames (the chargers of the load generator do not offer it either,
+like most 1.6 firmware, unless the runner's ``--compression`` asks them to). With ``--compression``
+the cloud accepts it from a client that offers it, with websockets' default settings (as a CSMS
+built on websockets does).
 
 ``GET /_stats`` (plain HTTP, no upgrade) returns ``{"calls": N, "connections": N, "handshakes": N,
 "peakHandshakesPerS": N, "maxHandshakesInFlight": N, "refused": N, "byAction": {...}}``: the bench runner compares the CALLs the cloud
@@ -40,6 +43,7 @@ from typing import Any, cast
 
 import orjson
 from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
@@ -180,14 +184,22 @@ class _CloudConnection(asyncio.Protocol):
     """
 
     def __init__(
-        self, stats: CloudStats, handshake_delay_s: float = 0.0, refuse_every_other: bool = False
+        self,
+        stats: CloudStats,
+        handshake_delay_s: float = 0.0,
+        refuse_every_other: bool = False,
+        compression: bool = False,
     ) -> None:
         self.stats = stats
         self.handshake_delay_s = handshake_delay_s
         self.refuse_every_other = refuse_every_other
         self.refuse = False
         self.answering = False  # a handshake request is in flight (counted in stats.in_flight)
-        self.ws = ServerProtocol(subprotocols=SUBPROTOCOLS, max_size=1 << 20)
+        self.ws = ServerProtocol(
+            subprotocols=SUBPROTOCOLS,
+            extensions=[ServerPerMessageDeflateFactory()] if compression else None,
+            max_size=1 << 20,
+        )
         self.v201 = False
         self.transport: asyncio.Transport | None = None
         self.fragments: list[bytes] = []
@@ -278,6 +290,7 @@ async def start_fake_cloud(
     *,
     handshake_delay_s: float = 0.0,
     refuse_every_other: bool = False,
+    compression: bool = False,
     stats: CloudStats | None = None,
 ) -> tuple[asyncio.Server, CloudStats]:
     """Start the fake cloud in the running loop; return the server and its counters (``stats``
@@ -285,7 +298,7 @@ async def start_fake_cloud(
     stats = stats or CloudStats()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: _CloudConnection(stats, handshake_delay_s, refuse_every_other),
+        lambda: _CloudConnection(stats, handshake_delay_s, refuse_every_other, compression),
         host,
         port,
         backlog=4096,
@@ -294,10 +307,14 @@ async def start_fake_cloud(
 
 
 async def _serve_forever(
-    host: str, port: int, handshake_delay_s: float, refuse_every_other: bool
+    host: str, port: int, handshake_delay_s: float, refuse_every_other: bool, compression: bool
 ) -> None:
     server, _stats = await start_fake_cloud(
-        host, port, handshake_delay_s=handshake_delay_s, refuse_every_other=refuse_every_other
+        host,
+        port,
+        handshake_delay_s=handshake_delay_s,
+        refuse_every_other=refuse_every_other,
+        compression=compression,
     )
     bound = server.sockets[0].getsockname()[1]
     print(f"LISTENING {bound}", flush=True)
@@ -318,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--refuse-every-other", action="store_true", help="answer every 2nd handshake with 503"
     )
+    parser.add_argument(
+        "--compression", action="store_true", help="accept permessage-deflate when offered"
+    )
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -325,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    runner(_serve_forever(args.host, args.port, args.handshake_delay, args.refuse_every_other))
+    runner(
+        _serve_forever(
+            args.host, args.port, args.handshake_delay, args.refuse_every_other, args.compression
+        )
+    )
     return 0
 
 

@@ -85,6 +85,7 @@ class LoadSpec:
     call_timeout_s: float = 10.0
     connect_timeout_s: float = 30.0
     connect_concurrency: int = 100  # per worker, so a relay is not hit by 1,000 handshakes at once
+    compression: bool = False  # offer permessage-deflate (websockets' default offer)
 
 
 @dataclass(slots=True)
@@ -273,7 +274,7 @@ async def _connect(
             ws = await connect(
                 url,
                 subprotocols=[Subprotocol(spec.subprotocol)],
-                compression=None,
+                compression="deflate" if spec.compression else None,
                 open_timeout=spec.connect_timeout_s,
                 ping_interval=None,
                 max_size=1 << 20,

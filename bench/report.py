@@ -134,7 +134,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"uvloop {machine['uvloop']}, orjson {machine['orjson']}, nginx {machine['nginx']}.",
         f"Each run: {options['warmup_s']:g} s warm-up + {options['duration_s']:g} s measured, "
         f"{options['workers']} load generator processes, {options['reps']} interleaved repetitions "
-        "per target; medians over repetitions (peak RSS: maximum).",
+        "per target; medians over repetitions (peak RSS: maximum)."
+        + (
+            " Chargers offer permessage-deflate and the fake cloud accepts it."
+            if options.get("compression")
+            else ""
+        ),
         "",
     ]
     for name, why in report["notes"].items():

@@ -13,6 +13,10 @@ CALLRESULT down); the peak RSS during the run (VmHWM, reset before each run thro
 the target started, before any charger connected. The summary takes the median over repetitions
 (the maximum for memory, the sum for errors).
 
+``--compression``: the chargers offer permessage-deflate and the fake cloud accepts it, as in a
+depot whose chargers and cloud both speak it (the gateway's cloud links offer it by default;
+the minimal relay offers and accepts none; nginx passes the offer through end to end).
+
 Writes ``bench/results/relay-<UTC time>.json`` and ``.md`` (and ``relay-latest.*``), prints the
 markdown. Loopback (127.0.0.1) only; every phase is bounded by the flags' durations.
 """
@@ -114,6 +118,7 @@ def _run_one(
         workers=args.workers,
         # The same charger ids in every repetition, as a depot's chargers reconnect with theirs.
         id_prefix=f"{scenario}-",
+        compression=args.compression,
     )
     cpu: dict[str, float] = {}
     written: dict[str, int | None] = {}
@@ -213,7 +218,14 @@ def run_relay(args: argparse.Namespace) -> dict[str, Any]:
     _raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="flipturn-bench-"))
     cloud, cloud_port = start_listening_process(
-        [sys.executable, "-m", "bench.fake_cloud", "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "bench.fake_cloud",
+            "--port",
+            "0",
+            *(["--compression"] if args.compression else []),
+        ],
         (workdir / "cloud.log").open("wb"),
     )
     runs: list[dict[str, Any]] = []
@@ -256,6 +268,7 @@ def run_relay(args: argparse.Namespace) -> dict[str, Any]:
             "duration_s": args.duration,
             "workers": args.workers,
             "chargers_override": args.chargers,
+            "compression": args.compression,
         },
         "notes": notes,
         "summary": summarise(runs, idle),
@@ -305,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=IDLE_SETTLE_S,
         help=f"seconds before reading the targets' idle memory (default {IDLE_SETTLE_S})",
+    )
+    parser.add_argument(
+        "--compression",
+        action="store_true",
+        help="chargers offer permessage-deflate and the fake cloud accepts it",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument(

@@ -133,8 +133,8 @@ class UpstreamSettings(_Section):
     url: str = ""
     call_timeout_s: float = Field(default=10.0, gt=0, le=600)
     pass_authorization: bool = True
-    # Offer permessage-deflate to the cloud: ~3x fewer bytes on the link, ~35-45 KB of zlib
-    # state per charger if the cloud accepts (docs/benchmarks.md).
+    # Offer permessage-deflate to the cloud: ~7x fewer bytes on the link, ~25 KB of zlib
+    # state per charger if the cloud accepts (docs/benchmarks.md "Memory per charger").
     compression: bool = True
     # Backoff cap of one link's reconnect attempts (a returning cloud is noticed sooner: any link
     # that connects, or a probe every few seconds, wakes every waiting link).

@@ -68,13 +68,17 @@ def offered_versions(subprotocols: Iterable[str]) -> tuple[OcppVersion, ...]:
     return tuple(out)
 
 
+# Nearly every record refuses nothing: one empty set for them all, not one each.
+_NONE_REFUSED: frozenset[OcppVersion] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class VersionRecord:
     """What the gateway remembers of one charger: the version the cloud last selected, and the
     versions the cloud refused in favour of it (messages stored under those are dead letters)."""
 
     version: OcppVersion
-    refused: frozenset[OcppVersion] = frozenset()
+    refused: frozenset[OcppVersion] = _NONE_REFUSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +152,7 @@ def cloud_selected(
     refused.discard(selected)
     if selected != version:
         refused.add(version)
-    record = VersionRecord(selected, frozenset(refused))
+    record = VersionRecord(selected, frozenset(refused) if refused else _NONE_REFUSED)
     return CloudChoice(
         remember=None if record == known else record,
         refused=None if selected == version else version,

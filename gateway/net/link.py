@@ -209,7 +209,8 @@ class UpstreamLink:
         self.headers: dict[str, str] = {}  # sent with the handshake (the charger's Authorization)
         self.ws: ClientConnection | None = None
         self.versions: LinkVersions | None = None  # None: the owner's version, whatever is selected
-        self._wanted_changed = asyncio.Event()
+        # Made only while the loop sleeps: an asyncio.Event holds a ~740-byte deque a charger.
+        self._wanted_changed: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self._closing = False  # we, not the cloud, are closing the current connection
         policy = host.backoff
@@ -247,7 +248,7 @@ class UpstreamLink:
 
     def wake(self) -> None:
         """What the session wants changed: a sleeping loop looks again."""
-        self._wanted_changed.set()
+        self._wake_sleeper()
 
     def close(self, code: int, reason: str) -> None:
         """Close the current connection (the loop reconnects at once if the link is still wanted)."""
@@ -267,7 +268,12 @@ class UpstreamLink:
                 return
             self._woken_by_recovery = True
         self._retry_early = True
-        self._wanted_changed.set()
+        self._wake_sleeper()
+
+    def _wake_sleeper(self) -> None:
+        sleeping = self._wanted_changed
+        if sleeping is not None and not sleeping.done():
+            sleeping.set_result(None)
 
     def adopt(self, first: asyncio.Future[ClientConnection]) -> None:
         """Use ``first`` (opened for the charger's handshake) as the next attempt."""
@@ -474,9 +480,12 @@ class UpstreamLink:
     async def _sleep_unless_unwanted(self, delay: float) -> None:
         deadline = self._now() + delay
         while self._wanted() and not self._retry_early and (left := deadline - self._now()) > 0:
-            self._wanted_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wanted_changed.wait(), left)
+            self._wanted_changed = asyncio.get_running_loop().create_future()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wanted_changed, left)
+            finally:
+                self._wanted_changed = None
 
 
 def handshake_outcome(exc: CloudUnavailable) -> Outcome:

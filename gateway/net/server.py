@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Awaitable, Sequence
 from http import HTTPStatus
 
-from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
@@ -22,7 +22,7 @@ from gateway.core.admission import Refused, admit
 from gateway.core.certs import check_client_certificate
 from gateway.core.limits import LimitedLog
 from gateway.net.hub import Hub
-from gateway.net.upstream import upstream_headers
+from gateway.net.upstream import DEFLATE_MEM_LEVEL, DEFLATE_WINDOW_BITS, upstream_headers
 from gateway.net.wsconn import Keepalive, ServerConnection, Timeouts, WsServer
 from gateway.ocpp.frames import OcppVersion
 
@@ -139,8 +139,16 @@ async def start_charger_server(
         choose_subprotocol=choose_subprotocol,
         max_size=settings.max_message_bytes,
         # RFC 7692 accepted from every charger that offers it: OCPP 2.0.1 Part 4 §3.3 and 2.1
-        # Part 4 §3.4 make it required for the CSMS and the Local Controller.
-        extensions=enable_server_permessage_deflate(None),
+        # Part 4 §3.4 make it required for the CSMS and the Local Controller. Small windows (2 KB,
+        # RFC 7692 §7.1.2; the charger's own only if it offers client_max_window_bits): OCPP
+        # frames are small, and each link keeps its zlib state for as long as it is open.
+        extensions=[
+            ServerPerMessageDeflateFactory(
+                server_max_window_bits=DEFLATE_WINDOW_BITS,
+                client_max_window_bits=DEFLATE_WINDOW_BITS,
+                compress_settings={"memLevel": DEFLATE_MEM_LEVEL},
+            )
+        ],
         timeouts=Timeouts(open_s=10.0, close_s=2.0),
         keepalive=Keepalive(interval_s=20.0, timeout_s=20.0),
     )

@@ -267,7 +267,7 @@ class ChargerSession:
             old.close(1000, "replaced by a new connection")
         if self.upstream is not None:
             self.upstream.release_reading("charger-busy")
-        self._link.headers = upstream_headers(ws.request, self.settings.pass_authorization)
+        self._link.headers = upstream_headers(ws.take_request(), self.settings.pass_authorization)
         self.ensure_link()
         ws.on_close = self._charger_closed
         ws.on_write_paused = self._charger_write_paused

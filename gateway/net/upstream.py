@@ -18,7 +18,8 @@ from websockets.exceptions import (
     NegotiationError,
     WebSocketException,
 )
-from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
+from websockets.extensions.base import ClientExtensionFactory
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.http11 import Request
 from websockets.typing import Subprotocol
 
@@ -28,11 +29,42 @@ from gateway.errors import CloudRefused, CloudUnavailable
 from gateway.net.wsconn import ClientConnection, Keepalive, Timeouts, connect
 from gateway.ocpp.frames import OcppVersion
 
-__all__ = ["UpstreamOpener", "upstream_headers"]
+__all__ = [
+    "DEFLATE_MEM_LEVEL",
+    "DEFLATE_WINDOW_BITS",
+    "UpstreamOpener",
+    "deflate_offers",
+    "upstream_headers",
+]
 
 USER_AGENT = f"flipturn-gateway/{__version__}"
 # HTTP answers to the handshake that may mean "none of the offered subprotocols" (CloudRefused).
 VERSION_REFUSAL_STATUSES: frozenset[int] = frozenset({400, 406})  # as the Flipturn API client says
+
+# permessage-deflate on both kinds of link: a 2 KB LZ77 window and zlib memLevel 2. A link's
+# compressor holds 2^(bits+2) + 2^(memLevel+9) bytes and its decompressor 2^bits, for as long as
+# the link is open, and a long-lived link touches all of it: with websockets' defaults (a 32 KB
+# window toward a cloud that does not limit it) that is ~190 KB per cloud link, with these ~25 KB.
+# An OCPP frame is mostly like the one before it, which a 2 KB window still holds: a 3-phase
+# MeterValues compresses to ~88 bytes instead of ~76 (docs/benchmarks.md "Memory per charger").
+DEFLATE_WINDOW_BITS = 11
+DEFLATE_MEM_LEVEL = 2
+
+
+def deflate_offers() -> list[ClientExtensionFactory]:
+    """What the cloud is offered: first with its own window limited too (RFC 7692 §7.1.2.1), then
+    without, for a cloud that declines to limit its window (it may: §7.1.2.1)."""
+    settings = {"memLevel": DEFLATE_MEM_LEVEL}
+    return [
+        ClientPerMessageDeflateFactory(
+            server_max_window_bits=DEFLATE_WINDOW_BITS,
+            client_max_window_bits=DEFLATE_WINDOW_BITS,
+            compress_settings=settings,
+        ),
+        ClientPerMessageDeflateFactory(
+            client_max_window_bits=DEFLATE_WINDOW_BITS, compress_settings=settings
+        ),
+    ]
 
 
 def upstream_headers(request: Request | None, pass_authorization: bool) -> dict[str, str]:
@@ -57,7 +89,7 @@ class UpstreamOpener:
         # The cloud may send larger frames than a charger may (e.g. charging profiles).
         self._max_size = max(max_message_bytes, 1 << 20)
         self._keepalive = Keepalive(interval_s=20.0, timeout_s=20.0)
-        self._extensions = enable_client_permessage_deflate(None) if compression else []
+        self._extensions = deflate_offers() if compression else []
         # For wss:// (gateway.tls.client_context); replaced on reload, read at every connect.
         self.ssl_context = ssl_context
 

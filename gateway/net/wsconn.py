@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 Message = str | bytes
 _TEXT = Opcode.TEXT
+_NO_HOLDS: frozenset[str] = frozenset()  # one object for every connection reading freely
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,28 @@ class WsConnection(asyncio.Protocol):
     Messages that arrive before ``on_message`` is set wait, with reading held, and are delivered
     in order when it is set.
     """
+
+    # Slots: two connections per charger, so a dict per connection would cost ~1 KB a charger.
+    __slots__ = (
+        "_fragmented_text",
+        "_fragments",
+        "_holds",
+        "_keepalive",
+        "_on_message",
+        "_timer",
+        "_waiting",
+        "closed",
+        "loop",
+        "next_ping_at",
+        "on_close",
+        "on_write_paused",
+        "opened",
+        "ping_sent_at",
+        "protocol",
+        "timeouts",
+        "transport",
+        "write_paused",
+    )
 
     protocol: Protocol
 
@@ -88,8 +111,10 @@ class WsConnection(asyncio.Protocol):
         self.ping_sent_at: float | None = None
         self._fragments: list[bytes] | None = None
         self._fragmented_text = False
-        self._waiting: deque[Message] = deque()
-        self._holds: set[str] = set()
+        # Made when first needed: an empty deque is ~740 bytes and nearly every connection's
+        # messages go straight to their handler; the holds are rare and short-lived.
+        self._waiting: deque[Message] | None = None
+        self._holds = _NO_HOLDS
         self._timer: asyncio.TimerHandle | None = None
 
     # --- what the owner uses ---------------------------------------------------------------------
@@ -120,6 +145,8 @@ class WsConnection(asyncio.Protocol):
                     handler(self._waiting.popleft())
                 except Exception:
                     log.exception("%s: message handler failed", self.remote_address)
+            if not self._waiting:
+                self._waiting = None
             self.release_reading("unattached")
 
     def send(self, text: str) -> bool:
@@ -151,14 +178,16 @@ class WsConnection(asyncio.Protocol):
 
     def hold_reading(self, reason: str) -> None:
         """Stop reading from the socket until every holder has released it."""
+        if reason in self._holds:
+            return
         if not self._holds and self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
-        self._holds.add(reason)
+        self._holds = self._holds | {reason}
 
     def release_reading(self, reason: str) -> None:
         if reason not in self._holds:
             return
-        self._holds.discard(reason)
+        self._holds = self._holds - {reason} or _NO_HOLDS
         if not self._holds and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -295,6 +324,8 @@ class WsConnection(asyncio.Protocol):
                 return
         handler = self._on_message
         if handler is None or self._waiting:
+            if self._waiting is None:
+                self._waiting = deque()
             self._waiting.append(message)
             self.hold_reading("unattached")
             return
@@ -346,7 +377,10 @@ def _offered(request: Request) -> list[Subprotocol]:
 
 
 class ServerConnection(WsConnection):
-    """A connection accepted by :class:`WsServer`; ``request`` is its handshake request."""
+    """A connection accepted by :class:`WsServer`; ``request`` is its handshake request until
+    the owner takes it (:meth:`take_request`: its headers are ~3 KB a charger)."""
+
+    __slots__ = ("_choosing", "_chosen", "offered", "request", "server")
 
     protocol: ServerProtocol
 
@@ -368,6 +402,11 @@ class ServerConnection(WsConnection):
             ),
             max_size=server.max_size,
         )
+
+    def take_request(self) -> Request | None:
+        """The handshake request, forgotten here: what the owner needs of it is read once."""
+        request, self.request = self.request, None
+        return request
 
     def reject(self, status: int, text: str) -> Response:
         """An HTTP response refusing the handshake (for ``process_request``)."""
@@ -432,6 +471,11 @@ class ServerConnection(WsConnection):
         self.protocol.send_response(response)
         self._flush()
         if self.protocol.state is OPEN:
+            # websockets' parser holds the request it parsed for as long as the connection
+            # lives (a local of its generator): keep a copy for the owner, who takes it once,
+            # and empty the parser's (~3 KB of headers a charger).
+            self.request = Request(request.path, request.headers.copy())
+            request.headers.clear()
             self._opened()
             self.hold_reading("unattached")  # until the owner sets on_message
             self.server.on_open(self)
@@ -505,7 +549,10 @@ class WsServer:
 
 
 class ClientConnection(WsConnection):
-    """A connection opened by :func:`connect`; ``response`` is the server's handshake answer."""
+    """A connection opened by :func:`connect`. The server's handshake answer is not kept: its
+    headers were read by the sans-I/O protocol (subprotocol, extensions)."""
+
+    __slots__ = ("_answered", "_headers")
 
     protocol: ClientProtocol
 
@@ -521,8 +568,8 @@ class ClientConnection(WsConnection):
         keepalive: Keepalive | None,
     ) -> None:
         super().__init__(timeouts=timeouts, keepalive=keepalive)
-        self.response: Response | None = None
-        self._headers = headers
+        self._answered = False
+        self._headers: dict[str, str] | None = headers
         self.protocol = ClientProtocol(
             parse_uri(url),
             subprotocols=list(subprotocols),
@@ -533,16 +580,20 @@ class ClientConnection(WsConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         request = self.protocol.connect()
-        for name, value in self._headers.items():
+        headers, self._headers = self._headers or {}, None  # sent once
+        for name, value in headers.items():
             request.headers[name] = value
         self.protocol.send_request(request)
         self._flush()
 
     def _handshake(self, event: Request | Response) -> None:
-        if not isinstance(event, Response) or self.response is not None:
+        if not isinstance(event, Response) or self._answered:
             return
-        self.response = event
+        self._answered = True
         if self.protocol.state is OPEN:
+            # Read by the protocol already (subprotocol, extensions); its parser would hold
+            # the headers for as long as the connection lives.
+            event.headers.clear()
             self._opened()
             self.hold_reading("unattached")  # until the owner sets on_message
         else:

@@ -288,12 +288,18 @@ async def test_permessage_deflate_on_both_links(tmp_path: Any, cloud21: Cloud21)
     settings = make_settings(tmp_path, upstream={"url": cloud21.url})
     async with running_gateway(settings) as gw, station(gw.charger_port, "CS-Z") as cs:
         assert cs.recorder.ws.response is not None
-        assert "permessage-deflate" in cs.recorder.ws.response.headers["Sec-WebSocket-Extensions"]
+        charger_link = cs.recorder.ws.response.headers["Sec-WebSocket-Extensions"]
+        assert "permessage-deflate" in charger_link
+        # Small windows both ways (RFC 7692 §7.1.2): the charger offered client_max_window_bits.
+        assert "server_max_window_bits=11" in charger_link
+        assert "client_max_window_bits=11" in charger_link
         await cs.call(boot())
         upstream = cloud21.connections["CS-Z"]
         assert upstream.request is not None and upstream.response is not None
         assert "permessage-deflate" in upstream.request.headers["Sec-WebSocket-Extensions"]
-        assert "permessage-deflate" in upstream.response.headers["Sec-WebSocket-Extensions"]
+        cloud_link = upstream.response.headers["Sec-WebSocket-Extensions"]
+        assert "permessage-deflate" in cloud_link
+        assert "server_max_window_bits=11" in cloud_link
 
 
 async def test_a_2_1_charger_is_refused_nothing_by_a_1_6_or_2_0_1_only_cloud_either(

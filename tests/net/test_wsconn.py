@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHandshake
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
@@ -286,6 +288,45 @@ async def test_connect_passes_headers_and_negotiates_the_subprotocol() -> None:
         conn.close(1000)
         await asyncio.wait_for(conn.wait_closed(), 5)
         assert not conn.send("after close")
+
+
+def _headers_holding(value: str) -> list[Headers]:
+    gc.collect()
+    return [o for o in gc.get_objects() if isinstance(o, Headers) and value in o.values()]
+
+
+def _handshake_responses() -> int:
+    gc.collect()
+    return sum(
+        1 for o in gc.get_objects() if isinstance(o, Headers) and "Sec-WebSocket-Accept" in o
+    )
+
+
+async def test_handshake_headers_are_not_kept_for_the_life_of_a_connection() -> None:
+    # Two connections per charger: a charger's request headers (~3 KB) kept for as long as it
+    # stays connected would cost a depot of 1,000 chargers megabytes (websockets' parser holds
+    # the request or response it parsed in its generator for the connection's life).
+    token = "Basic " + "bWVtb3J5OnRlc3Q=" * 2
+    responses = _handshake_responses()
+    async with server() as (srv, opened):
+        conn = await connect(
+            f"ws://127.0.0.1:{port_of(srv)}/CP",
+            subprotocols=[OCPP16],
+            headers={"Authorization": token},
+        )
+        await wait_for(lambda: len(opened) == 1)
+        request = opened[0].take_request()  # what the owner reads of it, once
+        assert request is not None and request.headers["Authorization"] == token
+        assert opened[0].take_request() is None
+        del request
+        assert _headers_holding(token) == []  # the charger's request, on the server side
+        assert _handshake_responses() == responses  # the server's response, on the client side
+        got: list[Any] = []
+        conn.on_message = got.append
+        assert conn.send("still open")
+        await wait_for(lambda: got == ["still open"])
+        conn.close(1000)
+        await asyncio.wait_for(conn.wait_closed(), 5)
 
 
 async def test_connect_raises_when_the_server_refuses_the_handshake() -> None:

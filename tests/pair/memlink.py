@@ -5,7 +5,7 @@ returned by the simulated cloud's opener as the upstream client connection); ``L
 simulated system's. The surface is the one ``gateway.net.session``, ``link`` and ``hub`` use:
 ``send``, ``close``, ``hold_reading``/``release_reading``/``hold_reading_if``, ``on_message`` (messages
 wait until it is set), ``on_close``, ``on_write_paused``, ``close_rcvd``, ``closed``, ``wait_closed``,
-``subprotocol``, ``remote_address`` and, for a charger, ``request.headers``.
+``subprotocol``, ``remote_address`` and, for a charger, ``take_request()``'s headers.
 """
 
 from __future__ import annotations
@@ -64,6 +64,11 @@ class End:
         self._delivering = False
 
     # --- what the gateway uses -------------------------------------------------------------
+
+    def take_request(self) -> _Request | None:
+        """The handshake request, forgotten here (as a real charger connection does)."""
+        request, self.request = self.request, None
+        return request
 
     @property
     def on_message(self) -> Callable[[Message], None] | None:
