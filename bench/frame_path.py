@@ -110,7 +110,8 @@ def _gateway_links(loop: asyncio.AbstractEventLoop) -> list[Link]:
     from gateway.metrics import RelayStats
     from gateway.net.hub import Hub
     from gateway.net.session import ChargerSession
-    from gateway.net.wsconn import ClientConnection, ServerConnection, Timeouts, WsServer
+    from gateway.net.wsclient import ClientConnection
+    from gateway.net.wsconn import ServerConnection, Timeouts, WsServer
 
     class Host:  # the part of the hub a relayed frame reaches
         stats = RelayStats()

@@ -7,6 +7,7 @@ are the pure modules' (``gateway.core``, ``gateway.ocpp``). A session sees the h
 link, effects, observers, calls, tasks; link, effects, observers → host.
 
 - ``wsconn``          WebSocket connections: websockets' sans-I/O protocol on asyncio callbacks
+- ``wsclient``        the client side: a connection opened to the cloud (``connect``)
 - ``keepalive``       their keepalive pings, one sweep for all
 - ``server``          the charger-facing server: admission, subprotocol choice, hand-off to the hub
 - ``upstream``        opening one charger's cloud link

@@ -19,7 +19,8 @@ from gateway.core import versions
 from gateway.core.relay import ChargerRelay
 from gateway.core.versions import VersionRecord
 from gateway.net.link import UpstreamLink
-from gateway.net.wsconn import ClientConnection, ServerConnection
+from gateway.net.wsclient import ClientConnection
+from gateway.net.wsconn import ServerConnection
 from gateway.ocpp.frames import OcppVersion
 
 __all__ = ["VERSION_CHANGE_CLOSE", "ChargerOffer", "CloudVersion", "VersionHost", "VersionSession"]

@@ -24,7 +24,7 @@ from gateway.core.pacer import Outcome
 from gateway.core.relay import RelaySettings
 from gateway.core.versions import VersionRecord
 from gateway.metrics import RelayStats
-from gateway.net.wsconn import ClientConnection
+from gateway.net.wsclient import ClientConnection
 from gateway.ocpp.frames import Call, CallError, CallResult, OcppVersion
 from gateway.store.engine import Store
 

@@ -44,7 +44,7 @@ from gateway.core.pacer import Outcome
 from gateway.errors import CloudRefused, CloudUnavailable
 from gateway.metrics import RelayStats
 from gateway.net.host import Connector
-from gateway.net.wsconn import ClientConnection
+from gateway.net.wsclient import ClientConnection
 from gateway.ocpp.frames import OcppVersion
 
 __all__ = [

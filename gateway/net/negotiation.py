@@ -23,7 +23,7 @@ from gateway.core.versions import AnswerNow, AskCloud, VersionRecord
 from gateway.errors import CloudUnavailable
 from gateway.net.host import Connector
 from gateway.net.link import handshake_outcome
-from gateway.net.wsconn import ClientConnection
+from gateway.net.wsclient import ClientConnection
 from gateway.ocpp.frames import OcppVersion
 from gateway.store.engine import Store
 

@@ -50,7 +50,8 @@ from gateway.net.link import UpstreamLink
 from gateway.net.observers import SessionObservers, trace_frame
 from gateway.net.tasks import SessionTasks
 from gateway.net.upstream import upstream_headers
-from gateway.net.wsconn import ClientConnection, Message, ServerConnection, WsConnection
+from gateway.net.wsclient import ClientConnection
+from gateway.net.wsconn import Message, ServerConnection, WsConnection
 from gateway.ocpp.frames import CallError, CallResult, OcppVersion
 
 __all__ = ["ChargerSession"]

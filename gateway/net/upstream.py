@@ -26,7 +26,8 @@ from websockets.typing import Subprotocol
 from gateway import __version__
 from gateway.config import redact_url
 from gateway.errors import CloudRefused, CloudUnavailable
-from gateway.net.wsconn import ClientConnection, Keepalive, Timeouts, connect
+from gateway.net.wsclient import ClientConnection, connect
+from gateway.net.wsconn import Keepalive, Timeouts
 from gateway.ocpp.frames import OcppVersion
 
 __all__ = [

@@ -15,7 +15,7 @@ handshake. This module adds what the asyncio layer did around it:
   send buffer, so a relay can stop reading one side while the other cannot keep up;
 * a subprotocol the server may choose later (``choose_subprotocol`` returns an awaitable: the
   gateway asks the cloud which OCPP version to answer with): the response waits, reading held;
-* a server (:class:`WsServer`) and a client (:func:`connect`).
+* a server (:class:`WsServer`); the client is :mod:`gateway.net.wsclient`.
 """
 
 from __future__ import annotations
@@ -29,27 +29,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidHandshake, InvalidHeader
-from websockets.extensions.base import ClientExtensionFactory, ServerExtensionFactory
+from websockets.exceptions import InvalidHeader
+from websockets.extensions.base import ServerExtensionFactory
 from websockets.frames import Close, Frame, Opcode
 from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING, OPEN, Protocol
 from websockets.server import ServerProtocol
 from websockets.typing import BytesLike, Subprotocol
-from websockets.uri import parse_uri
 
 from gateway.net.keepalive import Keepalive
 
 __all__ = [
-    "ClientConnection",
     "Keepalive",
     "ServerConnection",
     "Timeouts",
     "WsConnection",
     "WsServer",
-    "connect",
 ]
 
 log = logging.getLogger(__name__)
@@ -543,105 +539,3 @@ class WsServer:
             await asyncio.wait(pending)
         if self._server is not None:
             await self._server.wait_closed()
-
-
-# --- client ------------------------------------------------------------------------------------
-
-
-class ClientConnection(WsConnection):
-    """A connection opened by :func:`connect`. The server's handshake answer is not kept: its
-    headers were read by the sans-I/O protocol (subprotocol, extensions)."""
-
-    __slots__ = ("_answered", "_headers")
-
-    protocol: ClientProtocol
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        subprotocols: Sequence[Subprotocol],
-        headers: dict[str, str],
-        max_size: int,
-        extensions: Sequence[ClientExtensionFactory],
-        timeouts: Timeouts,
-        keepalive: Keepalive | None,
-    ) -> None:
-        super().__init__(timeouts=timeouts, keepalive=keepalive)
-        self._answered = False
-        self._headers: dict[str, str] | None = headers
-        self.protocol = ClientProtocol(
-            parse_uri(url),
-            subprotocols=list(subprotocols),
-            extensions=list(extensions) or None,  # an empty list would send an empty header
-            max_size=max_size,
-        )
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        request = self.protocol.connect()
-        headers, self._headers = self._headers or {}, None  # sent once
-        for name, value in headers.items():
-            request.headers[name] = value
-        self.protocol.send_request(request)
-        self._flush()
-
-    def _handshake(self, event: Request | Response) -> None:
-        if not isinstance(event, Response) or self._answered:
-            return
-        self._answered = True
-        if self.protocol.state is OPEN:
-            # Read by the protocol already (subprotocol, extensions); its parser would hold
-            # the headers for as long as the connection lives.
-            event.headers.clear()
-            self._opened()
-            self.hold_reading("unattached")  # until the owner sets on_message
-        else:
-            exc = self.protocol.handshake_exc or InvalidHandshake("handshake failed")
-            self.opened.set_exception(exc)
-            self.opened.exception()  # retrieved here; connect() raises it
-            self._abort_after(self.timeouts.close_s)
-
-
-async def connect(
-    url: str,
-    *,
-    subprotocols: Sequence[Subprotocol],
-    headers: dict[str, str] | None = None,
-    max_size: int = 1 << 20,
-    extensions: Sequence[ClientExtensionFactory] = (),
-    timeouts: Timeouts = Timeouts(),
-    keepalive: Keepalive | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-) -> ClientConnection:
-    """Open a WebSocket to ``url`` (ws:// or wss://) and complete the handshake.
-
-    Raises OSError (TCP or TLS), TimeoutError (``timeouts.open_s``), InvalidHandshake (refused)
-    or InvalidURI.
-    """
-    uri = parse_uri(url)
-    connection = ClientConnection(
-        url,
-        subprotocols=subprotocols,
-        headers=dict(headers or {}),
-        max_size=max_size,
-        extensions=extensions,
-        timeouts=timeouts,
-        keepalive=keepalive,
-    )
-    context = (ssl_context or ssl.create_default_context()) if uri.secure else None
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeouts.open_s):
-            await loop.create_connection(
-                lambda: connection,
-                uri.host,
-                uri.port,
-                ssl=context,
-                server_hostname=uri.host if context is not None else None,
-            )
-            await asyncio.shield(connection.opened)
-    except BaseException:
-        connection.abort()
-        raise
-    return connection

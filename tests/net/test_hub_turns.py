@@ -15,7 +15,7 @@ import pytest
 from gateway.core.pacer import Outcome
 from gateway.errors import CloudUnavailable
 from gateway.net.hub import Hub
-from gateway.net.wsconn import ClientConnection
+from gateway.net.wsclient import ClientConnection
 from gateway.ocpp.frames import OcppVersion
 from gateway.store.engine import Store
 from gateway.tags.cache import TagCache

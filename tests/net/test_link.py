@@ -22,7 +22,7 @@ from gateway.core.pacer import Outcome
 from gateway.errors import CloudRefused, CloudUnavailable
 from gateway.metrics import RelayStats
 from gateway.net.link import UpstreamLink, handshake_outcome
-from gateway.net.wsconn import ClientConnection
+from gateway.net.wsclient import ClientConnection
 from gateway.ocpp.frames import OcppVersion
 
 BOUND_S = 5.0  # bounds a hang; never reached when the loop works

@@ -25,7 +25,8 @@ from websockets.http11 import Response
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from gateway.net.wsconn import Keepalive, ServerConnection, Timeouts, WsServer, connect
+from gateway.net.wsclient import connect
+from gateway.net.wsconn import Keepalive, ServerConnection, Timeouts, WsServer
 from tests.support import wait_for
 
 OCPP16 = Subprotocol("ocpp1.6")

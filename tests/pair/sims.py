@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from gateway.errors import CloudUnavailable
-from gateway.net.wsconn import ClientConnection
+from gateway.net.wsclient import ClientConnection
 from gateway.ocpp.frames import OcppVersion
 from tests.pair.memlink import Close, End, Link, Message
 
