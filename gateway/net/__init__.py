@@ -9,6 +9,7 @@ link, effects, observers, calls, tasks; link, effects, observers → host.
 - ``wsconn``          WebSocket connections: websockets' sans-I/O protocol on asyncio callbacks
 - ``wsclient``        the client side: a connection opened to the cloud (``connect``)
 - ``keepalive``       their keepalive pings, one sweep for all
+- ``turns``           the hub's handshake turns: links queued for a place among those in flight
 - ``server``          the charger-facing server: admission, subprotocol choice, hand-off to the hub
 - ``upstream``        opening one charger's cloud link
 - ``host``            what a session is given: the hub's services as protocols, its settings

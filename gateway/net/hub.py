@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
-from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +47,7 @@ from gateway.net.host import (
 from gateway.net.link import CONNECTING_HOLD_S, TURN_HOLD_S
 from gateway.net.negotiation import Negotiation, Offer
 from gateway.net.session import ChargerSession
+from gateway.net.turns import HandshakeTurns
 from gateway.net.wsconn import ServerConnection
 from gateway.ocpp.frames import OcppVersion, as_version
 from gateway.store.engine import ChargerState, Store
@@ -121,9 +120,7 @@ class Hub:
         self.recovery = Recovery(PROBE_EVERY_S)
         # Sessions sleeping in their reconnect backoff, longest-waiting first (dicts keep order).
         self.retrying: dict[str, ChargerSession] = {}
-        self._turns: deque[asyncio.Future[None]] = deque()  # links waiting to start a handshake
-        self._granted: dict[asyncio.Future[None], int] = {}  # turns in their handshake -> ticket
-        self._turn_timer: asyncio.TimerHandle | None = None
+        self.turns = HandshakeTurns(self.pacer, self.recovery, self.loop_time)
         self.sessions: dict[str, ChargerSession] = {}
         self.rng = random.Random()  # backoff jitter for every session (one generator, ~2.5 KB)
         self.closing = False
@@ -357,67 +354,15 @@ class Hub:
 
     def turn_eta_s(self) -> float:
         """How long a link asking for its handshake turn now would wait for it."""
-        return self.pacer.wait_estimate_s(len(self._turns), self.loop_time())
+        return self.turns.eta_s()
 
     def book_turn(self) -> tuple[asyncio.Future[None], float]:
-        """Queue a link for its turn to start a handshake (first come, first served): the future
-        that resolves at its turn, and the seconds it is expected to wait.
-
-        Whoever books a turn reports its end with :meth:`turn_ended`, also when it gives up
-        before or during the handshake (its place among the K in flight is freed then).
-        """
-        eta = self.turn_eta_s()
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._turns.append(turn)
-        self._hand_out_turns()
-        return turn, eta
+        """Queue a link for its handshake turn (:meth:`HandshakeTurns.book`)."""
+        return self.turns.book()
 
     def turn_ended(self, turn: asyncio.Future[None], outcome: Outcome) -> None:
-        """The handshake of ``turn`` ended with ``outcome`` (ERROR for one given up): its place
-        is free. A turn not yet given is withdrawn; a second report of the same turn is ignored."""
-        ticket = self._granted.pop(turn, None)
-        if ticket is None:
-            turn.cancel()  # still queued (a no-op if it was given and its lease expired)
-            return
-        self.pacer.finish(ticket, outcome, self.loop_time())
-        self._hand_out_turns()
-
-    def _hand_out_turns(self) -> None:
-        """Give turns to the links at the head of the queue while the pacer allows a start now.
-
-        At K handshakes in flight the next end hands out the next turn; under a rate cap
-        (``upstream.max_connects_per_s``, or 50 a second while handshakes fail) one timer fires
-        when the next start is allowed, and turns are taken when it fires: if the loop was busy,
-        turns that came due meanwhile do not all start at once.
-        """
-        if self._turn_timer is not None:
-            self._turn_timer.cancel()
-            self._turn_timer = None
-        turns = self._turns
-        now = self.loop_time()
-        while turns:
-            if turns[0].done():  # its link loop was cancelled
-                turns.popleft()
-                continue
-            wait = self.pacer.start_in(now)
-            if wait == math.inf:
-                return
-            if wait > 0:
-                self._turn_timer = asyncio.get_running_loop().call_later(wait, self._hand_out_turns)
-                return
-            turn = turns.popleft()
-            self._granted[turn] = self.pacer.start(now)
-            self.recovery.attempt_started(now)
-            turn.set_result(None)
-
-    def _expire_turns(self, now: float) -> None:
-        """Free the places of turns whose end was never reported (see PacerSettings.lease_s)."""
-        lost = set(self.pacer.expire(now))
-        if lost:
-            lease_s = self.pacer.settings.lease_s
-            log.warning("%d handshake turns were not ended within %.0fs", len(lost), lease_s)
-            self._granted = {f: t for f, t in self._granted.items() if t not in lost}
-            self._hand_out_turns()
+        """The handshake of ``turn`` ended with ``outcome`` (:meth:`HandshakeTurns.ended`)."""
+        self.turns.ended(turn, outcome)
 
     def retry_wait(self, session: ChargerSession, waiting: bool) -> None:
         """``session`` starts or ends waiting in its reconnect backoff."""
@@ -599,8 +544,7 @@ class Hub:
             if self.retrying:
                 self._probe(now)
             log_left_out(self.log_limit, now)
-            if self._granted:
-                self._expire_turns(now)
+            self.turns.expire(now)
 
     async def _prune_loop(self) -> None:
         while True:
@@ -628,8 +572,7 @@ class Hub:
         for task in (self._prune_task, self._sweep_task, self._watch_task, self._attach_task):
             if task is not None:
                 task.cancel()
-        if self._turn_timer is not None:
-            self._turn_timer.cancel()
+        self.turns.close()
         await asyncio.gather(
             *(s.close() for s in list(self.sessions.values())), return_exceptions=True
         )
