@@ -8,7 +8,9 @@ imports, transitively). The pure rules of the feature packages (``gateway.tags.r
 ``sequencer``, ``rounds``, ``profiles``, ``program``) sit in this layer too.
 
 - ``relay``        one charger's relay as a state machine: text frames and ``now`` in, frames
-                   to send and events out; the facade over the next five
+                   to send and events out; the facade over the next six
+- ``relay_replay`` the relay's cold methods, inherited by it: gateway CALLs to the charger, the
+                   link's lifecycle, the OCPP version, the stored boot and backlog, the replay
 - ``pending``      the charger's CALLs forwarded live, each with the cloud's deadline to answer it
 - ``samples``      meter readings and statuses shown to the depot view at most once a second
 - ``inbox``        the charger's frames held in order behind one awaiting I/O; its local answers
