@@ -205,6 +205,14 @@ class _Timestamps:
         return self._text
 
 
+def _answer(call: list[Any]) -> str:
+    """A charger's answer to a CALL from the relay: a site power guard's caps are accepted (as a
+    charger that applies them does, OCPP 1.6 §5.16), anything else is NotSupported."""
+    if call[2] in ("SetChargingProfile", "ClearChargingProfile"):
+        return orjson.dumps([3, call[1], {"status": "Accepted"}]).decode()
+    return orjson.dumps([4, call[1], "NotSupported", "", {}]).decode()
+
+
 async def _call_once(
     ws: ClientConnection, mid: str, frame: str, state: _WorkerState, timeout_s: float
 ) -> int | None:
@@ -218,7 +226,7 @@ async def _call_once(
                 rtt = time.perf_counter_ns() - sent
                 message = orjson.loads(reply)
                 if message[0] == 2:  # a CALL from the other side: not part of this benchmark
-                    await ws.send(orjson.dumps([4, message[1], "NotSupported", "", {}]).decode())
+                    await ws.send(_answer(message))
                     continue
                 break
     except TimeoutError:

@@ -54,7 +54,7 @@ from bench.targets import (
 __all__ = ["ALL_TARGETS", "BENCH_SUITE", "main", "run_relay", "summarise", "write_report"]
 
 BENCH_SUITE = "relay"
-ALL_TARGETS = ("direct", "minimal", "nginx", "gateway", "sansio", "baseline")
+ALL_TARGETS = ("direct", "minimal", "nginx", "gateway", "gateway-site", "sansio", "baseline")
 DEFAULT_TARGETS = ("direct", "minimal", "nginx", "gateway")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 IDLE_SETTLE_S = 1.0  # seconds the started targets rest before their idle memory is read
@@ -99,6 +99,7 @@ def _start_target(name: str, cloud_port: int, workdir: Path, install_nginx: bool
         "minimal": lambda: MinimalRelayTarget(cloud_port, workdir),
         "nginx": lambda: NginxTarget(cloud_port, workdir, install=install_nginx),
         "gateway": lambda: GatewayTarget(cloud_port, workdir),
+        "gateway-site": lambda: GatewayTarget(cloud_port, workdir, site=True),
         "sansio": lambda: SansIoRelayTarget(cloud_port, workdir),
         "baseline": lambda: _baseline(cloud_port, workdir),
     }
@@ -124,11 +125,15 @@ def _run_one(
     written: dict[str, int | None] = {}
     hwm_reset = procfs.reset_peak_rss(target.pid) if target.pid else False
 
+    site: dict[str, Any] = {}
+
     def sample(edge: str) -> None:
         cpu[f"cloud_{edge}"] = procfs.cpu_seconds(cloud.pid)
         if target.pid:
             cpu[f"target_{edge}"] = procfs.cpu_seconds(target.pid)
             written[edge] = procfs.write_bytes(target.pid)
+        if target.name == "gateway-site":  # after the CPU sample, so not counted in it
+            site[edge] = _site_state(target)
 
     cloud_before = _cloud_calls(cloud_port)
     result = run_load(
@@ -152,6 +157,8 @@ def _run_one(
         "rss_kb": None,
         "hwm_reset": hwm_reset,
     }
+    if site:
+        record["site"] = site
     if target.pid:
         mem = procfs.memory(target.pid)
         record.update(
@@ -164,6 +171,31 @@ def _run_one(
             # Storage writes per relayed frame over the measured window (/proc/PID/io).
             record["write_bytes_per_frame"] = round((end - start) / frames, 3)
     return record
+
+
+def _site_state(target: Target) -> dict[str, Any]:
+    """The guard as the gateway reports it (``/api/site`` and its metrics): engaged, and sending caps."""
+    api_url = getattr(target, "api_url", "")
+    with urllib.request.urlopen(f"{api_url}/api/site", timeout=5) as response:
+        state = json.loads(response.read())
+    with urllib.request.urlopen(f"{api_url}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    changes = {
+        line.split("{", 1)[1].split("}", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("flipturn_gateway_site_profile_changes_total{")
+    }
+    return {
+        "engaged": state["engaged"],
+        "maxCurrentA": state["maxCurrentA"],
+        "allocatedA": state["allocatedA"],
+        "chargers": len(state["chargers"]),
+        "capped": sum(1 for c in state["chargers"] if c["capA"] is not None),
+        "managed": sum(1 for c in state["chargers"] if c["managed"]),
+        "transactions": sum(c["transactions"] for c in state["chargers"]),
+        "caps": sorted({c["capA"] for c in state["chargers"] if c["capA"] is not None}),
+        "profileChanges": changes,
+    }
 
 
 def _per_frame(cpu: dict[str, float], who: str, frames: int) -> float | None:
@@ -209,7 +241,8 @@ def _progress(record: dict[str, Any]) -> None:
     print(
         f"[bench] {record['scenario']} rep {record['rep']} {record['target']:8s} "
         f"p50 {rtt['p50']:9.1f} us  p99 {rtt['p99']:9.1f} us  {load['msgs_per_s']:8.1f} msg/s"
-        f"  errors {load['errors']}  cpu/frame {record['cpu_us_per_frame']}",
+        f"  errors {load['errors']}  cpu/frame {record['cpu_us_per_frame']}"
+        + (f"  site {record['site'].get('end')}" if "site" in record else ""),
         file=sys.stderr,
     )
 

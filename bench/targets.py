@@ -5,7 +5,9 @@
 - ``sansio``: ``bench.fast_relay`` (a Python relay with no task per frame; not in the defaults);
 - ``nginx``: nginx as a WebSocket reverse proxy (the best transparent relay), one worker process
   so that it gets the same single core a Python event loop can use;
-- ``gateway``: ``flipturn-gateway --config <tmp toml> run`` with its upstream at the fake cloud.
+- ``gateway``: ``flipturn-gateway --config <tmp toml> run`` with its upstream at the fake cloud;
+- ``gateway-site``: the same with the site power guard on (``mode = "always"``, a limit below the
+  chargers' maxima, so it is engaged and capping from the start; not in the defaults).
 
 Every target exposes ``url`` (chargers connect to ``{url}/{chargerId}``) and ``pid`` (the process
 whose tree the runner samples; ``None`` for ``direct``).
@@ -217,6 +219,13 @@ port = {api_port}
 path = "{db}"
 """
 
+# The guard engaged from the start: 50 chargers x 32 A (charger_max_current_a) = 1600 A > 200 A.
+_SITE_TOML = """
+[site]
+max_current_a = 200
+mode = "always"
+"""
+
 
 class GatewayTarget(Target):
     """``flipturn-gateway run`` of this tree; or, with ``source``, of the ``gateway`` package in
@@ -224,9 +233,13 @@ class GatewayTarget(Target):
 
     name = "gateway"
 
-    def __init__(self, cloud_port: int, workdir: Path, *, source: Path | None = None) -> None:
+    def __init__(
+        self, cloud_port: int, workdir: Path, *, source: Path | None = None, site: bool = False
+    ) -> None:
         if source is not None:
             self.name = "baseline"
+        elif site:
+            self.name = "gateway-site"
         port, api_port = free_port(), free_port()
         gw_dir = workdir / self.name
         gw_dir.mkdir(exist_ok=True)
@@ -235,6 +248,7 @@ class GatewayTarget(Target):
             _GATEWAY_TOML.format(
                 host=HOST, port=port, api_port=api_port, cloud_port=cloud_port, db=gw_dir / "gw.db"
             )
+            + (_SITE_TOML if site else "")
         )
         script = Path(sys.executable).parent / "flipturn-gateway"
         command = [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
