@@ -71,10 +71,6 @@ TURN_LEASE_MARGIN_S = 30.0
 STORE_WATCH_EVERY_S = 1.0
 
 
-def _as_version(value: str) -> OcppVersion:
-    return as_version(value)
-
-
 class Hub:
     """Creates, finds and closes :class:`ChargerSession` objects; owns the shared counters."""
 
@@ -208,7 +204,7 @@ class Hub:
     def _link_version(self, charger_id: str, stored: str) -> OcppVersion:
         """The version of a backlog's link without its charger: the one its rows are stored
         under, unless the cloud refused it (they are then dead letters: see ``replay.outgoing``)."""
-        version = _as_version(stored)
+        version = as_version(stored)
         record = self.cloud_versions.get(charger_id)
         return record.version if record is not None and version in record.refused else version
 
@@ -426,7 +422,7 @@ class Hub:
         if row is None:
             return False
         self.dead_letters = max(0, self.dead_letters - 1)
-        session = await self._session(row.charger_id, _as_version(row.version))
+        session = await self._session(row.charger_id, as_version(row.version))
         session.rows_appeared(session.backlog + 1, row.created_at)
         return True
 
