@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
-from urllib.parse import quote
 
 from gateway.core import versions
 from gateway.core.pacer import Outcome
@@ -23,6 +22,7 @@ from gateway.core.versions import AnswerNow, AskCloud, VersionRecord
 from gateway.errors import CloudUnavailable
 from gateway.net.host import Connector
 from gateway.net.link import handshake_outcome
+from gateway.net.upstream import charger_url
 from gateway.net.wsclient import ClientConnection
 from gateway.ocpp.frames import OcppVersion
 from gateway.store.engine import Store
@@ -65,7 +65,7 @@ class Negotiation:
         self.cloud_versions = await self._store.cloud_versions()
 
     def url(self, charger_id: str) -> str:
-        return f"{self._url}/{quote(charger_id, safe='')}"
+        return charger_url(self._url, charger_id)
 
     def plan_answer(self, charger_id: str, offered: Offer) -> AnswerNow | AskCloud:
         """How to answer a charger's handshake offering ``offered``."""

@@ -35,7 +35,6 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
-from urllib.parse import quote
 
 from gateway.core import events as ev
 from gateway.core import txmap
@@ -49,7 +48,7 @@ from gateway.net.host import SessionHost, SessionSettings
 from gateway.net.link import UpstreamLink
 from gateway.net.observers import SessionObservers, trace_frame
 from gateway.net.tasks import SessionTasks
-from gateway.net.upstream import upstream_headers
+from gateway.net.upstream import charger_url, upstream_headers
 from gateway.net.wsclient import ClientConnection
 from gateway.net.wsconn import Message, ServerConnection, WsConnection
 from gateway.ocpp.frames import CallError, CallResult, OcppVersion
@@ -146,7 +145,7 @@ class ChargerSession:
         self._link = UpstreamLink(
             self,
             host,
-            url=f"{settings.upstream_url}/{quote(charger_id, safe='')}",
+            url=charger_url(settings.upstream_url, charger_id),
             reconnect_max_s=settings.reconnect_max_s,
             clock=self._now,
         )

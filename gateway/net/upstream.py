@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
+from urllib.parse import quote
 
 from websockets.exceptions import (
     InvalidHandshake,
@@ -66,6 +67,11 @@ def deflate_offers() -> list[ClientExtensionFactory]:
             client_max_window_bits=DEFLATE_WINDOW_BITS, compress_settings=settings
         ),
     ]
+
+
+def charger_url(base: str, charger_id: str) -> str:
+    """A charger's cloud endpoint: ``{upstream.url}/{cpid}``, the id percent-encoded (OCPP-J §3.1)."""
+    return f"{base}/{quote(charger_id, safe='')}"
 
 
 def upstream_headers(request: Request | None, pass_authorization: bool) -> dict[str, str]:
