@@ -26,6 +26,7 @@ from gateway.net.depot_recorder import DepotRecorder
 from gateway.store.engine import Store
 from gateway.store.health import RESERVE_BYTES, FileLook, autocheckpoint_pages, file_fault
 from tests.procs import GatewayProcess, base_config
+from tests.store.disk import fill
 from tests.support import charger
 
 MIB = 1024 * 1024
@@ -41,22 +42,6 @@ def meter_values(n: int) -> dict[str, Any]:
         "connectorId": 1,
         "meterValue": [{"timestamp": "2026-12-01T00:00:00Z", "sampledValue": values}],
     }
-
-
-def fill(directory: Path) -> Path:
-    """Fill the file system of ``directory`` until it refuses more bytes."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        chunk = b"\0" * 4096
-        while True:
-            try:
-                os.write(fd, chunk)
-            except OSError:
-                break
-    finally:
-        os.close(fd)
-    return filler
 
 
 def free_bytes(directory: Path) -> int:

@@ -22,6 +22,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.errors import StoreError
 from gateway.store.engine import Store
+from tests.store.disk import fill
 from tests.support import FakeCloud, charger, make_settings, running_gateway
 
 STATUS = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
@@ -55,22 +56,6 @@ async def wait_health(gw: Gateway, code: int, timeout: float) -> dict[str, Any]:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"/health still {got} after {timeout} s: {body}")
         await asyncio.sleep(0.05)
-
-
-def fill(directory: Path) -> Path:
-    """Fill the file system of ``directory`` until it refuses more bytes."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        chunk = b"\0" * 4096
-        while True:
-            try:
-                os.write(fd, chunk)
-            except OSError:
-                break
-    finally:
-        os.close(fd)
-    return filler
 
 
 def remove(*paths: Path) -> None:
